@@ -1,0 +1,82 @@
+"""Actions: what bkp does for a tenant, with the records it leaves.
+
+Each tenant is an independent unit of work: its own lock, its own records. One tenant
+failing never stops the others; each result carries the exit code of its own outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..catalog import Catalog
+from ..errors import BkpError
+from ..policy import Policy
+from ..settings import Settings
+
+# Set when bkp was told to stop (SIGTERM, Ctrl-C): work cut short is recorded as
+# `interrupted`, never as ok or as an ordinary failure.
+stopping = threading.Event()
+
+
+@dataclass
+class Context:
+    settings: Settings
+    catalog: Catalog
+    progress: Callable[[str], None] | None = None
+
+    def audit(self, action: str, outcome: str, tenant: str | None = None, **details) -> dict:
+        from .. import audit
+
+        return audit.record(self.catalog, operator=self.settings.operator,
+                            os_user=self.settings.os_user, action=action, outcome=outcome,
+                            tenant=tenant, details=details)
+
+
+@dataclass
+class Outcome:
+    """One tenant's result: the JSON document of CLI.md and the exit code it implies."""
+
+    tenant: str
+    exit_code: int
+    data: dict = field(default_factory=dict)
+
+
+def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome],
+                   jobs: int = 1) -> list[Outcome]:
+    """Run `work` for every tenant, `jobs` at a time; results in the policies' order."""
+
+    def guarded(policy: Policy) -> Outcome:
+        if stopping.is_set():
+            return Outcome(policy.tenant, 1, {"tenant": policy.tenant, "status": "skipped",
+                                              "error": "bkp was stopped before this tenant"})
+        try:
+            return work(policy)
+        except BkpError as exc:  # work records its own failures; this is a last guard
+            return Outcome(policy.tenant, exc.exit_code, {"tenant": policy.tenant,
+                                                          "status": "failed",
+                                                          "error": str(exc)})
+
+    if jobs <= 1 or len(policies) <= 1:
+        return [guarded(p) for p in policies]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="tenant") as pool:
+        futures = [pool.submit(guarded, p) for p in policies]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            interrupt()  # workers see their restic die and record `interrupted`
+            raise
+
+
+def interrupt() -> None:
+    """bkp was told to stop: children are killed, unfinished work is recorded as such."""
+    from .. import runner
+
+    stopping.set()
+    runner.terminate_all()
+
+
+def highest_exit(outcomes: Sequence[Outcome]) -> int:
+    return max((o.exit_code for o in outcomes), default=0)

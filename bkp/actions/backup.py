@@ -1,0 +1,125 @@
+"""Back up one tenant: preflight, restic backup, retention, record.
+
+A nightly backup costs two restic processes: `backup`, then `forget --prune` (which prunes
+only when something was forgotten). Whether the repository exists is learnt from the
+destination's preflight, not from another restic call: each one costs ~0.8 s of key
+derivation.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+from .. import locks
+from ..destinations import destination_for
+from ..errors import BkpError, OperationError
+from ..policy import Policy
+from ..restic import EXIT_PARTIAL, Restic, version
+from . import Context, Outcome, interrupt, stopping
+
+
+def check_sources(policy: Policy) -> None:
+    """A missing source is often an unmounted filesystem: never back up the empty mount point
+    as if it were the tenant's data."""
+    missing = [s for s in policy.sources if not os.path.exists(s)]
+    if missing:
+        raise OperationError(f"source {', '.join(missing)} does not exist; is the tenant's "
+                             f"filesystem mounted?")
+
+
+def backup_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
+                  slot: str | None = None) -> Outcome:
+    catalog = ctx.catalog
+    run_id = catalog.open_run(policy.tenant, "backup", operator=ctx.settings.operator,
+                              trigger=trigger, slot=slot, restic_version=_restic_version())
+    restic: Restic | None = None
+    fields: dict = {}
+    try:
+        with locks.tenant_lock(ctx.settings.locks, policy.tenant):
+            check_sources(policy)
+            destination = destination_for(policy, ctx.settings.home)
+            preflight = destination.preflight()
+            if not preflight.initialised:
+                raise OperationError(
+                    f"no repository at {destination.repository().label}"
+                    f"{' (' + preflight.detail + ')' if preflight.detail else ''}: "
+                    f"run `bkp init {policy.tenant}` once for a new tenant")
+            restic = Restic(destination.repository(), policy.tenant,
+                            timeout=policy.timeout_minutes * 60)
+            summary, code = restic.backup(policy, socket.gethostname(),
+                                          progress=_progress(ctx, policy.tenant))
+            fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,
+                      "bytes_added": summary.bytes_added,
+                      "bytes_processed": summary.bytes_processed}
+            if code == EXIT_PARTIAL:
+                shown = "; ".join(summary.errors[:3]) or "see restic's output"
+                raise OperationError(
+                    f"snapshot {summary.snapshot_id} saved but {len(summary.errors) or 'some'}"
+                    f" file(s) could not be read: {shown}")
+            if not policy.retention.legal_hold:
+                fields["snapshots_kept"] = restic.forget(policy.retention).kept
+            fields["repository_bytes"] = destination.usage_bytes()
+    except BkpError as exc:
+        return _close(ctx, policy, run_id, exc, fields, restic)
+    except KeyboardInterrupt:
+        interrupt()
+        _close(ctx, policy, run_id, OperationError("stopped by a signal"), fields, restic)
+        raise
+    except Exception as exc:  # an unforeseen error still closes the record honestly
+        error = OperationError(f"unexpected {exc.__class__.__name__}: {exc}")
+        _close(ctx, policy, run_id, error, fields, restic)
+        raise
+    return _close(ctx, policy, run_id, None, fields, restic)
+
+
+def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fields: dict,
+           restic: Restic | None) -> Outcome:
+    if error is None:
+        status = "ok"
+    else:
+        status = "interrupted" if stopping.is_set() else "failed"
+    row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
+                                restic_calls=restic.calls if restic else 0, **fields)
+    ctx.audit("backup", status, policy.tenant, run_id=run_id,
+              snapshot_id=row["snapshot_id"], files=row["files"],
+              bytes_added=row["bytes_added"], error=row["error"])
+    data = {"tenant": policy.tenant, "status": status, "snapshot_id": row["snapshot_id"],
+            "files": row["files"], "bytes_added": row["bytes_added"],
+            "duration_s": row["duration_s"], "error": row["error"], "run_id": run_id,
+            "snapshots_kept": row["snapshots_kept"], "restic_calls": row["restic_calls"]}
+    return Outcome(policy.tenant, error.exit_code if error else 0, data)
+
+
+def _restic_version() -> str | None:
+    try:
+        return str(version())
+    except BkpError:
+        return None
+
+
+def _progress(ctx: Context, tenant: str):
+    if ctx.progress is None:
+        return None
+
+    def report(status: dict) -> None:
+        done = status.get("bytes_done", 0)
+        total = status.get("total_bytes", 0)
+        pct = status.get("percent_done", 0.0) * 100
+        eta = status.get("seconds_remaining")
+        eta_text = f", ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta else ""
+        ctx.progress(f"{tenant}: {pct:5.1f}% {_human(done)}/{_human(total)}{eta_text}")
+
+    return report
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+

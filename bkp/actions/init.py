@@ -1,0 +1,34 @@
+"""Prepare a tenant's destination and initialise its repository; idempotent."""
+
+from __future__ import annotations
+
+from ..destinations import destination_for
+from ..errors import BkpError, OperationError
+from ..policy import Policy
+from ..restic import Restic
+from . import Context, Outcome
+
+
+def init_tenant(ctx: Context, policy: Policy) -> Outcome:
+    destination = destination_for(policy, ctx.settings.home)
+    label = policy.tenant
+    try:
+        preflight = destination.preflight()
+        label = destination.repository().label
+        if preflight.initialised:
+            status = "exists"
+        else:
+            if not preflight.reachable:
+                raise OperationError(f"{policy.tenant}: {preflight.detail}")
+            destination.prepare()
+            Restic(destination.repository(), policy.tenant,
+                   timeout=policy.timeout_minutes * 60).init()
+            status = "initialised"
+    except BkpError as exc:
+        ctx.audit("init", "failed", policy.tenant, repository=label, error=str(exc))
+        return Outcome(policy.tenant, exc.exit_code, {
+            "tenant": policy.tenant, "status": "failed", "repository": label,
+            "error": str(exc)})
+    ctx.audit("init", status, policy.tenant, repository=label)
+    return Outcome(policy.tenant, 0, {"tenant": policy.tenant, "status": status,
+                                      "repository": label})

@@ -1,0 +1,56 @@
+"""Per-tenant status from the catalog: last backup, RPO state, last drill, next drill due."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ..catalog import Catalog, parse_time
+from ..policy import Policy
+
+
+def rpo_ok(last_good_time: str | None, rpo_hours: float, now: datetime) -> bool:
+    """False when there is no good backup, or the last one is older than the RPO allows."""
+    if not last_good_time:
+        return False
+    return now - parse_time(last_good_time) <= timedelta(hours=rpo_hours)
+
+
+def backup_state(last: dict | None, within_rpo: bool) -> str:
+    """One word for the operator. A failed night never reads as fine, even while an older
+    backup is still inside the RPO window."""
+    if last is None:
+        return "never"
+    if last["status"] in ("failed", "interrupted"):
+        return "failed"
+    if not within_rpo:
+        return "late"
+    return "ok"
+
+
+def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None) -> dict:
+    now = now or datetime.now(UTC)
+    last = catalog.last_run(policy.tenant, "backup")
+    good = catalog.last_run(policy.tenant, "backup", status="ok")
+    last_good_time = good["ended_at"] if good else None
+    return {
+        "tenant": policy.tenant,
+        "policy_valid": True,
+        "destination": policy.destination.type,
+        "off_site": policy.destination.off_site,
+        "last_backup": _backup_view(last),
+        "last_good_backup": _backup_view(good),
+        "rpo_hours": policy.rpo_hours,
+        "rpo_ok": rpo_ok(last_good_time, policy.rpo_hours, now),
+        "state": backup_state(last, rpo_ok(last_good_time, policy.rpo_hours, now)),
+        "snapshot_count": good["snapshots_kept"] if good else None,
+        "repository_bytes": good["repository_bytes"] if good else None,
+        "last_drill": None,
+        "drill_due": None,
+    }
+
+
+def _backup_view(row: dict | None) -> dict | None:
+    if not row:
+        return None
+    return {"time": row["ended_at"] or row["started_at"], "status": row["status"],
+            "snapshot_id": row["snapshot_id"], "error": row["error"], "run_id": row["id"]}

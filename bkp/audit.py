@@ -1,0 +1,79 @@
+"""The hash-chained audit trail in the catalog's `audit_log` table.
+
+Each event carries the SHA-256 of the one before it, over a canonical encoding of all its
+fields, so changing, inserting or deleting an event breaks the chain. A truncated tail
+leaves a valid chain: auditors anchor it by keeping `bkp audit head` and checking later
+that the log still contains that hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from .catalog import GENESIS_HASH, HOST, Catalog, as_json, utc_now
+
+HASHED_FIELDS = ("seq", "time", "operator", "os_user", "host", "tenant", "action", "outcome",
+                 "details", "prev_hash")
+
+
+def event_hash(event: dict) -> str:
+    canonical = as_json({k: event.get(k) for k in HASHED_FIELDS})
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record(catalog: Catalog, *, operator: str, os_user: str, action: str, outcome: str,
+           tenant: str | None = None, details: dict | None = None) -> dict:
+    """Append one event; `details` must never hold a secret."""
+
+    def build(seq: int, prev_hash: str) -> dict:
+        event = {"seq": seq, "time": utc_now(), "operator": operator, "os_user": os_user,
+                 "host": HOST, "tenant": tenant, "action": action, "outcome": outcome,
+                 "details": as_json(details or {}), "prev_hash": prev_hash}
+        event["hash"] = event_hash(event)
+        return event
+
+    return catalog.append_audit(build)
+
+
+@dataclass
+class ChainReport:
+    valid: bool
+    events: int
+    head: str
+    problems: list[str] = field(default_factory=list)
+    anchor_found: bool | None = None
+
+    def to_json(self) -> dict:
+        out = {"valid": self.valid, "events": self.events, "head": self.head,
+               "problems": self.problems}
+        if self.anchor_found is not None:
+            out["anchor_found"] = self.anchor_found
+        return out
+
+
+def verify_chain(events: list[dict], anchor: str | None = None) -> ChainReport:
+    """Recompute every hash and link; name each event where the chain breaks."""
+    problems: list[str] = []
+    prev_hash, expected_seq = GENESIS_HASH, 1
+    hashes = set()
+    for event in events:
+        seq = event.get("seq")
+        if seq != expected_seq:
+            problems.append(f"event {seq}: expected sequence number {expected_seq} "
+                            f"(events deleted or inserted)")
+        if event.get("prev_hash") != prev_hash:
+            problems.append(f"event {seq}: does not link to the event before it "
+                            f"(an event before it was changed, inserted or deleted)")
+        if event_hash(event) != event.get("hash"):
+            problems.append(f"event {seq}: content does not match its hash (event changed)")
+        hashes.add(event.get("hash"))
+        prev_hash = event.get("hash")
+        expected_seq = (seq or expected_seq) + 1
+    anchor_found = None
+    if anchor:
+        anchor_found = anchor.strip().lower() in hashes
+        if not anchor_found:
+            problems.append(f"anchor {anchor[:16]}… is not in the log (events removed from "
+                            f"the end, or the log was rebuilt)")
+    return ChainReport(not problems, len(events), prev_hash, problems, anchor_found)

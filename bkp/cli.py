@@ -1,0 +1,435 @@
+"""The command line: parse, call one action, print, map errors to exit codes.
+
+Nothing here knows restic, SQL, boto3 or paramiko. Heavy modules are imported inside the
+commands so that `bkp --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import BkpError, PolicyError, UsageError
+
+log = logging.getLogger("bkp")
+
+
+# ---------------------------------------------------------------- output helpers
+
+def emit(data, as_json: bool, human: Callable[[], None] | None = None) -> None:
+    """Exactly one JSON document on stdout with --json; otherwise the human rendering."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    elif human:
+        human()
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print exactly one JSON document on stdout.")
+
+
+class State:
+    """Resolved global options, shared by every command through click's context."""
+
+    def __init__(self, policies, home, operator, verbose):
+        from .settings import resolve
+
+        self.settings = resolve(policies, home, operator)
+        self.verbose = verbose
+        self._catalog = None
+
+    @property
+    def catalog(self):
+        if self._catalog is None:
+            from .catalog import Catalog
+
+            self._catalog = Catalog(self.settings.catalog_path)
+            for row in self._catalog.reap_interrupted():
+                say(f"note: {row['kind']} of {row['tenant']} started {row['started_at']} "
+                    f"was interrupted; recorded as such")
+        return self._catalog
+
+    def context(self, progress: bool = False):
+        from .actions import Context
+
+        show = say if progress else None
+        return Context(self.settings, self.catalog, progress=_throttled(show))
+
+    def select(self, tenants: tuple[str, ...], all_: bool):
+        """Policies to work on, and an Outcome per invalid policy (exit 3) among them."""
+        from .actions import Outcome
+        from .policy import load_policies
+
+        if bool(tenants) == bool(all_):
+            raise UsageError("name one or more tenants, or give --all")
+        if not self.settings.policies.is_dir():
+            raise PolicyError(f"policies directory {self.settings.policies} does not exist; "
+                              f"set --policies or BKP_POLICIES")
+        policies, invalid = load_policies(self.settings.policies, list(tenants) or None)
+        wanted = set(tenants)
+        broken = [Outcome(r.tenant or r.file.stem, 3, {
+            "tenant": r.tenant or r.file.stem, "status": "failed",
+            "error": "invalid policy: " + "; ".join(
+                f"{e.path}: {e.message}" for e in r.errors)})
+            for r in invalid if not wanted or (r.tenant or r.file.stem) in wanted]
+        return policies, broken
+
+
+def _throttled(show, every: float = 2.0):
+    if show is None:
+        return None
+    import time
+
+    last = [0.0]
+
+    def report(line: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            show(line)
+
+    return report
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+# ---------------------------------------------------------------- the group
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--policies", envvar="BKP_POLICIES", metavar="DIR",
+              help="Directory of tenant policies (env BKP_POLICIES, default /etc/bkp/policies).")
+@click.option("--home", envvar="BKP_HOME", metavar="DIR",
+              help="State directory: catalog.db, locks, scratch, signing key "
+                   "(env BKP_HOME, default /var/lib/bkp).")
+@click.option("--operator", envvar="BKP_OPERATOR", metavar="NAME",
+              help="The person acting, recorded on every event (env BKP_OPERATOR, "
+                   "default SUDO_USER or the login name).")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.version_option(__version__, prog_name="bkp")
+@click.pass_context
+def cli(ctx, policies, home, operator, verbose):
+    """bkp: encrypted backups of tenant data to off-site EEA servers, restore drills that
+    prove they come back, and certified sanitization of data carriers.
+
+    Exit codes: 0 ok, 1 operation failed, 2 usage, 3 invalid policy, 4 refused for safety,
+    5 verification failed. Commands that work on several tenants go on after one fails and
+    exit with the highest code.
+    """
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    ctx.obj = State(policies, home, operator, verbose)
+
+
+# ---------------------------------------------------------------- policy
+
+@cli.group()
+def policy():
+    """Validate tenant policies and print their schema."""
+
+
+@policy.command("validate")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@json_option
+@pass_state
+def policy_validate(state, files, as_json):
+    """Validate every policy in the policies directory, or the FILES given.
+
+    Every error is reported at once with its file, key path and line.
+    """
+    from .policy import policy_files, validate_files
+
+    paths = list(files) or policy_files(state.settings.policies)
+    if not paths:
+        raise PolicyError(f"no policy files in {state.settings.policies}")
+    reports = validate_files(paths)
+
+    def human():
+        for r in reports:
+            mark = "ok     " if r.valid else "INVALID"
+            click.echo(f"{mark} {r.file} ({r.tenant or '?'})")
+            for p in r.errors:
+                click.echo(f"  error   {_where(r.file, p)}: {p.message}")
+            for p in r.warnings:
+                click.echo(f"  warning {_where(r.file, p)}: {p.message}")
+
+    emit({"policies": [r.to_json() for r in reports]}, as_json, human)
+    return 0 if all(r.valid for r in reports) else 3
+
+
+def _where(file: Path, problem) -> str:
+    line = f":{problem.line}" if problem.line else ""
+    return f"{file}{line} {problem.path or '(document)'}"
+
+
+@policy.command("schema")
+def policy_schema():
+    """Print the JSON Schema of a tenant policy (every key with a description and example)."""
+    from .policy import schema
+
+    click.echo(json.dumps(schema(), indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- init / backup / snapshots
+
+tenants_argument = click.argument("tenants", nargs=-1, metavar="TENANT...")
+all_option = click.option("--all", "all_", is_flag=True, help="Every tenant with a policy.")
+
+
+@cli.command()
+@tenants_argument
+@all_option
+@json_option
+@pass_state
+def init(state, tenants, all_, as_json):
+    """Prepare each tenant's destination and initialise its restic repository.
+
+    Idempotent: an existing repository is left as it is. Keep the repository password in
+    the key escrow before the first backup: without it the backups cannot be restored.
+    """
+    from .actions import highest_exit, run_per_tenant
+    from .actions.init import init_tenant
+
+    policies, broken = state.select(tenants, all_)
+    ctx = state.context()
+    outcomes = broken + run_per_tenant(policies, lambda p: init_tenant(ctx, p))
+
+    def human():
+        for o in outcomes:
+            d = o.data
+            extra = f"  {d['error']}" if d.get("error") else ""
+            click.echo(f"{d['tenant']:<24} {d['status']:<12} {d.get('repository', '')}{extra}")
+
+    emit({"tenants": [o.data for o in outcomes]}, as_json, human)
+    return highest_exit(outcomes)
+
+
+@cli.command()
+@tenants_argument
+@all_option
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Tenants backed up in parallel (never two operations on one repository).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal).")
+@json_option
+@pass_state
+def backup(state, tenants, all_, jobs, progress, as_json):
+    """Back up tenants, apply their retention (forget + prune) and record each run.
+
+    One tenant failing never stops the others; the exit code is the highest among them.
+    """
+    from .actions import highest_exit, run_per_tenant
+    from .actions.backup import backup_tenant
+
+    policies, broken = state.select(tenants, all_)
+    show = sys.stderr.isatty() if progress is None else progress
+    ctx = state.context(progress=show)
+    outcomes = broken + run_per_tenant(policies, lambda p: backup_tenant(ctx, p), jobs)
+    emit({"runs": [o.data for o in outcomes]}, as_json, lambda: _print_runs(outcomes))
+    return highest_exit(outcomes)
+
+
+def _print_runs(outcomes) -> None:
+    for o in outcomes:
+        d = o.data
+        if d["status"] == "ok":
+            click.echo(f"{d['tenant']:<24} ok      snapshot {d['snapshot_id']}  "
+                       f"{d['files']} files  +{d['bytes_added']} bytes  "
+                       f"{d['duration_s']:.1f}s")
+        else:
+            click.echo(f"{d['tenant']:<24} {d['status'].upper():<7} {d.get('error')}")
+
+
+@cli.command()
+@click.argument("tenant")
+@json_option
+@pass_state
+def snapshots(state, tenant, as_json):
+    """List a tenant's snapshots, read from its repository (the truth about backups)."""
+    from .actions.snapshots import list_snapshots
+
+    policies, broken = state.select((tenant,), False)
+    if broken:
+        raise PolicyError(broken[0].data["error"])
+    items = list_snapshots(state.context(), policies[0])
+
+    def human():
+        if not items:
+            click.echo(f"{tenant}: no snapshots")
+        for s in items:
+            click.echo(f"{s['short_id']}  {s['time'][:19]}  {','.join(s['paths'])}  "
+                       f"[{','.join(s['tags'])}]")
+
+    emit({"snapshots": items}, as_json, human)
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+@cli.command()
+@click.argument("tenants", nargs=-1, metavar="[TENANT...]")
+@json_option
+@pass_state
+def status(state, tenants, as_json):
+    """Per tenant: last backup, RPO state, last drill and when the next drill is due."""
+    from .actions.status import tenant_status
+
+    policies, broken = state.select(tenants, not tenants)
+    rows = [tenant_status(state.catalog, p) for p in policies]
+    rows += [{"tenant": b.tenant, "policy_valid": False, "last_backup": None, "rpo_ok": False,
+              "last_drill": None, "drill_due": None, "error": b.data["error"]} for b in broken]
+
+    def human():
+        _print_status(rows)
+
+    emit({"tenants": rows}, as_json, human)
+    return 0
+
+
+def _print_status(rows) -> None:
+    header = (f"{'TENANT':<22} {'STATE':<7} {'LAST BACKUP':<20} {'RESULT':<12} "
+              f"{'SNAPSHOT':<9} {'RPO':<5} {'SNAPS':>5}  {'LAST DRILL':<20} {'DRILL DUE':<20}")
+    click.echo(header)
+    for r in rows:
+        last = r.get("last_backup") or {}
+        drill = r.get("last_drill") or {}
+        click.echo(
+            f"{r['tenant']:<22} {r.get('state', 'invalid').upper():<7} "
+            f"{(last.get('time') or 'never')[:19]:<20} "
+            f"{last.get('status') or '-':<12} {(last.get('snapshot_id') or '-')[:8]:<9} "
+            f"{'ok' if r.get('rpo_ok') else 'LATE':<5} {_dash(r.get('snapshot_count')):>5}  "
+            f"{(drill.get('time') or 'never')[:19]:<20} {(r.get('drill_due') or '-')[:19]:<20}")
+        if r.get("error"):
+            click.echo(f"{'':<22} ! {r['error']}")
+
+
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
+# ---------------------------------------------------------------- audit
+
+@cli.group()
+def audit():
+    """Read and verify the hash-chained audit trail."""
+
+
+@audit.command("log")
+@click.option("--tenant", help="Only this tenant's events.")
+@click.option("--since", metavar="DATE", help="Only events at or after DATE (ISO 8601, UTC).")
+@json_option
+@pass_state
+def audit_log(state, tenant, since, as_json):
+    """The audit trail: who did what, to which tenant, when (UTC)."""
+    events = state.catalog.audit_events(tenant=tenant, since=_since(since))
+    for e in events:
+        e["details"] = json.loads(e["details"] or "{}")
+
+    def human():
+        for e in events:
+            details = " ".join(f"{k}={v}" for k, v in e["details"].items() if v is not None)
+            click.echo(f"{e['seq']:>6} {e['time'][:19]}Z {e['operator'] or '-':<12} "
+                       f"{e['tenant'] or '-':<18} {e['action']:<14} {e['outcome']:<12} {details}")
+
+    emit({"events": events}, as_json, human)
+    return 0
+
+
+def _since(text: str | None) -> str | None:
+    if not text:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not an ISO 8601 date or time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@audit.command("verify")
+@click.option("--anchor", metavar="HASH",
+              help="A head hash kept earlier (bkp audit head): prove the log still holds it.")
+@json_option
+@pass_state
+def audit_verify(state, anchor, as_json):
+    """Recompute the audit chain; exit 5 when any event was changed, inserted or removed."""
+    from .audit import verify_chain
+
+    report = verify_chain(state.catalog.audit_events(), anchor)
+
+    def human():
+        if report.valid:
+            click.echo(f"audit trail intact: {report.events} events, head {report.head}")
+        else:
+            click.echo(f"AUDIT TRAIL BROKEN ({len(report.problems)} problems):")
+            for p in report.problems:
+                click.echo(f"  {p}")
+
+    emit(report.to_json(), as_json, human)
+    return 0 if report.valid else 5
+
+
+@audit.command("head")
+@json_option
+@pass_state
+def audit_head(state, as_json):
+    """Print the current head hash; keep it to check later that nothing was cut off."""
+    from .audit import verify_chain
+
+    report = verify_chain(state.catalog.audit_events())
+    emit({"head": report.head, "events": report.events}, as_json,
+         lambda: click.echo(report.head))
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+def _on_terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _on_terminate)
+    try:
+        code = cli.main(args=argv, prog_name="bkp", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        say("aborted")
+        code = 130
+    except BkpError as exc:
+        say(f"bkp: {exc}")
+        for problem in getattr(exc, "problems", []) or []:
+            say(f"  {problem}")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = _interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> int:
+    """Stop children and let the per-tenant code record `interrupted` before we exit."""
+    from .actions import interrupt
+
+    interrupt()
+    say("bkp: interrupted; work in progress is recorded as interrupted")
+    return 130

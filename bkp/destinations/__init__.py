@@ -1,0 +1,57 @@
+"""Destinations: where a tenant's repository lives (local, sftp, s3).
+
+Each destination does a preflight before restic touches anything (is the server the one we
+pinned, is the bucket where the policy says), knows whether a repository already exists
+there, and builds the restic Repository. boto3 and paramiko are imported only by the
+destination that needs them: `bkp --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..policy import Policy
+from ..restic import Repository
+
+
+@dataclass(frozen=True)
+class Preflight:
+    reachable: bool
+    initialised: bool
+    detail: str = ""
+
+
+class Destination(Protocol):
+    policy: Policy
+
+    def preflight(self) -> Preflight: ...
+
+    def prepare(self) -> None:
+        """Create what restic init needs (directories); never touches an existing repository."""
+
+    def repository(self) -> Repository: ...
+
+    def usage_bytes(self) -> int | None: ...
+
+
+def destination_for(policy: Policy, home: Path) -> Destination:
+    kind = policy.destination.type
+    if kind == "local":
+        from .local import LocalDestination
+
+        return LocalDestination(policy, home)
+    if kind == "sftp":
+        from .sftp import SftpDestination
+
+        return SftpDestination(policy, home)
+    if kind == "s3":
+        from .s3 import S3Destination
+
+        return S3Destination(policy, home)
+    raise ValueError(f"unknown destination type {kind!r}")
+
+
+def cache_dir(home: Path, tenant: str) -> Path:
+    return home / "cache" / tenant

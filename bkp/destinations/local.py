@@ -1,0 +1,48 @@
+"""A repository on a local or mounted disk (staging; not off-site)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import secrets
+from ..policy import Policy
+from ..restic import Repository
+from . import Preflight, cache_dir
+
+
+@dataclass
+class LocalDestination:
+    policy: Policy
+    home: Path
+
+    @property
+    def path(self) -> Path:
+        return Path(self.policy.destination.path)
+
+    def preflight(self) -> Preflight:
+        initialised = (self.path / "config").is_file()
+        reachable = initialised or self.path.parent.is_dir()
+        detail = "" if reachable else f"{self.path.parent} does not exist (disk not mounted?)"
+        return Preflight(reachable, initialised, detail)
+
+    def prepare(self) -> None:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def repository(self) -> Repository:
+        return Repository(url=str(self.path), env=secrets.restic_password(self.policy),
+                          cache_dir=cache_dir(self.home, self.policy.tenant),
+                          label=str(self.path))
+
+    def usage_bytes(self) -> int | None:
+        if not self.path.is_dir():
+            return None
+        total = 0
+        for root, _dirs, files in os.walk(self.path):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    pass
+        return total

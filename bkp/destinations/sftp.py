@@ -1,0 +1,181 @@
+"""An SFTP server off-site: paramiko preflight against the pinned host key, then restic's
+sftp backend through the OpenSSH client with a generated known_hosts.
+
+The preflight compares the server's host key with the pinned one before authenticating, so
+a mismatch is refused before anything is written or any credential is offered.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import posixpath
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import secrets
+from ..errors import OperationError, SafetyError
+from ..policy import Policy
+from ..restic import Repository
+from . import Preflight, cache_dir
+
+CONNECT_TIMEOUT = 20
+# paramiko names RSA signature algorithms separately from the key type.
+_KEY_TYPES = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
+
+
+def fingerprint(key_b64: str) -> str:
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def ssh_config_text(alias: str, host: str, port: int, user: str, identity_file: Path,
+                    known_hosts: Path) -> str:
+    """OpenSSH client settings for restic: only the pinned key is trusted, never a prompt."""
+    return "\n".join([
+        f"Host {alias}",
+        f"  HostName {host}",
+        f"  Port {port}",
+        f"  User {user}",
+        f'  IdentityFile "{identity_file}"',
+        "  IdentitiesOnly yes",
+        f"  HostKeyAlias {alias}",
+        f'  UserKnownHostsFile "{known_hosts}"',
+        "  GlobalKnownHostsFile /dev/null",
+        "  StrictHostKeyChecking yes",
+        "  BatchMode yes",
+        "  PasswordAuthentication no",
+        "  KbdInteractiveAuthentication no",
+        f"  ConnectTimeout {CONNECT_TIMEOUT}",
+        "  ServerAliveInterval 15",
+        "  ServerAliveCountMax 4",
+        "  LogLevel ERROR",
+        "",
+    ])
+
+
+@dataclass
+class SftpDestination:
+    policy: Policy
+    home: Path
+
+    @property
+    def dest(self):
+        return self.policy.destination
+
+    @property
+    def alias(self) -> str:
+        return f"bkp-{self.policy.tenant}"
+
+    @property
+    def label(self) -> str:
+        return f"sftp:{self.dest.user}@{self.dest.host}:{self.dest.port}{self.dest.path}"
+
+    # -------------------------------------------------------------- paramiko side
+
+    def _connect(self):
+        import paramiko
+
+        pinned_type, pinned_b64 = self.dest.host_key.split()[:2]
+        try:
+            sock = socket.create_connection((self.dest.host, self.dest.port),
+                                            timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise OperationError(
+                f"cannot reach sftp destination {self.dest.host}:{self.dest.port}: "
+                f"{exc.strerror or exc}; check the network and the server") from None
+        transport = paramiko.Transport(sock)
+        transport.get_security_options().key_types = _KEY_TYPES.get(pinned_type, [pinned_type])
+        try:
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport.close()
+            raise OperationError(
+                f"SSH handshake with {self.dest.host}:{self.dest.port} failed ({exc}); the "
+                f"server may not offer a {pinned_type} host key") from None
+        offered = transport.get_remote_server_key()
+        if offered.get_name() != pinned_type or offered.get_base64() != pinned_b64:
+            transport.close()
+            raise SafetyError(
+                f"host key mismatch for {self.dest.host}:{self.dest.port}: the server offers "
+                f"{offered.get_name()} {fingerprint(offered.get_base64())}, the policy pins "
+                f"{pinned_type} {fingerprint(pinned_b64)}. Nothing was sent. Verify the "
+                f"server's key out of band before changing destination.host_key")
+        self._authenticate(transport, paramiko)
+        return transport, paramiko.SFTPClient.from_transport(transport)
+
+    def _authenticate(self, transport, paramiko) -> None:
+        secrets.check_private_file(Path(self.dest.identity_file), "identity_file")
+        try:
+            key = paramiko.PKey.from_path(self.dest.identity_file)
+            transport.auth_publickey(self.dest.user, key)
+        except paramiko.PasswordRequiredException:
+            transport.close()
+            raise OperationError(f"identity_file {self.dest.identity_file} is passphrase "
+                                 f"protected; unattended backups need an agent-less key") from None
+        except (paramiko.SSHException, OSError, ValueError) as exc:
+            transport.close()
+            raise OperationError(
+                f"the SSH server refused identity_file {self.dest.identity_file} for user "
+                f"{self.dest.user} ({exc}); check authorized_keys on the server") from None
+
+    def preflight(self) -> Preflight:
+        transport, sftp = self._connect()
+        try:
+            try:
+                sftp.stat(posixpath.join(self.dest.path, "config"))
+                initialised = True
+            except FileNotFoundError:
+                initialised = False
+        finally:
+            transport.close()
+        return Preflight(True, initialised)
+
+    def prepare(self) -> None:
+        transport, sftp = self._connect()
+        try:
+            self._makedirs(sftp, self.dest.path)
+        finally:
+            transport.close()
+
+    @staticmethod
+    def _makedirs(sftp, path: str) -> None:
+        current = "/"
+        for part in [p for p in path.split("/") if p]:
+            current = posixpath.join(current, part)
+            try:
+                if not stat.S_ISDIR(sftp.stat(current).st_mode):
+                    raise OperationError(f"{current} on the sftp server is not a directory")
+            except FileNotFoundError:
+                sftp.mkdir(current, mode=0o700)
+
+    # -------------------------------------------------------------- restic side
+
+    def _write_ssh_files(self) -> Path:
+        folder = self.home / "ssh" / self.policy.tenant
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        known_hosts = folder / "known_hosts"
+        key_type, key_b64 = self.dest.host_key.split()[:2]
+        known_hosts.write_text(f"{self.alias} {key_type} {key_b64}\n")
+        config = folder / "ssh_config"
+        config.write_text(ssh_config_text(self.alias, self.dest.host, self.dest.port,
+                                          self.dest.user, Path(self.dest.identity_file),
+                                          known_hosts))
+        config.chmod(0o600)
+        return config
+
+    def repository(self) -> Repository:
+        config = self._write_ssh_files()
+        command = f'ssh -F "{config}" {self.alias} -s sftp'
+        return Repository(
+            url=f"sftp:{self.alias}:{self.dest.path}",
+            options=(f"sftp.command={command}",),
+            env=secrets.restic_password(self.policy),
+            cache_dir=cache_dir(self.home, self.policy.tenant),
+            label=self.label,
+        )
+
+    def usage_bytes(self) -> int | None:
+        return None

@@ -1,0 +1,51 @@
+"""Advisory file locks under $BKP_HOME/locks.
+
+flock(2) is released by the kernel when the holder dies, so a crash never leaves a lock
+that blocks the next night. The lock file records who holds it, for the refusal message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from .catalog import utc_now
+from .errors import OperationError
+
+
+def holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def exclusive(path: Path, what: str):
+    """Hold an exclusive lock or fail at once with who holds it; never queue behind it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = holder(path)
+            raise OperationError(
+                f"another {what} (pid {info.get('pid', '?')}, started "
+                f"{info.get('started', '?')}) holds the lock {path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started": utc_now()}).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def tenant_lock(locks: Path, tenant: str):
+    return exclusive(locks / f"tenant-{tenant}.lock", f"bkp operation on tenant {tenant}")
+
+
+def run_lock(locks: Path):
+    return exclusive(locks / "run.lock", "run")

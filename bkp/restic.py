@@ -1,0 +1,315 @@
+"""Everything that knows restic's flags, exit codes and JSON.
+
+Builders are pure functions returning argv lists; `Restic` runs them through the runner and
+turns failures into one-line messages that say what to do. The password never appears in
+argv: it reaches restic through RESTIC_PASSWORD_FILE, RESTIC_PASSWORD_COMMAND or
+RESTIC_PASSWORD in restic's own environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import runner
+from .errors import OperationError
+from .policy import Policy, Retention
+from .secrets import SecretEnv
+
+RESTIC = "restic"
+# restic ≥ 0.17 documents these exit codes; 0.14 uses 1 for all of them and we read stderr.
+EXIT_PARTIAL = 3
+EXIT_NO_REPOSITORY = 10
+EXIT_LOCKED = 11
+EXIT_WRONG_PASSWORD = 12
+
+
+@dataclass(frozen=True)
+class Repository:
+    """How to reach one tenant's repository: URL, extended options, child environment."""
+
+    url: str
+    options: tuple[str, ...] = ()  # "-o key=value" pairs, never secrets
+    env: SecretEnv = field(default_factory=SecretEnv)
+    cache_dir: Path | None = None
+    label: str = ""  # what an operator recognises: the URL without credentials
+
+
+@dataclass(frozen=True)
+class Version:
+    major: int
+    minor: int
+    patch: int
+
+    def at_least(self, major: int, minor: int) -> bool:
+        return (self.major, self.minor) >= (major, minor)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+def parse_version(text: str) -> Version:
+    match = re.search(r"restic (\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise OperationError(f"cannot read restic's version from {text.strip()[:80]!r}")
+    return Version(*(int(g) for g in match.groups()))
+
+
+@functools.lru_cache(maxsize=1)
+def version() -> Version:
+    if not runner.which(RESTIC):
+        raise OperationError("restic is not installed: run scripts/install.sh "
+                             "(or apt-get install restic)")
+    done = runner.run([RESTIC, "version"], timeout=30)
+    return parse_version(done.stdout)
+
+
+# ---------------------------------------------------------------- argv builders (pure)
+
+def global_args(repo: Repository) -> list[str]:
+    args = [RESTIC, "--repo", repo.url]
+    for option in repo.options:
+        args += ["--option", option]
+    if repo.cache_dir:
+        args += ["--cache-dir", str(repo.cache_dir)]
+    return args
+
+
+def tenant_tags(policy: Policy) -> list[str]:
+    """Tags that let the catalog be rebuilt from the repository alone."""
+    return [f"tenant={policy.tenant}", f"purpose={policy.purpose}",
+            f"classification={policy.classification}"]
+
+
+def init_argv(repo: Repository) -> list[str]:
+    return [*global_args(repo), "init"]
+
+
+def backup_argv(repo: Repository, policy: Policy, host: str) -> list[str]:
+    args = [*global_args(repo), "backup", "--json", "--host", host]
+    for tag in tenant_tags(policy):
+        args += ["--tag", tag]
+    for pattern in policy.exclude:
+        args += ["--exclude", pattern]
+    return [*args, "--", *policy.sources]
+
+
+def forget_argv(repo: Repository, tenant: str, retention: Retention) -> list[str]:
+    """forget + prune in one restic call; prune only runs when something was forgotten.
+
+    Grouping is off: the repository holds one tenant, and grouping by host or paths would
+    let a renamed host or an added source keep old snapshots forever.
+    """
+    args = [*global_args(repo), "forget", "--json", "--prune", "--group-by", "",
+            "--tag", f"tenant={tenant}"]
+    for rule, count in retention.keep_rules().items():
+        args += [f"--keep-{rule}", str(count)]
+    return args
+
+
+def snapshots_argv(repo: Repository, tenant: str | None = None) -> list[str]:
+    args = [*global_args(repo), "snapshots", "--json"]
+    if tenant:
+        args += ["--tag", f"tenant={tenant}"]
+    return args
+
+
+def unlock_argv(repo: Repository) -> list[str]:
+    """Removes only stale locks: those of dead processes on this host, or expired ones."""
+    return [*global_args(repo), "unlock"]
+
+
+# ---------------------------------------------------------------- output parsing (pure)
+
+@dataclass(frozen=True)
+class BackupSummary:
+    snapshot_id: str | None
+    files: int
+    bytes_added: int
+    bytes_processed: int
+    files_new: int = 0
+    files_changed: int = 0
+    errors: tuple[str, ...] = ()
+
+
+def parse_backup_output(stdout: str) -> BackupSummary:
+    summary: dict = {}
+    errors: list[str] = []
+    for line in stdout.splitlines():
+        message = _json_line(line)
+        kind = message.get("message_type")
+        if kind == "summary":
+            summary = message
+        elif kind == "error":
+            err = message.get("error") or {}
+            text = err.get("message", "") if isinstance(err, dict) else str(err)
+            errors.append(f"{message.get('item', '')}: {text}".strip(": "))
+    return BackupSummary(
+        snapshot_id=summary.get("snapshot_id"),
+        files=int(summary.get("total_files_processed", 0)),
+        bytes_added=int(summary.get("data_added", 0)),
+        bytes_processed=int(summary.get("total_bytes_processed", 0)),
+        files_new=int(summary.get("files_new", 0)),
+        files_changed=int(summary.get("files_changed", 0)),
+        errors=tuple(errors),
+    )
+
+
+def parse_backup_progress(line: str) -> dict | None:
+    message = _json_line(line)
+    return message if message.get("message_type") == "status" else None
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    kept: int
+    removed: int
+
+
+def parse_forget_output(stdout: str) -> ForgetResult:
+    """forget --json prints one JSON array; prune (0.14) may add plain text after it."""
+    for line in stdout.splitlines():
+        if line.startswith("["):
+            try:
+                groups = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kept = sum(len(g.get("keep") or []) for g in groups)
+            removed = sum(len(g.get("remove") or []) for g in groups)
+            return ForgetResult(kept, removed)
+    return ForgetResult(0, 0)
+
+
+def parse_snapshots(stdout: str) -> list[dict]:
+    text = stdout.strip() or "[]"
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OperationError(f"restic printed an unreadable snapshot list: {exc}") from None
+    return [{"id": s.get("id"), "short_id": s.get("short_id") or (s.get("id") or "")[:8],
+             "time": s.get("time"), "paths": s.get("paths") or [], "tags": s.get("tags") or [],
+             "host": s.get("hostname")} for s in items or []]
+
+
+def _json_line(line: str) -> dict:
+    line = line.strip()
+    if not line.startswith("{"):
+        return {}
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ---------------------------------------------------------------- failures
+
+_FAILURES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"wrong password|no key found", re.I),
+     "wrong repository password: check the policy's password source against the key escrow"),
+    (re.compile(r"unable to open config file|Is there a repository at|"
+                r"repository does not exist", re.I),
+     "no repository at {repo}: run `bkp init {tenant}` (or check the destination path)"),
+    (re.compile(r"repository is already locked|unable to create lock", re.I),
+     "repository {repo} is locked by another process: wait for it, or see "
+     "runbooks/nightly-operations.md to clear a stale lock"),
+    (re.compile(r"host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.I),
+     "the SSH host key of the destination does not match the pinned host_key: refuse and "
+     "investigate"),
+    (re.compile(r"permission denied \(publickey|Permission denied, please try", re.I),
+     "the SSH server refused the identity_file: check the key is authorised for the user"),
+    (re.compile(r"connection refused|no route to host|network is unreachable|i/o timeout|"
+                r"connection timed out|could not resolve|no such host|"
+                r"ssh: connect to host|unable to start the sftp session|"
+                r"Temporary failure in name resolution", re.I),
+     "destination {repo} is unreachable: check the network and the server, then re-run"),
+    (re.compile(r"AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId", re.I),
+     "the S3 endpoint refused the credentials: check credentials_file"),
+    (re.compile(r"NoSuchBucket|bucket does not exist", re.I),
+     "the S3 bucket does not exist: create it, then run `bkp init {tenant}`"),
+    (re.compile(r"no space left on device", re.I),
+     "no space left on the destination or cache disk"),
+]
+
+
+def explain_failure(done: runner.Completed, repo: Repository, tenant: str, action: str) -> str:
+    """One line: what went wrong and what to do, with restic's last words for context."""
+    if done.timed_out:
+        return (f"restic {action} did not finish within {done.duration_s:.0f}s and was killed; "
+                f"check the destination, or raise timeout_minutes in the policy")
+    by_code = {EXIT_NO_REPOSITORY: 1, EXIT_LOCKED: 2, EXIT_WRONG_PASSWORD: 0}
+    if done.returncode in by_code and version().at_least(0, 17):
+        template = _FAILURES[by_code[done.returncode]][1]
+        return template.format(repo=repo.label or repo.url, tenant=tenant)
+    for pattern, template in _FAILURES:
+        if pattern.search(done.stderr_tail):
+            return template.format(repo=repo.label or repo.url, tenant=tenant)
+    last = _last_meaningful_line(done.stderr_tail)
+    return f"restic {action} failed (exit {done.returncode}): {last}"
+
+
+def is_locked_failure(done: runner.Completed) -> bool:
+    return done.returncode == EXIT_LOCKED or bool(_FAILURES[2][0].search(done.stderr_tail))
+
+
+def _last_meaningful_line(tail: str) -> str:
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if ln.startswith("Fatal:")]
+    return (fatal or lines or ["no output"])[-1][:300]
+
+
+# ---------------------------------------------------------------- execution
+
+@dataclass
+class Restic:
+    """Runs restic for one tenant's repository."""
+
+    repo: Repository
+    tenant: str
+    timeout: float | None = None
+    calls: int = 0  # counted so the benchmark can report restic processes per tenant
+
+    def run(self, argv: Sequence[str], action: str, *,
+            on_stdout_line: Callable[[str], None] | None = None,
+            check: bool = True, timeout: float | None = None) -> runner.Completed:
+        self.calls += 1
+        done = runner.run(argv, env=self.repo.env.env, secrets=self.repo.env.secrets,
+                          timeout=timeout or self.timeout, on_stdout_line=on_stdout_line,
+                          drop_env_prefixes=("RESTIC_", "AWS_"))
+        if check and not done.ok:
+            raise OperationError(explain_failure(done, self.repo, self.tenant, action))
+        return done
+
+    def init(self) -> None:
+        self.run(init_argv(self.repo), "init")
+
+    def backup(self, policy: Policy, host: str,
+               progress: Callable[[dict], None] | None = None) -> tuple[BackupSummary, int]:
+        def on_line(line: str) -> None:
+            status = parse_backup_progress(line)
+            if status and progress:
+                progress(status)
+
+        done = self.run(backup_argv(self.repo, policy, host), "backup", on_stdout_line=on_line,
+                        check=False)
+        summary = parse_backup_output(done.stdout)
+        if done.returncode == EXIT_PARTIAL and summary.snapshot_id and not done.timed_out:
+            return summary, EXIT_PARTIAL
+        if not done.ok:
+            raise OperationError(explain_failure(done, self.repo, self.tenant, "backup"))
+        return summary, 0
+
+    def forget(self, retention: Retention) -> ForgetResult:
+        done = self.run(forget_argv(self.repo, self.tenant, retention), "forget/prune")
+        return parse_forget_output(done.stdout)
+
+    def snapshots(self) -> list[dict]:
+        done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")
+        return parse_snapshots(done.stdout)
+
+    def unlock_stale(self) -> None:
+        self.run(unlock_argv(self.repo), "unlock")

@@ -1,0 +1,172 @@
+"""The one place that starts processes.
+
+Every child runs in its own process group so that a timeout or an interrupt of bkp kills
+the whole tree (restic starts ssh). The command is logged with secrets masked, and the
+last lines of output are kept for the error message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("bkp.runner")
+
+TAIL_LINES = 20
+# Environment variables whose values are never logged, whatever their content.
+SECRET_ENV_NAMES = frozenset({
+    "RESTIC_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "B2_ACCOUNT_KEY",
+})
+
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+@dataclass
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr_tail: str
+    duration_s: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    secrets: Iterable[str] = (),
+    on_stdout_line: Callable[[str], None] | None = None,
+    capture_stdout: bool = True,
+    stdin_data: bytes | None = None,
+    cwd: str | None = None,
+    drop_env_prefixes: tuple[str, ...] = (),
+) -> Completed:
+    """Run argv to completion; never raises for a non-zero exit, only for a missing program.
+
+    `env` is added to the environment of the child only. `on_stdout_line` sees each
+    stdout line as it arrives (progress); stdout is also returned unless capture_stdout is
+    false (for commands that print gigabytes).
+    """
+    secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
+                                           if k in SECRET_ENV_NAMES and v]
+    log.debug("run: %s", redact(" ".join(argv), secrets))
+    # Inherited variables such as RESTIC_REPOSITORY from an operator's shell must not
+    # redirect a child to another repository.
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
+    child_env.update(env or {})
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    with _live_lock:
+        _live.add(proc)
+    try:
+        stdout, tail, timed_out = _communicate(proc, timeout, on_stdout_line, capture_stdout,
+                                               stdin_data)
+    except BaseException:
+        # Interrupted while waiting (a signal in this thread): the child is in its own
+        # session and would outlive us.
+        terminate(proc, grace=2.0)
+        raise
+    finally:
+        with _live_lock:
+            _live.discard(proc)
+    duration = time.monotonic() - started
+    stderr_tail = redact("\n".join(tail), secrets)
+    if proc.returncode != 0:
+        log.debug("exit %s after %.1fs: %s", proc.returncode, duration, stderr_tail[-500:])
+    return Completed(list(argv), proc.returncode, stdout, stderr_tail, duration, timed_out)
+
+
+def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data):
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    chunks: list[str] = []
+
+    def read_stderr():
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line:
+                tail.append(line)
+
+    def read_stdout():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            if capture_stdout:
+                chunks.append(line)
+            if on_stdout_line:
+                on_stdout_line(line.rstrip("\n"))
+
+    readers = [threading.Thread(target=read_stderr, daemon=True),
+               threading.Thread(target=read_stdout, daemon=True)]
+    for t in readers:
+        t.start()
+    if stdin_data is not None:
+        try:
+            proc.stdin.write(stdin_data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        terminate(proc)
+    for t in readers:
+        t.join(timeout=5)
+    return "".join(chunks), list(tail), timed_out
+
+
+def terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the child's process group, then SIGKILL what is left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def terminate_all() -> None:
+    """Stop every child still running (bkp itself was told to stop)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        terminate(proc, grace=2.0)
+
+
+def which(program: str) -> str | None:
+    from shutil import which as _which
+
+    return _which(program)

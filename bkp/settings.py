@@ -1,0 +1,55 @@
+"""Where bkp keeps its state and who is acting: resolved once per command."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_POLICIES = Path("/etc/bkp/policies")
+DEFAULT_HOME = Path("/var/lib/bkp")
+
+
+def os_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def default_operator() -> str:
+    return os.environ.get("SUDO_USER") or _login_name()
+
+
+def _login_name() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        return getpass.getuser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    policies: Path
+    home: Path
+    operator: str
+    os_user: str
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.db"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+
+def resolve(policies: str | None, home: str | None, operator: str | None) -> Settings:
+    return Settings(
+        policies=Path(policies or os.environ.get("BKP_POLICIES") or DEFAULT_POLICIES),
+        home=Path(home or os.environ.get("BKP_HOME") or DEFAULT_HOME),
+        operator=operator or os.environ.get("BKP_OPERATOR") or default_operator(),
+        os_user=os_user(),
+    )

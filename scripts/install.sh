@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install everything bkp needs on a fresh Debian/Ubuntu machine, as root:
+# the system packages (restic, OpenSSH, Python venv) and bkp in ./.venv.
+# One script for the README, CI and the Dockerfile.
+#   scripts/install.sh          runtime only
+#   scripts/install.sh --dev    also the test tools (pytest, moto, hypothesis, ruff, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    *) echo "usage: scripts/install.sh [--dev]" >&2; exit 2 ;;
+  esac
+done
+
+# restic from the distribution; OpenSSH client for restic's sftp backend and the server for
+# the test fixtures; util-linux and e2fsprogs for the media path (losetup, lsblk, mkfs);
+# hdparm and nvme-cli for hardware erase commands.
+packages=(restic openssh-client openssh-server python3 python3-venv ca-certificates
+          util-linux e2fsprogs hdparm nvme-cli)
+if [ "$dev" = 1 ]; then
+  packages+=(nwipe)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: missing system packages (${missing[*]}); run as root" >&2
+    exit 1
+  fi
+  echo "install.sh: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+lock=requirements.lock
+[ "$dev" = 1 ] && lock=requirements-test.lock
+pip_quietly() {
+  # Some mirrors configure extra package folders that pip warns about on every package.
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | grep -v -e "is ignored: it is neither a file nor a directory" -e BuildBackendWarning >&2 || true
+  return "${PIPESTATUS[0]}"
+}
+pip_quietly --require-hashes -r "$lock"
+pip_quietly --no-deps -e .
+echo "install.sh: bkp $(.venv/bin/bkp --version | awk '{print $NF}') with $(restic version | cut -d' ' -f1-2) ready in $(pwd)/.venv" >&2

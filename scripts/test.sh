@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run the whole test suite (unit, integration with real restic/sshd/S3, end-to-end CLI).
+# Installs what is missing first, so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh --dev
+.venv/bin/ruff check .
+exec .venv/bin/pytest -q "$@"
