@@ -45,10 +45,11 @@ fi
 lock=requirements.lock
 [ "$dev" = 1 ] && lock=requirements-test.lock
 pip_quietly() {
-  # Some mirrors configure extra package folders that pip warns about on every package.
-  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
-    | grep -v -e "is ignored: it is neither a file nor a directory" -e BuildBackendWarning >&2 || true
-  return "${PIPESTATUS[0]}"
+  # pip's chatter (mirror warnings, setuptools notices) is shown only when it fails.
+  local out rc=0
+  out=$(.venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1) || rc=$?
+  [ "$rc" = 0 ] || printf '%s\n' "$out" >&2
+  return "$rc"
 }
 pip_quietly --require-hashes -r "$lock"
 pip_quietly --no-deps -e .
