@@ -276,13 +276,22 @@ class Restic:
     def run(self, argv: Sequence[str], action: str, *,
             on_stdout_line: Callable[[str], None] | None = None,
             check: bool = True, timeout: float | None = None) -> runner.Completed:
-        self.calls += 1
-        done = runner.run(argv, env=self.repo.env.env, secrets=self.repo.env.secrets,
-                          timeout=timeout or self.timeout, on_stdout_line=on_stdout_line,
-                          drop_env_prefixes=("RESTIC_", "AWS_"))
+        """Run restic; a lock left by a dead restic of this host is removed and the command
+        tried once more. A live lock is never removed."""
+        done = self._run_once(argv, on_stdout_line, timeout)
+        if not done.ok and not done.timed_out and is_locked_failure(done):
+            unlocked = self._run_once(unlock_argv(self.repo), None, timeout)
+            if unlocked.ok:
+                done = self._run_once(argv, on_stdout_line, timeout)
         if check and not done.ok:
             raise OperationError(explain_failure(done, self.repo, self.tenant, action))
         return done
+
+    def _run_once(self, argv, on_stdout_line, timeout) -> runner.Completed:
+        self.calls += 1
+        return runner.run(argv, env=self.repo.env.env, secrets=self.repo.env.secrets,
+                          timeout=timeout or self.timeout, on_stdout_line=on_stdout_line,
+                          drop_env_prefixes=("RESTIC_", "AWS_"))
 
     def init(self) -> None:
         self.run(init_argv(self.repo), "init")
@@ -311,5 +320,3 @@ class Restic:
         done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")
         return parse_snapshots(done.stdout)
 
-    def unlock_stale(self) -> None:
-        self.run(unlock_argv(self.repo), "unlock")

@@ -26,6 +26,27 @@ SECRET_ENV_NAMES = frozenset({
 })
 
 _live: set[subprocess.Popen] = set()
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _libc_prctl()
+
+
+def _die_with_parent() -> None:
+    # Children live in their own session (so a timeout kills restic and its ssh together),
+    # which also means they would outlive a SIGKILLed bkp and keep writing to the repository
+    # with nobody recording it. The kernel kills them when bkp dies.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 _live_lock = threading.Lock()
 
 
@@ -84,6 +105,7 @@ def run(
         env=child_env,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     with _live_lock:
         _live.add(proc)

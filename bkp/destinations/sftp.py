@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import secrets
-from ..errors import OperationError, SafetyError
+from ..errors import OperationError, PolicyError, SafetyError
 from ..policy import Policy
 from ..restic import Repository
 from . import Preflight, cache_dir
@@ -168,7 +168,11 @@ class SftpDestination:
 
     def repository(self) -> Repository:
         config = self._write_ssh_files()
-        command = f'ssh -F "{config}" {self.alias} -s sftp'
+        if any(c in str(config) for c in ' ,"\''):
+            # restic reads --option values as CSV and splits the command on blanks.
+            raise PolicyError(f"BKP_HOME {self.home} must not contain blanks, commas or "
+                              f"quotes when an sftp destination is used")
+        command = f"ssh -F {config} {self.alias} -s sftp"
         return Repository(
             url=f"sftp:{self.alias}:{self.dest.path}",
             options=(f"sftp.command={command}",),

@@ -1,0 +1,135 @@
+"""`bkp run`: what cron calls. Every backup and drill that is due now, once per slot.
+
+A global run lock makes an overlapping `bkp run` exit at once instead of queuing behind the
+one still working. Runs that died (SIGKILL, power loss) are closed as `interrupted` first,
+and their slots are due again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .. import locks, monitoring
+from ..catalog import parse_time
+from ..policy import Policy
+from ..schedule import Due, plan_due, slot_label
+from . import Context, Outcome, highest_exit, run_per_tenant
+from .backup import backup_tenant
+from .status import tenant_status
+
+
+@dataclass
+class RunReport:
+    runs: list[Outcome] = field(default_factory=list)
+    drills: list[Outcome] = field(default_factory=list)
+    not_due: list[Due] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return highest_exit(self.runs + self.drills)
+
+    def to_json(self) -> dict:
+        return {"runs": [o.data for o in self.runs], "drills": [o.data for o in self.drills],
+                "not_due": [{"tenant": d.tenant, "kind": d.kind, "slot": slot_label(d.slot)}
+                            for d in self.not_due]}
+
+
+def plan(ctx: Context, policies: list[Policy], now: datetime) -> list[Due]:
+    """Due decisions for every tenant and kind, from the policies and the catalog."""
+    decisions = []
+    for policy in policies:
+        for kind, expression in (("backup", policy.schedule.backup),
+                                 ("drill", policy.schedule.drill)):
+            runs = ctx.catalog.runs(tenant=policy.tenant, kind=kind, limit=50)
+            due = plan_due(policy.tenant, kind, expression, runs, now)
+            if due:
+                decisions.append(due)
+    return decisions
+
+
+def drill_action():
+    """The drill action, when this installation has it (it lands in its own issue)."""
+    try:
+        from .drill import drill_tenant
+    except ImportError:
+        return None
+    return drill_tenant
+
+
+def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
+            now: datetime | None = None, healthcheck_url: str | None = None,
+            prometheus_textfile: Path | None = None) -> RunReport:
+    with locks.run_lock(ctx.settings.locks):
+        now = now or datetime.now(UTC)
+        report = RunReport()
+        decisions = plan(ctx, policies, now)
+        report.not_due = [d for d in decisions if not d.due]
+        due = {(d.tenant, d.kind): d for d in decisions if d.due}
+        by_tenant = {p.tenant: p for p in policies}
+        monitoring.ping(healthcheck_url, "start")
+
+        backups = [by_tenant[t] for (t, kind) in due if kind == "backup"]
+        report.runs = run_per_tenant(
+            backups, lambda p: _pinged(p, lambda: backup_tenant(
+                ctx, p, trigger="schedule", slot=slot_label(due[(p.tenant, "backup")].slot))),
+            jobs)
+        drill = drill_action()
+        drills = [by_tenant[t] for (t, kind) in due if kind == "drill"]
+        if drill and drills:
+            report.drills = run_per_tenant(
+                drills, lambda p: drill(ctx, p, trigger="schedule",
+                                        slot=slot_label(due[(p.tenant, "drill")].slot)), 1)
+
+        failed = [o for o in report.runs + report.drills if o.exit_code]
+        summary = "; ".join(f"{o.tenant}: {o.data.get('error') or o.data.get('status')}"
+                            for o in failed)
+        monitoring.ping(healthcheck_url, "fail" if failed else "success", summary)
+        if prometheus_textfile:
+            write_metrics(ctx, policies, prometheus_textfile)
+        return report
+
+
+def _pinged(policy: Policy, work) -> Outcome:
+    url = policy.monitoring.healthcheck_url
+    monitoring.ping(url, "start")
+    outcome = work()
+    if outcome.exit_code:
+        monitoring.ping(url, "fail", outcome.data.get("error") or outcome.data.get("status", ""))
+    else:
+        monitoring.ping(url, "success", f"snapshot {outcome.data.get('snapshot_id')}")
+    return outcome
+
+
+def metric_samples(ctx: Context, policies: list[Policy]):
+    for policy in policies:
+        status = tenant_status(ctx.catalog, policy)
+        labels = {"tenant": policy.tenant}
+        last, good = status["last_backup"], status["last_good_backup"]
+        if good:
+            yield ("bkp_backup_last_success_timestamp_seconds", labels,
+                   parse_time(good["time"]).timestamp())
+        if last:
+            yield "bkp_backup_last_ok", labels, 1.0 if last["status"] == "ok" else 0.0
+        row = ctx.catalog.last_run(policy.tenant, "backup")
+        if row and row["duration_s"] is not None:
+            yield "bkp_backup_last_duration_seconds", labels, row["duration_s"]
+        good_row = ctx.catalog.last_run(policy.tenant, "backup", status="ok")
+        if good_row and good_row["bytes_added"] is not None:
+            yield "bkp_backup_last_bytes_added", labels, good_row["bytes_added"]
+        yield "bkp_backup_rpo_ok", labels, 1.0 if status["rpo_ok"] else 0.0
+        if status.get("snapshot_count") is not None:
+            yield "bkp_backup_snapshots", labels, status["snapshot_count"]
+        drill = ctx.catalog.last_run(policy.tenant, "drill")
+        if drill and drill["status"] not in ("running",):
+            yield "bkp_drill_last_passed", labels, 1.0 if drill["status"] == "passed" else 0.0
+            if drill["ended_at"]:
+                yield ("bkp_drill_last_timestamp_seconds", labels,
+                       parse_time(drill["ended_at"]).timestamp())
+            if drill["duration_s"] is not None:
+                yield "bkp_drill_last_duration_seconds", labels, drill["duration_s"]
+
+
+def write_metrics(ctx: Context, policies: list[Policy], path: Path) -> None:
+    monitoring.write_textfile(path, monitoring.render_textfile(metric_samples(ctx, policies)))

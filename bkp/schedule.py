@@ -1,0 +1,183 @@
+"""Cron expressions -> due slots, and the crontab / systemd units that drive `bkp run`.
+
+Pure functions with the clock passed in. A slot is the most recent time a cron expression
+fired (local time). It is due while no successful run covers it: a run that ended ok and
+started at or after the slot, or that was started for that slot. Missed slots collapse into
+the most recent one, so a machine that was off for three nights catches up once.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+
+def local_zone() -> tzinfo:
+    """The machine's time zone with its DST rules (a fixed offset would be wrong half the year)."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name:
+        try:
+            name = Path("/etc/timezone").read_text().strip()
+        except OSError:
+            link = os.path.realpath("/etc/localtime")
+            name = link.split("/zoneinfo/", 1)[1] if "/zoneinfo/" in link else ""
+    try:
+        return ZoneInfo(name) if name else datetime.now().astimezone().tzinfo
+    except (ZoneInfoNotFoundError, ValueError):
+        return datetime.now().astimezone().tzinfo
+
+
+def _wall_to_utc(naive: datetime, zone: tzinfo) -> datetime:
+    # fold=0: a wall time that occurs twice (autumn) is its first occurrence; one that does
+    # not occur (spring) takes the offset from before the change, i.e. an hour later.
+    return naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def previous_slot(expression: str, now: datetime, zone: tzinfo | None = None) -> datetime:
+    """The most recent firing time at or before `now`, as an aware UTC datetime.
+
+    Cron fields are wall-clock time, so iteration happens on naive local times and only the
+    result is placed in the zone: croniter's own DST arithmetic is not trusted here.
+    """
+    zone = zone or local_zone()
+    wall_now = now.astimezone(zone).replace(tzinfo=None)
+    itr = croniter(expression, wall_now + timedelta(seconds=1))
+    while True:
+        slot = _wall_to_utc(itr.get_prev(datetime), zone)
+        if slot <= now:
+            return slot
+
+
+def next_slot(expression: str, now: datetime, zone: tzinfo | None = None) -> datetime:
+    zone = zone or local_zone()
+    itr = croniter(expression, now.astimezone(zone).replace(tzinfo=None))
+    while True:
+        slot = _wall_to_utc(itr.get_next(datetime), zone)
+        if slot > now:
+            return slot
+
+
+@dataclass(frozen=True)
+class Due:
+    tenant: str
+    kind: str  # backup | drill
+    slot: datetime  # UTC
+    due: bool
+    reason: str
+
+
+# Statuses that settle a slot. A drill that ran and found problems settles it too: its
+# failure is a finding for a person, and repeating it every 15 minutes adds nothing.
+COVERING = {"backup": frozenset({"ok"}), "drill": frozenset({"passed", "failed"})}
+
+
+def slot_covered(slot: datetime, runs: list[dict], covering=COVERING["backup"]) -> bool:
+    """Whether one of `runs` (catalog rows of one tenant and kind) covers the slot."""
+    slot_text = slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for run in runs:
+        if run.get("status") not in covering:
+            continue
+        if run.get("slot") == slot_text:
+            return True
+        started = run.get("started_at")
+        if started and _parse(started) >= slot:
+            return True
+    return False
+
+
+def plan_due(tenant: str, kind: str, expression: str | None, runs: list[dict],
+             now: datetime, zone: tzinfo | None = None) -> Due | None:
+    """Whether `kind` is due for `tenant` now; None when the policy schedules no such work."""
+    if not expression:
+        return None
+    slot = previous_slot(expression, now, zone)
+    if slot_covered(slot, runs, COVERING.get(kind, COVERING["backup"])):
+        return Due(tenant, kind, slot, False, "done for this slot")
+    return Due(tenant, kind, slot, True, f"slot {slot_label(slot)} not yet done")
+
+
+def slot_label(slot: datetime) -> str:
+    return slot.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# ---------------------------------------------------------------- rendering
+
+@dataclass(frozen=True)
+class Installation:
+    bkp: Path  # the bkp executable
+    policies: Path
+    home: Path
+    every_minutes: int = 15
+
+
+def render_cron(inst: Installation) -> str:
+    env = f"BKP_POLICIES={shlex.quote(str(inst.policies))} BKP_HOME={shlex.quote(str(inst.home))}"
+    return "\n".join([
+        "# bkp: every backup and drill that is due, checked every "
+        f"{inst.every_minutes} minutes (install with: crontab -e, or /etc/cron.d/bkp)",
+        "# A run that finds another still working exits at once; nothing queues up.",
+        f"*/{inst.every_minutes} * * * * root {env} {shlex.quote(str(inst.bkp))} run "
+        f">>/var/log/bkp.log 2>&1",
+        "",
+    ])
+
+
+def render_systemd(inst: Installation) -> str:
+    service = "\n".join([
+        "# /etc/systemd/system/bkp.service",
+        "[Unit]",
+        "Description=bkp: due backups and restore drills",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"Environment=BKP_POLICIES={inst.policies}",
+        f"Environment=BKP_HOME={inst.home}",
+        f"ExecStart={inst.bkp} run",
+        "Nice=10",
+        "IOSchedulingClass=best-effort",
+        "IOSchedulingPriority=7",
+        "ProtectSystem=strict",
+        f"ReadWritePaths={inst.home}",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectControlGroups=yes",
+        "NoNewPrivileges=yes",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+        "RestrictRealtime=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "UMask=0077",
+        "",
+    ])
+    timer = "\n".join([
+        "# /etc/systemd/system/bkp.timer",
+        "[Unit]",
+        "Description=Check for due bkp backups and drills",
+        "",
+        "[Timer]",
+        f"OnCalendar=*:0/{inst.every_minutes}",
+        "Persistent=true",
+        "RandomizedDelaySec=60",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+        "",
+        "# enable with: systemctl daemon-reload && systemctl enable --now bkp.timer",
+        "",
+    ])
+    return service + "\n" + timer
