@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,10 +97,8 @@ class Catalog:
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._migrate()
-        try:
+        with suppress(OSError):
             path.chmod(0o600)
-        except OSError:
-            pass
 
     def close(self) -> None:
         self.db.conn.close()
@@ -227,3 +225,8 @@ def _where(**filters) -> tuple[str | None, list]:
 def as_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)
+
+
+# ==================================================================== media register
+# Media, sanitizations, destructions and certificates (the decommission workflow).
+# Migrations here are numbered 0100 and up.

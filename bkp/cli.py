@@ -277,6 +277,66 @@ def snapshots(state, tenant, as_json):
     return 0
 
 
+# ---------------------------------------------------------------- run / schedule
+
+@cli.command()
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Tenants backed up in parallel.")
+@click.option("--healthcheck-url", envvar="BKP_HEALTHCHECK_URL", metavar="URL",
+              help="Healthchecks.io-style URL pinged for the whole run: URL/start, URL on "
+                   "success, URL/fail with the failures (env BKP_HEALTHCHECK_URL).")
+@click.option("--prometheus-textfile", envvar="BKP_PROMETHEUS_TEXTFILE", metavar="FILE",
+              type=click.Path(path_type=Path),
+              help="Write per-tenant metrics for node_exporter's textfile collector "
+                   "(env BKP_PROMETHEUS_TEXTFILE).")
+@json_option
+@pass_state
+def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
+    """Do every backup and drill that is due now: what cron calls.
+
+    A slot (the most recent time a policy's schedule fired) is due until a successful run
+    covers it; missed slots are caught up once. A second `bkp run` while one is working
+    exits 1 at once.
+    """
+    from .actions.run import run_due
+
+    policies, broken = state.select((), True)
+    report = run_due(state.context(), policies, jobs=jobs, healthcheck_url=healthcheck_url,
+                     prometheus_textfile=prometheus_textfile)
+    report.runs = broken + report.runs
+
+    def human():
+        if not report.runs and not report.drills:
+            click.echo(f"nothing due ({len(report.not_due)} schedule slots already done)")
+        _print_runs(report.runs)
+        for o in report.drills:
+            d = o.data
+            click.echo(f"{d['tenant']:<24} drill {d['status']:<8} {d.get('error') or ''}")
+
+    emit(report.to_json() | {"runs": [o.data for o in report.runs]}, as_json, human)
+    return report.exit_code
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["cron", "systemd"]), default="cron",
+              show_default=True, help="A crontab line, or a hardened systemd service + timer.")
+@click.option("--every", default=15, show_default=True, type=click.IntRange(1, 59),
+              help="Minutes between checks for due work.")
+@pass_state
+def schedule(state, fmt, every):
+    """Print the crontab line or systemd units that drive `bkp run` on this installation."""
+    import shutil
+
+    from .schedule import Installation, render_cron, render_systemd
+
+    beside_python = Path(sys.executable).parent / "bkp"  # the virtualenv's own script
+    exe = beside_python if beside_python.exists() else Path(shutil.which("bkp") or "bkp")
+    inst = Installation(exe.absolute(), state.settings.policies.absolute(),
+                        state.settings.home.absolute(), every)
+    click.echo(render_cron(inst) if fmt == "cron" else render_systemd(inst), nl=False)
+    return 0
+
+
 # ---------------------------------------------------------------- status
 
 @cli.command()
@@ -396,6 +456,19 @@ def audit_head(state, as_json):
     emit({"head": report.head, "events": report.events}, as_json,
          lambda: click.echo(report.head))
     return 0
+
+
+# ---------------------------------------------------------------- media and certificates
+
+def _register_media_commands() -> None:
+    try:
+        from .cli_media import register
+    except ImportError:  # the decommission workflow is not part of this installation
+        return
+    register(cli, pass_state, emit, json_option)
+
+
+_register_media_commands()
 
 
 # ---------------------------------------------------------------- entry point

@@ -124,7 +124,7 @@ def render_cron(inst: Installation) -> str:
     env = f"BKP_POLICIES={shlex.quote(str(inst.policies))} BKP_HOME={shlex.quote(str(inst.home))}"
     return "\n".join([
         "# bkp: every backup and drill that is due, checked every "
-        f"{inst.every_minutes} minutes (install with: crontab -e, or /etc/cron.d/bkp)",
+        f"{inst.every_minutes} minutes. Install: bkp schedule > /etc/cron.d/bkp",
         "# A run that finds another still working exits at once; nothing queues up.",
         f"*/{inst.every_minutes} * * * * root {env} {shlex.quote(str(inst.bkp))} run "
         f">>/var/log/bkp.log 2>&1",

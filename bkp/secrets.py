@@ -86,7 +86,8 @@ def s3_credentials(path: Path, profile: str = "default") -> S3Credentials:
     try:
         parser.read(path, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError) as exc:
-        raise PolicyError(f"credentials_file {path} is not an INI file: {exc.__class__.__name__}")
+        raise PolicyError(
+            f"credentials_file {path} is not an INI file: {exc.__class__.__name__}") from None
     if not parser.has_section(profile):
         raise PolicyError(f"credentials_file {path} has no [{profile}] section")
     section = parser[profile]

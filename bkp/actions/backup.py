@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 
-
 from .. import locks
 from ..destinations import destination_for
 from ..errors import BkpError, OperationError
@@ -76,10 +75,7 @@ def backup_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
 
 def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fields: dict,
            restic: Restic | None) -> Outcome:
-    if error is None:
-        status = "ok"
-    else:
-        status = "interrupted" if stopping.is_set() else "failed"
+    status = "ok" if error is None else "interrupted" if stopping.is_set() else "failed"
     row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
                                 restic_calls=restic.calls if restic else 0, **fields)
     ctx.audit("backup", status, policy.tenant, run_id=run_id,

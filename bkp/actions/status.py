@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from ..catalog import Catalog, parse_time
 from ..policy import Policy
+from ..schedule import next_slot, plan_due, slot_label
 
 
 def rpo_ok(last_good_time: str | None, rpo_hours: float, now: datetime) -> bool:
@@ -44,9 +45,37 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         "state": backup_state(last, rpo_ok(last_good_time, policy.rpo_hours, now)),
         "snapshot_count": good["snapshots_kept"] if good else None,
         "repository_bytes": good["repository_bytes"] if good else None,
-        "last_drill": None,
-        "drill_due": None,
+        "last_drill": _drill_view(catalog.last_run(policy.tenant, "drill")),
+        **drill_schedule_state(catalog, policy, now),
     }
+
+
+def drill_schedule_state(catalog: Catalog, policy: Policy, now: datetime) -> dict:
+    """When the next drill is due, and whether the drill record is a problem.
+
+    `drill_due` is the slot still waiting for a drill (in the past: overdue) or the next
+    one; `drill_ok` is false when the last drill failed or the schedule has run past it.
+    """
+    if not policy.schedule.drill:
+        return {"drill_due": None, "drill_overdue": False, "drill_ok": None}
+    runs = catalog.runs(tenant=policy.tenant, kind="drill", limit=50)
+    due = plan_due(policy.tenant, "drill", policy.schedule.drill, runs, now)
+    when = due.slot if due.due else next_slot(policy.schedule.drill, now)
+    last = catalog.last_run(policy.tenant, "drill")
+    # Overdue: a slot went by without a drill, beyond a grace for `bkp run` to get to it.
+    overdue = due.due and now - due.slot > DRILL_GRACE
+    ok = bool(last) and last["status"] == "passed" and not overdue
+    return {"drill_due": slot_label(when), "drill_overdue": overdue, "drill_ok": ok}
+
+
+DRILL_GRACE = timedelta(hours=24)
+
+
+def _drill_view(row: dict | None) -> dict | None:
+    if not row:
+        return None
+    return {"time": row["ended_at"] or row["started_at"], "status": row["status"],
+            "snapshot_id": row["snapshot_id"], "error": row["error"], "run_id": row["id"]}
 
 
 def _backup_view(row: dict | None) -> dict | None:

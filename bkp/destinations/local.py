@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,6 @@ class LocalDestination:
         total = 0
         for root, _dirs, files in os.walk(self.path):
             for name in files:
-                try:
+                with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    pass
         return total

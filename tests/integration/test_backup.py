@@ -119,7 +119,7 @@ def test_three_destinations_in_one_run_and_one_failure_does_not_stop_others(bkp_
     # break one tenant: its source disappears (an unmounted filesystem)
     import shutil
     shutil.rmtree(bkp_env.root / "data" / "t-broken")
-    runs, code = bkp_env.bkp_json("backup", "--all", "--jobs", "2", expect=1)
+    runs, _ = bkp_env.bkp_json("backup", "--all", "--jobs", "2", expect=1)
     by_tenant = {r["tenant"]: r for r in runs["runs"]}
     assert by_tenant["t-broken"]["status"] == "failed"
     assert "does not exist" in by_tenant["t-broken"]["error"]

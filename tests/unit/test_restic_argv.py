@@ -1,0 +1,85 @@
+"""restic argv builders and output parsing: pure, no process."""
+
+from pathlib import Path
+
+import pytest
+
+from bkp import restic
+from bkp.errors import OperationError
+from bkp.policy import Destination, Policy, Retention
+from bkp.runner import Completed
+from bkp.secrets import SecretEnv
+
+POLICY = Policy(tenant="acme", file=Path("acme.yaml"), purpose="zorg",
+                classification="sensitive", sources=("/srv/a", "/srv/b"),
+                destination=Destination(type="local", country="NL", path="/mnt/r"),
+                exclude=("*.tmp",), password_file=Path("/etc/bkp/acme.key"),
+                retention=Retention(last=3, daily=7, yearly=0))
+REPO = restic.Repository(url="/mnt/r", options=("sftp.command=ssh x",),
+                         env=SecretEnv({"RESTIC_PASSWORD": "hunter22"}, ("hunter22",)),
+                         cache_dir=Path("/var/lib/bkp/cache/acme"))
+
+
+def test_backup_argv_tags_sources_and_no_secret():
+    argv = restic.backup_argv(REPO, POLICY, "host1")
+    assert argv[:3] == ["restic", "--repo", "/mnt/r"]
+    assert argv[-3:] == ["--", "/srv/a", "/srv/b"]
+    for tag in ("tenant=acme", "purpose=zorg", "classification=sensitive"):
+        assert argv[argv.index(tag) - 1] == "--tag"
+    assert "--exclude" in argv and "*.tmp" in argv
+    assert not any("hunter22" in a for a in argv)
+    assert ["--option", "sftp.command=ssh x"] == argv[3:5]
+
+
+def test_forget_argv_keeps_only_nonzero_rules_and_ungroups():
+    argv = restic.forget_argv(REPO, "acme", POLICY.retention)
+    assert argv[argv.index("--keep-last") + 1] == "3"
+    assert argv[argv.index("--keep-daily") + 1] == "7"
+    assert "--keep-yearly" not in argv
+    assert argv[argv.index("--group-by") + 1] == ""
+    assert "--prune" in argv and argv[argv.index("--tag") + 1] == "tenant=acme"
+
+
+def test_parse_backup_summary_and_errors():
+    out = "\n".join([
+        '{"message_type":"status","percent_done":0.5}',
+        '{"message_type":"error","error":{"message":"permission denied"},"item":"/srv/a/x"}',
+        '{"message_type":"summary","files_new":2,"total_files_processed":5,'
+        '"data_added":1234,"total_bytes_processed":9999,"snapshot_id":"abcd1234"}',
+    ])
+    s = restic.parse_backup_output(out)
+    assert (s.snapshot_id, s.files, s.bytes_added, s.files_new) == ("abcd1234", 5, 1234, 2)
+    assert s.errors == ("/srv/a/x: permission denied",)
+
+
+def test_parse_forget_counts_kept_and_removed_even_with_prune_text_after():
+    out = '[{"keep":[{"id":"a"},{"id":"b"}],"remove":[{"id":"c"}]}]\nrepository contains 3 packs\n'
+    assert restic.parse_forget_output(out) == restic.ForgetResult(2, 1)
+
+
+def test_parse_version():
+    v = restic.parse_version("restic 0.14.0 compiled with go1.19.8 on linux/amd64")
+    assert str(v) == "0.14.0" and v.at_least(0, 14) and not v.at_least(0, 17)
+    with pytest.raises(OperationError):
+        restic.parse_version("something else")
+
+
+@pytest.mark.parametrize("stderr, words", [
+    ("Fatal: wrong password or no key found", "wrong repository password"),
+    ("Fatal: unable to open config file: stat /x/config: no such file or directory\n"
+     "Is there a repository at the following location?", "bkp init acme"),
+    ("Fatal: unable to create lock in backend: repository is already locked by PID 7",
+     "locked"),
+    ("subprocess ssh: ssh: connect to host 10.0.0.1 port 22: Connection refused",
+     "unreachable"),
+    ("Host key verification failed.", "pinned host_key"),
+])
+def test_failures_become_one_line_with_what_to_do(stderr, words):
+    done = Completed(["restic"], 1, "", stderr, 0.1)
+    message = restic.explain_failure(done, REPO, "acme", "backup")
+    assert words in message and "\n" not in message
+
+
+def test_timeout_message_names_the_policy_key():
+    done = Completed(["restic"], -9, "", "", 60.0, timed_out=True)
+    assert "timeout_minutes" in restic.explain_failure(done, REPO, "acme", "backup")

@@ -1,0 +1,47 @@
+"""The runner: timeouts kill the whole process group, secrets are redacted."""
+
+import os
+import time
+
+from bkp import runner
+
+
+def test_timeout_kills_child_and_grandchild(tmp_path):
+    marker = tmp_path / "grandchild.pid"
+    started = time.monotonic()
+    done = runner.run(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"], timeout=1)
+    assert done.timed_out and not done.ok
+    assert time.monotonic() - started < 15
+    pid = int(marker.read_text())
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+
+
+def test_stderr_tail_is_redacted_and_bounded():
+    script = "for i in $(seq 1 100); do echo line$i >&2; done; echo 'pw=sekrit-value' >&2; exit 3"
+    done = runner.run(["sh", "-c", script], secrets=["sekrit-value"])
+    assert done.returncode == 3
+    assert "sekrit-value" not in done.stderr_tail and "pw=***" in done.stderr_tail
+    assert len(done.stderr_tail.splitlines()) == runner.TAIL_LINES
+
+
+def test_secret_env_values_are_redacted_without_being_listed():
+    done = runner.run(["sh", "-c", "echo $RESTIC_PASSWORD >&2; exit 1"],
+                      env={"RESTIC_PASSWORD": "hunter2hunter2"})
+    assert "hunter2hunter2" not in done.stderr_tail
+
+
+def test_inherited_restic_variables_are_dropped():
+    os.environ["RESTIC_REPOSITORY"] = "/somewhere/else"
+    try:
+        done = runner.run(["sh", "-c", "echo ${RESTIC_REPOSITORY:-unset}"],
+                          drop_env_prefixes=("RESTIC_",))
+    finally:
+        del os.environ["RESTIC_REPOSITORY"]
+    assert done.stdout.strip() == "unset"
+
+
+def test_stdout_lines_are_streamed():
+    seen = []
+    runner.run(["sh", "-c", "echo a; echo b"], on_stdout_line=seen.append)
+    assert seen == ["a", "b"]
