@@ -28,7 +28,7 @@ def test_backup_argv_tags_sources_and_no_secret():
         assert argv[argv.index(tag) - 1] == "--tag"
     assert "--exclude" in argv and "*.tmp" in argv
     assert not any("hunter22" in a for a in argv)
-    assert ["--option", "sftp.command=ssh x"] == argv[3:5]
+    assert argv[3:5] == ["--option", "sftp.command=ssh x"]
 
 
 def test_forget_argv_keeps_only_nonzero_rules_and_ungroups():

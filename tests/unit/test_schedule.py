@@ -93,7 +93,7 @@ def test_no_schedule_means_nothing_due():
 def test_rendered_units_carry_paths_and_hardening(tmp_path):
     inst = Installation(tmp_path / "venv/bin/bkp", tmp_path / "policies", tmp_path / "home")
     cron = render_cron(inst)
-    line = [ln for ln in cron.splitlines() if not ln.startswith("#")][0]
+    line = next(ln for ln in cron.splitlines() if not ln.startswith("#"))
     assert line.startswith("*/15 * * * * root ")
     assert f"BKP_HOME={tmp_path / 'home'}" in line and f"{tmp_path / 'venv/bin/bkp'} run" in line
     units = render_systemd(inst)
