@@ -168,6 +168,13 @@ class Catalog:
                 reaped.append(self.db["runs"].get(row["id"]))
         return reaped
 
+    def previous_run_interrupted(self, tenant: str, before_id: int) -> bool:
+        """Whether this tenant's last run before `before_id` died (it may have left a lock)."""
+        row = self.db.execute(
+            "select status from runs where tenant = ? and id < ? order by id desc limit 1",
+            [tenant, before_id]).fetchone()
+        return bool(row) and row[0] == "interrupted"
+
     def runs(self, tenant: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict]:
         where, args = _where(tenant=tenant, kind=kind)

@@ -316,6 +316,11 @@ class Restic:
         done = self.run(forget_argv(self.repo, self.tenant, retention), "forget/prune")
         return parse_forget_output(done.stdout)
 
+    def unlock_stale(self) -> None:
+        """Remove locks of dead restic processes of this host (restic's own staleness test);
+        a live lock is never touched."""
+        self.run(unlock_argv(self.repo), "unlock")
+
     def snapshots(self) -> list[dict]:
         done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")
         return parse_snapshots(done.stdout)

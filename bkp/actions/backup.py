@@ -47,6 +47,8 @@ def backup_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                     f"run `bkp init {policy.tenant}` once for a new tenant")
             restic = Restic(destination.repository(), policy.tenant,
                             timeout=policy.timeout_minutes * 60)
+            if catalog.previous_run_interrupted(policy.tenant, run_id):
+                restic.unlock_stale()  # the dead run's restic may have left its lock behind
             summary, code = restic.backup(policy, socket.gethostname(),
                                           progress=_progress(ctx, policy.tenant))
             fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,

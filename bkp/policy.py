@@ -1,0 +1,990 @@
+"""Tenant policies: load YAML, validate against the schema, apply cross-field rules.
+
+The result is a frozen Policy; nothing downstream reads YAML.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import functools
+import ipaddress
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from croniter import croniter
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from bkp import eea
+from bkp.errors import PolicyError
+
+
+@dataclass(frozen=True)
+class Destination:
+    type: str  # s3 | sftp | local
+    country: str
+    # s3
+    endpoint: str | None = None
+    bucket: str | None = None
+    region: str | None = None
+    prefix: str = ""
+    credentials_file: Path | None = None
+    credentials_profile: str = "default"
+    # sftp
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    host_key: str | None = None
+    identity_file: Path | None = None
+    # sftp and local
+    path: str | None = None
+
+    @property
+    def off_site(self) -> bool:
+        return self.type != "local"
+
+    def repository_identity(self) -> tuple:
+        """What makes two repositories the same place (for the no-sharing rule and locks)."""
+        if self.type == "s3":
+            return ("s3", (self.endpoint or "").rstrip("/").lower(), self.bucket,
+                    self.prefix.strip("/"))
+        if self.type == "sftp":
+            return ("sftp", (self.host or "").lower(), self.port, self.path.rstrip("/") or "/")
+        return ("local", str(Path(self.path).resolve()) if self.path else "")
+
+
+@dataclass(frozen=True)
+class Retention:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    legal_hold: bool = False
+
+    def keep_rules(self) -> dict[str, int]:
+        """The non-zero keep-* rules, in restic's order."""
+        rules = {"last": self.last, "hourly": self.hourly, "daily": self.daily,
+                 "weekly": self.weekly, "monthly": self.monthly, "yearly": self.yearly}
+        return {k: v for k, v in rules.items() if v > 0}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    backup: str | None = "0 2 * * *"
+    drill: str | None = None
+
+
+@dataclass(frozen=True)
+class DrillSettings:
+    sample: int = 20
+    rto_minutes: int = 240
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Project addition: Healthchecks.io-style ping URL (start / success / fail)."""
+
+    healthcheck_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    tenant: str
+    file: Path
+    purpose: str
+    classification: str  # normal | sensitive
+    sources: tuple[str, ...]
+    destination: Destination
+    description: str = ""
+    exclude: tuple[str, ...] = ()
+    password_file: Path | None = None
+    password_command: str | None = None
+    password_env: str | None = None
+    schedule: Schedule = field(default_factory=Schedule)
+    retention: Retention = field(default_factory=Retention)
+    drill: DrillSettings = field(default_factory=DrillSettings)
+    rpo_hours: float = 26
+    timeout_minutes: int = 360  # project addition: a hung restic is killed after this
+    monitoring: Monitoring = field(default_factory=Monitoring)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+KeyPath = tuple[str | int, ...]
+
+# A policy is a few hundred bytes; anything far larger is not one, and aliases could
+# otherwise expand a small file into an enormous document ("billion laughs").
+MAX_POLICY_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+PASSWORD_KEYS = ("password_file", "password_command", "password_env")
+KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+SECRET_FILE_KEYS: tuple[KeyPath, ...] = (
+    ("password_file",), ("destination", "credentials_file"), ("destination", "identity_file"),
+)
+HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")  # plus every ecdsa-sha2-* curve
+SECRET_WORD = re.compile(
+    r"(^|_)(password|passwd|passphrase|pass|pwd|secret|token|api_?key|private_?key|access_?key"
+    r"|credential)s?(_|$)")
+# Keys that name where a secret is kept, not the secret itself.
+SECRET_REFERENCE_SUFFIX = re.compile(r"_(file|command|env|path|profile)$")
+INLINE_SECRET_ADVICE = ("secrets are never written into a policy: use password_file, "
+                        "password_command or password_env for the repository password, and "
+                        "destination.credentials_file for S3 keys")
+COUNTRY = re.compile(r"^[A-Z]{2}$")
+EEA_RULE = "tenant data must rest in the EEA (the EU states plus IS, LI, NO)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a policy, at a dotted key path ("" is the whole file)."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "message": self.message, "line": self.line}
+
+    def describe(self, file: Path) -> str:
+        """`file:line path: message`, the form operators and editors understand."""
+        where = f"{file}:{self.line}" if self.line else str(file)
+        return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+@dataclass
+class PolicyReport:
+    """What validating one policy file found; `policy` is set only when it is valid."""
+
+    file: Path
+    tenant: str | None = None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    policy: Policy | None = None
+    # Known even when other parts are invalid, so the no-sharing rule still sees it.
+    destination: Destination | None = field(default=None, repr=False)
+    _document: _Document | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict:
+        return {
+            "file": str(self.file),
+            "tenant": self.tenant,
+            "valid": self.valid,
+            "errors": [p.to_json() for p in self.errors],
+            "warnings": [p.to_json() for p in self.warnings],
+        }
+
+    def describe(self) -> list[str]:
+        return [p.describe(self.file) for p in self.errors + self.warnings]
+
+    def add_error(self, path: KeyPath, message: str) -> None:
+        """An error found after validation (the cross-file rules) invalidates the policy."""
+        line = self._document.line_of(path) if self._document else None
+        self.errors = _tidy([*self.errors, Problem(_dotted(path), message, line)])
+        self.policy = None
+
+
+class _Unusable(Exception):
+    """The file cannot be read as a policy at all; no further step can say anything."""
+
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class _Finding:
+    path: KeyPath
+    message: str
+    warning: bool = False
+
+
+def _error(path: KeyPath, message: str) -> _Finding:
+    return _Finding(path, message)
+
+
+def _warning(path: KeyPath, message: str) -> _Finding:
+    return _Finding(path, message, warning=True)
+
+
+@dataclass(frozen=True)
+class _Document:
+    """The parsed YAML (plain values, string keys) and its node tree, for line numbers."""
+
+    data: Any
+    root: yaml.Node | None
+    duplicate_keys: tuple[KeyPath, ...] = ()
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """Line of the deepest node along path: a missing key points at its parent."""
+        node = self.root
+        line = _line(node)
+        for key in path:
+            child = _child(node, key)
+            if child is None:
+                break
+            marked, node = child
+            line = _line(marked)
+        return line
+
+
+def _line(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None and node.start_mark else None
+
+
+def _child(node: yaml.Node | None, key: str | int) -> tuple[yaml.Node, yaml.Node] | None:
+    """(node that marks the entry, value node); a mapping entry is marked by its key."""
+    if isinstance(node, yaml.MappingNode):
+        found = None
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(key):
+                found = (key_node, value_node)  # the last one wins, as in the loaded data
+        return found
+    if isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+        item = node.value[key]
+        return item, item
+    return None
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(key) for key in path)
+
+
+def _tidy(problems: list[Problem]) -> list[Problem]:
+    """Once each, in file order."""
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.line or 0, p.path))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.exists() and not path.is_file():
+            raise _Unusable(Problem("", "not a regular file"))
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise _Unusable(Problem("", f"cannot read the policy file: {exc.strerror or exc}")) from exc
+    if len(raw) > MAX_POLICY_BYTES:
+        raise _Unusable(Problem("", f"larger than {MAX_POLICY_BYTES} bytes: not a policy file"))
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise _Unusable(Problem("", "not UTF-8 text: a policy is a UTF-8 YAML file", line)) from exc
+
+
+def _parse_yaml(text: str) -> _Document:
+    try:
+        root, duplicates, data = _load_yaml(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise _Unusable(Problem("", f"YAML syntax error: {message}",
+                                mark.line + 1 if mark else None)) from exc
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        raise _Unusable(Problem("", f"not YAML text: {exc.reason} "
+                                    f"(character {exc.character!r})", line)) from exc
+    except RecursionError as exc:
+        raise _Unusable(Problem("", "nested too deeply to be a policy")) from exc
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        # Constructors raise plain errors too, e.g. for an impossible date like 2024-02-30.
+        raise _Unusable(Problem("", f"cannot read a YAML value: {exc}")) from exc
+    return _Document(_to_plain(data), root, tuple(duplicates))
+
+
+def _load_yaml(text: str) -> tuple[yaml.Node | None, list[KeyPath], Any]:
+    """The node tree (for lines), repeated keys, and the data; safe tags only."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        # Before constructing: merge keys (<<) are flattened into the nodes by then.
+        duplicates = list(_duplicate_keys(root))
+        data = loader.construct_document(root) if root is not None else None
+        return root, duplicates, data
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(root: yaml.Node | None) -> Iterator[KeyPath]:
+    """Paths of keys written twice in one mapping (merge keys `<<` excepted)."""
+    seen_nodes: set[int] = set()
+    pending: list[tuple[yaml.Node, KeyPath]] = [(root, ())] if root is not None else []
+    while pending:
+        node, path = pending.pop()
+        if id(node) in seen_nodes:
+            continue  # an alias: already checked, and may be recursive
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                    continue
+                if key_node.value in keys:
+                    yield (*path, key_node.value)
+                keys.add(key_node.value)
+                pending.append((value_node, (*path, key_node.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            pending += [(item, (*path, index)) for index, item in enumerate(node.value)]
+
+
+def _to_plain(data: Any) -> Any:
+    """Copy into JSON-like values with string keys, refusing cyclic or exploding aliases."""
+    count = 0
+
+    def copy(value: Any, depth: int, ancestors: frozenset[int]) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise _Unusable(Problem("", "too large or nested too deeply to be a policy "
+                                        "(YAML aliases expanding?)"))
+        if not isinstance(value, dict | list):
+            return value
+        if id(value) in ancestors:
+            raise _Unusable(Problem("", "a YAML alias contains itself: a policy cannot be "
+                                        "recursive"))
+        inner = ancestors | {id(value)}
+        if isinstance(value, dict):
+            return {_key_text(k): copy(v, depth + 1, inner) for k, v in value.items()}
+        return [copy(v, depth + 1, inner) for v in value]
+
+    return copy(data, 0, frozenset())
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)  # null, true, false: as the operator typed them
+    return str(key)
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+def schema() -> dict:
+    """The published JSON Schema of a policy (a fresh copy: callers may change it)."""
+    text = resources.files("bkp").joinpath("policy_schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema())
+
+
+@functools.cache
+def _destination_key_owners() -> dict[str, tuple[str, ...]]:
+    """Which destination types each type-specific key belongs to, read from the schema."""
+    destination = schema()["properties"]["destination"]
+    owners: dict[str, list[str]] = {}
+    for branch in destination["allOf"]:
+        kind = branch["if"]["properties"]["type"]["const"]
+        forbidden = set(branch["then"].get("properties", {}))
+        for key in destination["properties"]:
+            if key not in forbidden and key not in ("type", "country"):
+                owners.setdefault(key, []).append(kind)
+    return {key: tuple(kinds) for key, kinds in owners.items()}
+
+
+def _schema_findings(data: Any) -> Iterator[_Finding]:
+    for error in _validator().iter_errors(data):
+        yield from _explain(error, data)
+
+
+def _explain(error: ValidationError, data: Any) -> Iterator[_Finding]:
+    """Turn one jsonschema error into findings that say what to do, without echoing secrets."""
+    path: KeyPath = tuple(error.absolute_path)
+    rule = error.validator
+    value = error.validator_value
+    if rule == "required":
+        yield from _explain_required(path, error, data)
+    elif rule == "additionalProperties":
+        yield from _explain_unknown_keys(path, error)
+    elif rule == "not" and "then" in error.schema_path:
+        yield _error(path, _wrong_destination_key(path, data))
+    elif rule == "oneOf" and not path:
+        yield from _explain_password_choice(data)
+    elif rule == "type":
+        yield _error(path, f"must be {_type_words(value)} (found {_type_name(error.instance)})")
+    elif rule == "enum":
+        choices = ", ".join(str(choice) for choice in value)
+        yield _error(path, f"must be one of {choices} (found {_shown(error.instance)})")
+    elif rule == "pattern":
+        hint = error.schema.get("x-pattern-message") or f"must match {value}"
+        yield _error(path, f"{hint} (found {_shown(error.instance)})")
+    elif rule in BOUNDS:
+        yield _error(path, f"must be {BOUNDS[rule]} {value} (found {_shown(error.instance)})")
+    elif rule == "minItems":
+        yield _error(path, f"must list at least {value} item(s)")
+    elif rule == "minLength":
+        yield _error(path, "must not be empty")
+    elif rule == "uniqueItems":
+        yield _error(path, "lists the same item more than once")
+    else:
+        # jsonschema's own text can quote the whole offending value, secrets included.
+        yield _error(path, f"does not satisfy the schema rule {rule!r}")
+
+
+BOUNDS = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "greater than",
+          "exclusiveMaximum": "less than"}
+
+
+def _explain_required(path: KeyPath, error: ValidationError, data: Any) -> Iterator[_Finding]:
+    # jsonschema reports one error per missing key without naming it apart from its text,
+    # so every missing key is reported here and duplicates are dropped later.
+    missing = [key for key in error.validator_value if key not in error.instance]
+    kind = _get(data, "destination", "type") if path == ("destination",) else None
+    for key in missing:
+        if "then" in error.schema_path and isinstance(kind, str):
+            needed = ", ".join(error.validator_value)
+            yield _error((*path, key), f"missing: {_article(kind)} {kind} destination needs "
+                                       f"{needed}")
+        else:
+            yield _error((*path, key), "missing: this key is required")
+
+
+def _explain_unknown_keys(path: KeyPath, error: ValidationError) -> Iterator[_Finding]:
+    allowed = list(error.schema.get("properties", {}))
+    for key in error.instance:
+        if key in allowed or _looks_like_secret(key):
+            continue  # a secret-looking key gets the inline-secret message instead
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"allowed here: {', '.join(allowed)}"
+        yield _error((*path, key), f"unknown key {key!r}; {hint}")
+
+
+def _wrong_destination_key(path: KeyPath, data: Any) -> str:
+    key = path[-1]
+    kind = _get(data, "destination", "type")
+    owners = _destination_key_owners().get(str(key), ())
+    belongs = f" (it belongs to {' and '.join(owners)})" if owners else ""
+    return f"{key!r} is not a key of {_article(kind)} {kind} destination{belongs}"
+
+
+def _explain_password_choice(data: dict) -> Iterator[_Finding]:
+    given = [key for key in PASSWORD_KEYS if key in data]
+    if len(given) > 1:
+        yield _error((given[1],), f"give only one of {', '.join(PASSWORD_KEYS)} "
+                                  f"(found {' and '.join(given)})")
+    elif not given and not any(_looks_like_secret(key) for key in data):
+        # An inline password already gets a message that names these three keys.
+        yield _error(("password_file",), "missing: the repository password needs one of "
+                                         f"{', '.join(PASSWORD_KEYS)}")
+
+
+TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number",
+              "boolean": "true or false", "array": "a list", "object": "a mapping of keys",
+              "null": "empty (null)"}
+
+
+def _type_words(expected: str | list[str]) -> str:
+    names = [expected] if isinstance(expected, str) else expected
+    return " or ".join(TYPE_WORDS.get(name, name) for name in names)
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    return names.get(type(value), f"a YAML {type(value).__name__}")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short rendering of a value; user:password@ in a URL is masked."""
+    text = re.sub(r"//[^/@\s]*@", "//***@", repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _article(word: Any) -> str:
+    # By sound: "an s3", "an sftp", "a local".
+    return "an" if word in ("s3", "sftp") else "a"
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- cross-field rules ----------------------------------------------------------------------
+# Each rule looks only at values of the right type: a wrong type is the schema's finding,
+# and a second message about the same key would only distract.
+
+def _rule_file_named_after_tenant(data: dict, file: Path) -> Iterator[_Finding]:
+    tenant = data.get("tenant")
+    if isinstance(tenant, str) and tenant != file.stem:
+        yield _error(("tenant",), f"tenant is {tenant!r} but the file is {file.name}: the file "
+                                  f"name without .yaml must equal the tenant (rename it to "
+                                  f"{tenant}.yaml or correct the key)")
+
+
+def _rule_no_inline_secrets(data: dict, file: Path) -> Iterator[_Finding]:
+    for path in _secret_key_paths(data, ()):
+        yield _error(path, f"{path[-1]!r} looks like an inline secret: {INLINE_SECRET_ADVICE}")
+    for path in (("destination", "endpoint"), ("monitoring", "healthcheck_url")):
+        url = _get(data, *path)
+        if isinstance(url, str) and _url_has_password(url):
+            yield _error(path, f"the URL contains user:password@, an inline secret: "
+                               f"{INLINE_SECRET_ADVICE}")
+
+
+def _secret_key_paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _looks_like_secret(key):
+                yield (*path, key)
+            else:
+                yield from _secret_key_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _secret_key_paths(item, (*path, index))
+
+
+def _looks_like_secret(key: str) -> bool:
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)  # awsSecretKey -> aws_Secret_Key
+    words = re.sub(r"[^a-z0-9]+", "_", words.lower())
+    return bool(SECRET_WORD.search(words)) and not SECRET_REFERENCE_SUFFIX.search(words)
+
+
+def _url_has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def _rule_cron_schedules(data: dict, file: Path) -> Iterator[_Finding]:
+    for key in ("backup", "drill"):
+        expression = _get(data, "schedule", key)
+        if isinstance(expression, str):
+            problem = cron_problem(expression)
+            if problem:
+                yield _error(("schedule", key), problem)
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why a schedule is not a usable 5-field cron expression, or None when it is."""
+    example = 'e.g. "0 2 * * *" for 02:00 every night'
+    if len(expression.split()) != 5:
+        return (f"{expression!r} is not a cron expression of 5 fields (minute hour "
+                f"day-of-month month day-of-week), {example}")
+    try:
+        valid = croniter.is_valid(expression)
+    except Exception:  # croniter signals some malformed input by raising, not returning
+        valid = False
+    return None if valid else f"{expression!r} is not a valid cron expression, {example}"
+
+
+def _rule_retention_keeps_something(data: dict, file: Path) -> Iterator[_Finding]:
+    retention = data.get("retention")
+    if not isinstance(retention, dict) or retention.get("legal_hold") is True:
+        return
+    values = [retention[rule] for rule in KEEP_RULES if rule in retention]
+    if all(_is_int(value) for value in values) and not any(value > 0 for value in values):
+        yield _error(("retention",), "no keep rule above 0, so nothing says which snapshots to "
+                                     "keep. Set at least one of " + ", ".join(KEEP_RULES)
+                     + " above 0, or legal_hold: true to keep everything")
+
+
+def _rule_rpo_is_a_number(data: dict, file: Path) -> Iterator[_Finding]:
+    # YAML's .nan slips through every bound of the schema: nan compares false to all.
+    rpo_hours = data.get("rpo_hours")
+    if isinstance(rpo_hours, float) and math.isnan(rpo_hours):
+        yield _error(("rpo_hours",), "must be a number of hours (found .nan)")
+
+
+def _rule_data_rests_in_eea(data: dict, file: Path) -> Iterator[_Finding]:
+    destination = _mapping(data.get("destination"))
+    country = destination.get("country")
+    known_country = country if isinstance(country, str) and COUNTRY.match(country) else None
+    if known_country and not eea.is_eea(known_country):
+        yield _error(("destination", "country"),
+                     f"{known_country} is outside the EEA: {EEA_RULE}")
+    for key in ("endpoint", "host"):
+        host = _host_of(destination, key)
+        service = eea.refused_service(host)
+        if service:
+            yield _error(("destination", key),
+                         f"{host} is {service}, which the privacy statement names as a service "
+                         "not used for tenant data")
+    if destination.get("type") == "s3":
+        yield from _s3_region_findings(destination, known_country)
+
+
+def _s3_region_findings(destination: dict, country: str | None) -> Iterator[_Finding]:
+    host = _host_of(destination, "endpoint")
+    region = eea.region_info(host, destination.get("region"))
+    if region:
+        read_as = ("" if eea.provider_of(host) == region.provider else
+                   f" (a region named like this is read at {region.provider}'s meaning)")
+        where = f"{region.provider} region {region.name} is {region.place} ({region.country})"
+        yield from _region_findings(("destination", "region"), where, read_as, region, country)
+    named = eea.endpoint_region(host)
+    if named and named != region:  # the same place needs saying once
+        where = (f"endpoint {host} is {named.provider} region {named.name}, {named.place} "
+                 f"({named.country})")
+        yield from _region_findings(("destination", "endpoint"), where, "", named, country)
+
+
+def _region_findings(path: KeyPath, where: str, read_as: str, region: eea.Region,
+                     country: str | None) -> Iterator[_Finding]:
+    if not eea.is_eea(region.country):
+        yield _error(path, f"{where}, outside the EEA{read_as}: {EEA_RULE}")
+    elif country and eea.is_eea(country) and region.country != country:
+        # A non-EEA country is already an error of its own.
+        yield _error(path, f"{where}{read_as}, but destination.country is {country}: "
+                           "country must be where the data rests")
+
+
+def _host_of(destination: dict, key: str) -> str | None:
+    value = destination.get(key)
+    if not isinstance(value, str):
+        return None
+    if key == "host":
+        return value
+    try:
+        return urlsplit(value).hostname
+    except ValueError:
+        return None
+
+
+def _rule_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
+    destination = _mapping(data.get("destination"))
+    endpoint = destination.get("endpoint")
+    if isinstance(endpoint, str):
+        yield from _endpoint_findings(endpoint)
+    host_key = destination.get("host_key")
+    if destination.get("type") == "sftp" and isinstance(host_key, str):
+        problem = host_key_problem(host_key)
+        if problem:
+            yield _error(("destination", "host_key"), problem)
+
+
+def _endpoint_findings(endpoint: str) -> Iterator[_Finding]:
+    path = ("destination", "endpoint")
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        yield _error(path, "not a valid URL, e.g. https://s3.nl-ams.scw.cloud")
+        return
+    if parts.scheme not in ("http", "https"):
+        return  # the schema's pattern already says what an endpoint looks like
+    if not parts.hostname:
+        yield _error(path, "the URL names no host, e.g. https://s3.nl-ams.scw.cloud")
+    elif parts.scheme == "http" and not is_loopback(parts.hostname):
+        yield _error(path, f"plain http to {parts.hostname}: tenant data must travel encrypted. "
+                           "Use https (http is accepted only for a loopback host: "
+                           "127.0.0.0/8, ::1, localhost)")
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: traffic that never leaves this machine."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_key_problem(line: str) -> str | None:
+    """Why a pinned host key is not an OpenSSH public key line 'TYPE BASE64', or None."""
+    parts = line.split()
+    if len(parts) < 2:
+        return ("must be one OpenSSH public key line 'TYPE BASE64', e.g. the output of "
+                "ssh-keyscan -t ed25519 HOST without the host name")
+    key_type, blob = parts[0], parts[1]
+    if not _accepted_host_key_type(key_type):
+        if _accepted_host_key_type(blob):
+            return "starts with a host name (known_hosts format): give only 'TYPE BASE64'"
+        return (f"key type {_shown(key_type)} is not accepted: use ssh-ed25519, "
+                "ecdsa-sha2-* or ssh-rsa")
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return f"the {key_type} key data is not valid base64"
+    embedded = _ssh_string(raw)
+    if embedded != key_type:
+        found = _shown(embedded) if embedded else "unreadable"
+        return f"the key data is of type {found}, not {key_type}: the line is damaged or mixed"
+    return None
+
+
+def _accepted_host_key_type(key_type: str) -> bool:
+    return key_type in HOST_KEY_TYPES or key_type.startswith("ecdsa-sha2-")
+
+
+def _ssh_string(raw: bytes) -> str | None:
+    """The first length-prefixed string of an SSH key blob: the key type."""
+    if len(raw) < 4:
+        return None
+    length = int.from_bytes(raw[:4], "big")
+    if length > len(raw) - 4:
+        return None
+    try:
+        return raw[4:4 + length].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _rule_secret_files_private(data: dict, file: Path) -> Iterator[_Finding]:
+    for path in SECRET_FILE_KEYS:
+        value = _get(data, *path)
+        if isinstance(value, str) and value.startswith("/"):
+            yield from _secret_file_findings(path, Path(value))
+
+
+def _secret_file_findings(path: KeyPath, secret_file: Path) -> Iterator[_Finding]:
+    try:
+        status = secret_file.stat()
+    except FileNotFoundError:
+        yield _warning(path, f"{secret_file} does not exist: backups will fail until it does")
+        return
+    except (OSError, ValueError) as exc:
+        yield _warning(path, f"cannot check {secret_file}: {getattr(exc, 'strerror', exc)}")
+        return
+    mode = stat.S_IMODE(status.st_mode)
+    if not stat.S_ISREG(status.st_mode):
+        yield _error(path, f"{secret_file} is not a regular file")
+    elif mode & 0o066:
+        yield _error(path, f"{secret_file} is readable or writable by group or others "
+                           f"(mode {mode:04o}): run chmod 600 {secret_file}")
+
+
+def _rule_password_env_set(data: dict, file: Path) -> Iterator[_Finding]:
+    name = data.get("password_env")
+    if isinstance(name, str) and name and name not in os.environ:
+        yield _warning(("password_env",), f"environment variable {name} is not set here: "
+                                          "backups fail unless it is set where bkp runs")
+
+
+def _rule_sensitive_not_kept_forever(data: dict, file: Path) -> Iterator[_Finding]:
+    retention = _mapping(data.get("retention"))
+    yearly = retention.get("yearly")
+    if (data.get("classification") == "sensitive" and _is_int(yearly) and yearly > 0
+            and retention.get("legal_hold") is not True):
+        yield _warning(("retention", "yearly"),
+                       "a sensitive tenant keeps yearly snapshots: the privacy statement's "
+                       "shorter-retention rule (storage limitation, GDPR art. 5(1)(e)) says "
+                       "personal data is not kept longer than needed for its purpose. Set "
+                       "yearly: 0, or legal_hold: true when the law requires keeping it")
+
+
+def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
+    if _get(data, "destination", "type") == "local":
+        yield _warning(("destination", "type"),
+                       "a local destination is not off-site: what destroys this server can "
+                       "destroy the backup too. Use s3 or sftp for tenant data")
+
+
+CROSS_FIELD_RULES = (
+    _rule_file_named_after_tenant,
+    _rule_no_inline_secrets,
+    _rule_cron_schedules,
+    _rule_retention_keeps_something,
+    _rule_rpo_is_a_number,
+    _rule_data_rests_in_eea,
+    _rule_transport_encrypted,
+    _rule_secret_files_private,
+    _rule_password_env_set,
+    _rule_sensitive_not_kept_forever,
+    _rule_local_is_not_off_site,
+)
+
+
+# --- building -------------------------------------------------------------------------------
+
+def _build_destination(values: dict) -> Destination:
+    values = dict(values)
+    for key in ("credentials_file", "identity_file"):
+        if key in values:
+            values[key] = Path(values[key])
+    return Destination(**values)
+
+
+def _build_policy(data: dict, file: Path) -> Policy:
+    # The schema allows exactly the dataclass fields, so the mappings can be passed as such.
+    password_file = data.get("password_file")
+    return Policy(
+        tenant=data["tenant"],
+        file=file,
+        purpose=data["purpose"],
+        classification=data["classification"],
+        sources=tuple(data["sources"]),
+        destination=_build_destination(data["destination"]),
+        description=data.get("description", ""),
+        exclude=tuple(data.get("exclude", ())),
+        password_file=Path(password_file) if password_file else None,
+        password_command=data.get("password_command"),
+        password_env=data.get("password_env"),
+        schedule=Schedule(**data.get("schedule", {})),
+        retention=Retention(**data.get("retention", {})),
+        drill=DrillSettings(**data.get("drill", {})),
+        rpo_hours=float(data.get("rpo_hours", 26)),
+        timeout_minutes=data.get("timeout_minutes", 360),
+        monitoring=Monitoring(**data.get("monitoring", {})),
+    )
+
+
+# --- public ---------------------------------------------------------------------------------
+
+def validate_file(path: Path) -> PolicyReport:
+    """Validate one policy file; every problem becomes a Problem, nothing is raised."""
+    path = Path(path)
+    report = PolicyReport(file=path, tenant=path.stem or None)
+    try:
+        _validate_into(report)
+    except _Unusable as unusable:
+        report.errors = [unusable.problem]
+    except Exception as exc:  # the promise is a report for any file, even on a bug here
+        report.errors.append(Problem("", f"internal error while validating: {exc!r}"))
+    if report.errors:
+        report.policy = None
+    return report
+
+
+def _validate_into(report: PolicyReport) -> None:
+    document = _parse_yaml(_read_text(report.file))
+    report._document = document
+    data = document.data
+    if not isinstance(data, dict):
+        found = "an empty file" if data is None else _type_name(data)
+        raise _Unusable(Problem("", f"a policy is a mapping of keys (tenant, destination, ...); "
+                                    f"found {found}", document.line_of(())))
+    findings = [_error(path, "written twice: the later value silently replaces the earlier "
+                             "one; keep one") for path in document.duplicate_keys]
+    findings += _schema_findings(data)
+    for rule in CROSS_FIELD_RULES:
+        findings += rule(data, report.file)
+    report.errors = _problems(document, [f for f in findings if not f.warning])
+    report.warnings = _problems(document, [f for f in findings if f.warning])
+    if not any(p.path.split(".")[0] == "destination" for p in report.errors):
+        report.destination = _build_destination(data["destination"])
+    if not report.errors:
+        report.policy = _build_policy(data, report.file)
+
+
+def _problems(document: _Document, findings: list[_Finding]) -> list[Problem]:
+    return _tidy([Problem(_dotted(f.path), f.message, document.line_of(f.path))
+                  for f in findings])
+
+
+def validate_files(paths: list[Path]) -> list[PolicyReport]:
+    """Validate each file, then the rules between files: one file per tenant, one tenant
+    per repository."""
+    reports = [validate_file(Path(path)) for path in paths]
+    _check_one_file_per_tenant(reports)
+    _check_repositories_not_shared(reports)
+    return reports
+
+
+def _check_one_file_per_tenant(reports: list[PolicyReport]) -> None:
+    for report, others in _groups(reports, lambda r: r.tenant):
+        names = ", ".join(str(other.file) for other in others)
+        report.add_error(("tenant",), f"tenant {report.tenant} also has a policy in {names}: "
+                                      "keep one file per tenant")
+
+
+def _check_repositories_not_shared(reports: list[PolicyReport]) -> None:
+    def identity(report: PolicyReport) -> tuple | None:
+        return report.destination.repository_identity() if report.destination else None
+
+    for report, others in _groups(reports, identity):
+        names = ", ".join(f"{other.file} (tenant {other.tenant})" for other in others)
+        report.add_error(("destination",), f"the repository is also the destination of {names}:"
+                                           " two tenants never share a repository")
+
+
+def _groups(reports: list[PolicyReport], key) -> Iterator[tuple[PolicyReport, list]]:
+    """Each report whose key it shares with reports of other files, with those others."""
+    for report in reports:
+        mine = key(report)
+        if mine is None:
+            continue
+        others = [other for other in reports if other is not report and key(other) == mine
+                  and _same_file(other.file) != _same_file(report.file)]
+        if others:
+            yield report, others
+
+
+def _same_file(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path.absolute())
+
+
+def policy_files(directory: Path) -> list[Path]:
+    """The tenant policy files in a directory: *.yaml and *.yml, not starting with _ or '.'."""
+    directory = Path(directory)
+    try:
+        entries = list(directory.iterdir())
+    except OSError as exc:
+        raise PolicyError(f"cannot read the policies directory {directory}: "
+                          f"{exc.strerror or exc}; set --policies or BKP_POLICIES") from exc
+    return sorted(entry for entry in entries
+                  if entry.suffix in (".yaml", ".yml")
+                  and not entry.name.startswith(("_", "."))
+                  and not entry.is_dir())
+
+
+def load_policies(directory: Path, tenants: list[str] | None = None,
+                  ) -> tuple[list[Policy], list[PolicyReport]]:
+    """The valid policies of a directory and the reports of the invalid ones.
+
+    With `tenants`, only those; a tenant without a policy file is a PolicyError.
+    """
+    reports = validate_files(policy_files(directory))
+    if tenants is not None:
+        known = {report.tenant for report in reports}
+        unknown = [tenant for tenant in dict.fromkeys(tenants) if tenant not in known]
+        if unknown:
+            raise PolicyError(f"no policy for tenant {', '.join(unknown)} in {directory}; "
+                              f"known tenants: {', '.join(sorted(known)) or 'none'}")
+        reports = [report for report in reports if report.tenant in tenants]
+    valid = [report.policy for report in reports if report.policy is not None]
+    return valid, [report for report in reports if not report.valid]
+
+
+def load_policy(directory: Path, tenant: str) -> Policy:
+    """The policy of one tenant; PolicyError listing every problem when it is invalid."""
+    policies, invalid = load_policies(directory, [tenant])
+    if invalid:
+        report = invalid[0]
+        lines = "\n".join(f"  {problem.describe(report.file)}" for problem in report.errors)
+        raise PolicyError(f"the policy of tenant {tenant} is invalid:\n{lines}",
+                          problems=report.errors)
+    return policies[0]
