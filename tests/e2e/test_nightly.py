@@ -3,6 +3,7 @@ timeouts, status, monitoring and the audit trail."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -162,10 +164,8 @@ class StallRestic:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self):
         self.listener.close()
@@ -195,9 +195,9 @@ def test_hung_destination_hits_the_policy_timeout(bkp_env, s3):
 
 
 class PingRecorder(http.server.BaseHTTPRequestHandler):
-    pings: list = []
+    pings: ClassVar[list] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         PingRecorder.pings.append((self.path, self.rfile.read(length).decode()))
         self.send_response(200)
