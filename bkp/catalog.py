@@ -83,6 +83,16 @@ def _audit_log(db: sqlite_utils.Database) -> None:
     db["audit_log"].create_index(["tenant", "time"])
 
 
+@migration("0003_drill_fields")
+def _drill_fields(db: sqlite_utils.Database) -> None:
+    # Drills are runs of kind "drill": one table keeps the schedule logic and the
+    # interrupted-run recovery the same for backups and drills.
+    for column, kind in (("files_checked", int), ("bytes_restored", int), ("subset", str),
+                         ("problems", str), ("sample_checked", int), ("sample_skipped", int),
+                         ("rto_minutes", int), ("report", str), ("scratch", str)):
+        db["runs"].add_column(column, kind)
+
+
 class Catalog:
     """One open catalog. Safe to share between the threads of `--jobs N`."""
 
@@ -237,3 +247,193 @@ def as_json(value) -> str:
 # ==================================================================== media register
 # Media, sanitizations, destructions and certificates (the decommission workflow).
 # Migrations here are numbered 0100 and up.
+
+MEDIA_TYPES = ("hdd", "ssd", "nvme", "usb", "tape", "optical", "other")
+# A medium's state is the state of its latest event; the events are its history.
+MEDIA_STATES = ("registered", "sanitizing", "sanitized", "failed", "aborted", "destroyed")
+
+
+@migration("0100_media_register")
+def _media_register(db: sqlite_utils.Database) -> None:
+    db["media"].create({
+        "serial": str, "type": str, "vendor": str, "model": str, "capacity": int,
+        "asset_tag": str, "tenant": str, "host": str, "registered_at": str,
+        "registered_by": str,
+    }, pk="serial", not_null={"type", "registered_at"})
+    db["media"].create_index(["tenant"])
+    db["media_events"].create({
+        "id": int, "serial": str, "time": str, "state": str, "record_id": int,
+        "operator": str, "reason": str,
+    }, pk="id", not_null={"serial", "time", "state"}, foreign_keys=[("serial", "media")])
+    db["media_events"].create_index(["serial", "id"])
+
+
+@migration("0101_sanitization_records")
+def _sanitization_records(db: sqlite_utils.Database) -> None:
+    # One id space for sanitizations and destructions: `bkp certificate RECORD_ID` needs no
+    # kind to find a record.
+    db["records"].create({"id": int, "kind": str, "serial": str, "created_at": str},
+                         pk="id", not_null={"kind", "serial", "created_at"},
+                         foreign_keys=[("serial", "media")])
+    db["sanitizations"].create({
+        "id": int, "serial": str, "device": str, "device_kind": str, "device_serial": str,
+        "device_model": str, "method": str, "category": str, "passes": str,
+        "verify_mode": str, "stream_seed": str, "sample_seed": str, "sample_plan": str,
+        "result": str, "size": int, "bytes_written": int, "bytes_verified": int,
+        "mismatches": int, "io_errors": int, "hash": str, "started_at": str,
+        "ended_at": str, "duration_s": float, "throughput_bps": float, "operator": str,
+        "witness": str, "organization": str, "tool_version": str, "hardware_command": str,
+        "destination_after": str, "classification": str, "backup": str, "notes": str,
+        "error": str, "host": str, "pid": int, "pid_start": int,
+    }, pk="id", not_null={"serial", "method", "result", "started_at"},
+        foreign_keys=[("id", "records"), ("serial", "media")])
+    db["sanitizations"].create_index(["result"])
+    db["destructions"].create({
+        "id": int, "serial": str, "method": str, "category": str, "witness": str,
+        "operator": str, "organization": str, "performed_at": str, "evidence": str,
+        "hash": str, "destination_after": str, "notes": str, "host": str,
+    }, pk="id", not_null={"serial", "method", "witness", "performed_at", "hash"},
+        foreign_keys=[("id", "records"), ("serial", "media")])
+    db["certificates"].create({
+        "id": int, "record_id": int, "issued_at": str, "payload": str, "signature": str,
+        "key_fingerprint": str, "audit_seq": int, "audit_hash": str,
+    }, pk="id", not_null={"record_id", "issued_at", "payload", "signature"},
+        foreign_keys=[("record_id", "records")])
+    db["certificates"].create_index(["record_id"])
+
+
+def add_medium(catalog: Catalog, medium: dict, operator: str) -> dict:
+    """Register a medium; None when its serial is already in the register."""
+    with catalog.transaction():
+        if catalog.db["media"].count_where("serial = ?", [medium["serial"]]):
+            return None
+        now = utc_now()
+        catalog.db["media"].insert({**medium, "registered_at": now, "registered_by": operator})
+        catalog.db["media_events"].insert({"serial": medium["serial"], "time": now,
+                                           "state": "registered", "operator": operator})
+    return get_medium(catalog, medium["serial"])
+
+
+def add_media_event(catalog: Catalog, serial: str, state: str, operator: str,
+                    record_id: int | None = None, reason: str | None = None) -> None:
+    with catalog.transaction():
+        catalog.db["media_events"].insert({"serial": serial, "time": utc_now(), "state": state,
+                                           "record_id": record_id, "operator": operator,
+                                           "reason": reason})
+
+
+_MEDIA_WITH_STATE = """
+select m.*, e.state as state, e.time as state_since from media m
+join media_events e on e.id = (select max(id) from media_events where serial = m.serial)
+"""
+
+
+def get_medium(catalog: Catalog, serial: str) -> dict | None:
+    rows = list(catalog.db.query(_MEDIA_WITH_STATE + " where m.serial = ?", [serial]))
+    return rows[0] if rows else None
+
+
+def list_media(catalog: Catalog, state: str | None = None,
+               tenant: str | None = None) -> list[dict]:
+    clauses, args = [], []
+    if state:
+        clauses.append("e.state = ?")
+        args.append(state)
+    if tenant:
+        clauses.append("m.tenant = ?")
+        args.append(tenant)
+    where = (" where " + " and ".join(clauses)) if clauses else ""
+    return list(catalog.db.query(_MEDIA_WITH_STATE + where + " order by m.registered_at, "
+                                 "m.serial", args))
+
+
+def media_history(catalog: Catalog, serial: str) -> list[dict]:
+    return list(catalog.db["media_events"].rows_where("serial = ?", [serial], order_by="id"))
+
+
+def open_sanitization(catalog: Catalog, record: dict) -> int:
+    """Open a `running` sanitization with this process's identity, so a dead one is found."""
+    pid = os.getpid()
+    with catalog.transaction():
+        now = utc_now()
+        record_id = catalog.db["records"].insert({
+            "kind": "sanitization", "serial": record["serial"], "created_at": now}).last_pk
+        catalog.db["sanitizations"].insert({
+            **record, "id": record_id, "result": "running", "started_at": now, "host": HOST,
+            "pid": pid, "pid_start": process_start_ticks(pid)})
+        catalog.db["media_events"].insert({"serial": record["serial"], "time": now,
+                                           "state": "sanitizing", "record_id": record_id,
+                                           "operator": record.get("operator")})
+    return record_id
+
+
+def close_sanitization(catalog: Catalog, record_id: int, result: str,
+                       medium_state: str, **fields) -> dict:
+    """Close a running sanitization once; a record already closed is never rewritten."""
+    with catalog.transaction():
+        row = catalog.db["sanitizations"].get(record_id)
+        if row["result"] != "running":
+            return row
+        ended = utc_now()
+        duration = (parse_time(ended) - parse_time(row["started_at"])).total_seconds()
+        catalog.db["sanitizations"].update(record_id, {
+            **fields, "result": result, "ended_at": ended, "duration_s": round(duration, 3)})
+        catalog.db["media_events"].insert({"serial": row["serial"], "time": ended,
+                                           "state": medium_state, "record_id": record_id,
+                                           "operator": row["operator"],
+                                           "reason": fields.get("error")})
+    return catalog.db["sanitizations"].get(record_id)
+
+
+def abandoned_sanitizations(catalog: Catalog) -> list[dict]:
+    """Running sanitizations of this host whose process is gone (killed, crash, power)."""
+    rows = catalog.db["sanitizations"].rows_where("result = 'running' and host = ?", [HOST])
+    return [row for row in rows if not process_alive(row["pid"], row["pid_start"])]
+
+
+def get_sanitization(catalog: Catalog, record_id: int) -> dict | None:
+    rows = list(catalog.db["sanitizations"].rows_where("id = ?", [record_id]))
+    return rows[0] if rows else None
+
+
+def add_destruction(catalog: Catalog, record: dict) -> int:
+    with catalog.transaction():
+        now = utc_now()
+        record_id = catalog.db["records"].insert({
+            "kind": "destruction", "serial": record["serial"], "created_at": now}).last_pk
+        catalog.db["destructions"].insert({**record, "id": record_id, "host": HOST})
+        catalog.db["media_events"].insert({"serial": record["serial"], "time": now,
+                                           "state": "destroyed", "record_id": record_id,
+                                           "operator": record.get("operator")})
+    return record_id
+
+
+def get_destruction(catalog: Catalog, record_id: int) -> dict | None:
+    rows = list(catalog.db["destructions"].rows_where("id = ?", [record_id]))
+    return rows[0] if rows else None
+
+
+def get_record(catalog: Catalog, record_id: int) -> dict | None:
+    rows = list(catalog.db["records"].rows_where("id = ?", [record_id]))
+    return rows[0] if rows else None
+
+
+def add_certificate(catalog: Catalog, certificate: dict) -> int:
+    with catalog.transaction():
+        return catalog.db["certificates"].insert(certificate).last_pk
+
+
+def next_certificate_id(catalog: Catalog) -> int:
+    row = catalog.db.execute("select coalesce(max(id), 0) + 1 from certificates").fetchone()
+    return row[0]
+
+
+def latest_certificate(catalog: Catalog, record_id: int) -> dict | None:
+    rows = list(catalog.db["certificates"].rows_where("record_id = ?", [record_id],
+                                                      order_by="id desc", limit=1))
+    return rows[0] if rows else None
+
+
+def audit_event(catalog: Catalog, seq: int) -> dict | None:
+    rows = list(catalog.db["audit_log"].rows_where("seq = ?", [seq]))
+    return rows[0] if rows else None

@@ -85,6 +85,12 @@ class State:
             for r in invalid if not wanted or (r.tenant or r.file.stem) in wanted]
         return policies, broken
 
+    def one_policy(self, tenant: str):
+        policies, broken = self.select((tenant,), False)
+        if broken:
+            raise PolicyError(broken[0].data["error"])
+        return policies[0]
+
 
 def _throttled(show, every: float = 2.0):
     if show is None:
@@ -261,10 +267,7 @@ def snapshots(state, tenant, as_json):
     """List a tenant's snapshots, read from its repository (the truth about backups)."""
     from .actions.snapshots import list_snapshots
 
-    policies, broken = state.select((tenant,), False)
-    if broken:
-        raise PolicyError(broken[0].data["error"])
-    items = list_snapshots(state.context(), policies[0])
+    items = list_snapshots(state.context(), state.one_policy(tenant))
 
     def human():
         if not items:
@@ -275,6 +278,88 @@ def snapshots(state, tenant, as_json):
 
     emit({"snapshots": items}, as_json, human)
     return 0
+
+
+# ---------------------------------------------------------------- restore / drill
+
+@cli.command()
+@click.argument("tenant")
+@click.option("--target", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Where to restore; must be empty unless --force.")
+@click.option("--snapshot", metavar="ID", help="Snapshot id (default: the latest).")
+@click.option("--include", "includes", multiple=True, metavar="PATH",
+              help="Restore only this path of the snapshot (repeatable).")
+@click.option("--force", is_flag=True, help="Restore into a non-empty target.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal).")
+@json_option
+@pass_state
+def restore(state, tenant, target, snapshot, includes, force, progress, as_json):
+    """Restore a tenant's snapshot into DIR, verified by restic while writing.
+
+    This is access to personal data: who, which tenant, which snapshot and where to is
+    recorded in the audit trail. A non-empty target is refused (exit 4) unless --force.
+    """
+    from .actions.restore import restore_tenant
+
+    policy = state.one_policy(tenant)
+    show = sys.stderr.isatty() if progress is None else progress
+    result = restore_tenant(state.context(progress=show), policy, target, snapshot=snapshot,
+                            includes=includes, force=force)
+    emit(result, as_json, lambda: click.echo(
+        f"restored {result['files']} files ({result['bytes']} bytes) of snapshot "
+        f"{result['snapshot_id'][:8]} to {result['target']}"))
+    return 0
+
+
+@cli.command()
+@click.argument("tenants", nargs=-1, metavar="TENANT...")
+@all_option
+@click.option("--due", is_flag=True, help="Only tenants whose drill schedule says it is due.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal).")
+@json_option
+@pass_state
+def drill(state, tenants, all_, due, progress, as_json):
+    """Restore test: restore the latest snapshot into scratch space and verify it.
+
+    Checks the repository (rotating read-data subset), the restored files against the
+    snapshot and its listing, a sample against the live source, and the RTO. Exit 5 when
+    verification found problems, 1 when the drill could not run. A markdown report per
+    drill is written under $BKP_HOME/reports/drills/.
+    """
+    from datetime import UTC, datetime
+
+    from .actions import highest_exit, run_per_tenant
+    from .actions.drill import drill_tenant
+    from .actions.run import plan
+
+    if due and (tenants or all_):
+        raise UsageError("--due picks the tenants itself: give no TENANT and no --all")
+    policies, broken = state.select(tenants, all_ or due)
+    show = sys.stderr.isatty() if progress is None else progress
+    ctx = state.context(progress=show)
+    if due:
+        now = datetime.now(UTC)
+        due_tenants = {d.tenant for d in plan(ctx, policies, now) if d.kind == "drill" and d.due}
+        policies = [p for p in policies if p.tenant in due_tenants]
+    outcomes = broken + run_per_tenant(policies, lambda p: drill_tenant(ctx, p))
+
+    def human():
+        if not outcomes:
+            click.echo("no drill due")
+        for o in outcomes:
+            d = o.data
+            click.echo(f"{d['tenant']:<24} {d['status'].upper():<8} snapshot "
+                       f"{(d.get('snapshot_id') or '-')[:8]}  {d.get('files_checked', 0)} files "
+                       f"checked  {d.get('duration_s') or 0:.1f}s  report {d.get('report')}")
+            for p in d.get("problems") or []:
+                click.echo(f"    {p['message']}")
+            if d.get("error"):
+                click.echo(f"    {d['error']}")
+
+    emit({"drills": [o.data for o in outcomes]}, as_json, human)
+    return highest_exit(outcomes)
 
 
 # ---------------------------------------------------------------- run / schedule

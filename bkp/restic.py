@@ -118,6 +118,30 @@ def snapshots_argv(repo: Repository, tenant: str | None = None) -> list[str]:
     return args
 
 
+def snapshot_selector(tenant: str, snapshot: str | None) -> list[str]:
+    """`latest` means the tenant's latest: a repository never holds another tenant, but the
+    tag keeps a mistaken shared repository from restoring someone else's data."""
+    return [snapshot or "latest", "--tag", f"tenant={tenant}"]
+
+
+def ls_argv(repo: Repository, tenant: str, snapshot: str | None) -> list[str]:
+    return [*global_args(repo), "ls", "--json", *snapshot_selector(tenant, snapshot)]
+
+
+def restore_argv(repo: Repository, tenant: str, snapshot: str, target: Path,
+                 includes: Sequence[str] = (), verify: bool = True) -> list[str]:
+    args = [*global_args(repo), "restore", *snapshot_selector(tenant, snapshot),
+            "--target", str(target)]
+    for path in includes:
+        args += ["--include", path]
+    return [*args, "--verify"] if verify else args
+
+
+def check_argv(repo: Repository, subset: str | None = None) -> list[str]:
+    args = [*global_args(repo), "check"]
+    return [*args, f"--read-data-subset={subset}"] if subset else args
+
+
 def unlock_argv(repo: Repository) -> list[str]:
     """Removes only stale locks: those of dead processes on this host, or expired ones."""
     return [*global_args(repo), "unlock"]
@@ -195,6 +219,49 @@ def parse_snapshots(stdout: str) -> list[dict]:
              "host": s.get("hostname")} for s in items or []]
 
 
+@dataclass(frozen=True)
+class Node:
+    path: str
+    type: str  # file | dir | symlink | ...
+    size: int
+    mtime: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    snapshot_id: str
+    short_id: str
+    time: str
+    paths: tuple[str, ...]
+    nodes: tuple[Node, ...]
+
+    @property
+    def files(self) -> list[Node]:
+        return [n for n in self.nodes if n.type == "file"]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(n.size for n in self.files)
+
+
+def parse_ls(stdout: str) -> Listing:
+    """`ls --json`: the snapshot on the first line, then one node per line."""
+    snapshot: dict = {}
+    nodes = []
+    for line in stdout.splitlines():
+        item = _json_line(line)
+        if item.get("struct_type") == "snapshot" and not snapshot:
+            snapshot = item
+        elif item.get("struct_type") == "node":
+            nodes.append(Node(item.get("path", ""), item.get("type", ""),
+                              int(item.get("size") or 0), item.get("mtime", "")))
+    if not snapshot:
+        raise OperationError("restic ls printed no snapshot: is there a backup yet?")
+    return Listing(snapshot.get("id", ""), snapshot.get("short_id", "")[:8] or
+                   snapshot.get("id", "")[:8], snapshot.get("time", ""),
+                   tuple(snapshot.get("paths") or ()), tuple(nodes))
+
+
 def _json_line(line: str) -> dict:
     line = line.strip()
     if not line.startswith("{"):
@@ -250,6 +317,15 @@ def explain_failure(done: runner.Completed, repo: Repository, tenant: str, actio
             return template.format(repo=repo.label or repo.url, tenant=tenant)
     last = _last_meaningful_line(done.stderr_tail)
     return f"restic {action} failed (exit {done.returncode}): {last}"
+
+
+def is_operational_failure(done: runner.Completed) -> bool:
+    """restic could not do its work (password, reachability, lock, time): not a finding
+    about the repository's content. Anything else a check or restore reports is one."""
+    if done.timed_out or done.returncode in (EXIT_NO_REPOSITORY, EXIT_LOCKED,
+                                             EXIT_WRONG_PASSWORD):
+        return True
+    return any(pattern.search(done.stderr_tail) for pattern, _ in _FAILURES)
 
 
 def is_locked_failure(done: runner.Completed) -> bool:
@@ -320,6 +396,19 @@ class Restic:
         """Remove locks of dead restic processes of this host (restic's own staleness test);
         a live lock is never touched."""
         self.run(unlock_argv(self.repo), "unlock")
+
+    def ls(self, snapshot: str | None) -> Listing:
+        done = self.run(ls_argv(self.repo, self.tenant, snapshot), "ls")
+        return parse_ls(done.stdout)
+
+    def restore(self, snapshot: str, target: Path, includes: Sequence[str] = (),
+                verify: bool = True) -> runner.Completed:
+        """Returns the finished process: verification errors are findings for the caller."""
+        return self.run(restore_argv(self.repo, self.tenant, snapshot, target, includes,
+                                     verify), "restore", check=False)
+
+    def check(self, subset: str | None) -> runner.Completed:
+        return self.run(check_argv(self.repo, subset), "check", check=False)
 
     def snapshots(self) -> list[dict]:
         done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")

@@ -1,0 +1,328 @@
+"""Restore drills: restore the latest snapshot into scratch space and prove it came back.
+
+A drill checks four things and names every problem it finds:
+1. the repository: `restic check` reading a rotating subset of the pack files, so that the
+   drills of a year read every pack at least once;
+2. the restored content against the snapshot (restic's own `--verify`) and against the
+   snapshot's listing (every file present, sizes equal);
+3. a sample of files against the live source, where the source has not changed since the
+   snapshot (same size and mtime): a different SHA-256 there is corruption, not change;
+4. the time the restore took against the policy's RTO.
+Scratch space is removed afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from croniter import croniter
+
+from .. import locks
+from ..catalog import Catalog, as_json
+from ..destinations import destination_for
+from ..errors import BkpError, OperationError
+from ..policy import Policy
+from ..restic import Listing, Node, Restic, is_operational_failure, version
+from . import Context, Outcome, interrupt, stopping
+
+SCRATCH_MARGIN = 64 << 20
+HASH_CHUNK = 4 << 20
+MAX_SUBSETS = 365
+
+
+@dataclass
+class Problem:
+    kind: str  # missing | size | content | restore | check | rto
+    path: str
+    expected: str
+    found: str
+
+    def message(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.kind}: {where}expected {self.expected}, found {self.found}"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "expected": self.expected,
+                "found": self.found, "message": self.message()}
+
+
+@dataclass
+class DrillResult:
+    snapshot_id: str | None = None
+    snapshot_time: str | None = None
+    files_checked: int = 0
+    bytes_restored: int = 0
+    sample_checked: int = 0
+    sample_skipped: int = 0
+    subset: str | None = None
+    restore_s: float | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- pure parts
+
+def drills_per_year(expression: str | None, start: datetime) -> int:
+    """How many drills the schedule holds in a year: the number of check subsets."""
+    if not expression:
+        return 12
+    itr = croniter(expression, start)
+    end = start + timedelta(days=365)
+    count = 0
+    while count < MAX_SUBSETS and itr.get_next(datetime) <= end:
+        count += 1
+    return max(count, 1)
+
+
+def next_subset(previous: str | None, total: int) -> str:
+    """Rotate n/t: the subset after the last one recorded (restarting when t changed)."""
+    match = re.fullmatch(r"(\d+)/(\d+)", previous or "")
+    if not match or int(match.group(2)) != total:
+        return f"1/{total}"
+    return f"{int(match.group(1)) % total + 1}/{total}"
+
+
+def mtime_ns(text: str) -> int | None:
+    """restic's RFC 3339 time with nanoseconds -> ns since the epoch (datetime stops at µs)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
+    if not match:
+        return None
+    base, fraction, zone = match.groups()
+    moment = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    return int(moment.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def restored_path(root: Path, node: Node) -> Path:
+    return root / node.path.lstrip("/")
+
+
+def compare_listing(listing: Listing, root: Path) -> tuple[int, int, list[Problem]]:
+    """Every file of the snapshot is there with its size; directories and links exist."""
+    problems, checked, restored = [], 0, 0
+    for node in listing.nodes:
+        path = restored_path(root, node)
+        if not path.exists() and not path.is_symlink():
+            problems.append(Problem("missing", node.path, node.type, "nothing"))
+            continue
+        if node.type != "file":
+            continue
+        size = path.stat().st_size
+        checked += 1
+        restored += size
+        if size != node.size:
+            problems.append(Problem("size", node.path, f"{node.size} bytes", f"{size} bytes"))
+    return checked, restored, problems
+
+
+def choose_sample(listing: Listing, size: int) -> list[Node]:
+    """`size` files, chosen the same way for the same snapshot (reproducible for auditors);
+    0 means every file."""
+    files = sorted(listing.files, key=lambda n: n.path)
+    if size == 0 or size >= len(files):
+        return files
+    return random.Random(listing.snapshot_id).sample(files, size)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def compare_sample(sample: list[Node], root: Path) -> tuple[int, int, list[Problem]]:
+    """Restored file vs live source, only where the source is unchanged since the snapshot."""
+    checked = skipped = 0
+    problems = []
+    for node in sample:
+        source = Path(node.path)
+        try:
+            stat = source.stat()
+        except OSError:
+            skipped += 1  # deleted since the snapshot: nothing to compare with
+            continue
+        if stat.st_size != node.size or _mtime_differs(stat.st_mtime_ns, node.mtime):
+            skipped += 1
+            continue
+        restored = restored_path(root, node)
+        if not restored.is_file():
+            continue  # already reported by compare_listing
+        checked += 1
+        want, got = sha256_of(source), sha256_of(restored)
+        if want != got:
+            problems.append(Problem("content", node.path, f"sha256 {want} (live source)",
+                                    f"sha256 {got} (restored)"))
+    return checked, skipped, problems
+
+
+def _mtime_differs(stat_ns: int, recorded: str) -> bool:
+    want = mtime_ns(recorded)
+    # Some filesystems keep microseconds only: compare at that precision.
+    return want is None or stat_ns // 1000 != want // 1000
+
+
+def tail_problems(kind: str, text: str, limit: int = 10) -> list[Problem]:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    interesting = [ln for ln in lines if re.search(
+        r"error|fatal|fail|mismatch|not found|missing|damaged|invalid", ln, re.I)] or lines
+    return [Problem(kind, "", "no errors", ln[:300]) for ln in interesting[-limit:]]
+
+
+# ---------------------------------------------------------------- the drill
+
+def scratch_root(ctx: Context) -> Path:
+    return ctx.settings.home / "scratch"
+
+
+def remove_stale_scratch(ctx: Context) -> None:
+    """Scratch left by a drill that died is removed by the next one."""
+    root = scratch_root(ctx)
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        match = re.fullmatch(r"drill-.+-(\d+)", folder.name)
+        row = ctx.catalog.db["runs"].get(int(match.group(1))) if match else None
+        if row is None or row["status"] != "running":
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_free_space(folder: Path, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < need + SCRATCH_MARGIN:
+        raise OperationError(
+            f"not enough free space for the drill in {folder}: the snapshot needs "
+            f"{need >> 20} MiB, {free >> 20} MiB is free; free space or move BKP_HOME")
+
+
+def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
+                 slot: str | None = None) -> Outcome:
+    catalog = ctx.catalog
+    run_id = catalog.open_run(policy.tenant, "drill", operator=ctx.settings.operator,
+                              trigger=trigger, slot=slot, restic_version=_restic_version())
+    result = DrillResult()
+    restic: Restic | None = None
+    scratch = scratch_root(ctx) / f"drill-{policy.tenant}-{run_id}"
+    error: BkpError | None = None
+    try:
+        with locks.tenant_lock(ctx.settings.locks, policy.tenant):
+            remove_stale_scratch(ctx)
+            restic = Restic(destination_for(policy, ctx.settings.home).repository(),
+                            policy.tenant, timeout=policy.timeout_minutes * 60)
+            _perform(ctx, policy, restic, scratch, result, run_id)
+    except BkpError as exc:
+        error = exc
+    except KeyboardInterrupt:
+        interrupt()
+        error = OperationError("stopped by a signal")
+        raise
+    except Exception as exc:  # never record `passed` for a drill that crashed
+        error = OperationError(f"unexpected {exc.__class__.__name__}: {exc}")
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        outcome = _close(ctx, policy, run_id, result, error, restic)
+    return outcome
+
+
+def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
+             result: DrillResult, run_id: int) -> None:
+    started = time.monotonic()
+    if ctx.catalog.previous_run_interrupted(policy.tenant, run_id):
+        restic.unlock_stale()
+    listing = restic.ls(None)
+    result.snapshot_id, result.snapshot_time = listing.snapshot_id, listing.time
+    scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_free_space(scratch.parent, listing.total_bytes)
+    scratch.mkdir(mode=0o700)
+    _progress(ctx, policy, f"restoring snapshot {listing.short_id} "
+                           f"({listing.total_bytes >> 20} MiB, {len(listing.files)} files)")
+    restore = restic.restore(listing.snapshot_id, scratch)
+    _raise_if_operational(restore, restic, policy, "restore")
+    if not restore.ok:
+        result.problems += tail_problems("restore", restore.stderr_tail)
+    result.files_checked, result.bytes_restored, problems = compare_listing(listing, scratch)
+    result.problems += problems
+    result.restore_s = round(time.monotonic() - started, 3)
+
+    sample = choose_sample(listing, policy.drill.sample)
+    result.sample_checked, result.sample_skipped, problems = compare_sample(sample, scratch)
+    result.problems += problems
+
+    result.subset = next_subset(_previous_subset(ctx.catalog, policy.tenant),
+                                drills_per_year(policy.schedule.drill, datetime.now(UTC)))
+    _progress(ctx, policy, f"checking the repository, pack subset {result.subset}")
+    check = restic.check(result.subset)
+    _raise_if_operational(check, restic, policy, "check")
+    if not check.ok:
+        result.problems += tail_problems("check", check.stderr_tail)
+
+    limit = policy.drill.rto_minutes * 60
+    if result.restore_s > limit:
+        result.problems.append(Problem("rto", "", f"restore within {policy.drill.rto_minutes} "
+                                                  f"min", f"{result.restore_s / 60:.1f} min"))
+
+
+def _raise_if_operational(done, restic: Restic, policy: Policy, action: str) -> None:
+    from ..restic import explain_failure
+
+    if not done.ok and is_operational_failure(done):
+        raise OperationError(explain_failure(done, restic.repo, policy.tenant, action))
+
+
+def _previous_subset(catalog: Catalog, tenant: str) -> str | None:
+    row = catalog.db.execute(
+        "select subset from runs where tenant = ? and kind = 'drill' and subset is not null "
+        "and status in ('passed', 'failed') order by id desc limit 1", [tenant]).fetchone()
+    return row[0] if row else None
+
+
+def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
+           error: BkpError | None, restic: Restic | None) -> Outcome:
+    if error is not None:
+        status, code = ("interrupted" if stopping.is_set() else "error"), error.exit_code
+    elif result.problems:
+        status, code = "failed", 5
+    else:
+        status, code = "passed", 0
+    problems = [p.to_json() for p in result.problems]
+    row = ctx.catalog.close_run(
+        run_id, status, snapshot_id=result.snapshot_id, files=result.files_checked,
+        files_checked=result.files_checked, bytes_restored=result.bytes_restored,
+        subset=result.subset, problems=as_json(problems), sample_checked=result.sample_checked,
+        sample_skipped=result.sample_skipped, rto_minutes=policy.drill.rto_minutes,
+        error=str(error) if error else None, restic_calls=restic.calls if restic else 0)
+    data = {"tenant": policy.tenant, "status": status, "snapshot_id": result.snapshot_id,
+            "files_checked": result.files_checked, "bytes_restored": result.bytes_restored,
+            "duration_s": row["duration_s"], "problems": problems, "run_id": run_id,
+            "snapshot_time": result.snapshot_time, "subset_read": result.subset,
+            "sample_checked": result.sample_checked, "sample_skipped": result.sample_skipped,
+            "restore_s": result.restore_s, "rto_minutes": policy.drill.rto_minutes,
+            "error": str(error) if error else None}
+    from .drill_report import write_report
+
+    data["report"] = str(write_report(ctx, policy, data))
+    ctx.catalog.db["runs"].update(run_id, {"report": data["report"]})
+    ctx.audit("drill", status, policy.tenant, run_id=run_id, snapshot_id=result.snapshot_id,
+              files_checked=result.files_checked, subset=result.subset,
+              problems=len(problems), error=data["error"], report=data["report"])
+    return Outcome(policy.tenant, code, data)
+
+
+def _progress(ctx: Context, policy: Policy, line: str) -> None:
+    if ctx.progress:
+        ctx.progress(f"{policy.tenant}: {line}")
+
+
+def _restic_version() -> str | None:
+    try:
+        return str(version())
+    except BkpError:
+        return None
+

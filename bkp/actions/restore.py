@@ -1,0 +1,100 @@
+"""Restore a tenant's snapshot to a target directory: access to personal data, audited."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from .. import locks
+from ..destinations import destination_for
+from ..errors import BkpError, OperationError, SafetyError, VerificationError
+from ..policy import Policy
+from ..restic import Listing, Restic, explain_failure, is_operational_failure
+from . import Context
+from .drill import check_free_space, tail_problems
+
+
+def refuse_non_empty(target: Path, force: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise SafetyError(f"restore target {target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise SafetyError(f"restore target {target} is not empty; nothing was restored. "
+                          f"Choose an empty directory, or add --force to restore over it")
+
+
+def selected(listing: Listing, includes: Sequence[str]) -> tuple[int, int]:
+    """Files and bytes the restore will write (restic's --include matches path prefixes)."""
+    prefixes = [p.rstrip("/") for p in includes]
+    files = [n for n in listing.files
+             if not prefixes or any(n.path == p or n.path.startswith(p + "/") for p in prefixes)]
+    return len(files), sum(n.size for n in files)
+
+
+def restore_tenant(ctx: Context, policy: Policy, target: Path, *, snapshot: str | None = None,
+                   includes: Sequence[str] = (), force: bool = False) -> dict:
+    target = target.absolute()
+    details = {"target": str(target), "snapshot": snapshot or "latest",
+               "includes": list(includes), "force": force}
+    try:
+        refuse_non_empty(target, force)
+        with locks.tenant_lock(ctx.settings.locks, policy.tenant):
+            result = _restore(ctx, policy, target, snapshot, includes)
+    except BkpError as exc:
+        ctx.audit("restore", "refused" if isinstance(exc, SafetyError) else "failed",
+                  policy.tenant, **details, error=str(exc))
+        raise
+    ctx.audit("restore", "ok", policy.tenant, **details, snapshot_id=result["snapshot_id"],
+              files=result["files"], bytes=result["bytes"])
+    return result
+
+
+def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
+             includes: Sequence[str]) -> dict:
+    restic = Restic(destination_for(policy, ctx.settings.home).repository(), policy.tenant,
+                    timeout=policy.timeout_minutes * 60)
+    listing = restic.ls(snapshot)
+    files, size = selected(listing, includes)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_free_space(target, size)
+    with _progress_while(ctx, target, size):
+        done = restic.restore(listing.snapshot_id, target, includes)
+    if not done.ok:
+        if is_operational_failure(done):
+            raise OperationError(explain_failure(done, restic.repo, policy.tenant, "restore"))
+        problems = "; ".join(p.found for p in tail_problems("restore", done.stderr_tail, 3))
+        raise VerificationError(f"restore of {listing.short_id} to {target} found damaged "
+                                f"data: {problems}. Run `bkp drill {policy.tenant}` and see "
+                                f"runbooks/restore-drill.md")
+    return {"tenant": policy.tenant, "snapshot_id": listing.snapshot_id, "target": str(target),
+            "files": files, "bytes": size, "snapshot_time": listing.time}
+
+
+class _progress_while:
+    """Report bytes written on stderr while restic restores (restic 0.14 restore is silent):
+    read from the target filesystem's free space, which costs nothing to ask."""
+
+    def __init__(self, ctx: Context, target: Path, total: int):
+        self.ctx, self.target, self.total = ctx, target, total
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        if self.ctx.progress:
+            self.start_free = shutil.disk_usage(self.target).free
+            threading.Thread(target=self._report, daemon=True).start()
+        return self
+
+    def _report(self):
+        while not self.stop.wait(2.0):
+            written = max(0, self.start_free - shutil.disk_usage(self.target).free)
+            share = f" of {self.total >> 20} MiB ({100 * written / self.total:.0f}%)" \
+                if self.total else ""
+            self.ctx.progress(f"restored {written >> 20} MiB{share}")
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        return False
+
+
+
