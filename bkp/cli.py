@@ -348,18 +348,22 @@ def drill(state, tenants, all_, due, progress, as_json):
     def human():
         if not outcomes:
             click.echo("no drill due")
-        for o in outcomes:
-            d = o.data
-            click.echo(f"{d['tenant']:<24} {d['status'].upper():<8} snapshot "
-                       f"{(d.get('snapshot_id') or '-')[:8]}  {d.get('files_checked', 0)} files "
-                       f"checked  {d.get('duration_s') or 0:.1f}s  report {d.get('report')}")
-            for p in d.get("problems") or []:
-                click.echo(f"    {p['message']}")
-            if d.get("error"):
-                click.echo(f"    {d['error']}")
+        _print_drills(outcomes)
 
     emit({"drills": [o.data for o in outcomes]}, as_json, human)
     return highest_exit(outcomes)
+
+
+def _print_drills(outcomes) -> None:
+    for o in outcomes:
+        d = o.data
+        click.echo(f"{d['tenant']:<24} drill {d['status'].upper():<8} snapshot "
+                   f"{(d.get('snapshot_id') or '-')[:8]}  {d.get('files_checked') or 0} files "
+                   f"checked  {d.get('duration_s') or 0:.1f}s  report {d.get('report')}")
+        for p in d.get("problems") or []:
+            click.echo(f"    {p['message']}")
+        if d.get("error"):
+            click.echo(f"    {d['error']}")
 
 
 # ---------------------------------------------------------------- run / schedule
@@ -394,9 +398,7 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
         if not report.runs and not report.drills:
             click.echo(f"nothing due ({len(report.not_due)} schedule slots already done)")
         _print_runs(report.runs)
-        for o in report.drills:
-            d = o.data
-            click.echo(f"{d['tenant']:<24} drill {d['status']:<8} {d.get('error') or ''}")
+        _print_drills(report.drills)
 
     emit(report.to_json() | {"runs": [o.data for o in report.runs]}, as_json, human)
     return report.exit_code
@@ -445,8 +447,9 @@ def status(state, tenants, as_json):
 
 
 def _print_status(rows) -> None:
-    header = (f"{'TENANT':<22} {'STATE':<7} {'LAST BACKUP':<20} {'RESULT':<12} "
-              f"{'SNAPSHOT':<9} {'RPO':<5} {'SNAPS':>5}  {'LAST DRILL':<20} {'DRILL DUE':<20}")
+    header = (f"{'TENANT':<22} {'STATE':<7} {'LAST BACKUP (UTC)':<20} {'RESULT':<12} "
+              f"{'SNAPSHOT':<9} {'RPO':<5} {'SNAPS':>5}  {'LAST DRILL':<20} {'DRILL':<7} "
+              f"{'NEXT DRILL DUE':<20}")
     click.echo(header)
     for r in rows:
         last = r.get("last_backup") or {}
@@ -456,9 +459,18 @@ def _print_status(rows) -> None:
             f"{(last.get('time') or 'never')[:19]:<20} "
             f"{last.get('status') or '-':<12} {(last.get('snapshot_id') or '-')[:8]:<9} "
             f"{'ok' if r.get('rpo_ok') else 'LATE':<5} {_dash(r.get('snapshot_count')):>5}  "
-            f"{(drill.get('time') or 'never')[:19]:<20} {(r.get('drill_due') or '-')[:19]:<20}")
+            f"{(drill.get('time') or 'never')[:19]:<20} {_drill_word(r):<7} "
+            f"{(r.get('drill_due') or '-')[:19]:<20}")
         if r.get("error"):
             click.echo(f"{'':<22} ! {r['error']}")
+
+
+def _drill_word(row) -> str:
+    if row.get("drill_ok") is None:
+        return "-"
+    if row.get("drill_overdue"):
+        return "OVERDUE"
+    return "ok" if row.get("drill_ok") else "FAILED"
 
 
 def _dash(value) -> str:

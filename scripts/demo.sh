@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything, then run one night of bkp over three demo tenants whose backups go to
+# Install everything, then run one night of bkp (`bkp run`: the due backups and restore
+# drills) over three demo tenants whose backups go to
 # local repositories standing in for the off-site server, and end with `bkp status`.
 # Re-running it is safe: it adds a new night to the same demo installation.
 #   BKP_DEMO_DIR   where the demo lives (default /var/lib/bkp-demo)
@@ -63,9 +64,9 @@ echo "== validating policies in $BKP_POLICIES"
 "$bkp" policy validate
 echo "== preparing repositories"
 "$bkp" init --all
-echo "== tonight's backups"
+echo "== tonight's run: every backup and restore drill that is due (what cron calls)"
 rc=0
-"$bkp" backup --all --jobs 2 || rc=$?
+"$bkp" run --jobs 2 || rc=$?
 echo "== status"
 "$bkp" status
 exit "$rc"
