@@ -302,7 +302,7 @@ def _sanitization_records(db: sqlite_utils.Database) -> None:
     db["certificates"].create_index(["record_id"])
 
 
-def add_medium(catalog: Catalog, medium: dict, operator: str) -> dict:
+def add_medium(catalog: Catalog, medium: dict, operator: str) -> dict | None:
     """Register a medium; None when its serial is already in the register."""
     with catalog.transaction():
         if catalog.db["media"].count_where("serial = ?", [medium["serial"]]):
@@ -368,12 +368,13 @@ def open_sanitization(catalog: Catalog, record: dict) -> int:
 
 
 def close_sanitization(catalog: Catalog, record_id: int, result: str,
-                       medium_state: str, **fields) -> dict:
-    """Close a running sanitization once; a record already closed is never rewritten."""
+                       medium_state: str, **fields) -> dict | None:
+    """Close a running sanitization; None when it was already closed (records are closed
+    once and never rewritten)."""
     with catalog.transaction():
         row = catalog.db["sanitizations"].get(record_id)
         if row["result"] != "running":
-            return row
+            return None
         ended = utc_now()
         duration = (parse_time(ended) - parse_time(row["started_at"])).total_seconds()
         catalog.db["sanitizations"].update(record_id, {
@@ -383,6 +384,14 @@ def close_sanitization(catalog: Catalog, record_id: int, result: str,
                                            "operator": row["operator"],
                                            "reason": fields.get("error")})
     return catalog.db["sanitizations"].get(record_id)
+
+
+def note_sample_plan(catalog: Catalog, record_id: int, sample_plan: str) -> None:
+    """The sample plan is known once the wipe is done; recorded before it is read."""
+    with catalog.transaction():
+        row = catalog.db["sanitizations"].get(record_id)
+        if row["result"] == "running":
+            catalog.db["sanitizations"].update(record_id, {"sample_plan": sample_plan})
 
 
 def abandoned_sanitizations(catalog: Catalog) -> list[dict]:

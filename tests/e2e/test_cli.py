@@ -68,7 +68,7 @@ def test_broken_yaml_gives_file_line_and_exit_3(bkp_env):
     no_traceback(done)
     # the good tenant still backs up while the broken one is reported
     bkp_env.bkp_json("init", "good")
-    runs, code = bkp_env.bkp_json("backup", "--all", expect=3)
+    runs, _ = bkp_env.bkp_json("backup", "--all", expect=3)
     status = {r["tenant"]: r["status"] for r in runs["runs"]}
     assert status == {"good": "ok", "broken": "failed"}
 
@@ -119,7 +119,8 @@ def restic_shim(folder: Path) -> Path:
     """restic itself, with every argument list written down first."""
     log = folder / "argv.log"
     shim = folder / "restic"
-    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {shutil.which("restic")} "$@"\n')
+    real = shutil.which("restic")
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {real} "$@"\n')
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     return log
 
