@@ -184,3 +184,34 @@ def test_run_calls_the_drill_when_due_and_status_shows_it(bkp_env):
     assert row["drill_due"] > row["last_drill"]["time"]
     due, _ = bkp_env.bkp_json("drill", "--due")
     assert due["drills"] == []
+
+
+def test_interrupted_drill_leaves_no_scratch_and_an_honest_record(bkp_env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bkp_env.local_tenant("cut-short")
+    with open(bkp_env.root / "data" / "cut-short" / "big.bin", "wb") as fh:
+        for _ in range(300):
+            fh.write(os.urandom(1 << 20))
+    bkp_env.bkp_json("init", "cut-short")
+    bkp_env.bkp_json("backup", "cut-short")
+    proc = subprocess.Popen([sys.executable, "-m", "bkp", "drill", "cut-short", "--json"],
+                            env=bkp_env.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    scratch = bkp_env.home / "scratch"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if scratch.exists() and any(p.is_file() for p in scratch.rglob("*")):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the drill never started restoring")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert scratch_is_empty(bkp_env)
+    status, _ = bkp_env.bkp_json("status", "cut-short")
+    assert status["tenants"][0]["last_drill"]["status"] == "interrupted"
