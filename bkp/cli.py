@@ -58,6 +58,10 @@ class State:
             for row in self._catalog.reap_interrupted():
                 say(f"note: {row['kind']} of {row['tenant']} started {row['started_at']} "
                     f"was interrupted; recorded as such")
+                self.context().audit(row["kind"], "interrupted", row["tenant"],
+                                     run_id=row["id"], started_at=row["started_at"],
+                                     started_by=row["operator"], pid=row["pid"],
+                                     error=row["error"])
         return self._catalog
 
     def context(self, progress: bool = False):
@@ -80,8 +84,8 @@ class State:
         wanted = set(tenants)
         broken = [Outcome(r.tenant or r.file.stem, 3, {
             "tenant": r.tenant or r.file.stem, "status": "failed",
-            "error": "invalid policy: " + "; ".join(
-                f"{e.path}: {e.message}" for e in r.errors)})
+            "error": f"invalid policy {r.file}: " + "; ".join(
+                f"{e.path}: {e.message}" if e.path else e.message for e in r.errors)})
             for r in invalid if not wanted or (r.tenant or r.file.stem) in wanted]
         return policies, broken
 
@@ -391,8 +395,7 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
 
     policies, broken = state.select((), True)
     report = run_due(state.context(), policies, jobs=jobs, healthcheck_url=healthcheck_url,
-                     prometheus_textfile=prometheus_textfile)
-    report.runs = broken + report.runs
+                     prometheus_textfile=prometheus_textfile, invalid=broken)
 
     def human():
         if not report.runs and not report.drills:
@@ -400,7 +403,7 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
         _print_runs(report.runs)
         _print_drills(report.drills)
 
-    emit(report.to_json() | {"runs": [o.data for o in report.runs]}, as_json, human)
+    emit(report.to_json(), as_json, human)
     return report.exit_code
 
 
@@ -409,17 +412,38 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
               show_default=True, help="A crontab line, or a hardened systemd service + timer.")
 @click.option("--every", default=15, show_default=True, type=click.IntRange(1, 59),
               help="Minutes between checks for due work.")
+@click.option("--healthcheck-url", envvar="BKP_HEALTHCHECK_URL", metavar="URL",
+              help="Carried into the units: the run's global ping URL.")
+@click.option("--prometheus-textfile", envvar="BKP_PROMETHEUS_TEXTFILE", metavar="FILE",
+              type=click.Path(path_type=Path), help="Carried into the units: the metrics file.")
 @pass_state
-def schedule(state, fmt, every):
-    """Print the crontab line or systemd units that drive `bkp run` on this installation."""
+def schedule(state, fmt, every, healthcheck_url, prometheus_textfile):
+    """Print the crontab line or systemd units that drive `bkp run` on this installation.
+
+    The systemd service may write only to BKP_HOME, the local destinations of the current
+    policies and the metrics file's folder: re-render it after adding a local tenant.
+    """
     import shutil
 
     from .schedule import Installation, render_cron, render_systemd
 
     beside_python = Path(sys.executable).parent / "bkp"  # the virtualenv's own script
     exe = beside_python if beside_python.exists() else Path(shutil.which("bkp") or "bkp")
+    from .policy import load_policies
+
+    writable = [state.settings.home.absolute()]
+    if state.settings.policies.is_dir():
+        policies, _ = load_policies(state.settings.policies)
+        writable += [Path(p.destination.path) for p in policies if p.destination.type == "local"]
+    environment = {}
+    if healthcheck_url:
+        environment["BKP_HEALTHCHECK_URL"] = healthcheck_url
+    if prometheus_textfile:
+        environment["BKP_PROMETHEUS_TEXTFILE"] = str(prometheus_textfile.absolute())
+        writable.append(prometheus_textfile.absolute().parent)
     inst = Installation(exe.absolute(), state.settings.policies.absolute(),
-                        state.settings.home.absolute(), every)
+                        state.settings.home.absolute(), every, tuple(writable),
+                        tuple(sorted(environment.items())))
     click.echo(render_cron(inst) if fmt == "cron" else render_systemd(inst), nl=False)
     return 0
 
@@ -432,12 +456,11 @@ def schedule(state, fmt, every):
 @pass_state
 def status(state, tenants, as_json):
     """Per tenant: last backup, RPO state, last drill and when the next drill is due."""
-    from .actions.status import tenant_status
+    from .actions.status import invalid_status, tenant_status
 
     policies, broken = state.select(tenants, not tenants)
     rows = [tenant_status(state.catalog, p) for p in policies]
-    rows += [{"tenant": b.tenant, "policy_valid": False, "last_backup": None, "rpo_ok": False,
-              "last_drill": None, "drill_due": None, "error": b.data["error"]} for b in broken]
+    rows += [invalid_status(state.catalog, b.tenant, b.data["error"]) for b in broken]
 
     def human():
         _print_status(rows)
@@ -466,7 +489,7 @@ def _print_status(rows) -> None:
 
 
 def _drill_word(row) -> str:
-    if row.get("drill_ok") is None:
+    if row.get("drill_ok") is None or row.get("state") == "invalid":
         return "-"
     if row.get("drill_overdue"):
         return "OVERDUE"
@@ -583,9 +606,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
-    except click.exceptions.Abort:
-        say("aborted")
-        code = 130
+    except click.exceptions.Abort:  # click's name for KeyboardInterrupt
+        code = _interrupted()
     except BkpError as exc:
         say(f"bkp: {exc}")
         for problem in getattr(exc, "problems", []) or []:

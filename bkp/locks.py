@@ -16,6 +16,10 @@ from .catalog import utc_now
 from .errors import OperationError
 
 
+class LockHeld(OperationError):
+    """Someone else is working; nothing was done (a refusal, not a failed attempt)."""
+
+
 def holder(path: Path) -> dict:
     try:
         return json.loads(path.read_text() or "{}")
@@ -33,7 +37,7 @@ def exclusive(path: Path, what: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             info = holder(path)
-            raise OperationError(
+            raise LockHeld(
                 f"another {what} (pid {info.get('pid', '?')}, started "
                 f"{info.get('started', '?')}) holds the lock {path}") from None
         os.ftruncate(fd, 0)

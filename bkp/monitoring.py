@@ -64,12 +64,17 @@ METRICS = [
 ]
 
 
+def _number(value: float) -> str:
+    # Full precision: `:g` would turn a Unix timestamp into 1.79547e+09, minutes off.
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def render_textfile(samples: Iterable[tuple[str, dict[str, str], float]]) -> str:
     """node_exporter textfile format: HELP/TYPE once per metric, then its samples."""
     by_name: dict[str, list[str]] = {}
     for name, labels, value in samples:
         label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        by_name.setdefault(name, []).append(f"{name}{{{label_text}}} {value:g}")
+        by_name.setdefault(name, []).append(f"{name}{{{label_text}}} {_number(value)}")
     lines = []
     for name, kind, help_text in METRICS:
         if name in by_name:

@@ -91,7 +91,7 @@ def run(
     """
     secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
                                            if k in SECRET_ENV_NAMES and v]
-    log.debug("run: %s", redact(" ".join(argv), secrets))
+    log.info("run: %s", redact(" ".join(argv), secrets))
     # Inherited variables such as RESTIC_REPOSITORY from an operator's shell must not
     # redirect a child to another repository.
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}

@@ -118,10 +118,14 @@ class Installation:
     policies: Path
     home: Path
     every_minutes: int = 15
+    writable: tuple[Path, ...] = ()  # besides home: local destinations, the metrics folder
+    environment: tuple[tuple[str, str], ...] = ()  # monitoring settings for `bkp run`
 
 
 def render_cron(inst: Installation) -> str:
-    env = f"BKP_POLICIES={shlex.quote(str(inst.policies))} BKP_HOME={shlex.quote(str(inst.home))}"
+    pairs = [("BKP_POLICIES", str(inst.policies)), ("BKP_HOME", str(inst.home)),
+             *inst.environment]
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs)
     return "\n".join([
         "# bkp: every backup and drill that is due, checked every "
         f"{inst.every_minutes} minutes. Install: bkp schedule > /etc/cron.d/bkp",
@@ -144,12 +148,16 @@ def render_systemd(inst: Installation) -> str:
         "Type=oneshot",
         f"Environment=BKP_POLICIES={inst.policies}",
         f"Environment=BKP_HOME={inst.home}",
+        *[f'Environment="{k}={v}"' for k, v in inst.environment],
         f"ExecStart={inst.bkp} run",
         "Nice=10",
         "IOSchedulingClass=best-effort",
         "IOSchedulingPriority=7",
         "ProtectSystem=strict",
-        f"ReadWritePaths={inst.home}",
+        # "-": a local destination not mounted right now must not stop the whole unit.
+        "ReadWritePaths=" + " ".join(
+            [str(inst.home)] + [f"-{p}" for p in dict.fromkeys(inst.writable)
+                                if p != inst.home]),
         "ProtectHome=read-only",
         "PrivateTmp=yes",
         "PrivateDevices=yes",

@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PolicyError, SafetyError
+from .errors import PolicyError
 from .policy import Policy
 
 
@@ -41,7 +41,7 @@ def check_private_file(path: Path, what: str) -> None:
     if not stat.S_ISREG(mode):
         raise PolicyError(f"{what} {path} is not a regular file")
     if mode & 0o077:
-        raise SafetyError(
+        raise PolicyError(
             f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
             f"run: chmod 600 {path}")
 

@@ -44,6 +44,22 @@ class Outcome:
     data: dict = field(default_factory=dict)
 
 
+def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome],
+           refused_status: str = "failed") -> Outcome:
+    """Run `work` holding the tenant's lock. When another bkp process holds it the attempt
+    is refused without a run record: a busy tenant is not a failed backup."""
+    from ..locks import LockHeld, tenant_lock
+
+    try:
+        with tenant_lock(ctx.settings.locks, policy.tenant):
+            return work()
+    except LockHeld as exc:
+        ctx.audit(action, "refused", policy.tenant, error=str(exc))
+        return Outcome(policy.tenant, exc.exit_code, {
+            "tenant": policy.tenant, "status": refused_status, "snapshot_id": None, "files": None,
+            "bytes_added": None, "duration_s": 0.0, "error": str(exc)})
+
+
 def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome],
                    jobs: int = 1) -> list[Outcome]:
     """Run `work` for every tenant, `jobs` at a time; results in the policies' order."""

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import socket
 
-from .. import locks
 from ..destinations import destination_for
 from ..errors import BkpError, OperationError
 from ..policy import Policy
 from ..restic import EXIT_PARTIAL, Restic, version
-from . import Context, Outcome, interrupt, stopping
+from . import Context, Outcome, interrupt, locked, stopping
 
 
 def check_sources(policy: Policy) -> None:
@@ -30,38 +29,43 @@ def check_sources(policy: Policy) -> None:
 
 def backup_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                   slot: str | None = None) -> Outcome:
+    return locked(ctx, policy, "backup", lambda: _backup(ctx, policy, trigger, slot))
+
+
+def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
     catalog = ctx.catalog
     run_id = catalog.open_run(policy.tenant, "backup", operator=ctx.settings.operator,
                               trigger=trigger, slot=slot, restic_version=_restic_version())
     restic: Restic | None = None
     fields: dict = {}
     try:
-        with locks.tenant_lock(ctx.settings.locks, policy.tenant):
-            check_sources(policy)
-            destination = destination_for(policy, ctx.settings.home)
-            preflight = destination.preflight()
-            if not preflight.initialised:
-                raise OperationError(
-                    f"no repository at {destination.repository().label}"
-                    f"{' (' + preflight.detail + ')' if preflight.detail else ''}: "
-                    f"run `bkp init {policy.tenant}` once for a new tenant")
-            restic = Restic(destination.repository(), policy.tenant,
-                            timeout=policy.timeout_minutes * 60)
-            if catalog.previous_run_interrupted(policy.tenant, run_id):
-                restic.unlock_stale()  # the dead run's restic may have left its lock behind
-            summary, code = restic.backup(policy, socket.gethostname(),
-                                          progress=_progress(ctx, policy.tenant))
-            fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,
-                      "bytes_added": summary.bytes_added,
-                      "bytes_processed": summary.bytes_processed}
-            if code == EXIT_PARTIAL:
-                shown = "; ".join(summary.errors[:3]) or "see restic's output"
-                raise OperationError(
-                    f"snapshot {summary.snapshot_id} saved but {len(summary.errors) or 'some'}"
-                    f" file(s) could not be read: {shown}")
-            if not policy.retention.legal_hold:
-                fields["snapshots_kept"] = restic.forget(policy.retention).kept
-            fields["repository_bytes"] = destination.usage_bytes()
+        check_sources(policy)
+        destination = destination_for(policy, ctx.settings.home)
+        preflight = destination.preflight()
+        if not preflight.reachable:
+            raise OperationError(f"destination not reachable: {preflight.detail}")
+        if not preflight.initialised:
+            raise OperationError(
+                f"no repository at {destination.repository().label}: run "
+                f"`bkp init {policy.tenant}` once for a new tenant (for an existing tenant, "
+                f"check that the destination is the right one)")
+        restic = Restic(destination.repository(), policy.tenant,
+                        timeout=policy.timeout_minutes * 60)
+        if catalog.previous_run_interrupted(policy.tenant, run_id):
+            restic.unlock_stale()  # the dead run's restic may have left its lock behind
+        summary, code = restic.backup(policy, socket.gethostname(),
+                                      progress=_progress(ctx, policy.tenant))
+        fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,
+                  "bytes_added": summary.bytes_added,
+                  "bytes_processed": summary.bytes_processed}
+        if code == EXIT_PARTIAL:
+            shown = "; ".join(summary.errors[:3]) or "see restic's output"
+            raise OperationError(
+                f"snapshot {summary.snapshot_id} saved but {len(summary.errors) or 'some'}"
+                f" file(s) could not be read: {shown}")
+        if not policy.retention.legal_hold:
+            fields["snapshots_kept"] = restic.forget(policy.retention).kept
+        fields["repository_bytes"] = destination.usage_bytes()
     except BkpError as exc:
         return _close(ctx, policy, run_id, exc, fields, restic)
     except KeyboardInterrupt:

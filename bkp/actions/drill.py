@@ -24,13 +24,12 @@ from pathlib import Path
 
 from croniter import croniter
 
-from .. import locks
 from ..catalog import Catalog, as_json
 from ..destinations import destination_for
 from ..errors import BkpError, OperationError
 from ..policy import Policy
 from ..restic import Listing, Node, Restic, is_operational_failure, version
-from . import Context, Outcome, interrupt, stopping
+from . import Context, Outcome, interrupt, locked, stopping
 
 SCRATCH_MARGIN = 64 << 20
 HASH_CHUNK = 4 << 20
@@ -203,6 +202,11 @@ def check_free_space(folder: Path, need: int) -> None:
 
 def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                  slot: str | None = None) -> Outcome:
+    return locked(ctx, policy, "drill", lambda: _drill(ctx, policy, trigger, slot),
+                  refused_status="error")
+
+
+def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
     catalog = ctx.catalog
     run_id = catalog.open_run(policy.tenant, "drill", operator=ctx.settings.operator,
                               trigger=trigger, slot=slot, restic_version=_restic_version())
@@ -211,11 +215,12 @@ def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
     scratch = scratch_root(ctx) / f"drill-{policy.tenant}-{run_id}"
     error: BkpError | None = None
     try:
-        with locks.tenant_lock(ctx.settings.locks, policy.tenant):
-            remove_stale_scratch(ctx)
-            restic = Restic(destination_for(policy, ctx.settings.home).repository(),
-                            policy.tenant, timeout=policy.timeout_minutes * 60)
-            _perform(ctx, policy, restic, scratch, result, run_id)
+        remove_stale_scratch(ctx)
+        destination = destination_for(policy, ctx.settings.home)
+        destination.preflight()  # pinned host key, bucket region: refused before restic runs
+        restic = Restic(destination.repository(), policy.tenant,
+                        timeout=policy.timeout_minutes * 60)
+        _perform(ctx, policy, restic, scratch, result, run_id)
     except BkpError as exc:
         error = exc
     except KeyboardInterrupt:

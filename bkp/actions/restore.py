@@ -52,7 +52,9 @@ def restore_tenant(ctx: Context, policy: Policy, target: Path, *, snapshot: str 
 
 def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
              includes: Sequence[str]) -> dict:
-    restic = Restic(destination_for(policy, ctx.settings.home).repository(), policy.tenant,
+    destination = destination_for(policy, ctx.settings.home)
+    destination.preflight()  # pinned host key, bucket region: refused before restic runs
+    restic = Restic(destination.repository(), policy.tenant,
                     timeout=policy.timeout_minutes * 60)
     listing = restic.ls(snapshot)
     files, size = selected(listing, includes)

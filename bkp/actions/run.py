@@ -60,7 +60,10 @@ def drill_action():
 
 def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
             now: datetime | None = None, healthcheck_url: str | None = None,
-            prometheus_textfile: Path | None = None) -> RunReport:
+            prometheus_textfile: Path | None = None,
+            invalid: list[Outcome] | None = None) -> RunReport:
+    """`invalid` are the tenants whose policy could not be loaded: reported as failed runs,
+    so that the night is not called green while a tenant silently drops out."""
     with locks.run_lock(ctx.settings.locks):
         now = now or datetime.now(UTC)
         report = RunReport()
@@ -71,7 +74,7 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
         monitoring.ping(healthcheck_url, "start")
 
         backups = [by_tenant[t] for (t, kind) in due if kind == "backup"]
-        report.runs = run_per_tenant(
+        report.runs = list(invalid or []) + run_per_tenant(
             backups, lambda p: _pinged(p, lambda: backup_tenant(
                 ctx, p, trigger="schedule", slot=slot_label(due[(p.tenant, "backup")].slot))),
             jobs)

@@ -10,5 +10,6 @@ from . import Context
 
 def list_snapshots(ctx: Context, policy: Policy) -> list[dict]:
     destination = destination_for(policy, ctx.settings.home)
+    destination.preflight()  # a wrong host key or bucket region is refused before restic
     return Restic(destination.repository(), policy.tenant,
                   timeout=policy.timeout_minutes * 60).snapshots()

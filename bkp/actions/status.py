@@ -50,6 +50,16 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
     }
 
 
+def invalid_status(catalog: Catalog, tenant: str, error: str) -> dict:
+    """A tenant whose policy does not load: its history stays visible, and it is not fine."""
+    last = catalog.last_run(tenant, "backup")
+    return {"tenant": tenant, "policy_valid": False, "state": "invalid",
+            "last_backup": _backup_view(last),
+            "last_good_backup": _backup_view(catalog.last_run(tenant, "backup", status="ok")),
+            "rpo_ok": False, "last_drill": _drill_view(catalog.last_run(tenant, "drill")),
+            "drill_due": None, "drill_overdue": False, "drill_ok": False, "error": error}
+
+
 def drill_schedule_state(catalog: Catalog, policy: Policy, now: datetime) -> dict:
     """When the next drill is due, and whether the drill record is a problem.
 
@@ -64,7 +74,9 @@ def drill_schedule_state(catalog: Catalog, policy: Policy, now: datetime) -> dic
     last = catalog.last_run(policy.tenant, "drill")
     # Overdue: a slot went by without a drill, beyond a grace for `bkp run` to get to it.
     overdue = due.due and now - due.slot > DRILL_GRACE
-    ok = bool(last) and last["status"] == "passed" and not overdue
+    # None: no drill yet and none owed yet (a new tenant), not a failure.
+    ok = None if last is None and not overdue else (
+        bool(last) and last["status"] == "passed" and not overdue)
     return {"drill_due": slot_label(when), "drill_overdue": overdue, "drill_ok": ok}
 
 

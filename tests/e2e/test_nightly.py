@@ -224,17 +224,20 @@ def test_healthcheck_pings_and_prometheus_textfile(bkp_env, ping_server):
     bkp_env.bkp_json("init", "--all")
     import shutil
     shutil.rmtree(bkp_env.root / "data" / "broken")
+    (bkp_env.policies / "garbled.yaml").write_text("tenant: garbled\nsources: [\n")
     textfile = bkp_env.root / "metrics" / "bkp.prom"
     report, _ = bkp_env.bkp_json("run", "--healthcheck-url", f"{base}/ping/all",
-                                 "--prometheus-textfile", str(textfile), expect=1)
+                                 "--prometheus-textfile", str(textfile), expect=3)
     status = {r["tenant"]: r["status"] for r in report["runs"]}
-    assert status == {"pinged": "ok", "broken": "failed", "deaf": "ok"}  # deaf ping is harmless
+    # a deaf ping endpoint is harmless; an unreadable policy is a failure, not a silence
+    assert status == {"pinged": "ok", "broken": "failed", "deaf": "ok", "garbled": "failed"}
     paths = [p for p, _ in pings]
     assert paths.index("/ping/good/start") < paths.index("/ping/good")
     assert "/ping/bad/start" in paths and "/ping/bad/fail" in paths
     fail_body = dict(pings)["/ping/bad/fail"]
     assert "does not exist" in fail_body
     assert paths[0] == "/ping/all/start" and paths[-1] == "/ping/all/fail"
+    assert "garbled" in pings[-1][1] and "broken" in pings[-1][1]
     metrics = textfile.read_text()
     assert 'bkp_backup_last_ok{tenant="pinged"} 1' in metrics
     assert 'bkp_backup_last_ok{tenant="broken"} 0' in metrics
@@ -259,6 +262,39 @@ def test_status_never_calls_a_failed_or_missing_backup_fine(bkp_env):
     human = bkp_env.bkp("status")
     line = next(ln for ln in human.stdout.splitlines() if ln.startswith("flaky"))
     assert "FAILED" in line  # ...but the operator sees the failure at a glance
+
+
+def test_busy_tenant_is_refused_without_marking_it_failed(bkp_env):
+    import fcntl
+
+    bkp_env.local_tenant("busy")
+    bkp_env.bkp_json("init", "busy")
+    bkp_env.bkp_json("backup", "busy")
+    lock = bkp_env.home / "locks" / "tenant-busy.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another bkp process is working
+        done = bkp_env.bkp("backup", "busy", "--json")
+    assert done.returncode == 1 and "holds the lock" in json.loads(done.stdout)["runs"][0]["error"]
+    status, _ = bkp_env.bkp_json("status", "busy")
+    assert status["tenants"][0]["state"] == "ok"  # the busy refusal is not a failed night
+    events = bkp_env.bkp_json("audit", "log", "--tenant", "busy")[0]["events"]
+    assert events[-1]["action"] == "backup" and events[-1]["outcome"] == "refused"
+
+
+def test_a_killed_run_is_audited_when_found(bkp_env):
+    bkp_env.local_tenant("found-dead")
+    bkp_env.bkp_json("status")  # creates the catalog
+    db = sqlite3.connect(bkp_env.home / "catalog.db")
+    db.execute("insert into runs (tenant, kind, status, started_at, host, pid, pid_start, "
+               "operator) values ('found-dead', 'backup', 'running', "
+               "'2026-01-01T02:00:00.000000Z', ?, 999999, 1, 'night-operator')",
+               [socket.gethostname()])
+    db.commit()
+    status, _ = bkp_env.bkp_json("status", "found-dead")
+    assert status["tenants"][0]["last_backup"]["status"] == "interrupted"
+    events = bkp_env.bkp_json("audit", "log", "--tenant", "found-dead")[0]["events"]
+    assert [(e["action"], e["outcome"]) for e in events] == [("backup", "interrupted")]
+    assert events[0]["details"]["started_by"] == "night-operator"
 
 
 def test_audit_trail_records_actions_and_catches_tampering(bkp_env):

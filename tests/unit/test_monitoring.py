@@ -29,3 +29,12 @@ def test_textfile_format_groups_samples_under_help_and_type(tmp_path):
     path = tmp_path / "bkp.prom"
     monitoring.write_textfile(path, text)
     assert path.read_text() == text and not list(tmp_path.glob(".bkp-*"))
+
+
+def test_timestamps_and_large_counts_keep_full_precision():
+    text = monitoring.render_textfile([
+        ("bkp_backup_last_success_timestamp_seconds", {"tenant": "a"}, 1795465217.123456),
+        ("bkp_backup_last_bytes_added", {"tenant": "a"}, 123456789012),
+    ])
+    assert 'bkp_backup_last_success_timestamp_seconds{tenant="a"} 1795465217.123456' in text
+    assert 'bkp_backup_last_bytes_added{tenant="a"} 123456789012' in text

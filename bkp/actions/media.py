@@ -1,0 +1,73 @@
+"""The media register: every data carrier that held tenant data, and its state over time."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from .. import catalog as cat
+from ..errors import OperationError, UsageError
+from . import Context
+
+EXPORT_COLUMNS = ("serial", "type", "vendor", "model", "capacity", "asset_tag", "tenant",
+                  "host", "state", "state_since", "registered_at", "registered_by")
+
+
+def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None = None,
+                    model: str | None = None, capacity: int | None = None,
+                    asset_tag: str | None = None, tenant: str | None = None,
+                    host: str | None = None) -> dict:
+    serial = serial.strip()
+    if not serial:
+        raise UsageError("--serial must not be empty: use the serial printed on the label "
+                         "or reported by the device (lsblk -do NAME,SERIAL)")
+    if type_ not in cat.MEDIA_TYPES:
+        raise UsageError(f"--type must be one of {', '.join(cat.MEDIA_TYPES)}")
+    medium = cat.add_medium(ctx.catalog, {
+        "serial": serial, "type": type_, "vendor": vendor, "model": model,
+        "capacity": capacity, "asset_tag": asset_tag, "tenant": tenant, "host": host,
+    }, ctx.settings.operator)
+    if medium is None:
+        existing = cat.get_medium(ctx.catalog, serial)
+        raise OperationError(f"serial {serial} is already registered (state "
+                             f"{existing['state']} since {existing['state_since']}); see "
+                             f"`bkp media show {serial}`")
+    ctx.audit("media.register", "registered", tenant, serial=serial, type=type_,
+              vendor=vendor, model=model, capacity=capacity, asset_tag=asset_tag, host=host)
+    return medium
+
+
+def find_medium(ctx: Context, serial: str) -> dict:
+    medium = cat.get_medium(ctx.catalog, serial.strip())
+    if medium is None:
+        raise OperationError(f"serial {serial} is not in the media register; register it "
+                             f"with `bkp media register --serial {serial} --type ...`")
+    return medium
+
+
+def show_medium(ctx: Context, serial: str) -> dict:
+    medium = find_medium(ctx, serial)
+    return {**medium, "history": cat.media_history(ctx.catalog, medium["serial"])}
+
+
+def list_media(ctx: Context, state: str | None = None, tenant: str | None = None) -> list[dict]:
+    return cat.list_media(ctx.catalog, state=state, tenant=tenant)
+
+
+def media_csv(media: list[dict]) -> str:
+    """The register as CSV for auditors: one row per medium with its current state."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for medium in media:
+        writer.writerow({k: _csv_safe(medium.get(k)) for k in EXPORT_COLUMNS})
+    return out.getvalue()
+
+
+def _csv_safe(value):
+    # A cell starting with = + - @ is a formula in a spreadsheet: an auditor opening the
+    # export must not run a serial someone typed as "=HYPERLINK(...)".
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value

@@ -1,0 +1,504 @@
+"""Sanitize a medium: refuse anything unsafe, overwrite (or erase in hardware), read back,
+record, certify.
+
+The order is the safety argument: every check runs before anything is written; the
+operator confirms; the device is then opened exclusively (the kernel now refuses mounts and
+holders) and checked again against the first inspection; only then is the record opened
+and the first byte written. A refusal raises SafetyError (exit 4) having written nothing.
+
+Ctrl-C or SIGTERM closes the record as `aborted`; a killed process leaves a `running`
+record that the next bkp command closes as `aborted` (pid + process start time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import __version__, devices, runner, wipe
+from .. import catalog as cat
+from ..certificates import METHODS
+from ..errors import OperationError, SafetyError
+from . import Context, Outcome
+from .certificate import issue_certificate
+
+SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
+HARDWARE_METHODS = ("ata-secure-erase", "ata-sanitize", "nvme-format", "nvme-sanitize")
+VERIFY_MODES = ("full", "sample")
+DESTINATIONS_AFTER = ("reuse", "storage", "return", "recycle", "destroy")
+HARDWARE_TIMEOUT_S = 24 * 3600  # a large HDD's enhanced erase takes many hours
+POLL_INTERVAL_S = 10
+
+
+@dataclass
+class SanitizeRequest:
+    device: str
+    serial: str
+    method: str = "zero"
+    verify: str = "full"
+    witness: str | None = None
+    organization: str | None = None
+    destination_after: str = "reuse"
+    classification: str | None = None
+    backed_up: bool | None = None
+    backup_note: str | None = None
+    notes: str | None = None
+    confirmed: bool = False  # --yes
+
+
+@dataclass
+class Preflight:
+    medium: dict
+    facts: devices.DeviceFacts
+    hardware: list[list[str]] | None = None  # argv of the hardware erase, in order
+    hardware_poll: list[str] | None = None
+
+
+Confirm = Callable[[Preflight], bool]
+Hook = Callable[[str], None]  # called with the device path between write and read-back
+
+
+# ---------------------------------------------------------------- checks
+
+def preflight(ctx: Context, request: SanitizeRequest) -> Preflight:
+    """Every safety check; SafetyError (recorded in the audit trail) on the first refusal."""
+    try:
+        return _preflight(ctx, request)
+    except SafetyError as exc:
+        ctx.audit("sanitize", "refused", None, serial=request.serial, device=request.device,
+                  method=request.method, reason=str(exc))
+        raise
+
+
+def _preflight(ctx: Context, request: SanitizeRequest) -> Preflight:
+    if request.method not in METHODS:
+        raise SafetyError(f"unknown method {request.method}; one of {', '.join(METHODS)}")
+    medium = cat.get_medium(ctx.catalog, request.serial.strip())
+    if medium is None:
+        raise SafetyError(f"serial {request.serial} is not in the media register; register "
+                          f"the medium first (bkp media register --serial {request.serial} "
+                          f"--type ...) so that its sanitization can be recorded")
+    if medium["state"] in ("destroyed", "sanitizing"):
+        raise SafetyError(f"medium {medium['serial']} is {medium['state']} (since "
+                          f"{medium['state_since']}); nothing to sanitize")
+    facts = devices.inspect(request.device)
+    _check_identity(medium, facts, request.serial)
+    _check_not_ours(ctx, facts)
+    problems = devices.usage_problems(facts)
+    if problems:
+        raise SafetyError(f"{facts.path} is in use; nothing was written:\n  "
+                          + "\n  ".join(problems))
+    if facts.size == 0:
+        raise SafetyError(f"{facts.path} has a size of 0 bytes; wrong device?")
+    plan = Preflight(medium, facts)
+    if request.method in HARDWARE_METHODS:
+        plan.hardware, plan.hardware_poll = hardware_plan(facts, request.method)
+    return plan
+
+
+def _check_identity(medium: dict, facts: devices.DeviceFacts, serial: str) -> None:
+    if facts.serial and not devices.same_serial(facts.serial, serial):
+        raise SafetyError(f"{facts.path} reports serial {facts.serial}, not {serial}: this is "
+                          f"not the medium you named; check the label and `lsblk -do "
+                          f"NAME,SERIAL`")
+    capacity = medium.get("capacity")
+    # Labels state capacity in rounded decimal units; within 1 % is the same medium.
+    if capacity and abs(facts.size - capacity) > capacity * 0.01:
+        raise SafetyError(f"{facts.path} holds {facts.size} bytes but medium "
+                          f"{medium['serial']} is registered with {capacity}; wrong device?")
+
+
+def _check_not_ours(ctx: Context, facts: devices.DeviceFacts) -> None:
+    home = os.path.realpath(ctx.settings.home)
+    if facts.kind == "image" and (facts.path + "/").startswith(home + "/"):
+        raise SafetyError(f"{facts.path} is inside bkp's own state directory {home}")
+
+
+def hardware_plan(facts: devices.DeviceFacts, method: str
+                  ) -> tuple[list[list[str]], list[str] | None]:
+    """The commands of a hardware erase, or SafetyError when the device cannot do it."""
+    if method.startswith("ata-"):
+        return _ata_plan(facts, method)
+    return _nvme_plan(facts, method)
+
+
+def _unsupported(facts: devices.DeviceFacts, method: str, why: str) -> SafetyError:
+    return SafetyError(f"{method} is not possible on {facts.path}: {why}; use --method zero, "
+                       f"random or dod3 (overwrite), or see runbooks/decommission-media.md")
+
+
+def _ata_plan(facts, method):
+    if facts.kind == "image" or facts.transport in ("loop", "nvme", "virtio"):
+        raise _unsupported(facts, method, f"it is {_what(facts)}, not an ATA disk")
+    done = runner.run(devices.hdparm_identify_argv(facts.path), timeout=60)
+    security = devices.parse_hdparm_identify(done.stdout if done.ok else "")
+    if method == "ata-sanitize":
+        if not security.sanitize_block_erase and not security.sanitize_crypto_scramble:
+            raise _unsupported(facts, method, "the drive does not report the SANITIZE "
+                                              "feature set (hdparm -I)")
+        return ([devices.ata_sanitize_argv(facts.path, security.sanitize_crypto_scramble)],
+                devices.ata_sanitize_status_argv(facts.path))
+    if not security.supported:
+        raise _unsupported(facts, method, "the drive does not report the ATA security "
+                                          "feature set (hdparm -I)")
+    if security.frozen:
+        raise _unsupported(facts, method, "the drive's security is frozen by the BIOS; "
+                                          "suspend and resume the machine (rtcwake -m mem -s "
+                                          "5) or re-plug the drive, then try again")
+    if security.locked or security.enabled:
+        raise _unsupported(facts, method, "the drive already has a security password; "
+                                          "unlock and disable it first (hdparm "
+                                          "--security-disable)")
+    return ([devices.ata_set_password_argv(facts.path),
+             devices.ata_secure_erase_argv(facts.path, security.enhanced)], None)
+
+
+def _nvme_plan(facts, method):
+    if facts.transport != "nvme":
+        raise _unsupported(facts, method, f"it is {_what(facts)}, not an NVMe namespace")
+    controller = devices.nvme_controller(facts.path)
+    done = runner.run(devices.nvme_id_ctrl_argv(controller), timeout=60)
+    if not done.ok:
+        raise _unsupported(facts, method, f"nvme id-ctrl failed: {done.stderr_tail[-300:]}")
+    caps = devices.parse_nvme_id_ctrl(done.stdout)
+    if method == "nvme-format":
+        if not caps.format:
+            raise _unsupported(facts, method, "the controller does not support Format NVM")
+        return [devices.nvme_format_argv(facts.path, caps.crypto_erase)], None
+    if not (caps.sanitize_crypto or caps.sanitize_block):
+        raise _unsupported(facts, method, "the controller supports no sanitize action")
+    return ([devices.nvme_sanitize_argv(controller, caps.sanitize_crypto)],
+            devices.nvme_sanitize_log_argv(controller))
+
+
+def _what(facts: devices.DeviceFacts) -> str:
+    if facts.kind == "image":
+        return "an image file"
+    return {"loop": "a loop device", "virtio": "a virtual disk",
+            "nvme": "an NVMe device"}.get(facts.transport or "", "a block device")
+
+
+# ---------------------------------------------------------------- the wipe
+
+def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = None,
+             between_phases: Hook | None = None) -> Outcome:
+    """Check, confirm, wipe, verify, record and certify one medium."""
+    _validate_request(request)
+    reap_abandoned(ctx)
+    plan = preflight(ctx, request)
+    if not request.confirmed and not (confirm and confirm(plan)):
+        _refuse(ctx, request, "not confirmed: type the serial when asked, or give --yes for "
+                              "unattended use")
+    handles = _open_and_recheck(ctx, request, plan)
+    try:
+        return _run(ctx, request, plan, handles, between_phases)
+    finally:
+        handles.close()
+
+
+def _validate_request(request: SanitizeRequest) -> None:
+    if request.verify not in VERIFY_MODES:
+        raise SafetyError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+    if request.destination_after not in DESTINATIONS_AFTER:
+        raise SafetyError(f"--destination must be one of {', '.join(DESTINATIONS_AFTER)}")
+
+
+def _refuse(ctx: Context, request: SanitizeRequest, reason: str):
+    ctx.audit("sanitize", "refused", None, serial=request.serial, device=request.device,
+              method=request.method, reason=reason)
+    raise SafetyError(reason)
+
+
+def _open_and_recheck(ctx: Context, request: SanitizeRequest, plan: Preflight):
+    """Open exclusively, then check again: the confirmation may have taken minutes."""
+    facts = plan.facts
+    try:
+        handles = wipe.open_handles(facts.path, facts.size, facts.kind == "block")
+    except OSError as exc:
+        _refuse(ctx, request, f"cannot open {facts.path} exclusively ({exc.strerror}); it is "
+                              f"in use")
+    try:
+        again = devices.inspect(request.device)
+        changed = [field for field in ("path", "kind", "devnum", "size", "serial",
+                                       "image_identity")
+                   if getattr(again, field) != getattr(facts, field)]
+        problems = devices.usage_problems(again, probe_exclusive=False)
+        if changed:
+            problems.insert(0, f"the device changed since it was checked ({', '.join(changed)})")
+        if problems:
+            _refuse(ctx, request, f"{facts.path} failed the check right before writing; "
+                                  f"nothing was written:\n  " + "\n  ".join(problems))
+    except BaseException:
+        handles.close()
+        raise
+    return handles
+
+
+def _run(ctx: Context, request: SanitizeRequest, plan: Preflight, handles: wipe.Handles,
+         between_phases: Hook | None) -> Outcome:
+    record_id = _open_record(ctx, request, plan)
+    started = time.monotonic()
+    state = {"bytes_written": 0, "io_errors": 0}
+    try:
+        hardware_command = _erase(ctx, request, plan, handles, state, record_id)
+        if between_phases:
+            between_phases(handles.path)
+        readback = _verify(ctx, request, plan, handles, record_id)
+    except KeyboardInterrupt:
+        row = _close(ctx, record_id, "aborted", state, started,
+                     error="interrupted (Ctrl-C or SIGTERM) before the wipe finished")
+        return Outcome(plan.medium.get("tenant") or "", 130, _result_json(row, None))
+    except (OSError, OperationError) as exc:
+        row = _close(ctx, record_id, "failed", state, started, error=str(exc))
+        return Outcome(plan.medium.get("tenant") or "", 1, _result_json(row, None))
+    except Exception as exc:  # a bug must still leave the record failed, never running
+        _close(ctx, record_id, "failed", state, started, error=f"internal error: {exc!r}")
+        raise
+    return _finish(ctx, record_id, state, started, readback, hardware_command)
+
+
+def _open_record(ctx: Context, request: SanitizeRequest, plan: Preflight) -> int:
+    facts, medium = plan.facts, plan.medium
+    classification, backup = data_context(ctx, medium, request)
+    record = {
+        "serial": medium["serial"], "device": facts.path, "device_kind": facts.kind,
+        "device_serial": facts.serial, "device_model": facts.model, "method": request.method,
+        "category": METHODS[request.method][0],
+        "passes": json.dumps(list(SOFTWARE_METHODS.get(request.method, ()))),
+        "verify_mode": request.verify, "size": facts.size, "operator": ctx.settings.operator,
+        "witness": request.witness, "organization": request.organization,
+        "tool_version": __version__, "destination_after": request.destination_after,
+        "classification": classification, "backup": json.dumps(backup) if backup else None,
+        "notes": request.notes, "stream_seed": os.urandom(32).hex(),
+        "sample_seed": os.urandom(16).hex() if request.verify == "sample" else None,
+    }
+    record_id = cat.open_sanitization(ctx.catalog, record)
+    ctx.audit("sanitize", "started", medium.get("tenant"), record_id=record_id,
+              serial=medium["serial"], device=facts.path, device_kind=facts.kind,
+              serial_check=facts.serial_note, method=request.method, verify=request.verify,
+              size=facts.size, witness=request.witness)
+    return record_id
+
+
+def _erase(ctx, request, plan, handles, state, record_id) -> str | None:
+    if plan.hardware:
+        return _hardware_erase(ctx, plan, state)
+    record = cat.get_sanitization(ctx.catalog, record_id)
+    passes = SOFTWARE_METHODS[request.method]
+    for number, name in enumerate(passes, 1):
+        pattern = wipe.pattern_named(name, bytes.fromhex(record["stream_seed"]))
+        label = f"pass {number}/{len(passes)} ({name})"
+        report = wipe.write_pass(handles, pattern, _progress(ctx, plan, label), label)
+        state["bytes_written"] += report.bytes_written
+        state["io_errors"] += report.io_errors
+    return None
+
+
+def _hardware_erase(ctx: Context, plan: Preflight, state: dict) -> str:
+    for argv in plan.hardware:
+        if ctx.progress:
+            ctx.progress(f"{plan.medium['serial']}: {' '.join(argv[:-2])} ...")
+        done = runner.run(argv, timeout=HARDWARE_TIMEOUT_S)
+        if not done.ok:
+            raise OperationError(f"{' '.join(argv)} failed (exit {done.returncode}): "
+                                 f"{done.stderr_tail[-500:]}")
+    if plan.hardware_poll:
+        _wait_for_sanitize(ctx, plan)
+    state["bytes_written"] = plan.facts.size  # the drive erased every block itself
+    return " && ".join(" ".join(argv) for argv in plan.hardware)
+
+
+def _wait_for_sanitize(ctx: Context, plan: Preflight) -> None:
+    deadline = time.monotonic() + HARDWARE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done = runner.run(plan.hardware_poll, timeout=60)
+        if plan.hardware_poll[0] == "nvme":
+            _, status = devices.parse_nvme_sanitize_log(done.stdout or "{}")
+            status = {1: "completed", 2: "in progress", 3: "failed"}.get(status, "unknown")
+        else:
+            status = devices.parse_ata_sanitize_status(done.stdout + done.stderr_tail)
+        if status == "completed":
+            return
+        if status == "failed":
+            raise OperationError(f"the drive reports its sanitize operation failed: "
+                                 f"{done.stdout[-300:]}")
+        time.sleep(POLL_INTERVAL_S)
+    raise OperationError("the drive did not finish its sanitize operation in time")
+
+
+def _verify(ctx, request, plan, handles, record_id) -> wipe.ReadBack:
+    record = cat.get_sanitization(ctx.catalog, record_id)
+    size = plan.facts.size
+    if request.verify == "full":
+        ranges = wipe.full_plan(size)
+    else:
+        ranges = wipe.sample_plan(size, bytes.fromhex(record["sample_seed"]))
+        sample = {"seed": record["sample_seed"], "subsections": wipe.SAMPLE_SUBSECTIONS,
+                  "fraction": wipe.SAMPLE_FRACTION, "block": wipe.ALIGN,
+                  "ranges": len(ranges), "bytes": wipe.planned_bytes(ranges)}
+        cat.note_sample_plan(ctx.catalog, record_id, json.dumps(sample))
+    expected = None
+    if not plan.hardware:
+        last = SOFTWARE_METHODS[request.method][-1]
+        expected = wipe.pattern_named(last, bytes.fromhex(record["stream_seed"]))
+    return wipe.read_back(handles, ranges, expected, request.verify,
+                          _progress(ctx, plan, f"verify ({request.verify})"))
+
+
+def _finish(ctx, record_id, state, started, readback: wipe.ReadBack,
+            hardware_command: str | None) -> Outcome:
+    errors = state["io_errors"] + readback.io_errors
+    clean = readback.clean and state["io_errors"] == 0
+    problem = None if clean else _verification_problem(readback, state["io_errors"])
+    row = _close(ctx, record_id, "erased" if clean else "failed", state, started,
+                 readback=readback, io_errors=errors, error=problem,
+                 hardware_command=hardware_command)
+    certificate = issue_certificate(ctx, record_id)
+    return Outcome(row.get("serial"), 0 if clean else 5, _result_json(row, certificate))
+
+
+def _verification_problem(readback: wipe.ReadBack, write_errors: int) -> str:
+    parts = []
+    if readback.mismatched_blocks:
+        parts.append(f"{readback.mismatched_blocks} blocks of 4 KiB do not hold what was "
+                     f"written (first at byte {readback.first_mismatch})")
+    if readback.io_errors or write_errors:
+        parts.append(f"{readback.io_errors + write_errors} I/O errors")
+    if readback.bytes_read < readback.bytes_planned and not readback.io_errors:
+        parts.append(f"only {readback.bytes_read} of {readback.bytes_planned} bytes could be "
+                     f"read back")
+    return "verification failed: " + "; ".join(parts)
+
+
+def _close(ctx, record_id, result, state, started, readback: wipe.ReadBack | None = None,
+           io_errors: int | None = None, error: str | None = None,
+           hardware_command: str | None = None) -> dict:
+    elapsed = max(time.monotonic() - started, 1e-6)
+    record = cat.get_sanitization(ctx.catalog, record_id)
+    fields = {"bytes_written": state["bytes_written"],
+              "io_errors": state["io_errors"] if io_errors is None else io_errors,
+              "throughput_bps": round(record["size"] / elapsed, 1) if readback else None,
+              "error": error, "hardware_command": hardware_command}
+    if readback is not None:
+        fields.update(hash=readback.hash, bytes_verified=readback.bytes_read,
+                      mismatches=readback.mismatched_blocks)
+    medium_state = {"erased": "sanitized"}.get(result, result)
+    row = cat.close_sanitization(ctx.catalog, record_id, result, medium_state, **fields)
+    if row is None:  # another bkp process closed it as abandoned meanwhile: keep its verdict
+        raise OperationError(f"sanitization {record_id} was closed by another bkp process")
+    ctx.audit("sanitize", result, _tenant_of(ctx, row["serial"]), record_id=record_id,
+              serial=row["serial"], device=row["device"], method=row["method"],
+              verify=row["verify_mode"], hash=row["hash"], bytes=row["size"],
+              bytes_written=row["bytes_written"], bytes_verified=row["bytes_verified"],
+              mismatches=row["mismatches"], io_errors=row["io_errors"], error=error)
+    return row
+
+
+def _tenant_of(ctx: Context, serial: str) -> str | None:
+    medium = cat.get_medium(ctx.catalog, serial)
+    return medium.get("tenant") if medium else None
+
+
+def _result_json(row: dict, certificate: dict | None) -> dict:
+    return {
+        "record_id": row["id"], "serial": row["serial"], "device": row["device"],
+        "method": row["method"], "category": row["category"], "result": row["result"],
+        "bytes": row["size"], "bytes_written": row["bytes_written"],
+        "verification": {"mode": row["verify_mode"], "hash": row["hash"],
+                         "bytes_read": row["bytes_verified"], "mismatches": row["mismatches"],
+                         "io_errors": row["io_errors"]},
+        "serial_check": serial_check(row),
+        "started_at": row["started_at"], "ended_at": row["ended_at"],
+        "duration_s": row["duration_s"], "throughput_bps": row["throughput_bps"],
+        "error": row["error"], "certificate": certificate,
+    }
+
+
+def serial_check(row: dict) -> str:
+    if row["device_serial"]:
+        return f"device reports serial {row['device_serial']}"
+    if row["device_kind"] == "image":
+        return "image file reports no serial"
+    return "device reports no serial"
+
+
+def _progress(ctx: Context, plan: Preflight, label: str) -> wipe.Progress | None:
+    if ctx.progress is None:
+        return None
+    started = time.monotonic()
+    serial = plan.medium["serial"]
+
+    def report(phase: str, done: int, total: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate else 0
+        ctx.progress(f"{serial}: {label}: {_size(done)} of {_size(total)} "
+                     f"({100 * done / max(total, 1):.0f}%), {rate / 1e6:.0f} MB/s, "
+                     f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+
+    return report
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------- context of the data
+
+def data_context(ctx: Context, medium: dict, request: SanitizeRequest
+                 ) -> tuple[str | None, dict | None]:
+    """The data's classification and whether (and where) it was backed up, for the
+    certificate: from the options, else from the tenant's policy and last good backup."""
+    tenant = medium.get("tenant")
+    policy = _policy_of(ctx, tenant) if tenant and ctx.settings.policies.is_dir() else None
+    classification = request.classification or (policy.classification if policy else None)
+    if request.backed_up is not None or request.backup_note:
+        return classification, {"backed_up": request.backed_up is not False,
+                                "note": request.backup_note}
+    if not tenant:
+        return classification, None
+    last = ctx.catalog.last_run(tenant, "backup", status="ok")
+    if last is None:
+        return classification, {"backed_up": False,
+                                "note": f"no successful backup of tenant {tenant} recorded"}
+    where = (f"{policy.destination.type} destination in {policy.destination.country}"
+             if policy else None)
+    return classification, {"backed_up": True, "where": where,
+                            "snapshot_id": last.get("snapshot_id"),
+                            "time": last.get("ended_at") or last.get("started_at")}
+
+
+def _policy_of(ctx: Context, tenant: str):
+    from ..errors import PolicyError
+    from ..policy import load_policy
+
+    try:
+        return load_policy(ctx.settings.policies, tenant)
+    except (PolicyError, OSError):
+        return None  # the bench may have no policies; the certificate then says less
+
+
+# ---------------------------------------------------------------- interrupted processes
+
+def reap_abandoned(ctx: Context) -> list[dict]:
+    """Close as `aborted` the sanitizations whose bkp process died (SIGKILL, crash, power):
+    a wipe that did not finish must never read as running, let alone as erased."""
+    reaped = []
+    for row in cat.abandoned_sanitizations(ctx.catalog):
+        error = (f"bkp process {row['pid']} stopped before the wipe finished (killed, "
+                 f"crashed or power loss)")
+        closed = cat.close_sanitization(ctx.catalog, row["id"], "aborted", "aborted",
+                                        error=error)
+        if closed is not None:  # None: another process reaped it first
+            ctx.audit("sanitize", "aborted", _tenant_of(ctx, row["serial"]),
+                      record_id=row["id"], serial=row["serial"], device=row["device"],
+                      method=row["method"], error=error, reaped=True)
+            reaped.append(closed)
+    return reaped
