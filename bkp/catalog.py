@@ -296,7 +296,7 @@ def _sanitization_records(db: sqlite_utils.Database) -> None:
         foreign_keys=[("id", "records"), ("serial", "media")])
     db["certificates"].create({
         "id": int, "record_id": int, "issued_at": str, "payload": str, "signature": str,
-        "key_fingerprint": str, "audit_seq": int, "audit_hash": str,
+        "key_fingerprint": str, "public_key": str, "audit_seq": int, "audit_hash": str,
     }, pk="id", not_null={"record_id", "issued_at", "payload", "signature"},
         foreign_keys=[("record_id", "records")])
     db["certificates"].create_index(["record_id"])
