@@ -185,6 +185,14 @@ class Catalog:
             [tenant, before_id]).fetchone()
         return bool(row) and row[0] == "interrupted"
 
+    def last_backup_size(self, tenant: str) -> int | None:
+        """Bytes the tenant's last good backup read: the size a restore of it will write."""
+        row = self.db.execute(
+            "select bytes_processed from runs where tenant = ? and kind = 'backup' and "
+            "status = 'ok' and bytes_processed is not null order by id desc limit 1",
+            [tenant]).fetchone()
+        return row[0] if row else None
+
     def runs(self, tenant: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict]:
         where, args = _where(tenant=tenant, kind=kind)
@@ -427,14 +435,16 @@ def get_record(catalog: Catalog, record_id: int) -> dict | None:
     return rows[0] if rows else None
 
 
-def add_certificate(catalog: Catalog, certificate: dict) -> int:
-    with catalog.transaction():
-        return catalog.db["certificates"].insert(certificate).last_pk
-
-
-def next_certificate_id(catalog: Catalog) -> int:
-    row = catalog.db.execute("select coalesce(max(id), 0) + 1 from certificates").fetchone()
-    return row[0]
+def add_certificate(catalog: Catalog, build: Callable[[int], dict]) -> dict:
+    """Insert the certificate that `build(certificate_id)` returns. The id is part of the
+    signed content, so it is taken and used in one transaction: two bkp processes never
+    sign the same number."""
+    with catalog.transaction() as conn:
+        certificate_id = conn.execute(
+            "select coalesce(max(id), 0) + 1 from certificates").fetchone()[0]
+        row = build(certificate_id)
+        catalog.db["certificates"].insert({**row, "id": certificate_id})
+    return catalog.db["certificates"].get(certificate_id)
 
 
 def latest_certificate(catalog: Catalog, record_id: int) -> dict | None:

@@ -124,11 +124,14 @@ def snapshot_selector(tenant: str, snapshot: str | None) -> list[str]:
     return [snapshot or "latest", "--tag", f"tenant={tenant}"]
 
 
-def ls_argv(repo: Repository, tenant: str, snapshot: str | None) -> list[str]:
-    return [*global_args(repo), "ls", "--json", *snapshot_selector(tenant, snapshot)]
+def ls_argv(repo: Repository, tenant: str, snapshot: str | None,
+            lock: bool = True) -> list[str]:
+    # --no-lock lets the listing be read while a restore of the same snapshot holds its lock.
+    unlocked = [] if lock else ["--no-lock"]
+    return [*global_args(repo), "ls", *unlocked, "--json", *snapshot_selector(tenant, snapshot)]
 
 
-def restore_argv(repo: Repository, tenant: str, snapshot: str, target: Path,
+def restore_argv(repo: Repository, tenant: str, snapshot: str | None, target: Path,
                  includes: Sequence[str] = (), verify: bool = True) -> list[str]:
     args = [*global_args(repo), "restore", *snapshot_selector(tenant, snapshot),
             "--target", str(target)]
@@ -260,6 +263,12 @@ def parse_ls(stdout: str) -> Listing:
     return Listing(snapshot.get("id", ""), snapshot.get("short_id", "")[:8] or
                    snapshot.get("id", "")[:8], snapshot.get("time", ""),
                    tuple(snapshot.get("paths") or ()), tuple(nodes))
+
+
+def parse_restored_snapshot(stdout: str) -> str | None:
+    """The short id restic names when it starts restoring (`restoring <Snapshot 46beafa4 of`)."""
+    match = re.search(r"restoring <?snapshot ([0-9a-f]{8})", stdout, re.I)
+    return match.group(1) if match else None
 
 
 def _json_line(line: str) -> dict:
@@ -397,11 +406,11 @@ class Restic:
         a live lock is never touched."""
         self.run(unlock_argv(self.repo), "unlock")
 
-    def ls(self, snapshot: str | None) -> Listing:
-        done = self.run(ls_argv(self.repo, self.tenant, snapshot), "ls")
+    def ls(self, snapshot: str | None, lock: bool = True) -> Listing:
+        done = self.run(ls_argv(self.repo, self.tenant, snapshot, lock), "ls")
         return parse_ls(done.stdout)
 
-    def restore(self, snapshot: str, target: Path, includes: Sequence[str] = (),
+    def restore(self, snapshot: str | None, target: Path, includes: Sequence[str] = (),
                 verify: bool = True) -> runner.Completed:
         """Returns the finished process: verification errors are findings for the caller."""
         return self.run(restore_argv(self.repo, self.tenant, snapshot, target, includes,

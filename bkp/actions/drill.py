@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,14 @@ from ..catalog import Catalog, as_json
 from ..destinations import destination_for
 from ..errors import BkpError, OperationError
 from ..policy import Policy
-from ..restic import Listing, Node, Restic, is_operational_failure, version
+from ..restic import (
+    Listing,
+    Node,
+    Restic,
+    is_operational_failure,
+    parse_restored_snapshot,
+    version,
+)
 from . import Context, Outcome, interrupt, locked, stopping
 
 SCRATCH_MARGIN = 64 << 20
@@ -241,15 +249,21 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
     started = time.monotonic()
     if ctx.catalog.previous_run_interrupted(policy.tenant, run_id):
         restic.unlock_stale()
-    listing = restic.ls(None)
-    result.snapshot_id, result.snapshot_time = listing.snapshot_id, listing.time
     scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_free_space(scratch.parent, listing.total_bytes)
-    scratch.mkdir(mode=0o700)
-    _progress(ctx, policy, f"restoring snapshot {listing.short_id} "
-                           f"({listing.total_bytes >> 20} MiB, {len(listing.files)} files)")
-    restore = restic.restore(listing.snapshot_id, scratch)
+    estimate = ctx.catalog.last_backup_size(policy.tenant)
+    if estimate is None:
+        listing = restic.ls(None)  # the free-space check needs the size before anything
+        check_free_space(scratch.parent, listing.total_bytes)
+        restore = _restore(ctx, policy, restic, listing.snapshot_id, scratch)
+    else:
+        check_free_space(scratch.parent, estimate)
+        listing, restore = _restore_and_list(ctx, policy, restic, scratch)
+    result.snapshot_id, result.snapshot_time = listing.snapshot_id, listing.time
     _raise_if_operational(restore, restic, policy, "restore")
+    restored = parse_restored_snapshot(restore.stdout)
+    if restored and restored != listing.snapshot_id[:8]:
+        raise OperationError(f"the latest snapshot changed during the drill ({restored} "
+                             f"restored, {listing.short_id} listed): run the drill again")
     if not restore.ok:
         result.problems += tail_problems("restore", restore.stderr_tail)
     result.files_checked, result.bytes_restored, problems = compare_listing(listing, scratch)
@@ -272,6 +286,22 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
     if result.restore_s > limit:
         result.problems.append(Problem("rto", "", f"restore within {policy.drill.rto_minutes} "
                                                   f"min", f"{result.restore_s / 60:.1f} min"))
+
+
+def _restore(ctx: Context, policy: Policy, restic: Restic, snapshot: str | None,
+             scratch: Path):
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    _progress(ctx, policy, f"restoring snapshot {snapshot or 'latest'}")
+    return restic.restore(snapshot, scratch)
+
+
+def _restore_and_list(ctx: Context, policy: Policy, restic: Restic, scratch: Path):
+    """Read the snapshot's listing while restic restores it: every restic start costs a
+    key derivation, and the listing is only needed once the restore is done."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls") as pool:
+        listing = pool.submit(restic.ls, None, False)
+        restore = _restore(ctx, policy, restic, None, scratch)
+        return listing.result(), restore
 
 
 def _raise_if_operational(done, restic: Restic, policy: Policy, action: str) -> None:
