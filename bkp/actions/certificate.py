@@ -28,19 +28,26 @@ def issue_certificate(ctx: Context, record_id: int) -> dict:
     if event is None:
         raise OperationError(f"record {record_id} has no closing audit event; it cannot be "
                              f"certified")
-    certificate_id = cat.next_certificate_id(ctx.catalog)
     build = (certs.sanitization_payload if kind == "sanitization"
              else certs.destruction_payload)
-    payload = build(certificate_id=certificate_id, issued_at=cat.utc_now(), record=record,
-                    medium=medium, audit_event=event, tool_version=__version__)
-    document = certs.sign(payload, certs.signing_key(ctx.settings.home))
-    signature = document["signature"]
-    cat.add_certificate(ctx.catalog, {
-        "id": certificate_id, "record_id": record_id, "issued_at": payload["issued_at"],
-        "payload": certs.canonical(payload).decode("utf-8"), "signature": signature["value"],
-        "key_fingerprint": signature["key_fingerprint"],
-        "public_key": signature["public_key"], "audit_seq": event["seq"],
-        "audit_hash": event["hash"]})
+    key = certs.signing_key(ctx.settings.home)
+
+    def sign(certificate_id: int) -> dict:
+        payload = build(certificate_id=certificate_id, issued_at=cat.utc_now(), record=record,
+                        medium=medium, audit_event=event, tool_version=__version__)
+        document = certs.sign(payload, key)
+        signature = document["signature"]
+        return {"record_id": record_id, "issued_at": payload["issued_at"],
+                "payload": certs.canonical(payload).decode("utf-8"),
+                "signature": signature["value"],
+                "key_fingerprint": signature["key_fingerprint"],
+                "public_key": signature["public_key"], "audit_seq": event["seq"],
+                "audit_hash": event["hash"]}
+
+    row = cat.add_certificate(ctx.catalog, sign)
+    document = _document_of(row)
+    payload, signature = document["certificate"], document["signature"]
+    certificate_id = row["id"]
     files = _write_files(ctx, document)
     ctx.audit("certificate.issue", "issued", medium.get("tenant"),
               certificate_id=certificate_id, record_id=record_id, serial=medium["serial"],
@@ -94,6 +101,11 @@ def certificate_document(ctx: Context, record_id: int) -> dict:
         raise OperationError(f"record {record_id} has no certificate (an aborted "
                              f"sanitization is never certified); see `bkp media show "
                              f"{header['serial']}`")
+    return _document_of(row)
+
+
+def _document_of(row: dict) -> dict:
+    """The certificate document as signed, from its catalog row."""
     return {
         "format": certs.FORMAT,
         "certificate": json.loads(row["payload"]),

@@ -12,8 +12,10 @@ record that the next bkp command closes as `aborted` (pid + process start time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from .. import __version__, devices, runner, wipe
 from .. import catalog as cat
 from ..certificates import METHODS
-from ..errors import OperationError, SafetyError
+from ..errors import OperationError, SafetyError, UsageError
 from . import Context, Outcome
 from .certificate import issue_certificate
 
@@ -201,9 +203,9 @@ def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = N
 
 def _validate_request(request: SanitizeRequest) -> None:
     if request.verify not in VERIFY_MODES:
-        raise SafetyError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+        raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
     if request.destination_after not in DESTINATIONS_AFTER:
-        raise SafetyError(f"--destination must be one of {', '.join(DESTINATIONS_AFTER)}")
+        raise UsageError(f"--destination must be one of {', '.join(DESTINATIONS_AFTER)}")
 
 
 def _refuse(ctx: Context, request: SanitizeRequest, reason: str):
@@ -237,11 +239,25 @@ def _open_and_recheck(ctx: Context, request: SanitizeRequest, plan: Preflight):
     return handles
 
 
+def _warm_up_certificate_modules() -> None:
+    """Import the PDF and signature libraries while the device is busy: the certificate is
+    then ready the moment the read-back ends (they take half a second to import)."""
+
+    def load():
+        with contextlib.suppress(Exception):
+            import fpdf  # noqa: F401
+            from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: F401
+
+    threading.Thread(target=load, name="bkp-warm-up", daemon=True).start()
+
+
 def _run(ctx: Context, request: SanitizeRequest, plan: Preflight, handles: wipe.Handles,
          between_phases: Hook | None) -> Outcome:
+    _warm_up_certificate_modules()
     record_id = _open_record(ctx, request, plan)
     started = time.monotonic()
     state = {"bytes_written": 0, "io_errors": 0}
+    tenant = plan.medium.get("tenant") or ""
     try:
         hardware_command = _erase(ctx, request, plan, handles, state, record_id)
         if between_phases:
@@ -250,14 +266,16 @@ def _run(ctx: Context, request: SanitizeRequest, plan: Preflight, handles: wipe.
     except KeyboardInterrupt:
         row = _close(ctx, record_id, "aborted", state, started,
                      error="interrupted (Ctrl-C or SIGTERM) before the wipe finished")
-        return Outcome(plan.medium.get("tenant") or "", 130, _result_json(row, None))
+        return Outcome(tenant, 130, _result_json(row, None))
     except (OSError, OperationError) as exc:
         row = _close(ctx, record_id, "failed", state, started, error=str(exc))
-        return Outcome(plan.medium.get("tenant") or "", 1, _result_json(row, None))
+        return Outcome(tenant, 1, _result_json(row, None))
     except Exception as exc:  # a bug must still leave the record failed, never running
         _close(ctx, record_id, "failed", state, started, error=f"internal error: {exc!r}")
         raise
-    return _finish(ctx, record_id, state, started, readback, hardware_command)
+    row, certificate = _finish(ctx, record_id, state, started, readback, hardware_command)
+    return Outcome(tenant, 0 if row["result"] == "erased" else 5,
+                   _result_json(row, certificate))
 
 
 def _open_record(ctx: Context, request: SanitizeRequest, plan: Preflight) -> int:
@@ -300,7 +318,8 @@ def _erase(ctx, request, plan, handles, state, record_id) -> str | None:
 def _hardware_erase(ctx: Context, plan: Preflight, state: dict) -> str:
     for argv in plan.hardware:
         if ctx.progress:
-            ctx.progress(f"{plan.medium['serial']}: {' '.join(argv[:-2])} ...")
+            ctx.progress(f"{plan.medium['serial']}: running {argv[0]} {argv[1]} ... (the "
+                         f"drive erases itself; this can take hours)")
         done = runner.run(argv, timeout=HARDWARE_TIMEOUT_S)
         if not done.ok:
             raise OperationError(f"{' '.join(argv)} failed (exit {done.returncode}): "
@@ -349,15 +368,16 @@ def _verify(ctx, request, plan, handles, record_id) -> wipe.ReadBack:
 
 
 def _finish(ctx, record_id, state, started, readback: wipe.ReadBack,
-            hardware_command: str | None) -> Outcome:
+            hardware_command: str | None) -> tuple[dict, dict]:
+    """Close the record as erased or failed (verification) and certify it either way: a
+    failed sanitization is evidence too."""
     errors = state["io_errors"] + readback.io_errors
     clean = readback.clean and state["io_errors"] == 0
     problem = None if clean else _verification_problem(readback, state["io_errors"])
     row = _close(ctx, record_id, "erased" if clean else "failed", state, started,
                  readback=readback, io_errors=errors, error=problem,
                  hardware_command=hardware_command)
-    certificate = issue_certificate(ctx, record_id)
-    return Outcome(row.get("serial"), 0 if clean else 5, _result_json(row, certificate))
+    return row, issue_certificate(ctx, record_id)
 
 
 def _verification_problem(readback: wipe.ReadBack, write_errors: int) -> str:

@@ -1,0 +1,510 @@
+"""Build, sign, verify and render certificates of sanitization and destruction.
+
+A certificate carries the fields of NIST SP 800-88 Rev. 1 Appendix G ("Sample Certificate
+of Sanitization") plus the verification hash and a reference to the audit event of the
+record. Its payload is canonical JSON (sorted keys, no spaces, UTF-8) signed with an
+Ed25519 key kept at $BKP_HOME/keys/certificate-signing.key; auditors pin the public key
+(`bkp certificate public-key`) and check any certificate with it, without trusting the
+operator or the machine that printed it.
+
+The PDF is a rendering for people to sign and file; the signed JSON travels inside it as
+an attachment, so `bkp certificate verify` accepts either file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import unicodedata
+from pathlib import Path
+
+from .catalog import as_json, parse_time
+
+FORMAT = "bkp-certificate/1"
+KEY_FILE = Path("keys") / "certificate-signing.key"
+PDF_ATTACHMENT = "certificate.json"
+
+# Method -> (NIST 800-88 category, what it does), shown on every certificate.
+METHODS = {
+    "zero": ("Clear", "single overwrite with zeros (0x00) of every addressable block"),
+    "random": ("Clear", "single overwrite with a seeded pseudorandom stream (AES-256-CTR) "
+                        "of every addressable block"),
+    "dod3": ("Clear", "three overwrites of every addressable block: 0x00, 0xFF, seeded "
+                      "pseudorandom stream (DoD 5220.22-M style)"),
+    "ata-secure-erase": ("Purge", "ATA SECURITY ERASE UNIT (hdparm), enhanced mode where "
+                                  "supported"),
+    "ata-sanitize": ("Purge", "ATA SANITIZE (hdparm): crypto scramble where supported, "
+                              "else block erase"),
+    "nvme-format": ("Purge", "NVMe Format NVM with Secure Erase Settings (nvme-cli): "
+                             "cryptographic erase where supported, else user data erase"),
+    "nvme-sanitize": ("Purge", "NVMe Sanitize (nvme-cli): crypto erase where supported, "
+                               "else block erase"),
+}
+DESTRUCTION_METHODS = {
+    "shred": "shredding", "disintegrate": "disintegration", "degauss": "degaussing",
+    "incinerate": "incineration", "other": "other physical destruction",
+}
+VERIFICATION_MODES = {
+    "full": "full read-back of every addressable byte; the hash is the SHA-256 of the whole "
+            "device as read back, equal to `sha256sum DEVICE` right after the wipe",
+    "sample": "NIST 800-88 sample read-back: the first and last block and one pseudorandom "
+              "range in each of at least 1000 equal subsections, at least 10% of the "
+              "medium; the hash is the SHA-256 of the sampled ranges in address order",
+    "evidence": "SHA-256 of the evidence of destruction (one file: its SHA-256; several: "
+                "the SHA-256 of their sha256sum-style listing sorted by name)",
+}
+
+
+# ---------------------------------------------------------------- keys
+
+def signing_key(home: Path):
+    """The installation's Ed25519 key, created on first use (0600, in a 0700 directory)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = home / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        # Written aside and linked into place: two first uses at once keep one key, and no
+        # reader ever sees half a key.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+        temporary.unlink()
+    return serialization.load_pem_private_key(path.read_bytes(), password=None)
+
+
+def public_key_of(home: Path):
+    return signing_key(home).public_key()
+
+
+def public_key_pem(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.PEM,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_public_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_public_key(path.read_bytes())
+
+
+def raw_public_key(public_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_fingerprint(public_key) -> str:
+    return "SHA256:" + hashlib.sha256(raw_public_key(public_key)).hexdigest()
+
+
+# ---------------------------------------------------------------- payloads (pure)
+
+def sanitization_payload(*, certificate_id: int, issued_at: str, record: dict, medium: dict,
+                         audit_event: dict, tool_version: str) -> dict:
+    """The Appendix G fields of a sanitization record."""
+    category, description = METHODS[record["method"]]
+    return {
+        "certificate_id": certificate_id,
+        "record_id": record["id"],
+        "kind": "sanitization",
+        "issued_at": issued_at,
+        "person_performing": {"name": record["operator"],
+                              "organization": record.get("organization")},
+        "media": _media_fields(medium, record),
+        "data": {"tenant": medium.get("tenant"),
+                 "classification": record.get("classification"),
+                 "backup": json.loads(record["backup"]) if record.get("backup") else None},
+        "sanitization": {
+            "category": category, "method": record["method"], "description": description,
+            "passes": json.loads(record.get("passes") or "[]"),
+            "tool": "bkp", "tool_version": tool_version,
+            "hardware_command": record.get("hardware_command"),
+            "started_at": record["started_at"], "ended_at": record["ended_at"],
+            "duration_s": record.get("duration_s"),
+            "throughput_bytes_per_s": record.get("throughput_bps"),
+            "bytes_written": record.get("bytes_written"),
+            "result": record["result"],
+            "error": record.get("error"),
+        },
+        "verification": {
+            "mode": record["verify_mode"],
+            "description": VERIFICATION_MODES[record["verify_mode"]],
+            "hash_algorithm": "SHA-256", "hash": record.get("hash"),
+            "bytes_read": record.get("bytes_verified"),
+            "sample": json.loads(record["sample_plan"]) if record.get("sample_plan") else None,
+            "mismatched_blocks": record.get("mismatches"), "io_errors": record.get("io_errors"),
+        },
+        "destination_after": record.get("destination_after"),
+        "validation": {"witness": record.get("witness")},
+        "notes": record.get("notes"),
+        "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
+                  "action": audit_event["action"]},
+    }
+
+
+def destruction_payload(*, certificate_id: int, issued_at: str, record: dict, medium: dict,
+                        audit_event: dict, tool_version: str) -> dict:
+    return {
+        "certificate_id": certificate_id,
+        "record_id": record["id"],
+        "kind": "destruction",
+        "issued_at": issued_at,
+        "person_performing": {"name": record["operator"],
+                              "organization": record.get("organization")},
+        "media": _media_fields(medium, None),
+        "data": {"tenant": medium.get("tenant"), "classification": None, "backup": None},
+        "sanitization": {
+            "category": "Destroy", "method": record["method"],
+            "description": DESTRUCTION_METHODS[record["method"]],
+            "tool": "bkp", "tool_version": tool_version,
+            "started_at": record["performed_at"], "ended_at": record["performed_at"],
+            "result": "destroyed",
+        },
+        "verification": {
+            "mode": "evidence", "description": VERIFICATION_MODES["evidence"],
+            "hash_algorithm": "SHA-256", "hash": record["hash"],
+            "evidence": json.loads(record.get("evidence") or "[]"),
+        },
+        "destination_after": "destroyed",
+        "validation": {"witness": record["witness"]},
+        "notes": record.get("notes"),
+        "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
+                  "action": audit_event["action"]},
+    }
+
+
+def _media_fields(medium: dict, record: dict | None) -> dict:
+    fields = {
+        "type": medium["type"], "vendor": medium.get("vendor"), "model": medium.get("model"),
+        "serial": medium["serial"], "asset_tag": medium.get("asset_tag"),
+        "capacity_bytes": medium.get("capacity"), "source_host": medium.get("host"),
+    }
+    if record is not None:
+        reported = record.get("device_serial")
+        fields.update(
+            device=record.get("device"), device_kind=record.get("device_kind"),
+            device_model=record.get("device_model"), device_size_bytes=record.get("size"),
+            serial_reported_by_device=reported,
+            serial_note=("device reports serial " + reported) if reported else
+            ("image file reports no serial" if record.get("device_kind") == "image"
+             else "device reports no serial; identified by the operator and the register"))
+    return fields
+
+
+# ---------------------------------------------------------------- signing
+
+def canonical(payload: dict) -> bytes:
+    return as_json(payload).encode("utf-8")
+
+
+def sign(payload: dict, private_key) -> dict:
+    """The certificate document: the payload and its detached Ed25519 signature."""
+    public_key = private_key.public_key()
+    return {
+        "format": FORMAT,
+        "certificate": payload,
+        "signature": {
+            "algorithm": "Ed25519",
+            "key_fingerprint": key_fingerprint(public_key),
+            "public_key": base64.b64encode(raw_public_key(public_key)).decode(),
+            "value": base64.b64encode(private_key.sign(canonical(payload))).decode(),
+        },
+    }
+
+
+def signature_problems(document: dict, trusted_key) -> list[str]:
+    """Why `document` is not a certificate signed by `trusted_key`; empty when it is.
+
+    Only the trusted key counts: a key embedded in the document is a hint, never proof,
+    since anyone can sign an altered payload with a key of their own.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return [f"not a bkp certificate (format is not {FORMAT})"]
+    payload, signature = document.get("certificate"), document.get("signature")
+    if not isinstance(payload, dict) or not isinstance(signature, dict):
+        return ["the certificate or its signature is missing"]
+    if signature.get("algorithm") != "Ed25519":
+        return [f"unsupported signature algorithm {signature.get('algorithm')!r}"]
+    trusted = key_fingerprint(trusted_key)
+    if signature.get("key_fingerprint") != trusted:
+        return [f"signed by key {signature.get('key_fingerprint')}, not by the trusted key "
+                f"{trusted}"]
+    try:
+        trusted_key.verify(base64.b64decode(signature.get("value", ""), validate=True),
+                           canonical(payload))
+    except (InvalidSignature, ValueError):
+        return ["the signature does not match the certificate's content (changed after "
+                "signing, or signed by another key)"]
+    return []
+
+
+# ---------------------------------------------------------------- files
+
+def document_bytes(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def read_document(data: bytes) -> dict:
+    """The certificate document from a JSON file or from the attachment of our PDF."""
+    if data.startswith(b"%PDF"):
+        return _document_in_pdf(data)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"neither a PDF nor JSON: {exc}") from None
+
+
+def _document_in_pdf(data: bytes) -> dict:
+    # The attachment is stored uncompressed (render_pdf), so the JSON is found verbatim; no
+    # PDF library is needed to verify.
+    marker = b'{"format": "' + FORMAT.encode() + b'"'
+    start = data.find(marker)
+    if start < 0:
+        raise ValueError("this PDF carries no signed bkp certificate")
+    text = data[start:].decode("ascii", "replace")
+    try:
+        document, _ = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the certificate inside this PDF is damaged: {exc}") from None
+    return document
+
+
+def embedded_json(document: dict) -> bytes:
+    return json.dumps(document, ensure_ascii=True).encode("ascii")
+
+
+# ---------------------------------------------------------------- rendering
+
+def title_of(payload: dict) -> str:
+    if payload["kind"] == "destruction":
+        return "Certificate of Destruction"
+    return "Certificate of Sanitization"
+
+
+def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The certificate as sections of (label, value), shared by text and PDF."""
+    media, san, ver = payload["media"], payload["sanitization"], payload["verification"]
+    data = payload.get("data") or {}
+    backup = data.get("backup")
+    sections = [
+        ("Person performing sanitization", [
+            ("Name", payload["person_performing"]["name"]),
+            ("Organization", payload["person_performing"].get("organization")),
+        ]),
+        ("Media information", [
+            ("Media type", media["type"]),
+            ("Manufacturer", media.get("vendor")),
+            ("Model", media.get("model") or media.get("device_model")),
+            ("Serial number", media["serial"]),
+            ("Serial check", media.get("serial_note")),
+            ("Asset tag", media.get("asset_tag")),
+            ("Capacity (bytes)", _number(media.get("capacity_bytes")
+                                         or media.get("device_size_bytes"))),
+            ("Source host", media.get("source_host")),
+            ("Device", media.get("device")),
+            ("Tenant", data.get("tenant")),
+            ("Data classification", data.get("classification")),
+            ("Data backed up", _backup_text(backup)),
+        ]),
+        ("Sanitization details", [
+            ("Method type (NIST 800-88)", san["category"]),
+            ("Method", f"{san['method']}: {san['description']}"),
+            ("Tool", f"{san['tool']} {san['tool_version']}"),
+            ("Hardware command", san.get("hardware_command")),
+            ("Started", san.get("started_at")),
+            ("Ended", san.get("ended_at")),
+            ("Duration", _duration(san.get("duration_s"))),
+            ("Throughput", _rate(san.get("throughput_bytes_per_s"))),
+            ("Bytes written", _number(san.get("bytes_written"))),
+            ("Result", san["result"]),
+            ("Error", san.get("error")),
+            ("Destination after", payload.get("destination_after")),
+        ]),
+        ("Verification", [
+            ("Verification method", f"{ver['mode']}: {ver['description']}"),
+            ("Bytes read back", _number(ver.get("bytes_read"))),
+            ("Mismatched 4 KiB blocks", _number(ver.get("mismatched_blocks"))),
+            ("I/O errors", _number(ver.get("io_errors"))),
+            ("Evidence", ", ".join(f"{e['name']} ({e['sha256'][:16]}...)"
+                                   for e in ver.get("evidence") or []) or None),
+            ("Verification hash (SHA-256)", ver.get("hash")),
+        ]),
+        ("Validation", [
+            ("Witness / validator", payload["validation"].get("witness")),
+            ("Notes", payload.get("notes")),
+            ("Record", f"{payload['kind']} record {payload['record_id']}, certificate "
+                       f"{payload['certificate_id']}, issued {payload['issued_at']}"),
+            ("Audit event", f"#{payload['audit']['seq']} {payload['audit']['hash']}"),
+        ]),
+    ]
+    return [(title, [(k, v) for k, v in items if v not in (None, "")])
+            for title, items in sections]
+
+
+def _backup_text(backup) -> str | None:
+    if not backup:
+        return None
+    if not backup.get("backed_up"):
+        return "no " + (f"({backup['note']})" if backup.get("note") else "")
+    parts = [backup.get("where"), backup.get("snapshot_id") and f"snapshot "
+             f"{backup['snapshot_id']}", backup.get("time"), backup.get("note")]
+    return "yes: " + ", ".join(p for p in parts if p)
+
+
+def _number(value) -> str | None:
+    return None if value is None else f"{value:,}".replace(",", " ")
+
+
+def _duration(seconds) -> str | None:
+    if seconds is None:
+        return None
+    minutes, secs = divmod(float(seconds), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:06.3f}"
+
+
+def _rate(bps) -> str | None:
+    return None if not bps else f"{bps / 1e6:.1f} MB/s"
+
+
+def render_text(document: dict) -> str:
+    payload = document["certificate"]
+    out = [title_of(payload).upper(), "NIST SP 800-88 Rev. 1, Appendix G", ""]
+    for title, items in rows(payload):
+        out.append(title)
+        out += [f"  {label + ':':<30} {value}" for label, value in items]
+        out.append("")
+    signature = document["signature"]
+    out += ["Signature", f"  {'Algorithm:':<30} {signature['algorithm']}",
+            f"  {'Key:':<30} {signature['key_fingerprint']}",
+            f"  {'Value:':<30} {signature['value']}",
+            "  Check it with: bkp certificate verify FILE", ""]
+    return "\n".join(out)
+
+
+PDF_LONG_VALUE = 400  # characters of one field on paper; the attachment keeps it all
+
+
+def render_pdf(document: dict) -> bytes:
+    """One A4 page to sign and file, the signed JSON attached.
+
+    Long content is shrunk, then shortened, until it fits one page: a certificate that
+    spills onto a second, unsigned page invites swapping that page.
+    """
+    for scale, limit in ((1.0, None), (0.9, None), (0.8, None), (0.8, PDF_LONG_VALUE),
+                         (0.7, PDF_LONG_VALUE // 2)):
+        pdf, fits = _draw_pdf(document, scale, limit)
+        if fits:
+            break
+    return bytes(pdf.output())
+
+
+def _draw_pdf(document: dict, scale: float, limit: int | None):
+    from fpdf import FPDF
+
+    payload = document["certificate"]
+    issued = parse_time(payload["issued_at"])
+    pdf = FPDF(format="A4")
+    pdf.set_creation_date(issued)
+    pdf.set_title(_latin(f"{title_of(payload)} {payload['media']['serial']}"))
+    pdf.set_author(_latin(payload["person_performing"]["name"] or ""))
+    pdf.set_creator("bkp")
+    pdf.set_auto_page_break(False)
+    pdf.set_margins(15, 12, 15)
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 16)
+    pdf.cell(0, 8, title_of(payload), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", "", 8)
+    pdf.cell(0, 4, "Per NIST SP 800-88 Rev. 1, Appendix G. Signed electronically (Ed25519); "
+                   "the signed record is attached to this PDF.", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
+    for title, items in rows(payload):
+        _pdf_section(pdf, title, items, scale, limit)
+    _pdf_signatures(pdf, payload)
+    _pdf_footer(pdf, document)
+    fits = pdf.get_y() <= pdf.h - 8
+    pdf.embed_file(bytes=embedded_json(document), basename=PDF_ATTACHMENT,
+                   desc="signed certificate (verify with: bkp certificate verify FILE)",
+                   modification_date=issued, creation_date=issued, mime_type="application/json")
+    return pdf, fits
+
+
+def _pdf_section(pdf, title: str, items, scale: float, limit: int | None) -> None:
+    pdf.set_font("Helvetica", "B", 9 * scale)
+    pdf.set_fill_color(230, 230, 230)
+    pdf.cell(0, 5 * scale, title, new_x="LMARGIN", new_y="NEXT", fill=True)
+    for label, value in items:
+        text = str(value)
+        if limit and len(text) > limit:
+            text = text[:limit] + " [...] (in full in the attached certificate)"
+        pdf.set_font("Helvetica", "", 7.5 * scale)
+        pdf.cell(48, 3.9 * scale, _latin(label))
+        mono = label.startswith(("Verification hash", "Audit event"))
+        pdf.set_font("Courier" if mono else "Helvetica", "B" if mono else "", 7.5 * scale)
+        pdf.multi_cell(0, 3.9 * scale, _latin(text), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+
+
+def _pdf_signatures(pdf, payload: dict) -> None:
+    pdf.ln(3)
+    pdf.set_font("Helvetica", "", 8)
+    y = pdf.get_y() + 10
+    for x, who, name in ((15, "Performed by", payload["person_performing"]["name"]),
+                         (110, "Witness / validator", payload["validation"].get("witness"))):
+        pdf.line(x, y, x + 80, y)
+        pdf.set_xy(x, y + 1)
+        pdf.cell(80, 4, _latin(f"{who}: {name or '-'}   date / signature"))
+    pdf.set_y(y + 7)
+
+
+def _pdf_footer(pdf, document: dict) -> None:
+    signature = document["signature"]
+    pdf.set_font("Courier", "", 6)
+    pdf.multi_cell(0, 2.8, f"Ed25519 key {signature['key_fingerprint']}\n"
+                           f"signature {signature['value']}\n"
+                           f"verify: bkp certificate verify THIS.pdf (pin the key with "
+                           f"bkp certificate public-key)", new_x="LMARGIN", new_y="NEXT")
+
+
+# Letters that have no decomposition into a Latin-1 letter plus accents.
+_LATIN_FALLBACK = str.maketrans({"Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "ı": "i",
+                                 "Œ": "OE", "œ": "oe", "Ŋ": "N", "ŋ": "n", "Ħ": "H",
+                                 "ħ": "h", "‘": "'", "’": "'", "“": '"', "”": '"',
+                                 "–": "-", "—": "-", "…": "..."})
+
+
+def _latin(text: str) -> str:
+    """The core PDF fonts are Latin-1 (portable, no font files needed); other letters are
+    shown without their accents. The signed JSON keeps them exactly."""
+    try:
+        text.encode("latin-1")
+        return text
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for char in text.translate(_LATIN_FALLBACK):
+        try:
+            out.append(char.encode("latin-1") and char)
+        except UnicodeEncodeError:
+            base = unicodedata.normalize("NFKD", char).encode("latin-1", "ignore").decode(
+                "latin-1")
+            out.append(base or "?")
+    return "".join(out)
+

@@ -1,0 +1,370 @@
+"""Commands of the decommission workflow: media register, sanitize, destroy, certificates.
+
+Registered on the main group by cli.py. Like cli.py: parse, call one action, print; heavy
+modules (cryptography, fpdf) are imported inside the commands so `bkp --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+MEDIA_TYPES = ("hdd", "ssd", "nvme", "usb", "tape", "optical", "other")
+MEDIA_STATES = ("registered", "sanitizing", "sanitized", "failed", "aborted", "destroyed")
+SANITIZE_METHODS = ("zero", "random", "dod3", "ata-secure-erase", "ata-sanitize",
+                    "nvme-format", "nvme-sanitize")
+DESTROY_METHODS = ("shred", "disintegrate", "degauss", "incinerate", "other")
+DESTINATIONS = ("reuse", "storage", "return", "recycle", "destroy")
+
+organization_option = click.option(
+    "--organization", envvar="BKP_ORGANIZATION", metavar="NAME",
+    help="The organisation performing it, printed on the certificate (env BKP_ORGANIZATION).")
+
+
+def say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def media_context(state, progress: bool = False):
+    """The action context, after closing sanitizations whose process died as `aborted`."""
+    from .actions.sanitize import reap_abandoned
+
+    ctx = state.context(progress=progress)
+    for row in reap_abandoned(ctx):
+        say(f"note: sanitization {row['id']} of {row['serial']} started {row['started_at']} "
+            f"never finished (its process is gone); recorded as aborted")
+    return ctx
+
+
+class CertificateGroup(click.Group):
+    """`bkp certificate RECORD_ID` next to `bkp certificate verify FILE`: a first word that
+    is not a subcommand is a record id for the hidden `show` subcommand."""
+
+    def parse_args(self, ctx, args):
+        words = [a for a in args if not a.startswith("-")]
+        wants_help = bool({"-h", "--help"} & set(args))
+        if args and not wants_help and (not words or words[0] not in self.commands):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+def register(cli, pass_state, emit, json_option) -> None:
+    _register_media(cli, pass_state, emit, json_option)
+    _register_sanitize(cli, pass_state, emit, json_option)
+    _register_destroy(cli, pass_state, emit, json_option)
+    _register_certificate(cli, pass_state, emit, json_option)
+
+
+# ---------------------------------------------------------------- media
+
+def _register_media(cli, pass_state, emit, json_option) -> None:
+    @cli.group()
+    def media():
+        """The register of data carriers and their state (registered, sanitized, destroyed)."""
+
+    @media.command("register")
+    @click.option("--serial", required=True, help="Serial number, as on the label and as the "
+                                                  "device reports it (lsblk -do NAME,SERIAL).")
+    @click.option("--type", "type_", required=True, type=click.Choice(MEDIA_TYPES))
+    @click.option("--vendor")
+    @click.option("--model")
+    @click.option("--capacity", type=click.IntRange(0), metavar="BYTES")
+    @click.option("--asset-tag")
+    @click.option("--tenant", help="The tenant whose data it held.")
+    @click.option("--host", help="The server it came from.")
+    @json_option
+    @pass_state
+    def media_register(state, serial, type_, vendor, model, capacity, asset_tag, tenant, host,
+                       as_json):
+        """Add a data carrier to the register (before it can be sanitized or destroyed)."""
+        from .actions.media import register_medium
+
+        medium = register_medium(media_context(state), serial, type_, vendor=vendor,
+                                 model=model, capacity=capacity, asset_tag=asset_tag,
+                                 tenant=tenant, host=host)
+        emit({"medium": medium}, as_json,
+             lambda: click.echo(f"registered {medium['serial']} ({medium['type']})"))
+        return 0
+
+    @media.command("list")
+    @click.option("--state", "state_", type=click.Choice(MEDIA_STATES), help="Only this state.")
+    @click.option("--tenant", help="Only media of this tenant.")
+    @click.option("--csv", "as_csv", is_flag=True, help="CSV for auditors (as media export).")
+    @json_option
+    @pass_state
+    def media_list(state, state_, tenant, as_csv, as_json):
+        """The register with each medium's current state."""
+        from .actions.media import list_media, media_csv
+
+        media_rows = list_media(media_context(state), state=state_, tenant=tenant)
+        if as_csv and not as_json:
+            click.echo(media_csv(media_rows), nl=False)
+            return 0
+        emit({"media": media_rows}, as_json, lambda: _print_media(media_rows))
+        return 0
+
+    @media.command("show")
+    @click.argument("serial")
+    @json_option
+    @pass_state
+    def media_show(state, serial, as_json):
+        """One medium with its history of states."""
+        from .actions.media import show_medium
+
+        medium = show_medium(media_context(state), serial)
+
+        def human():
+            for key in ("serial", "type", "vendor", "model", "capacity", "asset_tag", "tenant",
+                        "host", "state", "registered_at", "registered_by"):
+                if medium.get(key) is not None:
+                    click.echo(f"{key + ':':<15} {medium[key]}")
+            click.echo("history:")
+            for event in medium["history"]:
+                record = f" record {event['record_id']}" if event.get("record_id") else ""
+                reason = f" ({event['reason']})" if event.get("reason") else ""
+                click.echo(f"  {event['time'][:19]}Z {event['state']:<11} "
+                           f"{event.get('operator') or '-'}{record}{reason}")
+
+        emit({"medium": medium}, as_json, human)
+        return 0
+
+    @media.command("export")
+    @click.option("--state", "state_", type=click.Choice(MEDIA_STATES))
+    @click.option("--tenant")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write to FILE instead of stdout.")
+    @pass_state
+    def media_export(state, state_, tenant, output):
+        """The register as CSV for auditors."""
+        from .actions.media import list_media, media_csv
+
+        text = media_csv(list_media(media_context(state), state=state_, tenant=tenant))
+        if output:
+            output.write_text(text)
+        else:
+            click.echo(text, nl=False)
+        return 0
+
+
+def _print_media(media_rows) -> None:
+    click.echo(f"{'SERIAL':<24} {'TYPE':<8} {'STATE':<11} {'SINCE':<20} {'TENANT':<16} "
+               f"{'HOST':<16} MODEL")
+    for m in media_rows:
+        click.echo(f"{m['serial']:<24} {m['type']:<8} {m['state']:<11} "
+                   f"{m['state_since'][:19]:<20} {m.get('tenant') or '-':<16} "
+                   f"{m.get('host') or '-':<16} {m.get('model') or '-'}")
+
+
+# ---------------------------------------------------------------- sanitize
+
+def _register_sanitize(cli, pass_state, emit, json_option) -> None:
+    @cli.command()
+    @click.argument("device")
+    @click.option("--serial", required=True, help="The registered serial of the medium.")
+    @click.option("--method", type=click.Choice(SANITIZE_METHODS), default="zero",
+                  show_default=True, help="Overwrite (zero, random, dod3: NIST Clear) or the "
+                                          "drive's own erase (ata-*, nvme-*: NIST Purge).")
+    @click.option("--verify", "verify", type=click.Choice(("full", "sample")), default="full",
+                  show_default=True, help="Read back everything, or a NIST 800-88 sample.")
+    @click.option("--witness", metavar="NAME", help="Who witnessed it (on the certificate).")
+    @organization_option
+    @click.option("--destination", "destination_after", type=click.Choice(DESTINATIONS),
+                  default="reuse", show_default=True,
+                  help="Where the medium goes afterwards.")
+    @click.option("--classification", help="Classification of the data it held (default: "
+                                           "from the tenant's policy).")
+    @click.option("--backed-up/--not-backed-up", default=None,
+                  help="Whether its data was backed up (default: from the catalog).")
+    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up.")
+    @click.option("--notes", metavar="TEXT", help="Notes printed on the certificate.")
+    @click.option("--yes", is_flag=True, help="Unattended: do not ask for the serial.")
+    @click.option("--progress/--no-progress", default=True, show_default=True,
+                  help="Progress (bytes, rate, ETA) on stderr.")
+    @json_option
+    @pass_state
+    def sanitize(state, device, serial, method, verify, witness, organization,
+                 destination_after, classification, backed_up, backup_note, notes, yes,
+                 progress, as_json):
+        """Wipe DEVICE (a block device or a disk-image file), verify, record and certify.
+
+        Refuses (exit 4, nothing written) an unregistered serial, a device reporting
+        another serial, anything mounted, held, swapped on, or backing the running system,
+        and an unconfirmed wipe. Exit 5 when the read-back does not match.
+        """
+        from .actions.sanitize import SanitizeRequest
+        from .actions.sanitize import sanitize as run_sanitize
+
+        request = SanitizeRequest(
+            device=device, serial=serial, method=method, verify=verify, witness=witness,
+            organization=organization, destination_after=destination_after,
+            classification=classification, backed_up=backed_up, backup_note=backup_note,
+            notes=notes, confirmed=yes)
+        outcome = run_sanitize(media_context(state, progress=progress), request,
+                               confirm=_ask_serial)
+        emit(outcome.data, as_json, lambda: _print_sanitization(outcome.data))
+        return outcome.exit_code
+
+
+def _ask_serial(plan) -> bool:
+    """Interactive confirmation: the operator types the serial of the medium to wipe."""
+    if not sys.stdin.isatty():
+        return False
+    from .devices import same_serial
+
+    facts = plan.facts
+    say(f"About to ERASE {facts.path} ({facts.size} bytes, {facts.serial_note}), registered "
+        f"as {plan.medium['serial']} ({plan.medium['type']}, "
+        f"{plan.medium.get('model') or 'model unknown'}, tenant "
+        f"{plan.medium.get('tenant') or '-'}).")
+    typed = click.prompt("Type the serial number to confirm", default="", show_default=False,
+                         err=True)
+    return same_serial(typed, plan.medium["serial"])
+
+
+def _print_sanitization(data: dict) -> None:
+    v = data["verification"]
+    click.echo(f"{data['serial']}: {data['result'].upper()} by {data['method']} "
+               f"({data['bytes']} bytes), record {data['record_id']}")
+    click.echo(f"  verification ({v['mode']}): sha256 {v['hash'] or '-'}, "
+               f"{v['mismatches'] or 0} mismatched blocks, {v['io_errors'] or 0} I/O errors")
+    click.echo(f"  {data['serial_check']}")
+    if data.get("error"):
+        click.echo(f"  error: {data['error']}")
+    if data.get("certificate"):
+        click.echo(f"  certificate {data['certificate']['id']}: {data['certificate']['pdf']}")
+
+
+# ---------------------------------------------------------------- destroy
+
+def _register_destroy(cli, pass_state, emit, json_option) -> None:
+    @cli.command()
+    @click.option("--serial", required=True)
+    @click.option("--method", required=True, type=click.Choice(DESTROY_METHODS))
+    @click.option("--witness", required=True, metavar="NAME",
+                  help="Who saw the medium destroyed.")
+    @click.option("--evidence", multiple=True, metavar="FILE",
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Photos, the destruction service's certificate (repeatable).")
+    @organization_option
+    @click.option("--notes", metavar="TEXT")
+    @json_option
+    @pass_state
+    def destroy(state, serial, method, witness, evidence, organization, notes, as_json):
+        """Record the physical destruction of a medium, with its evidence; certify it."""
+        from .actions.destroy import destroy as record_destruction
+
+        data = record_destruction(media_context(state), serial, method, witness,
+                                  list(evidence), organization=organization, notes=notes)
+
+        def human():
+            click.echo(f"{data['serial']}: destroyed by {method}, witness {witness}, record "
+                       f"{data['record_id']}")
+            click.echo(f"  evidence sha256 {data['verification']['hash']}")
+            click.echo(f"  certificate {data['certificate']['id']}: "
+                       f"{data['certificate']['pdf']}")
+
+        emit(data, as_json, human)
+        return 0
+
+
+# ---------------------------------------------------------------- certificates
+
+def _register_certificate(cli, pass_state, emit, json_option) -> None:
+    @cli.group(cls=CertificateGroup)
+    def certificate():
+        """Signed certificates of sanitization and destruction records.
+
+        \b
+        bkp certificate RECORD_ID [--format text|json|pdf] [--output FILE]
+        bkp certificate verify FILE [--public-key PEM] [--no-audit]
+        bkp certificate public-key [--output FILE]
+        """
+
+    @certificate.command("show", hidden=True)
+    @click.argument("record_id", type=int)
+    @click.option("--format", "fmt", type=click.Choice(("text", "json", "pdf")),
+                  default="text", show_default=True)
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write to FILE instead of stdout.")
+    @json_option
+    @pass_state
+    def certificate_show(state, record_id, fmt, output, as_json):
+        """The signed certificate of a sanitization or destruction record."""
+        from . import certificates as certs
+        from .actions.certificate import certificate_document
+
+        document = certificate_document(media_context(state), record_id)
+        fmt = "json" if as_json else fmt
+        if fmt == "pdf":
+            content = certs.render_pdf(document)
+        elif fmt == "json":
+            content = certs.document_bytes(document)
+        else:
+            content = certs.render_text(document).encode("utf-8")
+        if output:
+            output.write_bytes(content)
+            say(f"wrote {output}")
+        elif fmt == "pdf" and sys.stdout.isatty():
+            raise click.UsageError("a PDF is not for the terminal: give --output FILE")
+        elif fmt == "pdf":
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
+        else:
+            click.echo(content.decode("utf-8"), nl=False)
+        return 0
+
+    @certificate.command("verify")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--public-key", "public_key", metavar="PEM",
+                  type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="The issuer's public key (default: this installation's key).")
+    @click.option("--no-audit", is_flag=True,
+                  help="Check the signature only (no audit trail at hand).")
+    @json_option
+    @pass_state
+    def certificate_verify(state, file, public_key, no_audit, as_json):
+        """Check a certificate (JSON or PDF): its signature, and that its record's event is
+        in an intact audit trail. Exit 5 on any change."""
+        from .actions import Context
+        from .actions.certificate import verify_certificate
+
+        # An auditor checking a signature offline needs no catalog: none is created.
+        ctx = Context(state.settings, None) if no_audit else media_context(state)
+        report = verify_certificate(ctx, file.read_bytes(), public_key,
+                                    check_audit=not no_audit)
+
+        def human():
+            if report["valid"]:
+                audit = " and audit event present in an intact trail" if \
+                    report["audit"].get("checked") else " (audit trail not checked)"
+                click.echo(f"certificate {report['certificate_id']} of record "
+                           f"{report['record_id']} ({report['serial']}): VALID: signature "
+                           f"by {report['key_fingerprint']}{audit}")
+            else:
+                click.echo(f"certificate {file}: INVALID")
+                for problem in report["problems"]:
+                    click.echo(f"  {problem}")
+
+        emit(report, as_json, human)
+        return 0 if report["valid"] else 5
+
+    @certificate.command("public-key")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
+    @json_option
+    @pass_state
+    def certificate_public_key(state, output, as_json):
+        """The public key that checks this installation's certificates (give it to
+        auditors)."""
+        from . import certificates as certs
+
+        key = certs.public_key_of(state.settings.home)
+        pem = certs.public_key_pem(key)
+        if output:
+            output.write_text(pem)
+        emit({"algorithm": "Ed25519", "key_fingerprint": certs.key_fingerprint(key),
+              "public_key_pem": pem}, as_json,
+             lambda: click.echo(f"# {certs.key_fingerprint(key)}\n{pem}", nl=False))
+        return 0
