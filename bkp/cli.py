@@ -62,7 +62,21 @@ class State:
                                      run_id=row["id"], started_at=row["started_at"],
                                      started_by=row["operator"], pid=row["pid"],
                                      error=row["error"])
+            self._reap_sanitizations()
         return self._catalog
+
+    def _reap_sanitizations(self) -> None:
+        """A wipe whose process died reads `aborted` in every command, not only media ones."""
+        from . import catalog
+
+        if not catalog.abandoned_sanitizations(self._catalog):
+            return
+        from .actions.sanitize import reap_abandoned
+
+        for row in reap_abandoned(self.context()):
+            say(f"note: sanitization {row['id']} of {row['serial']} started "
+                f"{row['started_at']} never finished (its process is gone); recorded as "
+                f"aborted")
 
     def context(self, progress: bool = False):
         from .actions import Context
@@ -581,10 +595,8 @@ def audit_head(state, as_json):
 # ---------------------------------------------------------------- media and certificates
 
 def _register_media_commands() -> None:
-    try:
-        from .cli_media import register
-    except ImportError:  # the decommission workflow is not part of this installation
-        return
+    from .cli_media import register
+
     register(cli, pass_state, emit, json_option)
 
 

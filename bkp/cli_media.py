@@ -28,14 +28,9 @@ def say(message: str) -> None:
 
 
 def media_context(state, progress: bool = False):
-    """The action context, after closing sanitizations whose process died as `aborted`."""
-    from .actions.sanitize import reap_abandoned
-
-    ctx = state.context(progress=progress)
-    for row in reap_abandoned(ctx):
-        say(f"note: sanitization {row['id']} of {row['serial']} started {row['started_at']} "
-            f"never finished (its process is gone); recorded as aborted")
-    return ctx
+    """The action context; opening the catalog (State.catalog) has already closed the
+    sanitizations whose process died as `aborted`."""
+    return state.context(progress=progress)
 
 
 class CertificateGroup(click.Group):

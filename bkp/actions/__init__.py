@@ -10,11 +10,14 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..catalog import Catalog
 from ..errors import BkpError
-from ..policy import Policy
-from ..settings import Settings
+
+if TYPE_CHECKING:  # only for annotations: importing them costs start-up time
+    from ..catalog import Catalog
+    from ..policy import Policy
+    from ..settings import Settings
 
 # Set when bkp was told to stop (SIGTERM, Ctrl-C): work cut short is recorded as
 # `interrupted`, never as ok or as an ordinary failure.
