@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runner
-from .errors import OperationError
+from .errors import OperationError, SafetyError
 from .policy import Policy, Retention
 from .secrets import SecretEnv
 
@@ -294,8 +294,9 @@ _FAILURES: list[tuple[re.Pattern, str]] = [
      "repository {repo} is locked by another process: wait for it, or see "
      "runbooks/nightly-operations.md to clear a stale lock"),
     (re.compile(r"host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.I),
-     "the SSH host key of the destination does not match the pinned host_key: refuse and "
-     "investigate"),
+     "the SSH host key of the destination does not match the pinned host_key; OpenSSH "
+     "refused before sending anything. Verify the server's key out of band before changing "
+     "destination.host_key"),
     (re.compile(r"permission denied \(publickey|Permission denied, please try", re.I),
      "the SSH server refused the identity_file: check the key is authorised for the user"),
     (re.compile(r"connection refused|no route to host|network is unreachable|i/o timeout|"
@@ -326,6 +327,15 @@ def explain_failure(done: runner.Completed, repo: Repository, tenant: str, actio
             return template.format(repo=repo.label or repo.url, tenant=tenant)
     last = _last_meaningful_line(done.stderr_tail)
     return f"restic {action} failed (exit {done.returncode}): {last}"
+
+
+_HOST_KEY = _FAILURES[3][0]
+
+
+def failure_error(done: runner.Completed) -> type[OperationError] | type[SafetyError]:
+    """A changed SSH host key is a safety refusal (exit 4): OpenSSH stopped before sending
+    anything. Every other restic failure is an operation failure (exit 1)."""
+    return SafetyError if _HOST_KEY.search(done.stderr_tail) else OperationError
 
 
 def is_operational_failure(done: runner.Completed) -> bool:
@@ -369,7 +379,7 @@ class Restic:
             if unlocked.ok:
                 done = self._run_once(argv, on_stdout_line, timeout)
         if check and not done.ok:
-            raise OperationError(explain_failure(done, self.repo, self.tenant, action))
+            raise failure_error(done)(explain_failure(done, self.repo, self.tenant, action))
         return done
 
     def _run_once(self, argv, on_stdout_line, timeout) -> runner.Completed:
@@ -394,7 +404,7 @@ class Restic:
         if done.returncode == EXIT_PARTIAL and summary.snapshot_id and not done.timed_out:
             return summary, EXIT_PARTIAL
         if not done.ok:
-            raise OperationError(explain_failure(done, self.repo, self.tenant, "backup"))
+            raise failure_error(done)(explain_failure(done, self.repo, self.tenant, "backup"))
         return summary, 0
 
     def forget(self, retention: Retention) -> ForgetResult:

@@ -155,12 +155,24 @@ def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data):
             proc.stdin.close()
         except BrokenPipeError:
             pass
-    timed_out = False
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+    # A blocking wait with a watchdog thread: wait(timeout=...) polls with sleeps of up to
+    # 50 ms, which every restic call of every tenant would pay.
+    expired = threading.Event()
+
+    def on_timeout() -> None:
+        expired.set()
         terminate(proc)
+
+    watchdog = threading.Timer(timeout, on_timeout) if timeout else None
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        proc.wait()
+    finally:
+        if watchdog:
+            watchdog.cancel()
+    timed_out = expired.is_set()
     for t in readers:
         t.join(timeout=5)
     return "".join(chunks), list(tail), timed_out

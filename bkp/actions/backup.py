@@ -41,10 +41,10 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
     try:
         check_sources(policy)
         destination = destination_for(policy, ctx.settings.home)
-        preflight = destination.preflight()
+        preflight = destination.nightly_preflight()
         if not preflight.reachable:
             raise OperationError(f"destination not reachable: {preflight.detail}")
-        if not preflight.initialised:
+        if preflight.initialised is False:
             raise OperationError(
                 f"no repository at {destination.repository().label}: run "
                 f"`bkp init {policy.tenant}` once for a new tenant (for an existing tenant, "

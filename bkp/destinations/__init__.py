@@ -19,7 +19,7 @@ from ..restic import Repository
 @dataclass(frozen=True)
 class Preflight:
     reachable: bool
-    initialised: bool
+    initialised: bool | None  # None: not looked at; restic's own error will say
     detail: str = ""
 
 
@@ -27,6 +27,9 @@ class Destination(Protocol):
     policy: Policy
 
     def preflight(self) -> Preflight: ...
+
+    def nightly_preflight(self) -> Preflight:
+        """The checks every nightly backup needs, at the least cost (may equal preflight)."""
 
     def prepare(self) -> None:
         """Create what restic init needs (directories); never touches an existing repository."""

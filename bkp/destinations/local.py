@@ -28,6 +28,9 @@ class LocalDestination:
         detail = "" if reachable else f"{self.path.parent} does not exist (disk not mounted?)"
         return Preflight(reachable, initialised, detail)
 
+    def nightly_preflight(self) -> Preflight:
+        return self.preflight()
+
     def prepare(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
 

@@ -78,6 +78,10 @@ class S3Destination:
                 f"says). Fix the policy or use a bucket in {self.dest.region}")
         return Preflight(True, self._object_exists(client, self._key("config")))
 
+    def nightly_preflight(self) -> Preflight:
+        # The bucket's region is checked every night: data must never go where it moved.
+        return self.preflight()
+
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 

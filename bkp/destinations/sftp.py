@@ -133,6 +133,13 @@ class SftpDestination:
             transport.close()
         return Preflight(True, initialised)
 
+    def nightly_preflight(self) -> Preflight:
+        """No paramiko session at night: restic's OpenSSH client trusts only the pinned key
+        (StrictHostKeyChecking=yes, our known_hosts) and refuses a changed one before it
+        authenticates, so nothing is sent or written. That saves ~0.4 s per tenant;
+        `bkp init`, drills and restores still run the full paramiko preflight."""
+        return Preflight(True, None)
+
     def prepare(self) -> None:
         transport, sftp = self._connect()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,24 @@ def test_no_secret_in_output_catalog_or_logs(bkp_env, s3):
     for secret in (bkp_env.password, s3.secret_key):
         assert secret not in done.stdout and secret not in done.stderr
         assert secret.encode() not in catalog
+
+
+def test_sftp_nightly_backup_refuses_a_changed_host_key_with_exit_4(bkp_env, sshd):
+    bkp_env.sftp_tenant("swapped", sshd)
+    bkp_env.bkp_json("init", "swapped")
+    bkp_env.bkp_json("backup", "swapped")
+    remote = Path(bkp_env.tenants["swapped"]["destination"]["path"])
+    before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
+    dest = bkp_env.tenants["swapped"]["destination"]
+    bkp_env.write_policy("swapped", {**dest, "host_key": sshd.other_host_key})
+    done = bkp_env.bkp("backup", "swapped", "--json")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "host_key" in json.loads(done.stdout)["runs"][0]["error"]
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == before  # untouched
+
+
+def test_sftp_backup_without_init_says_what_to_do(bkp_env, sshd):
+    bkp_env.sftp_tenant("sftp-new", sshd)
+    done = bkp_env.bkp("backup", "sftp-new", "--json")
+    assert done.returncode == 1
+    assert "bkp init sftp-new" in json.loads(done.stdout)["runs"][0]["error"]
