@@ -97,5 +97,14 @@ def interrupt() -> None:
     runner.terminate_all()
 
 
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB': sizes in progress lines."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def highest_exit(outcomes: Sequence[Outcome]) -> int:
     return max((o.exit_code for o in outcomes), default=0)

@@ -15,7 +15,7 @@ from ..destinations import destination_for
 from ..errors import BkpError, OperationError
 from ..policy import Policy
 from ..restic import EXIT_PARTIAL, Restic, version
-from . import Context, Outcome, interrupt, locked, stopping
+from . import Context, Outcome, human_bytes, interrupt, locked, stopping
 
 
 def check_sources(policy: Policy) -> None:
@@ -111,17 +111,6 @@ def _progress(ctx: Context, tenant: str):
         pct = status.get("percent_done", 0.0) * 100
         eta = status.get("seconds_remaining")
         eta_text = f", ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta else ""
-        ctx.progress(f"{tenant}: {pct:5.1f}% {_human(done)}/{_human(total)}{eta_text}")
+        ctx.progress(f"{tenant}: {pct:5.1f}% {human_bytes(done)}/{human_bytes(total)}{eta_text}")
 
     return report
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
-

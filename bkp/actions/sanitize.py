@@ -24,7 +24,7 @@ from .. import __version__, devices, runner, wipe
 from .. import catalog as cat
 from ..certificates import METHODS
 from ..errors import OperationError, SafetyError, UsageError
-from . import Context, Outcome
+from . import Context, Outcome, human_bytes
 from .certificate import issue_certificate
 
 SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
@@ -455,19 +455,11 @@ def _progress(ctx: Context, plan: Preflight, label: str) -> wipe.Progress | None
         elapsed = max(time.monotonic() - started, 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if rate else 0
-        ctx.progress(f"{serial}: {label}: {_size(done)} of {_size(total)} "
+        ctx.progress(f"{serial}: {label}: {human_bytes(done)} of {human_bytes(total)} "
                      f"({100 * done / max(total, 1):.0f}%), {rate / 1e6:.0f} MB/s, "
                      f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
 
     return report
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------- context of the data
