@@ -375,7 +375,7 @@ def drill(state, tenants, all_, due, progress, as_json):
 def _print_drills(outcomes) -> None:
     for o in outcomes:
         d = o.data
-        click.echo(f"{d['tenant']:<24} drill {d['status'].upper():<8} snapshot "
+        click.echo(f"{d['tenant']:<24} drill {d.get('result', d['status']).upper():<8} snapshot "
                    f"{(d.get('snapshot_id') or '-')[:8]}  {d.get('files_checked') or 0} files "
                    f"checked  {d.get('duration_s') or 0:.1f}s  report {d.get('report')}")
         for p in d.get("problems") or []:
@@ -618,6 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
+        _json_error(argv, exc.format_message(), code)
     except click.exceptions.Abort:  # click's name for KeyboardInterrupt
         code = _interrupted()
     except BkpError as exc:
@@ -625,9 +626,16 @@ def main(argv: list[str] | None = None) -> None:
         for problem in getattr(exc, "problems", []) or []:
             say(f"  {problem}")
         code = exc.exit_code
+        _json_error(argv, str(exc), code)
     except KeyboardInterrupt:
         code = _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _json_error(argv: list[str] | None, message: str, code: int) -> None:
+    """With --json, a command that fails before printing its document still prints one."""
+    if "--json" in (argv if argv is not None else sys.argv[1:]):
+        click.echo(json.dumps({"error": message, "exit_code": code}))
 
 
 def _interrupted() -> int:

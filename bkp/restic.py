@@ -259,7 +259,8 @@ def parse_ls(stdout: str) -> Listing:
             nodes.append(Node(item.get("path", ""), item.get("type", ""),
                               int(item.get("size") or 0), item.get("mtime", "")))
     if not snapshot:
-        raise OperationError("restic ls printed no snapshot: is there a backup yet?")
+        raise OperationError("no snapshot found: is there a backup yet? (`bkp snapshots "
+                             "TENANT` lists them)")
     return Listing(snapshot.get("id", ""), snapshot.get("short_id", "")[:8] or
                    snapshot.get("id", "")[:8], snapshot.get("time", ""),
                    tuple(snapshot.get("paths") or ()), tuple(nodes))

@@ -66,7 +66,7 @@ class Completed:
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
-        if secret and len(secret) >= 4:
+        if secret:
             text = text.replace(secret, "***")
     return text
 

@@ -48,7 +48,7 @@ class Outcome:
 
 
 def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome],
-           refused_status: str = "failed") -> Outcome:
+           result: str | None = None) -> Outcome:
     """Run `work` holding the tenant's lock. When another bkp process holds it the attempt
     is refused without a run record: a busy tenant is not a failed backup."""
     from ..locks import LockHeld, tenant_lock
@@ -59,8 +59,9 @@ def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome
     except LockHeld as exc:
         ctx.audit(action, "refused", policy.tenant, error=str(exc))
         return Outcome(policy.tenant, exc.exit_code, {
-            "tenant": policy.tenant, "status": refused_status, "snapshot_id": None, "files": None,
-            "bytes_added": None, "duration_s": 0.0, "error": str(exc)})
+            "tenant": policy.tenant, "status": "failed", "snapshot_id": None, "files": None,
+            "bytes_added": None, "duration_s": 0.0, "error": str(exc),
+            **({"result": result} if result else {})})
 
 
 def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome],
@@ -77,6 +78,10 @@ def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome]
             return Outcome(policy.tenant, exc.exit_code, {"tenant": policy.tenant,
                                                           "status": "failed",
                                                           "error": str(exc)})
+        except Exception as exc:  # one tenant's surprise must not end the others' night
+            return Outcome(policy.tenant, 1, {"tenant": policy.tenant, "status": "failed",
+                                              "error": f"unexpected {type(exc).__name__}: "
+                                                       f"{exc}"})
 
     if jobs <= 1 or len(policies) <= 1:
         return [guarded(p) for p in policies]

@@ -65,7 +65,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                 f" file(s) could not be read: {shown}")
         if not policy.retention.legal_hold:
             fields["snapshots_kept"] = restic.forget(policy.retention).kept
-        fields["repository_bytes"] = destination.usage_bytes()
+        fields["repository_bytes"] = _usage(destination)
     except BkpError as exc:
         return _close(ctx, policy, run_id, exc, fields, restic)
     except KeyboardInterrupt:
@@ -92,6 +92,14 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
             "duration_s": row["duration_s"], "error": row["error"], "run_id": run_id,
             "snapshots_kept": row["snapshots_kept"], "restic_calls": row["restic_calls"]}
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
+
+
+def _usage(destination) -> int | None:
+    """The repository's size is a nicety: failing to read it never fails a good backup."""
+    try:
+        return destination.usage_bytes()
+    except Exception:
+        return None
 
 
 def _restic_version() -> str | None:

@@ -211,7 +211,7 @@ def check_free_space(folder: Path, need: int) -> None:
 def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                  slot: str | None = None) -> Outcome:
     return locked(ctx, policy, "drill", lambda: _drill(ctx, policy, trigger, slot),
-                  refused_status="error")
+                  result="error")
 
 
 def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
@@ -333,7 +333,10 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
         subset=result.subset, problems=as_json(problems), sample_checked=result.sample_checked,
         sample_skipped=result.sample_skipped, rto_minutes=policy.drill.rto_minutes,
         error=str(error) if error else None, restic_calls=restic.calls if restic else 0)
-    data = {"tenant": policy.tenant, "status": status, "snapshot_id": result.snapshot_id,
+    # CLI.md's status is passed|failed; `result` says why a drill did not pass (found
+    # problems, could not run, interrupted).
+    data = {"tenant": policy.tenant, "status": "passed" if status == "passed" else "failed",
+            "result": status, "snapshot_id": result.snapshot_id,
             "files_checked": result.files_checked, "bytes_restored": result.bytes_restored,
             "duration_s": row["duration_s"], "problems": problems, "run_id": run_id,
             "snapshot_time": result.snapshot_time, "subset_read": result.subset,

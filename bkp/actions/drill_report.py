@@ -17,8 +17,8 @@ def report_path(ctx: Context, tenant: str, run_id: int) -> Path:
 
 def render_report(policy: Policy, data: dict, operator: str, written: str) -> str:
     verdict = {"passed": "PASSED", "failed": "FAILED: problems found",
-               "error": "COULD NOT RUN", "interrupted": "INTERRUPTED"}.get(data["status"],
-                                                                         data["status"])
+               "error": "COULD NOT RUN", "interrupted": "INTERRUPTED"}.get(data["result"],
+                                                                         data["result"])
     restore_s = data.get("restore_s")
     rto = (f"{restore_s / 60:.1f} min (limit {policy.drill.rto_minutes} min)"
            if restore_s is not None else "not reached")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -9,11 +10,19 @@ from pathlib import Path
 
 from .. import locks
 from ..destinations import destination_for
-from ..errors import BkpError, OperationError, SafetyError, VerificationError
+from ..errors import BkpError, OperationError, SafetyError, UsageError, VerificationError
 from ..policy import Policy
 from ..restic import Listing, Restic, explain_failure, is_operational_failure
 from . import Context
 from .drill import check_free_space, tail_problems
+
+SNAPSHOT_ID = re.compile(r"latest|[0-9a-f]{8,64}")
+
+
+def check_snapshot_id(snapshot: str | None) -> None:
+    if snapshot is not None and not SNAPSHOT_ID.fullmatch(snapshot):
+        raise UsageError(f"--snapshot {snapshot!r} is not a snapshot id (8 to 64 hex "
+                         f"characters, or latest); `bkp snapshots TENANT` lists them")
 
 
 def refuse_non_empty(target: Path, force: bool) -> None:
@@ -37,6 +46,7 @@ def restore_tenant(ctx: Context, policy: Policy, target: Path, *, snapshot: str 
     target = target.absolute()
     details = {"target": str(target), "snapshot": snapshot or "latest",
                "includes": list(includes), "force": force}
+    check_snapshot_id(snapshot)
     try:
         refuse_non_empty(target, force)
         with locks.tenant_lock(ctx.settings.locks, policy.tenant):
@@ -58,6 +68,11 @@ def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
                     timeout=policy.timeout_minutes * 60)
     listing = restic.ls(snapshot)
     files, size = selected(listing, includes)
+    if includes and files == 0 and not any(n.path.rstrip("/") in
+                                           {p.rstrip("/") for p in includes}
+                                           for n in listing.nodes):
+        raise UsageError(f"--include {', '.join(includes)} matches nothing in snapshot "
+                         f"{listing.short_id}; paths are absolute, as `restic ls` shows them")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_free_space(target, size)
     with _progress_while(ctx, target, size):

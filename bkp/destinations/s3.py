@@ -60,7 +60,7 @@ class S3Destination:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchBucket", "404"):
-                raise SafetyError(
+                raise OperationError(
                     f"bucket {self.dest.bucket} does not exist at {self.dest.endpoint}; "
                     f"create it in region {self.dest.region} first") from None
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):

@@ -144,3 +144,10 @@ def test_no_secret_in_any_argv(bkp_env, s3):
     assert argv.count("\n") >= 5  # init, backup, forget, ls, restore, check
     assert bkp_env.password not in argv and s3.secret_key not in argv
     assert s3.access_key not in argv
+
+
+def test_json_failures_still_print_one_json_document(bkp_env):
+    bkp_env.local_tenant("jsonish")
+    done = bkp_env.bkp("snapshots", "nobody", "--json")
+    assert done.returncode == 3
+    assert json.loads(done.stdout) == {"error": json.loads(done.stdout)["error"], "exit_code": 3}

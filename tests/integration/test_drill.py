@@ -104,7 +104,8 @@ def test_wrong_password_is_an_error_with_a_clear_message(backed_up):
     done = env.bkp("drill", "drilled", "--json")
     assert done.returncode == 1, done.stdout + done.stderr
     d = json.loads(done.stdout)["drills"][0]
-    assert d["status"] == "error" and "wrong repository password" in d["error"]
+    assert d["status"] == "failed" and d["result"] == "error"
+    assert "wrong repository password" in d["error"]
     assert scratch_is_empty(env)
 
 
@@ -139,7 +140,7 @@ def test_drill_of_a_tenant_without_backup_cannot_run(bkp_env):
     bkp_env.bkp_json("init", "empty")
     done = bkp_env.bkp("drill", "empty", "--json")
     assert done.returncode == 1
-    assert json.loads(done.stdout)["drills"][0]["status"] == "error"
+    assert json.loads(done.stdout)["drills"][0]["result"] == "error"
 
 
 def test_restore_refuses_non_empty_target_and_restores_into_empty(backed_up):
@@ -215,3 +216,16 @@ def test_interrupted_drill_leaves_no_scratch_and_an_honest_record(bkp_env):
     assert scratch_is_empty(bkp_env)
     status, _ = bkp_env.bkp_json("status", "cut-short")
     assert status["tenants"][0]["last_drill"]["status"] == "interrupted"
+
+
+def test_restore_rejects_bad_snapshot_ids_and_includes_that_match_nothing(backed_up):
+    env = backed_up
+    bad = env.bkp("restore", "drilled", "--target", str(env.root / "x"), "--snapshot",
+                  "--help", "--json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["exit_code"] == 2
+    nothing = env.bkp("restore", "drilled", "--target", str(env.root / "y"), "--include",
+                      "/no/such/path")
+    assert nothing.returncode == 2 and "matches nothing" in nothing.stderr
+    unknown = env.bkp("restore", "drilled", "--target", str(env.root / "z"), "--snapshot",
+                      "deadbeef")
+    assert unknown.returncode == 1 and "no snapshot found" in unknown.stderr
