@@ -12,7 +12,7 @@ import os
 import socket
 
 from ..destinations import destination_for
-from ..errors import BkpError, OperationError
+from ..errors import BkpError, OperationError, SafetyError
 from ..policy import Policy
 from ..restic import EXIT_PARTIAL, Restic, version
 from . import Context, Outcome, human_bytes, interrupt, locked, stopping
@@ -53,8 +53,11 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                         timeout=policy.timeout_minutes * 60)
         if catalog.previous_run_interrupted(policy.tenant, run_id):
             restic.unlock_stale()  # the dead run's restic may have left its lock behind
-        summary, code = restic.backup(policy, socket.gethostname(),
-                                      progress=_progress(ctx, policy.tenant))
+        try:
+            summary, code = restic.backup(policy, socket.gethostname(),
+                                          progress=_progress(ctx, policy.tenant))
+        except OperationError as exc:
+            raise _diagnose(destination, preflight, exc) from None
         fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,
                   "bytes_added": summary.bytes_added,
                   "bytes_processed": summary.bytes_processed}
@@ -92,6 +95,21 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
             "duration_s": row["duration_s"], "error": row["error"], "run_id": run_id,
             "snapshots_kept": row["snapshots_kept"], "restic_calls": row["restic_calls"]}
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
+
+
+def _diagnose(destination, preflight, error: BkpError) -> BkpError:
+    """When the nightly check was the light one (sftp: OpenSSH checks the pinned key), a
+    failed connection gets the full preflight: a changed host key is then refused as such
+    (exit 4) even when OpenSSH's own message did not reach restic's output."""
+    if preflight.initialised is not None or isinstance(error, SafetyError):
+        return error
+    try:
+        destination.preflight()
+    except SafetyError as found:
+        return found
+    except BkpError:
+        return error
+    return error
 
 
 def _usage(destination) -> int | None:
