@@ -221,17 +221,10 @@ class Catalog:
 
     def audit_events(self, tenant: str | None = None, since: str | None = None,
                      action: str | None = None) -> list[dict]:
-        clauses, args = [], []
-        if tenant:
-            clauses.append("tenant = ?")
-            args.append(tenant)
+        where, args = _where(tenant=tenant, action=action)
         if since:
-            clauses.append("time >= ?")
+            where = " and ".join(filter(None, [where, "time >= ?"]))
             args.append(since)
-        if action:
-            clauses.append("action = ?")
-            args.append(action)
-        where = " and ".join(clauses) or None
         return list(self.db["audit_log"].rows_where(where, args, order_by="seq"))
 
 

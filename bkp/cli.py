@@ -594,13 +594,9 @@ def audit_head(state, as_json):
 
 # ---------------------------------------------------------------- media and certificates
 
-def _register_media_commands() -> None:
-    from .cli_media import register
+from .cli_media import register as _register_media  # noqa: E402 (needs the group above)
 
-    register(cli, pass_state, emit, json_option)
-
-
-_register_media_commands()
+_register_media(cli, pass_state, emit, json_option)
 
 
 # ---------------------------------------------------------------- entry point

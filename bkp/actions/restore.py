@@ -75,7 +75,7 @@ def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
                          f"{listing.short_id}; paths are absolute, as `restic ls` shows them")
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_free_space(target, size)
-    with _progress_while(ctx, target, size):
+    with _ProgressWhile(ctx, target, size):
         done = restic.restore(listing.snapshot_id, target, includes)
     if not done.ok:
         if is_operational_failure(done):
@@ -88,7 +88,7 @@ def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
             "files": files, "bytes": size, "snapshot_time": listing.time}
 
 
-class _progress_while:
+class _ProgressWhile:
     """Report bytes written on stderr while restic restores (restic 0.14 restore is silent):
     read from the target filesystem's free space, which costs nothing to ask."""
 

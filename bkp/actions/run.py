@@ -17,6 +17,7 @@ from ..policy import Policy
 from ..schedule import Due, plan_due, slot_label
 from . import Context, Outcome, highest_exit, run_per_tenant
 from .backup import backup_tenant
+from .drill import drill_tenant
 from .status import tenant_status
 
 
@@ -49,15 +50,6 @@ def plan(ctx: Context, policies: list[Policy], now: datetime) -> list[Due]:
     return decisions
 
 
-def drill_action():
-    """The drill action, when this installation has it (it lands in its own issue)."""
-    try:
-        from .drill import drill_tenant
-    except ImportError:
-        return None
-    return drill_tenant
-
-
 def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
             now: datetime | None = None, healthcheck_url: str | None = None,
             prometheus_textfile: Path | None = None,
@@ -78,12 +70,10 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
             backups, lambda p: _pinged(p, lambda: backup_tenant(
                 ctx, p, trigger="schedule", slot=slot_label(due[(p.tenant, "backup")].slot))),
             jobs)
-        drill = drill_action()
         drills = [by_tenant[t] for (t, kind) in due if kind == "drill"]
-        if drill and drills:
-            report.drills = run_per_tenant(
-                drills, lambda p: drill(ctx, p, trigger="schedule",
-                                        slot=slot_label(due[(p.tenant, "drill")].slot)), 1)
+        report.drills = run_per_tenant(
+            drills, lambda p: drill_tenant(ctx, p, trigger="schedule",
+                                           slot=slot_label(due[(p.tenant, "drill")].slot)), 1)
 
         failed = [o for o in report.runs + report.drills if o.exit_code]
         summary = "; ".join(f"{o.tenant}: {o.data.get('error') or o.data.get('status')}"
