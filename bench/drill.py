@@ -42,8 +42,8 @@ from _common import (
 )
 from backup_overhead import build_data
 
-from bkp.actions.drill import choose_sample
 from bkp.restic import parse_ls
+from bkp.tenants.drill import choose_sample
 
 TENANT = "bench-drill"
 

@@ -1,3 +1,3 @@
-from .cli import main
+from bkp.cli import main
 
 main()

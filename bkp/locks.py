@@ -12,8 +12,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .catalog import utc_now
-from .errors import OperationError
+from bkp.catalog import utc_now
+from bkp.errors import OperationError
 
 
 class LockHeld(OperationError):

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runner
-from .errors import OperationError, SafetyError
-from .policy import Policy, Retention
-from .secrets import SecretEnv
+from bkp import runner
+from bkp.errors import OperationError, SafetyError
+from bkp.policy import Policy, Retention
+from bkp.secrets import SecretEnv
 
 RESTIC = "restic"
 # restic ≥ 0.17 documents these exit codes; 0.14 uses 1 for all of them and we read stderr.

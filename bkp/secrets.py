@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PolicyError
-from .policy import Policy
+from bkp.errors import PolicyError
+from bkp.policy import Policy
 
 
 @dataclass(frozen=True)

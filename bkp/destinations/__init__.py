@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..policy import Policy
-from ..restic import Repository
+from bkp.policy import Policy
+from bkp.restic import Repository
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,15 @@ class Destination(Protocol):
 def destination_for(policy: Policy, home: Path) -> Destination:
     kind = policy.destination.type
     if kind == "local":
-        from .local import LocalDestination
+        from bkp.destinations.local import LocalDestination
 
         return LocalDestination(policy, home)
     if kind == "sftp":
-        from .sftp import SftpDestination
+        from bkp.destinations.sftp import SftpDestination
 
         return SftpDestination(policy, home)
     if kind == "s3":
-        from .s3 import S3Destination
+        from bkp.destinations.s3 import S3Destination
 
         return S3Destination(policy, home)
     raise ValueError(f"unknown destination type {kind!r}")

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import secrets
-from ..policy import Policy
-from ..restic import Repository
-from . import Preflight, cache_dir
+from bkp import secrets
+from bkp.destinations import Preflight, cache_dir
+from bkp.policy import Policy
+from bkp.restic import Repository
 
 
 @dataclass

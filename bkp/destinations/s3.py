@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import secrets
-from ..errors import OperationError, SafetyError
-from ..policy import Policy
-from ..restic import Repository
-from . import Preflight, cache_dir
+from bkp import secrets
+from bkp.destinations import Preflight, cache_dir
+from bkp.errors import OperationError, SafetyError
+from bkp.policy import Policy
+from bkp.restic import Repository
 
 
 def bucket_region(location_constraint: str | None) -> str:

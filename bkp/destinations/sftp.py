@@ -15,11 +15,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import secrets
-from ..errors import OperationError, PolicyError, SafetyError
-from ..policy import Policy
-from ..restic import Repository
-from . import Preflight, cache_dir
+from bkp import secrets
+from bkp.destinations import Preflight, cache_dir
+from bkp.errors import OperationError, PolicyError, SafetyError
+from bkp.policy import Policy
+from bkp.restic import Repository
 
 CONNECT_TIMEOUT = 20
 # paramiko names RSA signature algorithms separately from the key type.

@@ -214,7 +214,7 @@ def test_tampered_certificates_are_detected(bench, tmp_path):
     # re-signed by another key: self-consistent, but not ours
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bkp import certificates as certs
+    from bkp.evidence import certificates as certs
 
     resigned = tmp_path / "resigned.json"
     resigned.write_bytes(certs.document_bytes(certs.sign(forged["certificate"],

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from bkp import catalog as cat
-from bkp import devices, wipe
-from bkp.actions import Context
-from bkp.actions.media import register_medium
-from bkp.actions.sanitize import SanitizeRequest, reap_abandoned, sanitize
-from bkp.audit import verify_chain
 from bkp.catalog import Catalog
+from bkp.context import Context
 from bkp.errors import SafetyError
+from bkp.evidence.audit import verify_chain
+from bkp.media import devices, wipe
+from bkp.media.register import register_medium
+from bkp.media.sanitize import SanitizeRequest, reap_abandoned, sanitize
 from bkp.settings import Settings
 from tests.conftest import require_tool
 
@@ -368,7 +368,7 @@ def test_capacity_that_does_not_match_the_register_is_refused(ctx, tmp_path):
 
 
 def test_a_destroyed_medium_is_not_sanitized(ctx, tmp_path):
-    from bkp.actions.destroy import destroy
+    from bkp.media.destroy import destroy
 
     disk = image_file(tmp_path / "disk.img", 4 * MIB)
     register(ctx, "GONE")
@@ -405,7 +405,7 @@ def test_a_device_reporting_another_serial_is_refused(ctx, monkeypatch):
 
 
 def test_identity_checks_without_a_device():
-    from bkp.actions.sanitize import _check_identity
+    from bkp.media.sanitize import _check_identity
 
     facts = devices.DeviceFacts("/dev/sdz", "block", 1000, name="sdz", serial="ABC123 ")
     _check_identity({"serial": "abc123", "capacity": None}, facts, "abc123")
@@ -440,7 +440,7 @@ def test_a_hardware_erase_is_run_read_back_and_certified_as_purge(ctx, tmp_path,
     """The drive's own erase cannot run on a loop device; a stand-in command that zeroes
     the image takes its place, so the rest of the path (runner, read-back without a
     pattern, record, certificate) is real."""
-    from bkp.actions import sanitize as sanitize_action
+    from bkp.media import sanitize as sanitize_action
 
     disk = image_file(tmp_path / "disk.img", 8 * MIB)
     stand_in = [["dd", "if=/dev/zero", f"of={disk}", "bs=1M", "count=8", "conv=notrunc,fsync",
@@ -459,7 +459,7 @@ def test_a_hardware_erase_is_run_read_back_and_certified_as_purge(ctx, tmp_path,
 
 
 def test_a_failing_hardware_erase_is_recorded_failed(ctx, tmp_path, monkeypatch):
-    from bkp.actions import sanitize as sanitize_action
+    from bkp.media import sanitize as sanitize_action
 
     disk = image_file(tmp_path / "disk.img", 4 * MIB)
     monkeypatch.setattr(sanitize_action, "hardware_plan",

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bkp.actions import Outcome, highest_exit, run_per_tenant
+from bkp.context import Outcome, highest_exit, run_per_tenant
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -3,8 +3,8 @@ anchor."""
 
 import sqlite3
 
-from bkp import audit
 from bkp.catalog import Catalog
+from bkp.evidence import audit
 
 
 def make_log(tmp_path, n=5) -> Catalog:

@@ -12,8 +12,8 @@ import pypdf
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bkp import certificates as certs
-from bkp.actions.destroy import evidence_hash, evidence_listing
+from bkp.evidence import certificates as certs
+from bkp.media.destroy import evidence_hash, evidence_listing
 
 RECORD = {
     "id": 7, "serial": "WD-WCC4N1234567", "device": "/dev/sdb", "device_kind": "block",

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from bkp import devices
 from bkp.errors import SafetyError
+from bkp.media import devices
 
 HDPARM_FROZEN = """
 /dev/sda:
@@ -200,7 +200,7 @@ NVME_DISK = devices.DeviceFacts("/dev/nvme0n1", "block", 1024209543168, name="nv
 
 
 def test_ata_secure_erase_plan(monkeypatch):
-    from bkp.actions.sanitize import hardware_plan
+    from bkp.media.sanitize import hardware_plan
 
     fake_runner(monkeypatch, {"hdparm": HDPARM_READY})
     commands, poll = hardware_plan(SATA_DISK, "ata-secure-erase")
@@ -210,7 +210,7 @@ def test_ata_secure_erase_plan(monkeypatch):
 
 
 def test_frozen_drive_is_refused_with_what_to_do(monkeypatch):
-    from bkp.actions.sanitize import hardware_plan
+    from bkp.media.sanitize import hardware_plan
 
     fake_runner(monkeypatch, {"hdparm": HDPARM_FROZEN})
     with pytest.raises(SafetyError, match=r"frozen.*rtcwake"):
@@ -221,7 +221,7 @@ def test_frozen_drive_is_refused_with_what_to_do(monkeypatch):
 
 
 def test_drive_without_sanitize_is_refused(monkeypatch):
-    from bkp.actions.sanitize import hardware_plan
+    from bkp.media.sanitize import hardware_plan
 
     fake_runner(monkeypatch, {"hdparm": HDPARM_READY})
     with pytest.raises(SafetyError, match="SANITIZE feature set"):
@@ -229,7 +229,7 @@ def test_drive_without_sanitize_is_refused(monkeypatch):
 
 
 def test_nvme_plans(monkeypatch):
-    from bkp.actions.sanitize import hardware_plan
+    from bkp.media.sanitize import hardware_plan
 
     calls = fake_runner(monkeypatch, {"nvme": json.dumps({"oacs": 0x17, "fna": 0x4,
                                                           "sanicap": 0x2})})

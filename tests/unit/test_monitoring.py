@@ -1,4 +1,4 @@
-from bkp import monitoring
+from bkp.tenants import monitoring
 
 
 def test_ping_urls_follow_healthchecks_convention():

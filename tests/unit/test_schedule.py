@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from bkp.schedule import (
+from bkp.tenants.schedule import (
     Installation,
     next_slot,
     plan_due,

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from bkp import wipe
+from bkp.media import wipe
 
 MIB = 1 << 20
 

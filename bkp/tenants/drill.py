@@ -25,11 +25,12 @@ from pathlib import Path
 
 from croniter import croniter
 
-from ..catalog import Catalog, as_json
-from ..destinations import destination_for
-from ..errors import BkpError, OperationError
-from ..policy import Policy
-from ..restic import (
+from bkp.catalog import Catalog, as_json
+from bkp.context import Context, Outcome, interrupt, locked, stopping
+from bkp.destinations import destination_for
+from bkp.errors import BkpError, OperationError
+from bkp.policy import Policy
+from bkp.restic import (
     Listing,
     Node,
     Restic,
@@ -37,7 +38,6 @@ from ..restic import (
     parse_restored_snapshot,
     version,
 )
-from . import Context, Outcome, interrupt, locked, stopping
 
 SCRATCH_MARGIN = 64 << 20
 HASH_CHUNK = 4 << 20
@@ -305,7 +305,7 @@ def _restore_and_list(ctx: Context, policy: Policy, restic: Restic, scratch: Pat
 
 
 def _raise_if_operational(done, restic: Restic, policy: Policy, action: str) -> None:
-    from ..restic import explain_failure
+    from bkp.restic import explain_failure
 
     if not done.ok and is_operational_failure(done):
         raise OperationError(explain_failure(done, restic.repo, policy.tenant, action))
@@ -343,7 +343,7 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             "sample_checked": result.sample_checked, "sample_skipped": result.sample_skipped,
             "restore_s": result.restore_s, "rto_minutes": policy.drill.rto_minutes,
             "error": str(error) if error else None}
-    from .drill_report import write_report
+    from bkp.tenants.drill_report import write_report
 
     data["report"] = str(write_report(ctx, policy, data))
     ctx.catalog.db["runs"].update(run_id, {"report": data["report"]})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..destinations import destination_for
-from ..errors import BkpError, OperationError
-from ..policy import Policy
-from ..restic import Restic
-from . import Context, Outcome
+from bkp.context import Context, Outcome
+from bkp.destinations import destination_for
+from bkp.errors import BkpError, OperationError
+from bkp.policy import Policy
+from bkp.restic import Restic
 
 
 def init_tenant(ctx: Context, policy: Policy) -> Outcome:

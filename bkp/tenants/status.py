@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ..catalog import Catalog, parse_time
-from ..policy import Policy
-from ..schedule import next_slot, plan_due, slot_label
+from bkp.catalog import Catalog, parse_time
+from bkp.policy import Policy
+from bkp.tenants.schedule import next_slot, plan_due, slot_label
 
 
 def rpo_ok(last_good_time: str | None, rpo_hours: float, now: datetime) -> bool:

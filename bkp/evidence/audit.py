@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .catalog import GENESIS_HASH, HOST, Catalog, as_json, utc_now
+from bkp.catalog import GENESIS_HASH, HOST, Catalog, as_json, utc_now
 
 HASHED_FIELDS = ("seq", "time", "operator", "os_user", "host", "tenant", "action", "outcome",
                  "details", "prev_hash")

@@ -74,7 +74,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     def media_register(state, serial, type_, vendor, model, capacity, asset_tag, tenant, host,
                        as_json):
         """Add a data carrier to the register (before it can be sanitized or destroyed)."""
-        from .actions.media import register_medium
+        from bkp.media.register import register_medium
 
         medium = register_medium(media_context(state), serial, type_, vendor=vendor,
                                  model=model, capacity=capacity, asset_tag=asset_tag,
@@ -91,7 +91,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @pass_state
     def media_list(state, state_, tenant, as_csv, as_json):
         """The register with each medium's current state."""
-        from .actions.media import list_media, media_csv
+        from bkp.media.register import list_media, media_csv
 
         media_rows = list_media(media_context(state), state=state_, tenant=tenant)
         if as_csv and not as_json:
@@ -106,7 +106,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @pass_state
     def media_show(state, serial, as_json):
         """One medium with its history of states."""
-        from .actions.media import show_medium
+        from bkp.media.register import show_medium
 
         medium = show_medium(media_context(state), serial)
 
@@ -133,7 +133,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @pass_state
     def media_export(state, state_, tenant, output):
         """The register as CSV for auditors."""
-        from .actions.media import list_media, media_csv
+        from bkp.media.register import list_media, media_csv
 
         text = media_csv(list_media(media_context(state), state=state_, tenant=tenant))
         if output:
@@ -188,8 +188,8 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
         another serial, anything mounted, held, swapped on, or backing the running system,
         and an unconfirmed wipe. Exit 5 when the read-back does not match.
         """
-        from .actions.sanitize import SanitizeRequest
-        from .actions.sanitize import sanitize as run_sanitize
+        from bkp.media.sanitize import SanitizeRequest
+        from bkp.media.sanitize import sanitize as run_sanitize
 
         request = SanitizeRequest(
             device=device, serial=serial, method=method, verify=verify, witness=witness,
@@ -206,7 +206,7 @@ def _ask_serial(plan) -> bool:
     """Interactive confirmation: the operator types the serial of the medium to wipe."""
     if not sys.stdin.isatty():
         return False
-    from .devices import same_serial
+    from bkp.media.devices import same_serial
 
     facts = plan.facts
     say(f"About to ERASE {facts.path} ({facts.size} bytes, {facts.serial_note}), registered "
@@ -248,7 +248,7 @@ def _register_destroy(cli, pass_state, emit, json_option) -> None:
     @pass_state
     def destroy(state, serial, method, witness, evidence, organization, notes, as_json):
         """Record the physical destruction of a medium, with its evidence; certify it."""
-        from .actions.destroy import destroy as record_destruction
+        from bkp.media.destroy import destroy as record_destruction
 
         data = record_destruction(media_context(state), serial, method, witness,
                                   list(evidence), organization=organization, notes=notes)
@@ -287,8 +287,8 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
     @pass_state
     def certificate_show(state, record_id, fmt, output, as_json):
         """The signed certificate of a sanitization or destruction record."""
-        from . import certificates as certs
-        from .actions.certificate import certificate_document
+        from bkp.evidence import certificates as certs
+        from bkp.evidence.certify import certificate_document
 
         document = certificate_document(media_context(state), record_id)
         fmt = "json" if as_json else fmt
@@ -323,8 +323,8 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
     def certificate_verify(state, file, public_key, no_audit, as_json):
         """Check a certificate (JSON or PDF): its signature, and that its record's event is
         in an intact audit trail. Exit 5 on any change."""
-        from .actions import Context
-        from .actions.certificate import verify_certificate
+        from bkp.context import Context
+        from bkp.evidence.certify import verify_certificate
 
         # An auditor checking a signature offline needs no catalog: none is created.
         ctx = Context(state.settings, None) if no_audit else media_context(state)
@@ -353,7 +353,7 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
     def certificate_public_key(state, output, as_json):
         """The public key that checks this installation's certificates (give it to
         auditors)."""
-        from . import certificates as certs
+        from bkp.evidence import certificates as certs
 
         key = certs.public_key_of(state.settings.home)
         pem = certs.public_key_pem(key)

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import BkpError
+from bkp.errors import BkpError
 
 if TYPE_CHECKING:  # only for annotations: importing them costs start-up time
-    from ..catalog import Catalog
-    from ..policy import Policy
-    from ..settings import Settings
+    from bkp.catalog import Catalog
+    from bkp.policy import Policy
+    from bkp.settings import Settings
 
 # Set when bkp was told to stop (SIGTERM, Ctrl-C): work cut short is recorded as
 # `interrupted`, never as ok or as an ordinary failure.
@@ -31,7 +31,7 @@ class Context:
     progress: Callable[[str], None] | None = None
 
     def audit(self, action: str, outcome: str, tenant: str | None = None, **details) -> dict:
-        from .. import audit
+        from bkp.evidence import audit
 
         return audit.record(self.catalog, operator=self.settings.operator,
                             os_user=self.settings.os_user, action=action, outcome=outcome,
@@ -51,7 +51,7 @@ def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome
            result: str | None = None) -> Outcome:
     """Run `work` holding the tenant's lock. When another bkp process holds it the attempt
     is refused without a run record: a busy tenant is not a failed backup."""
-    from ..locks import LockHeld, tenant_lock
+    from bkp.locks import LockHeld, tenant_lock
 
     try:
         with tenant_lock(ctx.settings.locks, policy.tenant):
@@ -96,7 +96,7 @@ def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome]
 
 def interrupt() -> None:
     """bkp was told to stop: children are killed, unfinished work is recorded as such."""
-    from .. import runner
+    from bkp import runner
 
     stopping.set()
     runner.terminate_all()

@@ -8,13 +8,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import locks
-from ..destinations import destination_for
-from ..errors import BkpError, OperationError, SafetyError, UsageError, VerificationError
-from ..policy import Policy
-from ..restic import Listing, Restic, explain_failure, is_operational_failure
-from . import Context
-from .drill import check_free_space, tail_problems
+from bkp import locks
+from bkp.context import Context
+from bkp.destinations import destination_for
+from bkp.errors import BkpError, OperationError, SafetyError, UsageError, VerificationError
+from bkp.policy import Policy
+from bkp.restic import Listing, Restic, explain_failure, is_operational_failure
+from bkp.tenants.drill import check_free_space, tail_problems
 
 SNAPSHOT_ID = re.compile(r"latest|[0-9a-f]{8,64}")
 

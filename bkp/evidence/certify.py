@@ -11,11 +11,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import __version__
-from .. import catalog as cat
-from .. import certificates as certs
-from ..errors import OperationError
-from . import Context
+from bkp import __version__
+from bkp import catalog as cat
+from bkp.context import Context
+from bkp.errors import OperationError
+from bkp.evidence import certificates as certs
 
 RECORD_ACTIONS = {"sanitization": "sanitize", "destruction": "destroy"}
 
@@ -155,7 +155,7 @@ def _trusted_key(ctx: Context, public_key_file: Path | None):
 
 
 def _audit_check(ctx: Context, payload: dict) -> dict:
-    from ..audit import verify_chain
+    from bkp.evidence.audit import verify_chain
 
     reference = payload.get("audit") or {}
     chain = verify_chain(ctx.catalog.audit_events())

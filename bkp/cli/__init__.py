@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import BkpError, PolicyError, UsageError
+from bkp import __version__
+from bkp.errors import BkpError, PolicyError, UsageError
 
 log = logging.getLogger("bkp")
 
@@ -43,7 +43,7 @@ class State:
     """Resolved global options, shared by every command through click's context."""
 
     def __init__(self, policies, home, operator, verbose):
-        from .settings import resolve
+        from bkp.settings import resolve
 
         self.settings = resolve(policies, home, operator)
         self.verbose = verbose
@@ -52,7 +52,7 @@ class State:
     @property
     def catalog(self):
         if self._catalog is None:
-            from .catalog import Catalog
+            from bkp.catalog import Catalog
 
             self._catalog = Catalog(self.settings.catalog_path)
             for row in self._catalog.reap_interrupted():
@@ -67,11 +67,11 @@ class State:
 
     def _reap_sanitizations(self) -> None:
         """A wipe whose process died reads `aborted` in every command, not only media ones."""
-        from . import catalog
+        from bkp import catalog
 
         if not catalog.abandoned_sanitizations(self._catalog):
             return
-        from .actions.sanitize import reap_abandoned
+        from bkp.media.sanitize import reap_abandoned
 
         for row in reap_abandoned(self.context()):
             say(f"note: sanitization {row['id']} of {row['serial']} started "
@@ -79,15 +79,15 @@ class State:
                 f"aborted")
 
     def context(self, progress: bool = False):
-        from .actions import Context
+        from bkp.context import Context
 
         show = say if progress else None
         return Context(self.settings, self.catalog, progress=_throttled(show))
 
     def select(self, tenants: tuple[str, ...], all_: bool):
         """Policies to work on, and an Outcome per invalid policy (exit 3) among them."""
-        from .actions import Outcome
-        from .policy import load_policies
+        from bkp.context import Outcome
+        from bkp.policy import load_policies
 
         if bool(tenants) == bool(all_):
             raise UsageError("name one or more tenants, or give --all")
@@ -173,7 +173,7 @@ def policy_validate(state, files, as_json):
 
     Every error is reported at once with its file, key path and line.
     """
-    from .policy import policy_files, validate_files
+    from bkp.policy import policy_files, validate_files
 
     paths = list(files) or policy_files(state.settings.policies)
     if not paths:
@@ -201,7 +201,7 @@ def _where(file: Path, problem) -> str:
 @policy.command("schema")
 def policy_schema():
     """Print the JSON Schema of a tenant policy (every key with a description and example)."""
-    from .policy import schema
+    from bkp.policy import schema
 
     click.echo(json.dumps(schema(), indent=2))
     return 0
@@ -224,8 +224,8 @@ def init(state, tenants, all_, as_json):
     Idempotent: an existing repository is left as it is. Keep the repository password in
     the key escrow before the first backup: without it the backups cannot be restored.
     """
-    from .actions import highest_exit, run_per_tenant
-    from .actions.init import init_tenant
+    from bkp.context import highest_exit, run_per_tenant
+    from bkp.tenants.init import init_tenant
 
     policies, broken = state.select(tenants, all_)
     ctx = state.context()
@@ -255,8 +255,8 @@ def backup(state, tenants, all_, jobs, progress, as_json):
 
     One tenant failing never stops the others; the exit code is the highest among them.
     """
-    from .actions import highest_exit, run_per_tenant
-    from .actions.backup import backup_tenant
+    from bkp.context import highest_exit, run_per_tenant
+    from bkp.tenants.backup import backup_tenant
 
     policies, broken = state.select(tenants, all_)
     show = sys.stderr.isatty() if progress is None else progress
@@ -283,7 +283,7 @@ def _print_runs(outcomes) -> None:
 @pass_state
 def snapshots(state, tenant, as_json):
     """List a tenant's snapshots, read from its repository (the truth about backups)."""
-    from .actions.snapshots import list_snapshots
+    from bkp.tenants.snapshots import list_snapshots
 
     items = list_snapshots(state.context(), state.one_policy(tenant))
 
@@ -318,7 +318,7 @@ def restore(state, tenant, target, snapshot, includes, force, progress, as_json)
     This is access to personal data: who, which tenant, which snapshot and where to is
     recorded in the audit trail. A non-empty target is refused (exit 4) unless --force.
     """
-    from .actions.restore import restore_tenant
+    from bkp.tenants.restore import restore_tenant
 
     policy = state.one_policy(tenant)
     show = sys.stderr.isatty() if progress is None else progress
@@ -348,9 +348,9 @@ def drill(state, tenants, all_, due, progress, as_json):
     """
     from datetime import UTC, datetime
 
-    from .actions import highest_exit, run_per_tenant
-    from .actions.drill import drill_tenant
-    from .actions.run import plan
+    from bkp.context import highest_exit, run_per_tenant
+    from bkp.tenants.drill import drill_tenant
+    from bkp.tenants.run import plan
 
     if due and (tenants or all_):
         raise UsageError("--due picks the tenants itself: give no TENANT and no --all")
@@ -405,7 +405,7 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
     covers it; missed slots are caught up once. A second `bkp run` while one is working
     exits 1 at once.
     """
-    from .actions.run import run_due
+    from bkp.tenants.run import run_due
 
     policies, broken = state.select((), True)
     report = run_due(state.context(), policies, jobs=jobs, healthcheck_url=healthcheck_url,
@@ -439,11 +439,11 @@ def schedule(state, fmt, every, healthcheck_url, prometheus_textfile):
     """
     import shutil
 
-    from .schedule import Installation, render_cron, render_systemd
+    from bkp.tenants.schedule import Installation, render_cron, render_systemd
 
     beside_python = Path(sys.executable).parent / "bkp"  # the virtualenv's own script
     exe = beside_python if beside_python.exists() else Path(shutil.which("bkp") or "bkp")
-    from .policy import load_policies
+    from bkp.policy import load_policies
 
     writable = [state.settings.home.absolute()]
     if state.settings.policies.is_dir():
@@ -470,7 +470,7 @@ def schedule(state, fmt, every, healthcheck_url, prometheus_textfile):
 @pass_state
 def status(state, tenants, as_json):
     """Per tenant: last backup, RPO state, last drill and when the next drill is due."""
-    from .actions.status import invalid_status, tenant_status
+    from bkp.tenants.status import invalid_status, tenant_status
 
     policies, broken = state.select(tenants, not tenants)
     rows = [tenant_status(state.catalog, p) for p in policies]
@@ -563,7 +563,7 @@ def _since(text: str | None) -> str | None:
 @pass_state
 def audit_verify(state, anchor, as_json):
     """Recompute the audit chain; exit 5 when any event was changed, inserted or removed."""
-    from .audit import verify_chain
+    from bkp.evidence.audit import verify_chain
 
     report = verify_chain(state.catalog.audit_events(), anchor)
 
@@ -584,7 +584,7 @@ def audit_verify(state, anchor, as_json):
 @pass_state
 def audit_head(state, as_json):
     """Print the current head hash; keep it to check later that nothing was cut off."""
-    from .audit import verify_chain
+    from bkp.evidence.audit import verify_chain
 
     report = verify_chain(state.catalog.audit_events())
     emit({"head": report.head, "events": report.events}, as_json,
@@ -594,7 +594,7 @@ def audit_head(state, as_json):
 
 # ---------------------------------------------------------------- media and certificates
 
-from .cli_media import register as _register_media  # noqa: E402 (needs the group above)
+from bkp.cli.media import register as _register_media  # noqa: E402 (needs the group above)
 
 _register_media(cli, pass_state, emit, json_option)
 
@@ -636,7 +636,7 @@ def _json_error(argv: list[str] | None, message: str, code: int) -> None:
 
 def _interrupted() -> int:
     """Stop children and let the per-tenant code record `interrupted` before we exit."""
-    from .actions import interrupt
+    from bkp.context import interrupt
 
     interrupt()
     say("bkp: interrupted; work in progress is recorded as interrupted")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from .. import catalog as cat
-from ..errors import OperationError, UsageError
-from . import Context
+from bkp import catalog as cat
+from bkp.context import Context
+from bkp.errors import OperationError, UsageError
 
 EXPORT_COLUMNS = ("serial", "type", "vendor", "model", "capacity", "asset_tag", "tenant",
                   "host", "state", "state_since", "registered_at", "registered_by")

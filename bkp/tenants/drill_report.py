@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..catalog import utc_now
-from ..policy import Policy
-from . import Context
+from bkp.catalog import utc_now
+from bkp.context import Context
+from bkp.policy import Policy
 
 
 def report_path(ctx: Context, tenant: str, run_id: int) -> Path:

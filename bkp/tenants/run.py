@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .. import locks, monitoring
-from ..catalog import parse_time
-from ..policy import Policy
-from ..schedule import Due, plan_due, slot_label
-from . import Context, Outcome, highest_exit, run_per_tenant
-from .backup import backup_tenant
-from .drill import drill_tenant
-from .status import tenant_status
+from bkp import locks
+from bkp.catalog import parse_time
+from bkp.context import Context, Outcome, highest_exit, run_per_tenant
+from bkp.policy import Policy
+from bkp.tenants import monitoring
+from bkp.tenants.backup import backup_tenant
+from bkp.tenants.drill import drill_tenant
+from bkp.tenants.schedule import Due, plan_due, slot_label
+from bkp.tenants.status import tenant_status
 
 
 @dataclass

@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import __version__, devices, runner, wipe
-from .. import catalog as cat
-from ..certificates import METHODS
-from ..errors import OperationError, SafetyError, UsageError
-from . import Context, Outcome, human_bytes
-from .certificate import issue_certificate
+from bkp import __version__, runner
+from bkp import catalog as cat
+from bkp.context import Context, Outcome, human_bytes
+from bkp.errors import OperationError, SafetyError, UsageError
+from bkp.evidence.certificates import METHODS
+from bkp.evidence.certify import issue_certificate
+from bkp.media import devices, wipe
 
 SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
 HARDWARE_METHODS = ("ata-secure-erase", "ata-sanitize", "nvme-format", "nvme-sanitize")
@@ -488,8 +489,8 @@ def data_context(ctx: Context, medium: dict, request: SanitizeRequest
 
 
 def _policy_of(ctx: Context, tenant: str):
-    from ..errors import PolicyError
-    from ..policy import load_policy
+    from bkp.errors import PolicyError
+    from bkp.policy import load_policy
 
     try:
         return load_policy(ctx.settings.policies, tenant)

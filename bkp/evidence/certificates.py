@@ -21,7 +21,7 @@ import os
 import unicodedata
 from pathlib import Path
 
-from .catalog import as_json, parse_time
+from bkp.catalog import as_json, parse_time
 
 FORMAT = "bkp-certificate/1"
 KEY_FILE = Path("keys") / "certificate-signing.key"

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runner
-from .errors import SafetyError
+from bkp import runner
+from bkp.errors import SafetyError
 
 SYS_BLOCK = Path("/sys/class/block")
 SYSTEM_MOUNTS = ("/", "/boot", "/boot/efi", "/usr", "/var")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import socket
 
-from ..destinations import destination_for
-from ..errors import BkpError, OperationError, SafetyError
-from ..policy import Policy
-from ..restic import EXIT_PARTIAL, Restic, version
-from . import Context, Outcome, human_bytes, interrupt, locked, stopping
+from bkp.context import Context, Outcome, human_bytes, interrupt, locked, stopping
+from bkp.destinations import destination_for
+from bkp.errors import BkpError, OperationError, SafetyError
+from bkp.policy import Policy
+from bkp.restic import EXIT_PARTIAL, Restic, version
 
 
 def check_sources(policy: Policy) -> None:

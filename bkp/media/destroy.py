@@ -14,11 +14,11 @@ import json
 import shutil
 from pathlib import Path
 
-from .. import catalog as cat
-from ..certificates import DESTRUCTION_METHODS
-from ..errors import SafetyError, UsageError
-from . import Context
-from .certificate import issue_certificate
+from bkp import catalog as cat
+from bkp.context import Context
+from bkp.errors import SafetyError, UsageError
+from bkp.evidence.certificates import DESTRUCTION_METHODS
+from bkp.evidence.certify import issue_certificate
 
 
 def file_sha256(path: Path) -> str:

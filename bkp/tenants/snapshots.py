@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..destinations import destination_for
-from ..policy import Policy
-from ..restic import Restic
-from . import Context
+from bkp.context import Context
+from bkp.destinations import destination_for
+from bkp.policy import Policy
+from bkp.restic import Restic
 
 
 def list_snapshots(ctx: Context, policy: Policy) -> list[dict]:

@@ -1,0 +1,1 @@
+"""What an auditor checks: the audit chain and signed certificates."""

@@ -1,0 +1,1 @@
+"""Data carriers: the register, device facts, the wipe engine, sanitization and destruction."""
