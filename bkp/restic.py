@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp import runner
-from bkp.errors import OperationError, SafetyError
+from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.policy import Policy, Retention
 from bkp.secrets import SecretEnv
 
@@ -247,6 +247,10 @@ class Listing:
         return sum(n.size for n in self.files)
 
 
+class NoSnapshot(OperationError):
+    """restic found no snapshot to work on: no backup yet, or one that was lost."""
+
+
 def parse_ls(stdout: str) -> Listing:
     """`ls --json`: the snapshot on the first line, then one node per line."""
     snapshot: dict = {}
@@ -259,7 +263,7 @@ def parse_ls(stdout: str) -> Listing:
             nodes.append(Node(item.get("path", ""), item.get("type", ""),
                               int(item.get("size") or 0), item.get("mtime", "")))
     if not snapshot:
-        raise OperationError("no snapshot found: is there a backup yet? (`bkp snapshots "
+        raise NoSnapshot("no snapshot found: is there a backup yet? (`bkp snapshots "
                              "TENANT` lists them)")
     return Listing(snapshot.get("id", ""), snapshot.get("short_id", "")[:8] or
                    snapshot.get("id", "")[:8], snapshot.get("time", ""),
@@ -284,78 +288,165 @@ def _json_line(line: str) -> dict:
 
 
 # ---------------------------------------------------------------- failures
+# Every restic failure is classified from its cause, because the exit code says what bkp
+# found: 5 only when restic reported damage in the repository, 4 when bkp refused before
+# anything was sent, 1 when the work could not be done (and why). An unknown failure is
+# never called damage: a verdict needs evidence.
 
-_FAILURES: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"wrong password|no key found", re.I),
-     "wrong repository password: check the policy's password source against the key escrow"),
-    (re.compile(r"unable to open config file|Is there a repository at|"
-                r"repository does not exist", re.I),
-     "no repository at {repo}: run `bkp init {tenant}` (or check the destination path)"),
-    (re.compile(r"repository is already locked|unable to create lock", re.I),
-     "repository {repo} is locked by another process: wait for it, or see "
-     "runbooks/nightly-operations.md to clear a stale lock"),
-    (re.compile(r"host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.I),
-     "the SSH host key of the destination does not match the pinned host_key; OpenSSH "
-     "refused before sending anything. Verify the server's key out of band before changing "
-     "destination.host_key"),
-    (re.compile(r"permission denied \(publickey|Permission denied, please try", re.I),
-     "the SSH server refused the identity_file: check the key is authorised for the user"),
-    (re.compile(r"connection refused|no route to host|network is unreachable|i/o timeout|"
-                r"connection timed out|could not resolve|no such host|"
-                r"ssh: connect to host|unable to start the sftp session|"
-                r"Temporary failure in name resolution", re.I),
-     "destination {repo} is unreachable: check the network and the server, then re-run"),
-    (re.compile(r"AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId", re.I),
-     "the S3 endpoint refused the credentials: check credentials_file"),
-    (re.compile(r"NoSuchBucket|bucket does not exist", re.I),
-     "the S3 bucket does not exist: create it, then run `bkp init {tenant}`"),
-    (re.compile(r"no space left on device", re.I),
-     "no space left on the destination or cache disk"),
-]
+@dataclass(frozen=True)
+class Cause:
+    name: str
+    pattern: re.Pattern
+    advice: str
+    error: type[BkpError] = OperationError
+
+
+def _cause(name: str, pattern: str, advice: str, error: type[BkpError] = OperationError):
+    return name, Cause(name, re.compile(pattern, re.I), advice, error)
+
+
+# In the order they are tried: transport and environment first (a read-only or full
+# destination also makes restic fail to write its lock), damage last.
+CAUSES: dict[str, Cause] = dict([
+    _cause("host_key", r"host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED",
+           "the SSH host key of the destination does not match the pinned host_key; OpenSSH "
+           "refused before sending anything. Verify the server's key out of band before "
+           "changing destination.host_key", SafetyError),
+    _cause("read_only", r"read-only file system",
+           "destination {repo} is read-only (restic could not write there: {detail}); "
+           "remount it read-write or fix the server, then re-run"),
+    _cause("full", r"no space left on device|disk quota exceeded|QuotaExceeded",
+           "no space left ({detail}): free space on the destination, the cache under "
+           "BKP_HOME or the restore target, then re-run"),
+    _cause("ssh_auth", r"permission denied \(publickey|Permission denied, please try",
+           "the SSH server refused the identity_file: check the key is authorised for the "
+           "user"),
+    _cause("unreachable",
+           r"connection refused|no route to host|network is unreachable|i/o timeout|"
+           r"connection timed out|could not resolve|no such host|ssh: connect to host|"
+           r"unable to start the sftp session|Temporary failure in name resolution|"
+           r"connection reset by peer|broken pipe|ssh command exited",
+           "destination {repo} is unreachable ({detail}): check the network and the "
+           "server, then re-run"),
+    _cause("s3_auth", r"AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId",
+           "the S3 endpoint refused the credentials ({detail}): check credentials_file"),
+    _cause("no_bucket", r"NoSuchBucket|bucket does not exist",
+           "the S3 bucket does not exist: create it, then run `bkp init {tenant}`"),
+    _cause("permission", r"permission denied",
+           "restic was denied access ({detail}): check the owner and mode of the "
+           "destination and of BKP_HOME"),
+    _cause("no_repository", r"unable to open config file|Is there a repository at|"
+                            r"repository does not exist",
+           "no repository at {repo}: run `bkp init {tenant}` (or check the destination path)"),
+    _cause("wrong_password", r"wrong password|no key found",
+           "wrong repository password, or the repository's key files are damaged: check "
+           "the policy's password source against the key escrow; if it matches, restore "
+           "the keys/ folder from the escrow"),
+    _cause("locked", r"repository is already locked|unable to create lock",
+           "repository {repo} is locked by another process: wait for it, or see "
+           "runbooks/nightly-operations.md to clear a stale lock"),
+    _cause("damage",
+           r"ciphertext verification failed|invalid data returned|Pack ID does not match|"
+           r"repository contains errors|LoadIndex returned errors|error loading index|"
+           r"is damaged|could not load snapshot|Unmarshal: invalid character|"
+           r"failed to download|StreamPack|not found in index|"
+           r"Load\(<(data|index|snapshot|key)/[0-9a-f]+>.*(no such file|not exist|NoSuchKey|"
+           r"404)|There were \d+ errors|hash does not match|checksum mismatch",
+           "the repository {repo} is damaged ({detail}): run `bkp drill {tenant}` for the "
+           "full findings and see runbooks/restore-drill.md", VerificationError),
+])
+# restic >= 0.17 says some causes by its exit code; 0.14 uses 1 for all of them.
+BY_EXIT_CODE = {EXIT_NO_REPOSITORY: "no_repository", EXIT_LOCKED: "locked",
+                EXIT_WRONG_PASSWORD: "wrong_password"}
+# Causes that retrying cannot fix: restic 0.14 retries a failed write for minutes with
+# backoff, which would only delay the truth.
+HOPELESS = ("read_only", "full", "permission")
+
+
+@dataclass(frozen=True)
+class Failure:
+    cause: str  # a key of CAUSES, or "timeout", "unknown"
+    message: str
+    error: type[BkpError]
+
+    @property
+    def exit_code(self) -> int:
+        return self.error.exit_code
+
+    def exception(self) -> BkpError:
+        return self.error(self.message)
+
+
+def cause_of(done: runner.Completed) -> str:
+    """The name of the cause of a failed restic process, from what it said."""
+    if done.timed_out:
+        return "timeout"
+    if done.stopped:
+        return done.stopped
+    for name, cause in CAUSES.items():
+        if name != "damage" and cause.pattern.search(done.stderr_tail):
+            return name
+    if done.returncode in BY_EXIT_CODE and version().at_least(0, 17):
+        return BY_EXIT_CODE[done.returncode]
+    if CAUSES["damage"].pattern.search(done.stderr_tail):
+        return "damage"
+    return "unknown"
+
+
+def damage_reported(text: str) -> bool:
+    """Whether restic's output names damage, even in a command that exited 0 (restic
+    skips a snapshot file it cannot read and lists the rest)."""
+    return bool(CAUSES["damage"].pattern.search(text))
+
+
+def classify(done: runner.Completed, repo: Repository, tenant: str, action: str) -> Failure:
+    """One line: what went wrong and what to do, with the exception that carries its code."""
+    name = cause_of(done)
+    if name == "timeout":
+        return Failure(name, f"restic {action} did not finish within {done.duration_s:.0f}s "
+                             f"and was killed; check the destination, or raise "
+                             f"timeout_minutes in the policy", OperationError)
+    if name == "unknown":
+        return Failure(name, f"restic {action} failed (exit {done.returncode}): "
+                             f"{_last_meaningful_line(done.stderr_tail)}", OperationError)
+    cause = CAUSES[name]
+    detail = _matching_line(cause.pattern, done.stderr_tail)
+    return Failure(name, cause.advice.format(repo=repo.label or repo.url, tenant=tenant,
+                                             detail=detail), cause.error)
+
+
+def classify_damage(done: runner.Completed, repo: Repository, tenant: str) -> str:
+    cause = CAUSES["damage"]
+    return cause.advice.format(repo=repo.label or repo.url, tenant=tenant,
+                               detail=_matching_line(cause.pattern, done.stderr_tail))
 
 
 def explain_failure(done: runner.Completed, repo: Repository, tenant: str, action: str) -> str:
-    """One line: what went wrong and what to do, with restic's last words for context."""
-    if done.timed_out:
-        return (f"restic {action} did not finish within {done.duration_s:.0f}s and was killed; "
-                f"check the destination, or raise timeout_minutes in the policy")
-    by_code = {EXIT_NO_REPOSITORY: 1, EXIT_LOCKED: 2, EXIT_WRONG_PASSWORD: 0}
-    if done.returncode in by_code and version().at_least(0, 17):
-        template = _FAILURES[by_code[done.returncode]][1]
-        return template.format(repo=repo.label or repo.url, tenant=tenant)
-    for pattern, template in _FAILURES:
-        if pattern.search(done.stderr_tail):
-            return template.format(repo=repo.label or repo.url, tenant=tenant)
-    last = _last_meaningful_line(done.stderr_tail)
-    return f"restic {action} failed (exit {done.returncode}): {last}"
+    return classify(done, repo, tenant, action).message
 
 
-_HOST_KEY = _FAILURES[3][0]
+def stop_on_hopeless(line: str) -> str | None:
+    """For the runner: stop restic at the first sign of a cause retrying cannot fix."""
+    for name, cause in CAUSES.items():
+        if cause.pattern.search(line):
+            return name if name in HOPELESS else None
+    return None
 
 
-def failure_error(done: runner.Completed) -> type[OperationError] | type[SafetyError]:
-    """A changed SSH host key is a safety refusal (exit 4): OpenSSH stopped before sending
-    anything. Every other restic failure is an operation failure (exit 1)."""
-    return SafetyError if _HOST_KEY.search(done.stderr_tail) else OperationError
+def _matching_line(pattern: re.Pattern, tail: str) -> str:
+    lines = [ln.strip() for ln in tail.splitlines() if pattern.search(ln)]
+    return _clip(lines[0]) if lines else _last_meaningful_line(tail)
 
 
-def is_operational_failure(done: runner.Completed) -> bool:
-    """restic could not do its work (password, reachability, lock, time): not a finding
-    about the repository's content. Anything else a check or restore reports is one."""
-    if done.timed_out or done.returncode in (EXIT_NO_REPOSITORY, EXIT_LOCKED,
-                                             EXIT_WRONG_PASSWORD):
-        return True
-    return any(pattern.search(done.stderr_tail) for pattern, _ in _FAILURES)
-
-
-def is_locked_failure(done: runner.Completed) -> bool:
-    return done.returncode == EXIT_LOCKED or bool(_FAILURES[2][0].search(done.stderr_tail))
+def _clip(line: str, limit: int = 200) -> str:
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _last_meaningful_line(tail: str) -> str:
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and ln.strip() != "..."
+             and not ln.startswith(("\t", " "))]
     fatal = [ln for ln in lines if ln.startswith("Fatal:")]
-    return (fatal or lines or ["no output"])[-1][:300]
+    return _clip((fatal or lines or ["no output"])[-1], 300)
 
 
 # ---------------------------------------------------------------- execution
@@ -375,19 +466,22 @@ class Restic:
         """Run restic; a lock left by a dead restic of this host is removed and the command
         tried once more. A live lock is never removed."""
         done = self._run_once(argv, on_stdout_line, timeout)
-        if not done.ok and not done.timed_out and is_locked_failure(done):
+        if not done.ok and cause_of(done) == "locked":
             unlocked = self._run_once(unlock_argv(self.repo), None, timeout)
             if unlocked.ok:
                 done = self._run_once(argv, on_stdout_line, timeout)
         if check and not done.ok:
-            raise failure_error(done)(explain_failure(done, self.repo, self.tenant, action))
+            raise self.failure(done, action).exception()
         return done
+
+    def failure(self, done: runner.Completed, action: str) -> Failure:
+        return classify(done, self.repo, self.tenant, action)
 
     def _run_once(self, argv, on_stdout_line, timeout) -> runner.Completed:
         self.calls += 1
         return runner.run(argv, env=self.repo.env.env, secrets=self.repo.env.secrets,
                           timeout=timeout or self.timeout, on_stdout_line=on_stdout_line,
-                          drop_env_prefixes=("RESTIC_", "AWS_"))
+                          drop_env_prefixes=("RESTIC_", "AWS_"), stop_when=stop_on_hopeless)
 
     def init(self) -> None:
         self.run(init_argv(self.repo), "init")
@@ -405,7 +499,7 @@ class Restic:
         if done.returncode == EXIT_PARTIAL and summary.snapshot_id and not done.timed_out:
             return summary, EXIT_PARTIAL
         if not done.ok:
-            raise failure_error(done)(explain_failure(done, self.repo, self.tenant, "backup"))
+            raise self.failure(done, "backup").exception()
         return summary, 0
 
     def forget(self, retention: Retention) -> ForgetResult:
@@ -431,6 +525,9 @@ class Restic:
         return self.run(check_argv(self.repo, subset), "check", check=False)
 
     def snapshots(self) -> list[dict]:
+        """The snapshots; VerificationError when restic skipped one it could not read."""
         done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")
+        if damage_reported(done.stderr_tail):
+            raise VerificationError(classify_damage(done, self.repo, self.tenant))
         return parse_snapshots(done.stdout)
 

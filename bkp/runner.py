@@ -20,6 +20,9 @@ from dataclasses import dataclass
 log = logging.getLogger("bkp.runner")
 
 TAIL_LINES = 20
+# restic prints its message first and a Go stack trace after it: the first lines are kept
+# too, or the cause would scroll out of the tail.
+HEAD_LINES = 10
 # Environment variables whose values are never logged, whatever their content.
 SECRET_ENV_NAMES = frozenset({
     "RESTIC_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "B2_ACCOUNT_KEY",
@@ -58,10 +61,11 @@ class Completed:
     stderr_tail: str
     duration_s: float
     timed_out: bool = False
+    stopped: str | None = None  # why bkp stopped it early (see `stop_when`)
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and self.stopped is None
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -82,12 +86,14 @@ def run(
     stdin_data: bytes | None = None,
     cwd: str | None = None,
     drop_env_prefixes: tuple[str, ...] = (),
+    stop_when: Callable[[str], str | None] | None = None,
 ) -> Completed:
     """Run argv to completion; never raises for a non-zero exit, only for a missing program.
 
     `env` is added to the environment of the child only. `on_stdout_line` sees each
     stdout line as it arrives (progress); stdout is also returned unless capture_stdout is
-    false (for commands that print gigabytes).
+    false (for commands that print gigabytes). `stop_when` sees each stderr line and returns
+    a reason to stop the child at once (a cause that retrying cannot fix), or None.
     """
     secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
                                            if k in SECRET_ENV_NAMES and v]
@@ -110,8 +116,8 @@ def run(
     with _live_lock:
         _live.add(proc)
     try:
-        stdout, tail, timed_out = _communicate(proc, timeout, on_stdout_line, capture_stdout,
-                                               stdin_data)
+        stdout, tail, timed_out, stopped = _communicate(proc, timeout, on_stdout_line,
+                                                        capture_stdout, stdin_data, stop_when)
     except BaseException:
         # Interrupted while waiting (a signal in this thread): the child is in its own
         # session and would outlive us.
@@ -124,18 +130,31 @@ def run(
     stderr_tail = redact("\n".join(tail), secrets)
     if proc.returncode != 0:
         log.debug("exit %s after %.1fs: %s", proc.returncode, duration, stderr_tail[-500:])
-    return Completed(list(argv), proc.returncode, stdout, stderr_tail, duration, timed_out)
+    return Completed(list(argv), proc.returncode, stdout, stderr_tail, duration, timed_out,
+                     stopped)
 
 
-def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data):
+def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop_when=None):
+    head: list[str] = []
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    seen = [0]
     chunks: list[str] = []
+    stopped: list[str] = []
 
     def read_stderr():
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line:
+            if not line:
+                continue
+            seen[0] += 1
+            if len(head) < HEAD_LINES:
+                head.append(line)
+            else:
                 tail.append(line)
+            reason = stop_when(line) if stop_when and not stopped else None
+            if reason:
+                stopped.append(reason)
+                terminate(proc, grace=2.0)
 
     def read_stdout():
         for raw in proc.stdout:
@@ -175,7 +194,8 @@ def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data):
     timed_out = expired.is_set()
     for t in readers:
         t.join(timeout=5)
-    return "".join(chunks), list(tail), timed_out
+    lines = head + (["..."] if seen[0] > len(head) + len(tail) else []) + list(tail)
+    return "".join(chunks), lines, timed_out, (stopped[0] if stopped else None)
 
 
 def terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -28,20 +28,14 @@ from croniter import croniter
 from bkp.catalog import Catalog, as_json
 from bkp.context import Context, Outcome, interrupt, locked, stopping
 from bkp.destinations import destination_for
-from bkp.errors import BkpError, OperationError
+from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.policy import Policy
-from bkp.restic import (
-    Listing,
-    Node,
-    Restic,
-    is_operational_failure,
-    parse_restored_snapshot,
-    version,
-)
+from bkp.restic import Listing, Node, NoSnapshot, Restic, parse_restored_snapshot, version
 
 SCRATCH_MARGIN = 64 << 20
 HASH_CHUNK = 4 << 20
-MAX_SUBSETS = 365
+# restic reads `--read-data-subset n/t` for t up to 256: a daily drill shares groups.
+MAX_SUBSETS = 256
 
 
 @dataclass
@@ -229,6 +223,8 @@ def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outc
         restic = Restic(destination.repository(), policy.tenant,
                         timeout=policy.timeout_minutes * 60)
         _perform(ctx, policy, restic, scratch, result, run_id)
+    except VerificationError as exc:  # restic found the repository damaged: a finding
+        result.problems.append(Problem("repository", "", "a readable repository", str(exc)))
     except BkpError as exc:
         error = exc
     except KeyboardInterrupt:
@@ -250,14 +246,11 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
     if ctx.catalog.previous_run_interrupted(policy.tenant, run_id):
         restic.unlock_stale()
     scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    estimate = ctx.catalog.last_backup_size(policy.tenant)
-    if estimate is None:
-        listing = restic.ls(None)  # the free-space check needs the size before anything
-        check_free_space(scratch.parent, listing.total_bytes)
-        restore = _restore(ctx, policy, restic, listing.snapshot_id, scratch)
-    else:
-        check_free_space(scratch.parent, estimate)
-        listing, restore = _restore_and_list(ctx, policy, restic, scratch)
+    try:
+        listing, restore = _list_and_restore(ctx, policy, restic, scratch)
+    except NoSnapshot:
+        _explain_missing_snapshot(ctx, policy, restic)
+        raise
     result.snapshot_id, result.snapshot_time = listing.snapshot_id, listing.time
     _raise_if_operational(restore, restic, policy, "restore")
     restored = parse_restored_snapshot(restore.stdout)
@@ -288,6 +281,30 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
                                                   f"min", f"{result.restore_s / 60:.1f} min"))
 
 
+def _list_and_restore(ctx: Context, policy: Policy, restic: Restic, scratch: Path):
+    estimate = ctx.catalog.last_backup_size(policy.tenant)
+    if estimate is None:
+        listing = restic.ls(None)  # the free-space check needs the size before anything
+        check_free_space(scratch.parent, listing.total_bytes)
+        return listing, _restore(ctx, policy, restic, listing.snapshot_id, scratch)
+    check_free_space(scratch.parent, estimate)
+    return _restore_and_list(ctx, policy, restic, scratch)
+
+
+def _explain_missing_snapshot(ctx: Context, policy: Policy, restic: Restic) -> None:
+    """No latest snapshot: a new tenant, or backups lost from the repository. restic skips a
+    snapshot file it cannot read, and bkp's records name the snapshots it made: either one
+    is damage found, not "no backup yet"."""
+    restic.snapshots()  # raises VerificationError when restic reports a damaged snapshot
+    recorded = ctx.catalog.last_run(policy.tenant, "backup", status="ok")
+    if recorded and recorded["snapshot_id"]:
+        raise VerificationError(
+            f"snapshot {recorded['snapshot_id'][:8]} of backup run {recorded['id']} "
+            f"({recorded['ended_at']}) is not in the repository, which lists no snapshot "
+            f"of {policy.tenant}: the backups were deleted or lost. See "
+            f"runbooks/restore-drill.md")
+
+
 def _restore(ctx: Context, policy: Policy, restic: Restic, snapshot: str | None,
              scratch: Path):
     scratch.mkdir(mode=0o700, exist_ok=True)
@@ -305,10 +322,10 @@ def _restore_and_list(ctx: Context, policy: Policy, restic: Restic, scratch: Pat
 
 
 def _raise_if_operational(done, restic: Restic, policy: Policy, action: str) -> None:
-    from bkp.restic import explain_failure
-
-    if not done.ok and is_operational_failure(done):
-        raise OperationError(explain_failure(done, restic.repo, policy.tenant, action))
+    """A failed restore or check is a finding only when restic named damage; any other
+    cause means the drill could not run, and says why."""
+    if not done.ok and restic.failure(done, action).cause != "damage":
+        raise restic.failure(done, action).exception()
 
 
 def _previous_subset(catalog: Catalog, tenant: str) -> str | None:

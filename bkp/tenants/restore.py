@@ -11,9 +11,9 @@ from pathlib import Path
 from bkp import locks
 from bkp.context import Context
 from bkp.destinations import destination_for
-from bkp.errors import BkpError, OperationError, SafetyError, UsageError, VerificationError
+from bkp.errors import BkpError, SafetyError, UsageError, VerificationError
 from bkp.policy import Policy
-from bkp.restic import Listing, Restic, explain_failure, is_operational_failure
+from bkp.restic import Listing, Restic
 from bkp.tenants.drill import check_free_space, tail_problems
 
 SNAPSHOT_ID = re.compile(r"latest|[0-9a-f]{8,64}")
@@ -78,8 +78,9 @@ def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
     with _ProgressWhile(ctx, target, size):
         done = restic.restore(listing.snapshot_id, target, includes)
     if not done.ok:
-        if is_operational_failure(done):
-            raise OperationError(explain_failure(done, restic.repo, policy.tenant, "restore"))
+        failure = restic.failure(done, "restore")
+        if failure.cause != "damage":
+            raise failure.exception()
         problems = "; ".join(p.found for p in tail_problems("restore", done.stderr_tail, 3))
         raise VerificationError(f"restore of {listing.short_id} to {target} found damaged "
                                 f"data: {problems}. Run `bkp drill {policy.tenant}` and see "

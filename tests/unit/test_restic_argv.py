@@ -83,3 +83,57 @@ def test_failures_become_one_line_with_what_to_do(stderr, words):
 def test_timeout_message_names_the_policy_key():
     done = Completed(["restic"], -9, "", "", 60.0, timed_out=True)
     assert "timeout_minutes" in restic.explain_failure(done, REPO, "acme", "backup")
+
+
+# What restic 0.14 really prints for each fault (captured from corrupted test repositories),
+# and the exit code bkp must give for it.
+RESTIC_SAYS = [
+    ("Fatal: load <index/1b13b220ba>: invalid data returned", "damage", 5),
+    ("decrypting blob f13d0747 failed: ciphertext verification failed\n"
+     "github.com/restic/restic/internal/repository.(*Repository).LoadBlob\n"
+     "\tgithub.com/restic/restic/internal/repository/repository.go:303", "damage", 5),
+    ("Pack ID does not match, want 5d62e605, got 352f5a54\nFatal: repository contains errors",
+     "damage", 5),
+    ("Fatal: config or key d575434e is damaged: ciphertext verification failed", "damage", 5),
+    ("Fatal: Unmarshal: invalid character 'x' after object key", "damage", 5),
+    ("pack 5d62e605 failed to download: StreamPack: open repo/data/5d/5d62: no such file or "
+     "directory\nFatal: repository contains errors", "damage", 5),
+    ("ignoring error for /data/a: ciphertext verification failed\nFatal: There were 1 errors",
+     "damage", 5),
+    ("latest snapshot for criteria not found: Error loading snapshot 8b12e9fa: load "
+     "<snapshot/8b12e9fa8d>: invalid data returned", "damage", 5),
+    ("Save(<lock/d22e3af9e1>) returned error, retrying after 552ms: open ro/repo/locks/d22-tmp:"
+     " read-only file system\nunable to create lock in backend", "read_only", 1),
+    ("Fatal: unable to save snapshot: write full/repo/data/70/7055-tmp: no space left on "
+     "device", "full", 1),
+    ("Fatal: unable to create lock in backend: repository is already locked by PID 7",
+     "locked", 1),
+    ("Fatal: wrong password or no key found", "wrong_password", 1),
+    ("Host key verification failed.\nFatal: unable to open repository", "host_key", 4),
+    ("Fatal: check flag --read-data-subset=n/t t must be at most 256", "unknown", 1),
+]
+
+
+@pytest.mark.parametrize("stderr, cause, code", RESTIC_SAYS)
+def test_every_restic_failure_is_classified_from_its_cause(stderr, cause, code):
+    done = Completed(["restic"], 1, "", stderr, 0.1)
+    failure = restic.classify(done, REPO, "acme", "check")
+    assert (failure.cause, failure.exit_code) == (cause, code)
+    assert "\n" not in failure.message
+
+
+def test_an_unknown_failure_is_never_called_damage():
+    done = Completed(["restic"], 1, "", "Fatal: something nobody has seen before", 0.1)
+    failure = restic.classify(done, REPO, "acme", "check")
+    assert failure.exit_code == 1 and "something nobody has seen before" in failure.message
+
+
+@pytest.mark.parametrize("line, stop", [
+    ("Save(<lock/d2>) returned error, retrying after 1s: open x: read-only file system",
+     "read_only"),
+    ("write x: no space left on device", "full"),
+    ("Permission denied (publickey).", None),  # an ssh refusal is its own cause, not hopeless
+    ("Load(<data/5d>) returned error, retrying after 7s: connection refused", None),
+])
+def test_hopeless_causes_stop_restic_at_once(line, stop):
+    assert restic.stop_on_hopeless(line) == stop

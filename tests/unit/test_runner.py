@@ -24,7 +24,19 @@ def test_stderr_tail_is_redacted_and_bounded():
     done = runner.run(["sh", "-c", script], secrets=["sekrit-value"])
     assert done.returncode == 3
     assert "sekrit-value" not in done.stderr_tail and "pw=***" in done.stderr_tail
-    assert len(done.stderr_tail.splitlines()) == runner.TAIL_LINES
+    lines = done.stderr_tail.splitlines()
+    assert len(lines) == runner.HEAD_LINES + 1 + runner.TAIL_LINES
+    # The first lines carry restic's message, before any stack trace: they are kept.
+    assert lines[0] == "line1" and lines[runner.HEAD_LINES] == "..."
+
+
+def test_stop_when_ends_a_child_that_retries_a_hopeless_cause():
+    started = time.monotonic()
+    script = "echo 'Save(<lock/ab>) returned error: read-only file system' >&2; sleep 300"
+    done = runner.run(["sh", "-c", script],
+                      stop_when=lambda line: "read-only" if "read-only" in line else None)
+    assert done.stopped == "read-only" and not done.ok
+    assert time.monotonic() - started < 30
 
 
 def test_secret_env_values_are_redacted_without_being_listed():
