@@ -102,6 +102,44 @@ def interrupt() -> None:
     runner.terminate_all()
 
 
+def recover_dead_work(ctx: Context) -> list[str]:
+    """Close what died with its bkp process (SIGKILL, crash, power loss): runs become
+    `interrupted`, sanitizations `aborted`, each with an audit event. An explicit first step
+    of every command that acts; never a side effect of opening the catalog, so commands that
+    only read change nothing. Returns a note per record closed."""
+    from bkp import catalog as cat
+
+    notes = []
+    for row in ctx.catalog.dead_runs():
+        with ctx.catalog.transaction():  # the record and its event, or neither
+            closed = ctx.catalog.close_dead_run(
+                row, f"bkp process {row['pid']} stopped before finishing (killed, crashed or "
+                     f"power loss)")
+            if closed is None:
+                continue  # another bkp process closed it first
+            ctx.audit(row["kind"], "interrupted", row["tenant"], run_id=row["id"],
+                      started_at=row["started_at"], started_by=row["operator"],
+                      pid=row["pid"], error=closed["error"])
+        notes.append(f"{row['kind']} of {row['tenant']} started {row['started_at']} was "
+                     f"interrupted; recorded as such")
+    for row in cat.abandoned_sanitizations(ctx.catalog):
+        error = (f"bkp process {row['pid']} stopped before the wipe finished (killed, "
+                 f"crashed or power loss)")
+        with ctx.catalog.transaction():
+            closed = cat.close_sanitization(ctx.catalog, row["id"], "aborted", "aborted",
+                                            error=error)
+            if closed is None:
+                continue
+            medium = cat.get_medium(ctx.catalog, row["serial"]) or {}
+            ctx.audit("sanitize", "aborted", medium.get("tenant"), record_id=row["id"],
+                      serial=row["serial"], device=row["device"], method=row["method"],
+                      error=error, reaped=True)
+        notes.append(f"sanitization {row['id']} of {row['serial']} started "
+                     f"{row['started_at']} never finished (its process is gone); recorded "
+                     f"as aborted")
+    return notes
+
+
 def human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB': sizes in progress lines."""
     for unit in ("B", "KiB", "MiB", "GiB"):

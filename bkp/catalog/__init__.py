@@ -1,451 +1,434 @@
-"""The SQLite catalog at $BKP_HOME/catalog.db: schema, migrations and every query.
+"""The SQLite catalog at $BKP_HOME/catalog.db: opening it safely, transactions, and the
+table families (runs.py, audit_log.py, media.py; the schema in schema.py).
 
 The catalog is evidence: rows are appended and closed, never rewritten into something
-else. A run row is opened as `running` and closed as ok/failed/interrupted; a run whose
-process died is found by its pid and process start time and closed as `interrupted`.
-No secret is ever written here.
+else. No secret is ever written here.
+
+Two ways in. Commands that only read (status, verify, list) open it read-only
+(`Catalog.read_only`): they never migrate, never reap, never write a row, so an auditor's
+check cannot move what it checks. Commands that act open it for work (`open_for_work`):
+BKP_HOME is checked, the schema is migrated (after a copy of the file is kept) and writes
+go through IMMEDIATE transactions. Every thread has its own connection (`--jobs N`).
+Every failure to open or write is a CatalogError with a sentence that says what to do;
+sqlite3's own exceptions never reach an operator.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
 
-MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = []
+from bkp.catalog import schema
+from bkp.catalog.audit_log import AuditLogTable, audit_event
+from bkp.catalog.base import (
+    GENESIS_HASH,
+    HOST,
+    as_json,
+    parse_time,
+    process_alive,
+    process_start_ticks,
+    utc_now,
+)
+from bkp.catalog.media import (
+    MEDIA_STATES,
+    MEDIA_TYPES,
+    abandoned_sanitizations,
+    add_certificate,
+    add_destruction,
+    add_media_event,
+    add_medium,
+    all_certificates,
+    all_destructions,
+    close_sanitization,
+    closed_sanitizations,
+    get_destruction,
+    get_medium,
+    get_record,
+    get_sanitization,
+    latest_certificate,
+    list_media,
+    media_history,
+    note_sample_plan,
+    open_sanitization,
+)
+from bkp.catalog.runs import RunsTable
+from bkp.errors import OperationError
+
+__all__ = [
+    "GENESIS_HASH",
+    "HOST",
+    "MEDIA_STATES",
+    "MEDIA_TYPES",
+    "Catalog",
+    "CatalogDamaged",
+    "CatalogError",
+    "CatalogMissing",
+    "abandoned_sanitizations",
+    "add_certificate",
+    "add_destruction",
+    "add_media_event",
+    "add_medium",
+    "all_certificates",
+    "all_destructions",
+    "as_json",
+    "audit_event",
+    "close_sanitization",
+    "closed_sanitizations",
+    "get_destruction",
+    "get_medium",
+    "get_record",
+    "get_sanitization",
+    "home_was_used",
+    "latest_certificate",
+    "list_media",
+    "media_history",
+    "note_sample_plan",
+    "open_for_work",
+    "open_sanitization",
+    "parse_time",
+    "process_alive",
+    "process_start_ticks",
+    "utc_now",
+]
+
+CATALOG_FILE = "catalog.db"
+HOME_MARKER = ".bkp-home"  # written when the catalog is created: its absence is not proof
+# Below this, SQLite may fail halfway through a night: say so before starting.
+MIN_FREE_BYTES = 4 << 20
 
 
-def migration(name: str):
-    def register(fn):
-        MIGRATIONS.append((name, fn))
-        return fn
-
-    return register
+class CatalogError(OperationError):
+    """The catalog cannot be opened or written; nothing was done."""
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class CatalogMissing(CatalogError):
+    """There is no catalog (a new installation, or a lost one)."""
 
 
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+class CatalogDamaged(CatalogError):
+    """The catalog is not what bkp wrote: not a database, tables missing, a directory."""
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot: tells a live pid from a reused one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses; fields resume after the last ')'.
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])
+def _explain(error: sqlite3.Error, path: Path, doing: str) -> CatalogError:
+    text = str(error)
+    lowered = text.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        return CatalogDamaged(f"the catalog {path} is not a bkp catalog ({text}): it was "
+                              f"damaged or replaced; restore it (runbooks/disaster-recovery.md)")
+    if "no such table" in lowered or "no such column" in lowered:
+        return CatalogDamaged(f"the catalog {path} lacks what bkp wrote there ({text}): it was "
+                              f"damaged or tampered with; restore it "
+                              f"(runbooks/disaster-recovery.md)")
+    if "full" in lowered:
+        return CatalogError(f"cannot {doing} the catalog {path}: the disk is full; free space "
+                            f"in {path.parent} (BKP_HOME), then re-run")
+    if "readonly" in lowered or "read-only" in lowered:
+        return CatalogError(f"cannot {doing} the catalog {path}: it is read-only; bkp must "
+                            f"record what it does: make {path.parent} writable")
+    if "locked" in lowered or "busy" in lowered:
+        return CatalogError(f"cannot {doing} the catalog {path}: another process holds it "
+                            f"({text}); re-run when it is done")
+    return CatalogError(f"cannot {doing} the catalog {path}: {text}")
 
 
-def process_alive(pid: int, start_ticks: int | None) -> bool:
-    current = process_start_ticks(pid)
-    return current is not None and (start_ticks is None or current == start_ticks)
+class Catalog(RunsTable, AuditLogTable):
+    """One open catalog. Each thread gets its own connection to the same file."""
 
+    def __init__(self, path: Path, *, read_only: bool = False,
+                 _connection: sqlite3.Connection | None = None):
+        self.path = Path(path)
+        self.read_only = read_only
+        self._shared = _connection  # an in-memory copy: one connection for all threads
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        if _connection is None and not read_only:
+            self._create_and_migrate()
 
-HOST = socket.gethostname()
+    # ---------------------------------------------------------------- opening
 
+    @classmethod
+    def read_only(cls, path: Path) -> Catalog:
+        """Open for reading only; CatalogMissing when there is none. A catalog that still
+        needs a migration is migrated in a private in-memory copy, never in place."""
+        path = Path(path)
+        if not path.exists():
+            raise CatalogMissing(f"there is no catalog at {path}")
+        if not path.is_file():
+            raise CatalogDamaged(f"the catalog {path} is not a file: it was damaged or replaced;"
+                                 f" restore it (runbooks/disaster-recovery.md)")
+        catalog = cls(path, read_only=True)
+        try:
+            db = catalog.db
+            _refuse_newer(db, path)
+            if schema.pending_names(db):
+                catalog.close()
+                return cls.in_memory_copy(path)
+            _refuse_missing_tables(db, path)
+        except sqlite3.Error as exc:
+            catalog.close()
+            raise _explain(exc, path, "read") from None
+        except CatalogError:
+            catalog.close()
+            raise
+        return catalog
 
-@migration("0001_runs")
-def _runs(db: sqlite_utils.Database) -> None:
-    db["runs"].create({
-        "id": int, "tenant": str, "kind": str, "trigger": str, "slot": str,
-        "status": str, "started_at": str, "ended_at": str, "duration_s": float,
-        "snapshot_id": str, "files": int, "bytes_added": int, "bytes_processed": int,
-        "snapshots_kept": int, "repository_bytes": int, "error": str,
-        "host": str, "pid": int, "pid_start": int, "operator": str,
-        "restic_version": str, "restic_calls": int,
-    }, pk="id", not_null={"tenant", "kind", "status", "started_at"})
-    db["runs"].create_index(["tenant", "kind", "started_at"])
-    db["runs"].create_index(["status"])
+    @classmethod
+    def in_memory_copy(cls, path: Path | None) -> Catalog:
+        """A private copy in memory (of `path`, or empty), migrated: reads see the current
+        schema and nothing is ever written to a file."""
+        memory = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        if path is not None:
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                source.backup(memory)
+            except sqlite3.Error as exc:
+                raise _explain(exc, path, "read") from None
+            finally:
+                source.close()
+        db = sqlite_utils.Database(memory)
+        schema.adopt_legacy_record(db)
+        schema.migrations.apply(db)
+        catalog = cls(path or Path(":memory:"), read_only=True, _connection=memory)
+        _refuse_missing_tables(db, catalog.path)
+        return catalog
 
+    @classmethod
+    def empty(cls) -> Catalog:
+        """What a read command sees where no catalog exists yet: nothing recorded."""
+        return cls.in_memory_copy(None)
 
-@migration("0002_audit_log")
-def _audit_log(db: sqlite_utils.Database) -> None:
-    db["audit_log"].create({
-        "seq": int, "time": str, "operator": str, "os_user": str, "host": str,
-        "tenant": str, "action": str, "outcome": str, "details": str,
-        "prev_hash": str, "hash": str,
-    }, pk="seq", not_null={"time", "action", "outcome", "prev_hash", "hash"})
-    db["audit_log"].create_index(["tenant", "time"])
-
-
-@migration("0003_drill_fields")
-def _drill_fields(db: sqlite_utils.Database) -> None:
-    # Drills are runs of kind "drill": one table keeps the schedule logic and the
-    # interrupted-run recovery the same for backups and drills.
-    for column, kind in (("files_checked", int), ("bytes_restored", int), ("subset", str),
-                         ("problems", str), ("sample_checked", int), ("sample_skipped", int),
-                         ("rto_minutes", int), ("report", str), ("scratch", str)):
-        db["runs"].add_column(column, kind)
-
-
-class Catalog:
-    """One open catalog. Safe to share between the threads of `--jobs N`."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False,
-                               isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self.db = sqlite_utils.Database(conn)
-        self._lock = threading.RLock()
-        self._migrate()
+    def _create_and_migrate(self) -> None:
+        new = not self.path.exists()
+        if self.path.exists() and not self.path.is_file():
+            raise CatalogDamaged(f"the catalog {self.path} is not a file: it was damaged or "
+                                 f"replaced; restore it (runbooks/disaster-recovery.md)")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CatalogError(f"cannot create {self.path.parent}: {exc.strerror or exc}") \
+                from None
+        try:
+            with _migration_lock(self.path):
+                db = self.db
+                _refuse_newer(db, self.path)
+                pending = schema.pending_names(db)
+                if pending and not new and db.table_names():
+                    _keep_copy(self.db.conn, self.path, pending[0])
+                with db.atomic():
+                    schema.adopt_legacy_record(db)
+                schema.migrations.apply(db)
+                _refuse_missing_tables(db, self.path)
+        except sqlite3.Error as exc:
+            self.close()
+            raise _explain(exc, self.path, "open") from None
+        except CatalogError:
+            self.close()
+            raise
         with suppress(OSError):
-            path.chmod(0o600)
+            self.path.chmod(0o600)
+        if new:
+            _write_home_marker(self.path.parent)
+
+    def _new_connection(self) -> sqlite3.Connection:
+        try:
+            if self.read_only:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30,
+                                       check_same_thread=False, isolation_level=None)
+                conn.execute("PRAGMA query_only=1")
+            else:
+                conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
+                                       isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, "open") from None
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._shared is not None:
+            if getattr(self, "_shared_db", None) is None:
+                self._shared_db = sqlite_utils.Database(self._shared)
+            return self._shared_db
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = self._new_connection()
+            with self._guard:
+                self._connections.append(conn)
+            db = self._local.db = sqlite_utils.Database(conn)
+        return db
 
     def close(self) -> None:
-        self.db.conn.close()
+        with self._guard:
+            connections, self._connections = self._connections, []
+        for conn in connections + ([self._shared] if self._shared else []):
+            with suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
 
-    # ------------------------------------------------------------------ plumbing
+    # ---------------------------------------------------------------- writing
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: two bkp processes never interleave a read-then-write."""
-        with self._lock:
-            conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
+        """An IMMEDIATE transaction: two bkp processes never interleave a read-then-write.
+        (sqlite-utils' atomic() begins a deferred transaction, which in WAL mode fails at
+        once instead of waiting when another process wrote after our first read.)
+
+        Re-entrant within a thread: a record and its audit event are written in one
+        transaction, so a killed process never leaves one without the other."""
+        if self.read_only:
+            raise CatalogError(f"internal error: a read-only command tried to write to "
+                               f"{self.path}")
+        conn = self.db.conn
+        if getattr(self._local, "depth", 0):
+            self._local.depth += 1
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            finally:
+                self._local.depth -= 1
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.path, "write to") from None
+        self._local.depth = 1
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise _explain(exc, self.path, "write to") from None
+        except BaseException:
+            _rollback(conn)
+            raise
+        finally:
+            self._local.depth = 0
+        try:
             conn.execute("COMMIT")
-
-    def _migrate(self) -> None:
-        with self.transaction():
-            if "_migrations" not in self.db.table_names():
-                self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name")
-            done = {row["name"] for row in self.db["_migrations"].rows}
-            for name, fn in MIGRATIONS:
-                if name not in done:
-                    fn(self.db)
-                    self.db["_migrations"].insert({"name": name, "applied_at": utc_now()})
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise _explain(exc, self.path, "write to") from None
 
     def applied_migrations(self) -> list[str]:
-        return [r["name"] for r in self.db.query("select name from _migrations order by name")]
+        return schema.applied_names(self.db)
 
-    # ------------------------------------------------------------------ runs
-
-    def open_run(self, tenant: str, kind: str, *, operator: str, trigger: str = "manual",
-                 slot: str | None = None, restic_version: str | None = None) -> int:
-        pid = os.getpid()
-        with self.transaction():
-            return self.db["runs"].insert({
-                "tenant": tenant, "kind": kind, "trigger": trigger, "slot": slot,
-                "status": "running", "started_at": utc_now(), "host": HOST, "pid": pid,
-                "pid_start": process_start_ticks(pid), "operator": operator,
-                "restic_version": restic_version,
-            }).last_pk
-
-    def close_run(self, run_id: int, status: str, **fields) -> dict:
-        with self.transaction():
-            row = self.db["runs"].get(run_id)
-            ended = utc_now()
-            duration = (parse_time(ended) - parse_time(row["started_at"])).total_seconds()
-            self.db["runs"].update(run_id, {"status": status, "ended_at": ended,
-                                            "duration_s": round(duration, 3), **fields})
-            return self.db["runs"].get(run_id)
-
-    def reap_interrupted(self) -> list[dict]:
-        """Close as `interrupted` the running rows of this host whose process is gone."""
-        reaped = []
-        with self.transaction():
-            rows = list(self.db["runs"].rows_where("status = 'running' and host = ?", [HOST]))
-            for row in rows:
-                if process_alive(row["pid"], row["pid_start"]):
-                    continue
-                self.db["runs"].update(row["id"], {
-                    "status": "interrupted", "ended_at": utc_now(),
-                    "error": f"bkp process {row['pid']} stopped before finishing "
-                             f"(killed, crashed or power loss)"})
-                reaped.append(self.db["runs"].get(row["id"]))
-        return reaped
-
-    def previous_run_interrupted(self, tenant: str, before_id: int) -> bool:
-        """Whether this tenant's last run before `before_id` died (it may have left a lock)."""
-        row = self.db.execute(
-            "select status from runs where tenant = ? and id < ? order by id desc limit 1",
-            [tenant, before_id]).fetchone()
-        return bool(row) and row[0] == "interrupted"
-
-    def last_backup_size(self, tenant: str) -> int | None:
-        """Bytes the tenant's last good backup read: the size a restore of it will write."""
-        row = self.db.execute(
-            "select bytes_processed from runs where tenant = ? and kind = 'backup' and "
-            "status = 'ok' and bytes_processed is not null order by id desc limit 1",
-            [tenant]).fetchone()
-        return row[0] if row else None
-
-    def runs(self, tenant: str | None = None, kind: str | None = None,
-             limit: int = 100) -> list[dict]:
-        where, args = _where(tenant=tenant, kind=kind)
-        return list(self.db["runs"].rows_where(where, args, order_by="id desc", limit=limit))
-
-    def last_run(self, tenant: str, kind: str, status: str | None = None) -> dict | None:
-        where, args = _where(tenant=tenant, kind=kind, status=status)
-        rows = list(self.db["runs"].rows_where(where, args, order_by="id desc", limit=1))
-        return rows[0] if rows else None
-
-    # ------------------------------------------------------------------ audit log
-
-    def append_audit(self, build: Callable[[int, str], dict]) -> dict:
-        """Insert the event that `build(seq, prev_hash)` returns, chained to the current head.
-
-        The head is read and the event written in one IMMEDIATE transaction, so concurrent
-        bkp processes cannot fork the chain.
-        """
-        with self.transaction() as conn:
-            head = conn.execute(
-                "select seq, hash from audit_log order by seq desc limit 1").fetchone()
-            seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
-            event = build(seq, prev_hash)
-            self.db["audit_log"].insert(event)
-            return event
-
-    def audit_events(self, tenant: str | None = None, since: str | None = None,
-                     action: str | None = None) -> list[dict]:
-        where, args = _where(tenant=tenant, action=action)
-        if since:
-            where = " and ".join(filter(None, [where, "time >= ?"]))
-            args.append(since)
-        return list(self.db["audit_log"].rows_where(where, args, order_by="seq"))
+    def table_counts(self) -> dict[str, int]:
+        return {name: self.db[name].count for name in self.db.table_names()}
 
 
-GENESIS_HASH = "0" * 64
+# -------------------------------------------------------------------- helpers
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with suppress(sqlite3.Error):
+        conn.execute("ROLLBACK")
 
 
-def _where(**filters) -> tuple[str | None, list]:
-    clauses, args = [], []
-    for key, value in filters.items():
-        if value is not None:
-            clauses.append(f"{key} = ?")
-            args.append(value)
-    return (" and ".join(clauses) or None), args
+def _refuse_newer(db: sqlite_utils.Database, path: Path) -> None:
+    unknown = schema.unknown_names(db)
+    if unknown:
+        raise CatalogError(f"the catalog {path} was written by a newer bkp (schema "
+                           f"{', '.join(unknown)} unknown here): upgrade bkp on this host")
 
 
-def as_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+def _refuse_missing_tables(db: sqlite_utils.Database, path: Path) -> None:
+    missing = schema.missing_tables(db)
+    if missing:
+        raise CatalogDamaged(f"the catalog {path} lacks its table(s) {', '.join(missing)}: it "
+                             f"was damaged or tampered with; restore it "
+                             f"(runbooks/disaster-recovery.md)")
 
 
-# ==================================================================== media register
-# Media, sanitizations, destructions and certificates (the decommission workflow).
-# Migrations here are numbered 0100 and up.
-
-MEDIA_TYPES = ("hdd", "ssd", "nvme", "usb", "tape", "optical", "other")
-# A medium's state is the state of its latest event; the events are its history.
-MEDIA_STATES = ("registered", "sanitizing", "sanitized", "failed", "aborted", "destroyed")
-
-
-@migration("0100_media_register")
-def _media_register(db: sqlite_utils.Database) -> None:
-    db["media"].create({
-        "serial": str, "type": str, "vendor": str, "model": str, "capacity": int,
-        "asset_tag": str, "tenant": str, "host": str, "registered_at": str,
-        "registered_by": str,
-    }, pk="serial", not_null={"type", "registered_at"})
-    db["media"].create_index(["tenant"])
-    db["media_events"].create({
-        "id": int, "serial": str, "time": str, "state": str, "record_id": int,
-        "operator": str, "reason": str,
-    }, pk="id", not_null={"serial", "time", "state"}, foreign_keys=[("serial", "media")])
-    db["media_events"].create_index(["serial", "id"])
+def _keep_copy(conn: sqlite3.Connection, path: Path, before: str) -> Path:
+    """A consistent copy of the catalog before it is migrated (SQLite's backup API)."""
+    copy = path.with_name(f"{path.name}.before-{before}")
+    target = sqlite3.connect(copy)
+    try:
+        conn.backup(target)
+    finally:
+        target.close()
+    copy.chmod(0o600)
+    return copy
 
 
-@migration("0101_sanitization_records")
-def _sanitization_records(db: sqlite_utils.Database) -> None:
-    # One id space for sanitizations and destructions: `bkp certificate RECORD_ID` needs no
-    # kind to find a record.
-    db["records"].create({"id": int, "kind": str, "serial": str, "created_at": str},
-                         pk="id", not_null={"kind", "serial", "created_at"},
-                         foreign_keys=[("serial", "media")])
-    db["sanitizations"].create({
-        "id": int, "serial": str, "device": str, "device_kind": str, "device_serial": str,
-        "device_model": str, "method": str, "category": str, "passes": str,
-        "verify_mode": str, "stream_seed": str, "sample_seed": str, "sample_plan": str,
-        "result": str, "size": int, "bytes_written": int, "bytes_verified": int,
-        "mismatches": int, "io_errors": int, "hash": str, "started_at": str,
-        "ended_at": str, "duration_s": float, "throughput_bps": float, "operator": str,
-        "witness": str, "organization": str, "tool_version": str, "hardware_command": str,
-        "destination_after": str, "classification": str, "backup": str, "notes": str,
-        "error": str, "host": str, "pid": int, "pid_start": int,
-    }, pk="id", not_null={"serial", "method", "result", "started_at"},
-        foreign_keys=[("id", "records"), ("serial", "media")])
-    db["sanitizations"].create_index(["result"])
-    db["destructions"].create({
-        "id": int, "serial": str, "method": str, "category": str, "witness": str,
-        "operator": str, "organization": str, "performed_at": str, "evidence": str,
-        "hash": str, "destination_after": str, "notes": str, "host": str,
-    }, pk="id", not_null={"serial", "method", "witness", "performed_at", "hash"},
-        foreign_keys=[("id", "records"), ("serial", "media")])
-    db["certificates"].create({
-        "id": int, "record_id": int, "issued_at": str, "payload": str, "signature": str,
-        "key_fingerprint": str, "public_key": str, "audit_seq": int, "audit_hash": str,
-    }, pk="id", not_null={"record_id", "issued_at", "payload", "signature"},
-        foreign_keys=[("record_id", "records")])
-    db["certificates"].create_index(["record_id"])
+@contextmanager
+def _migration_lock(path: Path):
+    """Two bkp processes upgrading one catalog at once would both try each migration."""
+    lock = path.with_name(f".{path.name}.migrate.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
-def add_medium(catalog: Catalog, medium: dict, operator: str) -> dict | None:
-    """Register a medium; None when its serial is already in the register."""
-    with catalog.transaction():
-        if catalog.db["media"].count_where("serial = ?", [medium["serial"]]):
-            return None
-        now = utc_now()
-        catalog.db["media"].insert({**medium, "registered_at": now, "registered_by": operator})
-        catalog.db["media_events"].insert({"serial": medium["serial"], "time": now,
-                                           "state": "registered", "operator": operator})
-    return get_medium(catalog, medium["serial"])
+def _write_home_marker(home: Path) -> None:
+    with suppress(OSError):
+        marker = home / HOME_MARKER
+        if not marker.exists():
+            marker.write_text(json.dumps({"catalog_id": str(uuid.uuid4()),
+                                          "created": utc_now(), "host": HOST}) + "\n")
+            marker.chmod(0o600)
 
 
-def add_media_event(catalog: Catalog, serial: str, state: str, operator: str,
-                    record_id: int | None = None, reason: str | None = None) -> None:
-    with catalog.transaction():
-        catalog.db["media_events"].insert({"serial": serial, "time": utc_now(), "state": state,
-                                           "record_id": record_id, "operator": operator,
-                                           "reason": reason})
+def home_was_used(home: Path) -> list[str]:
+    """Signs that bkp worked in `home` before: a catalog missing there was lost, not new."""
+    signs = []
+    if (home / HOME_MARKER).exists():
+        signs.append(f"{HOME_MARKER} (written when the catalog was created)")
+    if (home / f"{CATALOG_FILE}-wal").exists():
+        signs.append(f"{CATALOG_FILE}-wal")
+    for folder in ("keys", "reports", "certificates"):
+        with suppress(OSError):
+            if (home / folder).is_dir() and any((home / folder).iterdir()):
+                signs.append(f"{folder}/")
+    return signs
 
 
-_MEDIA_WITH_STATE = """
-select m.*, e.state as state, e.time as state_since from media m
-join media_events e on e.id = (select max(id) from media_events where serial = m.serial)
-"""
+def check_home(home: Path) -> None:
+    """BKP_HOME exists (or is created), is a writable directory, and has room."""
+    if home.exists() and not home.is_dir():
+        raise CatalogError(f"BKP_HOME {home} is not a directory; set --home or BKP_HOME to "
+                           f"bkp's state directory")
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatalogError(f"cannot create BKP_HOME {home}: {exc.strerror or exc}; create it "
+                           f"(mode 0700) or set --home") from None
+    try:
+        usage = os.statvfs(home)
+    except OSError as exc:
+        raise CatalogError(f"cannot read BKP_HOME {home}: {exc.strerror or exc}") from None
+    if usage.f_flag & os.ST_RDONLY or not os.access(home, os.W_OK):
+        raise CatalogError(f"BKP_HOME {home} is read-only: bkp must record what it does; "
+                           f"remount it read-write or set --home")
+    free = usage.f_bavail * usage.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise CatalogError(f"BKP_HOME {home} is full ({free >> 10} KiB free): bkp cannot "
+                           f"record tonight's work; free space there, then re-run")
 
 
-def get_medium(catalog: Catalog, serial: str) -> dict | None:
-    rows = list(catalog.db.query(_MEDIA_WITH_STATE + " where m.serial = ?", [serial]))
-    return rows[0] if rows else None
-
-
-def list_media(catalog: Catalog, state: str | None = None,
-               tenant: str | None = None) -> list[dict]:
-    clauses, args = [], []
-    if state:
-        clauses.append("e.state = ?")
-        args.append(state)
-    if tenant:
-        clauses.append("m.tenant = ?")
-        args.append(tenant)
-    where = (" where " + " and ".join(clauses)) if clauses else ""
-    return list(catalog.db.query(_MEDIA_WITH_STATE + where + " order by m.registered_at, "
-                                 "m.serial", args))
-
-
-def media_history(catalog: Catalog, serial: str) -> list[dict]:
-    return list(catalog.db["media_events"].rows_where("serial = ?", [serial], order_by="id"))
-
-
-def open_sanitization(catalog: Catalog, record: dict) -> int:
-    """Open a `running` sanitization with this process's identity, so a dead one is found."""
-    pid = os.getpid()
-    with catalog.transaction():
-        now = utc_now()
-        record_id = catalog.db["records"].insert({
-            "kind": "sanitization", "serial": record["serial"], "created_at": now}).last_pk
-        catalog.db["sanitizations"].insert({
-            **record, "id": record_id, "result": "running", "started_at": now, "host": HOST,
-            "pid": pid, "pid_start": process_start_ticks(pid)})
-        catalog.db["media_events"].insert({"serial": record["serial"], "time": now,
-                                           "state": "sanitizing", "record_id": record_id,
-                                           "operator": record.get("operator")})
-    return record_id
-
-
-def close_sanitization(catalog: Catalog, record_id: int, result: str,
-                       medium_state: str, **fields) -> dict | None:
-    """Close a running sanitization; None when it was already closed (records are closed
-    once and never rewritten)."""
-    with catalog.transaction():
-        row = catalog.db["sanitizations"].get(record_id)
-        if row["result"] != "running":
-            return None
-        ended = utc_now()
-        duration = (parse_time(ended) - parse_time(row["started_at"])).total_seconds()
-        catalog.db["sanitizations"].update(record_id, {
-            **fields, "result": result, "ended_at": ended, "duration_s": round(duration, 3)})
-        catalog.db["media_events"].insert({"serial": row["serial"], "time": ended,
-                                           "state": medium_state, "record_id": record_id,
-                                           "operator": row["operator"],
-                                           "reason": fields.get("error")})
-    return catalog.db["sanitizations"].get(record_id)
-
-
-def note_sample_plan(catalog: Catalog, record_id: int, sample_plan: str) -> None:
-    """The sample plan is known once the wipe is done; recorded before it is read."""
-    with catalog.transaction():
-        row = catalog.db["sanitizations"].get(record_id)
-        if row["result"] == "running":
-            catalog.db["sanitizations"].update(record_id, {"sample_plan": sample_plan})
-
-
-def abandoned_sanitizations(catalog: Catalog) -> list[dict]:
-    """Running sanitizations of this host whose process is gone (killed, crash, power)."""
-    rows = catalog.db["sanitizations"].rows_where("result = 'running' and host = ?", [HOST])
-    return [row for row in rows if not process_alive(row["pid"], row["pid_start"])]
-
-
-def get_sanitization(catalog: Catalog, record_id: int) -> dict | None:
-    rows = list(catalog.db["sanitizations"].rows_where("id = ?", [record_id]))
-    return rows[0] if rows else None
-
-
-def add_destruction(catalog: Catalog, record: dict) -> int:
-    with catalog.transaction():
-        now = utc_now()
-        record_id = catalog.db["records"].insert({
-            "kind": "destruction", "serial": record["serial"], "created_at": now}).last_pk
-        catalog.db["destructions"].insert({**record, "id": record_id, "host": HOST})
-        catalog.db["media_events"].insert({"serial": record["serial"], "time": now,
-                                           "state": "destroyed", "record_id": record_id,
-                                           "operator": record.get("operator")})
-    return record_id
-
-
-def get_destruction(catalog: Catalog, record_id: int) -> dict | None:
-    rows = list(catalog.db["destructions"].rows_where("id = ?", [record_id]))
-    return rows[0] if rows else None
-
-
-def get_record(catalog: Catalog, record_id: int) -> dict | None:
-    rows = list(catalog.db["records"].rows_where("id = ?", [record_id]))
-    return rows[0] if rows else None
-
-
-def add_certificate(catalog: Catalog, build: Callable[[int], dict]) -> dict:
-    """Insert the certificate that `build(certificate_id)` returns. The id is part of the
-    signed content, so it is taken and used in one transaction: two bkp processes never
-    sign the same number."""
-    with catalog.transaction() as conn:
-        certificate_id = conn.execute(
-            "select coalesce(max(id), 0) + 1 from certificates").fetchone()[0]
-        row = build(certificate_id)
-        catalog.db["certificates"].insert({**row, "id": certificate_id})
-    return catalog.db["certificates"].get(certificate_id)
-
-
-def latest_certificate(catalog: Catalog, record_id: int) -> dict | None:
-    rows = list(catalog.db["certificates"].rows_where("record_id = ?", [record_id],
-                                                      order_by="id desc", limit=1))
-    return rows[0] if rows else None
-
-
-def audit_event(catalog: Catalog, seq: int) -> dict | None:
-    rows = list(catalog.db["audit_log"].rows_where("seq = ?", [seq]))
-    return rows[0] if rows else None
+def open_for_work(home: Path) -> Catalog:
+    """The catalog of a command that acts: BKP_HOME checked, schema current. A catalog that
+    vanished from a BKP_HOME bkp has worked in is not silently replaced by an empty one."""
+    check_home(home)
+    path = home / CATALOG_FILE
+    if not path.exists():
+        signs = home_was_used(home)
+        if signs:
+            raise CatalogMissing(
+                f"the catalog {path} is missing, but BKP_HOME holds bkp's records "
+                f"({', '.join(signs)}): it was lost or moved. Bring it back (`bkp evidence "
+                f"recover`, runbooks/disaster-recovery.md), or start a new one knowingly "
+                f"with `bkp catalog init`")
+    return Catalog(path)

@@ -47,42 +47,53 @@ class State:
 
         self.settings = resolve(policies, home, operator)
         self.verbose = verbose
-        self._catalog = None
-
-    @property
-    def catalog(self):
-        if self._catalog is None:
-            from bkp.catalog import Catalog
-
-            self._catalog = Catalog(self.settings.catalog_path)
-            for row in self._catalog.reap_interrupted():
-                say(f"note: {row['kind']} of {row['tenant']} started {row['started_at']} "
-                    f"was interrupted; recorded as such")
-                self.context().audit(row["kind"], "interrupted", row["tenant"],
-                                     run_id=row["id"], started_at=row["started_at"],
-                                     started_by=row["operator"], pid=row["pid"],
-                                     error=row["error"])
-            self._reap_sanitizations()
-        return self._catalog
-
-    def _reap_sanitizations(self) -> None:
-        """A wipe whose process died reads `aborted` in every command, not only media ones."""
-        from bkp import catalog
-
-        if not catalog.abandoned_sanitizations(self._catalog):
-            return
-        from bkp.media.sanitize import reap_abandoned
-
-        for row in reap_abandoned(self.context()):
-            say(f"note: sanitization {row['id']} of {row['serial']} started "
-                f"{row['started_at']} never finished (its process is gone); recorded as "
-                f"aborted")
+        self._work = None  # Context of a command that acts
+        self._reader = None  # read-only Catalog of a command that only reads
+        self.catalog_note: str | None = None
 
     def context(self, progress: bool = False):
+        """The context of a command that acts: the catalog opened for work, and what died
+        with an earlier bkp process closed first (interrupted runs, aborted wipes)."""
+        from bkp.context import Context, recover_dead_work
+
+        if self._work is None:
+            from bkp.catalog import open_for_work
+
+            self._work = Context(self.settings, open_for_work(self.settings.home))
+            for note in recover_dead_work(self._work):
+                say(f"note: {note}")
+        show = say if progress else None
+        return Context(self.settings, self._work.catalog, progress=_throttled(show))
+
+    def reader(self):
+        """The catalog of a command that only reads: opened read-only, never migrated or
+        reaped. Where none exists, an empty one in memory, with a note that says why."""
+        from bkp.catalog import Catalog, CatalogMissing, home_was_used
+
+        if self._reader is None:
+            try:
+                self._reader = Catalog.read_only(self.settings.catalog_path)
+            except CatalogMissing:
+                signs = home_was_used(self.settings.home)
+                self.catalog_note = (
+                    f"the catalog {self.settings.catalog_path} is missing although BKP_HOME "
+                    f"holds bkp's records ({', '.join(signs)}): it was lost; see "
+                    f"runbooks/disaster-recovery.md" if signs else
+                    f"no catalog yet at {self.settings.catalog_path}: nothing recorded")
+                say(f"note: {self.catalog_note}")
+                self._reader = Catalog.empty()
+        return self._reader
+
+    def bare_context(self):
+        """For commands that touch no record at all (they read a repository)."""
         from bkp.context import Context
 
-        show = say if progress else None
-        return Context(self.settings, self.catalog, progress=_throttled(show))
+        return Context(self.settings, None)
+
+    def read_context(self):
+        from bkp.context import Context
+
+        return Context(self.settings, self.reader())
 
     def select(self, tenants: tuple[str, ...], all_: bool):
         """Policies to work on, and an Outcome per invalid policy (exit 3) among them."""
@@ -285,7 +296,7 @@ def snapshots(state, tenant, as_json):
     """List a tenant's snapshots, read from its repository (the truth about backups)."""
     from bkp.tenants.snapshots import list_snapshots
 
-    items = list_snapshots(state.context(), state.one_policy(tenant))
+    items = list_snapshots(state.bare_context(), state.one_policy(tenant))
 
     def human():
         if not items:
@@ -473,8 +484,9 @@ def status(state, tenants, as_json):
     from bkp.tenants.status import invalid_status, tenant_status
 
     policies, broken = state.select(tenants, not tenants)
-    rows = [tenant_status(state.catalog, p) for p in policies]
-    rows += [invalid_status(state.catalog, b.tenant, b.data["error"]) for b in broken]
+    catalog = state.reader()
+    rows = [tenant_status(catalog, p) for p in policies]
+    rows += [invalid_status(catalog, b.tenant, b.data["error"]) for b in broken]
 
     def human():
         _print_status(rows)
@@ -528,7 +540,7 @@ def audit():
 @pass_state
 def audit_log(state, tenant, since, as_json):
     """The audit trail: who did what, to which tenant, when (UTC)."""
-    events = state.catalog.audit_events(tenant=tenant, since=_since(since))
+    events = state.reader().audit_events(tenant=tenant, since=_since(since))
     for e in events:
         e["details"] = json.loads(e["details"] or "{}")
 
@@ -562,10 +574,14 @@ def _since(text: str | None) -> str | None:
 @json_option
 @pass_state
 def audit_verify(state, anchor, as_json):
-    """Recompute the audit chain; exit 5 when any event was changed, inserted or removed."""
-    from bkp.evidence.audit import verify_chain
+    """Recompute the audit chain and check every record has its event in it; exit 5 when
+    any event was changed, inserted or removed, or the trail itself is missing or broken."""
+    from bkp.evidence.audit import ChainReport, verify_trail
 
-    report = verify_chain(state.catalog.audit_events(), anchor)
+    try:
+        report = verify_trail(_trail_catalog(state), anchor)
+    except BkpError as exc:  # no trail to verify is not an intact trail
+        report = ChainReport(False, 0, "", [str(exc)], False if anchor else None)
 
     def human():
         if report.valid:
@@ -579,6 +595,17 @@ def audit_verify(state, anchor, as_json):
     return 0 if report.valid else 5
 
 
+def _trail_catalog(state):
+    """The catalog whose trail is checked: read-only, and never an empty stand-in."""
+    from bkp.catalog import Catalog, CatalogMissing
+
+    try:
+        return Catalog.read_only(state.settings.catalog_path)
+    except CatalogMissing:
+        raise CatalogMissing(f"there is no catalog at {state.settings.catalog_path}, so no "
+                             f"audit trail: it was lost or this is the wrong BKP_HOME") from None
+
+
 @audit.command("head")
 @json_option
 @pass_state
@@ -586,7 +613,7 @@ def audit_head(state, as_json):
     """Print the current head hash; keep it to check later that nothing was cut off."""
     from bkp.evidence.audit import verify_chain
 
-    report = verify_chain(state.catalog.audit_events())
+    report = verify_chain(_trail_catalog(state).audit_events())
     emit({"head": report.head, "events": report.events}, as_json,
          lambda: click.echo(report.head))
     return 0

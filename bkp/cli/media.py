@@ -28,7 +28,7 @@ def say(message: str) -> None:
 
 
 def media_context(state, progress: bool = False):
-    """The action context; opening the catalog (State.catalog) has already closed the
+    """The context of a media command that acts; State.context() has already closed the
     sanitizations whose process died as `aborted`."""
     return state.context(progress=progress)
 
@@ -93,7 +93,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
         """The register with each medium's current state."""
         from bkp.media.register import list_media, media_csv
 
-        media_rows = list_media(media_context(state), state=state_, tenant=tenant)
+        media_rows = list_media(state.read_context(), state=state_, tenant=tenant)
         if as_csv and not as_json:
             click.echo(media_csv(media_rows), nl=False)
             return 0
@@ -108,7 +108,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
         """One medium with its history of states."""
         from bkp.media.register import show_medium
 
-        medium = show_medium(media_context(state), serial)
+        medium = show_medium(state.read_context(), serial)
 
         def human():
             for key in ("serial", "type", "vendor", "model", "capacity", "asset_tag", "tenant",
@@ -135,7 +135,7 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
         """The register as CSV for auditors."""
         from bkp.media.register import list_media, media_csv
 
-        text = media_csv(list_media(media_context(state), state=state_, tenant=tenant))
+        text = media_csv(list_media(state.read_context(), state=state_, tenant=tenant))
         if output:
             output.write_text(text)
         else:
@@ -290,7 +290,7 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         from bkp.evidence import certificates as certs
         from bkp.evidence.certify import certificate_document
 
-        document = certificate_document(media_context(state), record_id)
+        document = certificate_document(state.read_context(), record_id)
         fmt = "json" if as_json else fmt
         if fmt == "pdf":
             content = certs.render_pdf(document)
@@ -327,7 +327,7 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         from bkp.evidence.certify import verify_certificate
 
         # An auditor checking a signature offline needs no catalog: none is created.
-        ctx = Context(state.settings, None) if no_audit else media_context(state)
+        ctx = Context(state.settings, None) if no_audit else state.read_context()
         report = verify_certificate(ctx, file.read_bytes(), public_key,
                                     check_audit=not no_audit)
 

@@ -77,3 +77,67 @@ def verify_chain(events: list[dict], anchor: str | None = None) -> ChainReport:
             problems.append(f"anchor {anchor[:16]}… is not in the log (events removed from "
                             f"the end, or the log was rebuilt)")
     return ChainReport(not problems, len(events), prev_hash, problems, anchor_found)
+
+
+# Which event records the end of each kind of record, and the detail that names it.
+def _expected_events(catalog: Catalog) -> list[tuple[str, str, int, str | None, str]]:
+    """(action, detail key, record id, outcome or None, what) for every closed record."""
+    from bkp import catalog as cat
+
+    expected = []
+    for run in catalog.closed_runs():
+        if run.get("source") == "repository":
+            continue  # rebuilt by `bkp catalog sync`; that sync has its own event
+        expected.append((run["kind"], "run_id", run["id"], run["status"],
+                         f"{run['kind']} run {run['id']} of {run['tenant']} "
+                         f"({run['status']}, {run['started_at']})"))
+    for row in cat.closed_sanitizations(catalog):
+        expected.append(("sanitize", "record_id", row["id"], row["result"],
+                         f"sanitization {row['id']} of {row['serial']} ({row['result']})"))
+    for row in cat.all_destructions(catalog):
+        expected.append(("destroy", "record_id", row["id"], None,
+                         f"destruction {row['id']} of {row['serial']}"))
+    for row in cat.all_certificates(catalog):
+        expected.append(("certificate.issue", "certificate_id", row["id"], None,
+                         f"certificate {row['id']} of record {row['record_id']}"))
+    return expected
+
+
+def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
+    """Records in the catalog whose closing event is not in the trail: events were removed
+    (a trail shorter than the work it records), or a record was forged without one."""
+    import json
+
+    outcomes: dict[tuple[str, str, int], set[str]] = {}
+    for event in events:
+        try:
+            details = json.loads(event.get("details") or "{}")
+        except ValueError:
+            continue  # a changed event; the chain check names it
+        if not isinstance(details, dict):
+            continue
+        for key in ("run_id", "record_id", "certificate_id"):
+            if isinstance(details.get(key), int):
+                outcomes.setdefault((event["action"], key, details[key]), set()).add(
+                    event["outcome"])
+    problems = []
+    for action, key, record_id, outcome, what in _expected_events(catalog):
+        seen = outcomes.get((action, key, record_id))
+        if seen is None:
+            problems.append(f"{what} has no event in the audit trail: events were removed, "
+                            f"or the record was added without one")
+        elif outcome is not None and outcome not in seen:
+            problems.append(f"{what}: the audit trail records it as {', '.join(sorted(seen))}"
+                            f", the catalog as {outcome}")
+    return problems
+
+
+def verify_trail(catalog: Catalog, anchor: str | None = None) -> ChainReport:
+    """The chain, the anchor, and every record's event in the chain."""
+    events = catalog.audit_events()
+    report = verify_chain(events, anchor)
+    extra = record_problems(catalog, events)
+    if extra:
+        report.problems += extra
+        report.valid = False
+    return report

@@ -56,18 +56,19 @@ def destroy(ctx: Context, serial: str, method: str, witness: str,
     if not witness or not witness.strip():
         raise UsageError("--witness is required: the person who saw the medium destroyed")
     evidence = _hash_evidence(evidence_files)
-    record_id = cat.add_destruction(ctx.catalog, {
-        "serial": medium["serial"], "method": method, "category": "Destroy",
-        "witness": witness.strip(), "operator": ctx.settings.operator,
-        "organization": organization, "performed_at": cat.utc_now(),
-        "evidence": json.dumps([{"name": n, "sha256": h} for n, h in evidence]),
-        "hash": evidence_hash(evidence) if evidence else hashlib.sha256(b"").hexdigest(),
-        "destination_after": "destroyed", "notes": notes})
+    with ctx.catalog.transaction():  # the record and its event, or neither
+        record_id = cat.add_destruction(ctx.catalog, {
+            "serial": medium["serial"], "method": method, "category": "Destroy",
+            "witness": witness.strip(), "operator": ctx.settings.operator,
+            "organization": organization, "performed_at": cat.utc_now(),
+            "evidence": json.dumps([{"name": n, "sha256": h} for n, h in evidence]),
+            "hash": evidence_hash(evidence) if evidence else hashlib.sha256(b"").hexdigest(),
+            "destination_after": "destroyed", "notes": notes})
+        record = cat.get_destruction(ctx.catalog, record_id)
+        ctx.audit("destroy", "destroyed", medium.get("tenant"), record_id=record_id,
+                  serial=medium["serial"], method=method, witness=record["witness"],
+                  hash=record["hash"], evidence=[n for n, _ in evidence])
     _keep_evidence(ctx, record_id, evidence_files)
-    record = cat.get_destruction(ctx.catalog, record_id)
-    ctx.audit("destroy", "destroyed", medium.get("tenant"), record_id=record_id,
-              serial=medium["serial"], method=method, witness=record["witness"],
-              hash=record["hash"], evidence=[n for n, _ in evidence])
     certificate = issue_certificate(ctx, record_id)
     return {"record_id": record_id, "serial": medium["serial"], "method": method,
             "category": "Destroy", "witness": record["witness"],

@@ -46,12 +46,22 @@ def find_medium(ctx: Context, serial: str) -> dict:
 
 
 def show_medium(ctx: Context, serial: str) -> dict:
-    medium = find_medium(ctx, serial)
+    medium = _as_it_is(ctx, [find_medium(ctx, serial)])[0]
     return {**medium, "history": cat.media_history(ctx.catalog, medium["serial"])}
 
 
 def list_media(ctx: Context, state: str | None = None, tenant: str | None = None) -> list[dict]:
-    return cat.list_media(ctx.catalog, state=state, tenant=tenant)
+    media = _as_it_is(ctx, cat.list_media(ctx.catalog, tenant=tenant))
+    return [m for m in media if state is None or m["state"] == state]
+
+
+def _as_it_is(ctx: Context, media: list[dict]) -> list[dict]:
+    """A wipe whose process died reads `aborted` at once, although only the next command
+    that acts records it: reading never writes, and never shows a dead wipe as running."""
+    dead = {row["serial"] for row in cat.abandoned_sanitizations(ctx.catalog)}
+    return [{**m, "state": "aborted",
+             "state_note": "its process is gone; the next bkp command that acts records it"}
+            if m["state"] == "sanitizing" and m["serial"] in dead else m for m in media]
 
 
 def media_csv(media: list[dict]) -> str:

@@ -190,7 +190,6 @@ def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = N
              between_phases: Hook | None = None) -> Outcome:
     """Check, confirm, wipe, verify, record and certify one medium."""
     _validate_request(request)
-    reap_abandoned(ctx)
     plan = preflight(ctx, request)
     if not request.confirmed and not (confirm and confirm(plan)):
         _refuse(ctx, request, "not confirmed: type the serial when asked, or give --yes for "
@@ -407,14 +406,16 @@ def _close(ctx, record_id, result, state, started, readback: wipe.ReadBack | Non
         fields.update(hash=readback.hash, bytes_verified=readback.bytes_read,
                       mismatches=readback.mismatched_blocks)
     medium_state = {"erased": "sanitized"}.get(result, result)
-    row = cat.close_sanitization(ctx.catalog, record_id, result, medium_state, **fields)
-    if row is None:  # another bkp process closed it as abandoned meanwhile: keep its verdict
-        raise OperationError(f"sanitization {record_id} was closed by another bkp process")
-    ctx.audit("sanitize", result, _tenant_of(ctx, row["serial"]), record_id=record_id,
-              serial=row["serial"], device=row["device"], method=row["method"],
-              verify=row["verify_mode"], hash=row["hash"], bytes=row["size"],
-              bytes_written=row["bytes_written"], bytes_verified=row["bytes_verified"],
-              mismatches=row["mismatches"], io_errors=row["io_errors"], error=error)
+    with ctx.catalog.transaction():  # the record and its event, or neither
+        row = cat.close_sanitization(ctx.catalog, record_id, result, medium_state, **fields)
+        if row is None:  # another bkp process closed it as abandoned meanwhile: keep that
+            raise OperationError(f"sanitization {record_id} was closed by another bkp "
+                                 f"process")
+        ctx.audit("sanitize", result, _tenant_of(ctx, row["serial"]), record_id=record_id,
+                  serial=row["serial"], device=row["device"], method=row["method"],
+                  verify=row["verify_mode"], hash=row["hash"], bytes=row["size"],
+                  bytes_written=row["bytes_written"], bytes_verified=row["bytes_verified"],
+                  mismatches=row["mismatches"], io_errors=row["io_errors"], error=error)
     return row
 
 
@@ -496,22 +497,3 @@ def _policy_of(ctx: Context, tenant: str):
         return load_policy(ctx.settings.policies, tenant)
     except (PolicyError, OSError):
         return None  # the bench may have no policies; the certificate then says less
-
-
-# ---------------------------------------------------------------- interrupted processes
-
-def reap_abandoned(ctx: Context) -> list[dict]:
-    """Close as `aborted` the sanitizations whose bkp process died (SIGKILL, crash, power):
-    a wipe that did not finish must never read as running, let alone as erased."""
-    reaped = []
-    for row in cat.abandoned_sanitizations(ctx.catalog):
-        error = (f"bkp process {row['pid']} stopped before the wipe finished (killed, "
-                 f"crashed or power loss)")
-        closed = cat.close_sanitization(ctx.catalog, row["id"], "aborted", "aborted",
-                                        error=error)
-        if closed is not None:  # None: another process reaped it first
-            ctx.audit("sanitize", "aborted", _tenant_of(ctx, row["serial"]),
-                      record_id=row["id"], serial=row["serial"], device=row["device"],
-                      method=row["method"], error=error, reaped=True)
-            reaped.append(closed)
-    return reaped

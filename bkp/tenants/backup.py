@@ -85,11 +85,12 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
 def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fields: dict,
            restic: Restic | None) -> Outcome:
     status = "ok" if error is None else "interrupted" if stopping.is_set() else "failed"
-    row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
-                                restic_calls=restic.calls if restic else 0, **fields)
-    ctx.audit("backup", status, policy.tenant, run_id=run_id,
-              snapshot_id=row["snapshot_id"], files=row["files"],
-              bytes_added=row["bytes_added"], error=row["error"])
+    with ctx.catalog.transaction():  # the record and its event, or neither
+        row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
+                                    restic_calls=restic.calls if restic else 0, **fields)
+        ctx.audit("backup", status, policy.tenant, run_id=run_id,
+                  snapshot_id=row["snapshot_id"], files=row["files"],
+                  bytes_added=row["bytes_added"], error=row["error"])
     data = {"tenant": policy.tenant, "status": status, "snapshot_id": row["snapshot_id"],
             "files": row["files"], "bytes_added": row["bytes_added"],
             "duration_s": row["duration_s"], "error": row["error"], "run_id": run_id,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from croniter import croniter
 
-from bkp.catalog import Catalog, as_json
+from bkp.catalog import as_json
 from bkp.context import Context, Outcome, interrupt, locked, stopping
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, VerificationError
@@ -189,7 +189,7 @@ def remove_stale_scratch(ctx: Context) -> None:
         return
     for folder in root.iterdir():
         match = re.fullmatch(r"drill-.+-(\d+)", folder.name)
-        row = ctx.catalog.db["runs"].get(int(match.group(1))) if match else None
+        row = ctx.catalog.get_run(int(match.group(1))) if match else None
         if row is None or row["status"] != "running":
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -267,7 +267,7 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
     result.sample_checked, result.sample_skipped, problems = compare_sample(sample, scratch)
     result.problems += problems
 
-    result.subset = next_subset(_previous_subset(ctx.catalog, policy.tenant),
+    result.subset = next_subset(ctx.catalog.previous_drill_subset(policy.tenant),
                                 drills_per_year(policy.schedule.drill, datetime.now(UTC)))
     _progress(ctx, policy, f"checking the repository, pack subset {result.subset}")
     check = restic.check(result.subset)
@@ -328,13 +328,6 @@ def _raise_if_operational(done, restic: Restic, policy: Policy, action: str) -> 
         raise restic.failure(done, action).exception()
 
 
-def _previous_subset(catalog: Catalog, tenant: str) -> str | None:
-    row = catalog.db.execute(
-        "select subset from runs where tenant = ? and kind = 'drill' and subset is not null "
-        "and status in ('passed', 'failed') order by id desc limit 1", [tenant]).fetchone()
-    return row[0] if row else None
-
-
 def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
            error: BkpError | None, restic: Restic | None) -> Outcome:
     if error is not None:
@@ -344,29 +337,36 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
     else:
         status, code = "passed", 0
     problems = [p.to_json() for p in result.problems]
-    row = ctx.catalog.close_run(
-        run_id, status, snapshot_id=result.snapshot_id, files=result.files_checked,
-        files_checked=result.files_checked, bytes_restored=result.bytes_restored,
-        subset=result.subset, problems=as_json(problems), sample_checked=result.sample_checked,
-        sample_skipped=result.sample_skipped, rto_minutes=policy.drill.rto_minutes,
-        error=str(error) if error else None, restic_calls=restic.calls if restic else 0)
-    # CLI.md's status is passed|failed; `result` says why a drill did not pass (found
-    # problems, could not run, interrupted).
-    data = {"tenant": policy.tenant, "status": "passed" if status == "passed" else "failed",
-            "result": status, "snapshot_id": result.snapshot_id,
-            "files_checked": result.files_checked, "bytes_restored": result.bytes_restored,
-            "duration_s": row["duration_s"], "problems": problems, "run_id": run_id,
-            "snapshot_time": result.snapshot_time, "subset_read": result.subset,
-            "sample_checked": result.sample_checked, "sample_skipped": result.sample_skipped,
-            "restore_s": result.restore_s, "rto_minutes": policy.drill.rto_minutes,
-            "error": str(error) if error else None}
     from bkp.tenants.drill_report import write_report
 
-    data["report"] = str(write_report(ctx, policy, data))
-    ctx.catalog.db["runs"].update(run_id, {"report": data["report"]})
-    ctx.audit("drill", status, policy.tenant, run_id=run_id, snapshot_id=result.snapshot_id,
-              files_checked=result.files_checked, subset=result.subset,
-              problems=len(problems), error=data["error"], report=data["report"])
+    with ctx.catalog.transaction():  # the record, its report and its event, or none
+        row = ctx.catalog.close_run(
+            run_id, status, snapshot_id=result.snapshot_id, files=result.files_checked,
+            files_checked=result.files_checked, bytes_restored=result.bytes_restored,
+            subset=result.subset, problems=as_json(problems),
+            sample_checked=result.sample_checked, sample_skipped=result.sample_skipped,
+            rto_minutes=policy.drill.rto_minutes, error=str(error) if error else None,
+            restic_calls=restic.calls if restic else 0)
+        # CLI.md's status is passed|failed; `result` says why a drill did not pass (found
+        # problems, could not run, interrupted).
+        data = {"tenant": policy.tenant, "status": "passed" if status == "passed" else "failed",
+                "result": status, "snapshot_id": result.snapshot_id,
+                "files_checked": result.files_checked, "bytes_restored": result.bytes_restored,
+                "duration_s": row["duration_s"], "problems": problems, "run_id": run_id,
+                "number": ctx.catalog.drill_number(policy.tenant, run_id),
+                "snapshot_time": result.snapshot_time, "subset_read": result.subset,
+                "sample_checked": result.sample_checked,
+                "sample_skipped": result.sample_skipped, "restore_s": result.restore_s,
+                "rto_minutes": policy.drill.rto_minutes, "error": str(error) if error else None,
+                "restic_version": row["restic_version"],
+                "repository": restic.repo.label if restic else None}
+        report, digest = write_report(ctx, policy, data)
+        data["report"], data["report_sha256"] = str(report), digest
+        ctx.catalog.update_run(run_id, report=data["report"])
+        ctx.audit("drill", status, policy.tenant, run_id=run_id,
+                  snapshot_id=result.snapshot_id, files_checked=result.files_checked,
+                  subset=result.subset, problems=len(problems), error=data["error"],
+                  report=data["report"], report_sha256=digest)
     return Outcome(policy.tenant, code, data)
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from bkp.catalog import utc_now
+from bkp import __version__
+from bkp.catalog import HOST, utc_now
 from bkp.context import Context
 from bkp.policy import Policy
 
 
-def report_path(ctx: Context, tenant: str, run_id: int) -> Path:
+def report_path(ctx: Context, tenant: str, number: int, run_id: int) -> Path:
     folder = ctx.settings.home / "reports" / "drills" / tenant
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return folder / f"drill-{run_id:06d}.md"
+    return folder / f"drill-{number:04d}-run-{run_id:06d}.md"
 
 
 def render_report(policy: Policy, data: dict, operator: str, written: str) -> str:
@@ -24,9 +26,12 @@ def render_report(policy: Policy, data: dict, operator: str, written: str) -> st
            if restore_s is not None else "not reached")
     sample = ("every file" if policy.drill.sample == 0 else f"{policy.drill.sample} files")
     lines = [
-        f"# Restore drill {data['run_id']}: {policy.tenant}: {verdict}",
+        f"# Restore drill {data['number']} of {policy.tenant}: {verdict}",
         "",
-        f"- Written: {written} (UTC), operator: {operator}",
+        f"- Written: {written} (UTC) on host {HOST}, operator: {operator}; catalog run "
+        f"{data['run_id']}",
+        f"- Tools: bkp {__version__}, restic {data.get('restic_version') or 'unknown'}",
+        f"- Repository: {data.get('repository') or '-'}",
         f"- Tenant: {policy.tenant} ({policy.description or policy.purpose}), "
         f"classification {policy.classification}",
         f"- Destination: {policy.destination.type}, country {policy.destination.country}",
@@ -58,8 +63,11 @@ def render_report(policy: Policy, data: dict, operator: str, written: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_report(ctx: Context, policy: Policy, data: dict) -> Path:
-    path = report_path(ctx, policy.tenant, data["run_id"])
-    path.write_text(render_report(policy, data, ctx.settings.operator, utc_now()))
+def write_report(ctx: Context, policy: Policy, data: dict) -> tuple[Path, str]:
+    """Write the report; returns its path and SHA-256, which goes into the drill's audit
+    event so that an edited report is detectable."""
+    path = report_path(ctx, policy.tenant, data["number"], data["run_id"])
+    content = render_report(policy, data, ctx.settings.operator, utc_now()).encode("utf-8")
+    path.write_bytes(content)
     path.chmod(0o600)
-    return path
+    return path, hashlib.sha256(content).hexdigest()

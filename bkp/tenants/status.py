@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from bkp.catalog import Catalog, parse_time
+from bkp.catalog import HOST, Catalog, parse_time, process_alive
 from bkp.policy import Policy
 from bkp.tenants.schedule import next_slot, plan_due, slot_label
 
@@ -30,8 +30,8 @@ def backup_state(last: dict | None, within_rpo: bool) -> str:
 
 def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None) -> dict:
     now = now or datetime.now(UTC)
-    last = catalog.last_run(policy.tenant, "backup")
-    good = catalog.last_run(policy.tenant, "backup", status="ok")
+    last = _last_run(catalog, policy.tenant, "backup")
+    good = _last_run(catalog, policy.tenant, "backup", status="ok")
     last_good_time = good["ended_at"] if good else None
     return {
         "tenant": policy.tenant,
@@ -45,18 +45,18 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         "state": backup_state(last, rpo_ok(last_good_time, policy.rpo_hours, now)),
         "snapshot_count": good["snapshots_kept"] if good else None,
         "repository_bytes": good["repository_bytes"] if good else None,
-        "last_drill": _drill_view(catalog.last_run(policy.tenant, "drill")),
+        "last_drill": _drill_view(_last_run(catalog, policy.tenant, "drill")),
         **drill_schedule_state(catalog, policy, now),
     }
 
 
 def invalid_status(catalog: Catalog, tenant: str, error: str) -> dict:
     """A tenant whose policy does not load: its history stays visible, and it is not fine."""
-    last = catalog.last_run(tenant, "backup")
+    last = _last_run(catalog, tenant, "backup")
     return {"tenant": tenant, "policy_valid": False, "state": "invalid",
             "last_backup": _backup_view(last),
-            "last_good_backup": _backup_view(catalog.last_run(tenant, "backup", status="ok")),
-            "rpo_ok": False, "last_drill": _drill_view(catalog.last_run(tenant, "drill")),
+            "last_good_backup": _backup_view(_last_run(catalog, tenant, "backup", status="ok")),
+            "rpo_ok": False, "last_drill": _drill_view(_last_run(catalog, tenant, "drill")),
             "drill_due": None, "drill_overdue": False, "drill_ok": False, "error": error}
 
 
@@ -71,7 +71,7 @@ def drill_schedule_state(catalog: Catalog, policy: Policy, now: datetime) -> dic
     runs = catalog.runs(tenant=policy.tenant, kind="drill", limit=50)
     due = plan_due(policy.tenant, "drill", policy.schedule.drill, runs, now)
     when = due.slot if due.due else next_slot(policy.schedule.drill, now)
-    last = catalog.last_run(policy.tenant, "drill")
+    last = _last_run(catalog, policy.tenant, "drill")
     # Overdue: a slot went by without a drill, beyond a grace for `bkp run` to get to it.
     overdue = due.due and now - due.slot > DRILL_GRACE
     # None: no drill yet and none owed yet (a new tenant), not a failure.
@@ -81,6 +81,21 @@ def drill_schedule_state(catalog: Catalog, policy: Policy, now: datetime) -> dic
 
 
 DRILL_GRACE = timedelta(hours=24)
+
+
+def _last_run(catalog: Catalog, tenant: str, kind: str, status: str | None = None):
+    return _as_it_is(catalog.last_run(tenant, kind, status=status))
+
+
+def _as_it_is(row: dict | None) -> dict | None:
+    """A run whose process died reads `interrupted` at once, although only the next command
+    that acts records it: status never writes, and never shows a dead run as running."""
+    if (row and row["status"] == "running" and row["host"] == HOST
+            and not process_alive(row["pid"], row["pid_start"])):
+        return {**row, "status": "interrupted",
+                "error": f"bkp process {row['pid']} stopped before finishing; the next bkp "
+                         f"command that acts records it"}
+    return row
 
 
 def _drill_view(row: dict | None) -> dict | None:

@@ -385,9 +385,15 @@ def test_a_killed_wipe_reads_as_aborted_afterwards(bench):
     wait_for_running(bench, proc)
     proc.kill()
     proc.communicate(timeout=60)
+    # A read shows the dead wipe as aborted at once, and writes nothing...
     listing = bench.bkp("media", "list", "--json")
-    assert "never finished" in listing.stderr
     assert json.loads(listing.stdout)["media"][0]["state"] == "aborted"
+    with bench.db() as conn:
+        row = conn.execute("select result, error from sanitizations").fetchone()
+    assert row["result"] == "running"
+    # ...and the next command that acts records it, with its audit event.
+    acting = bench.bkp("media", "register", "--serial", "OTHER-1", "--type", "usb")
+    assert acting.returncode == 0 and "never finished" in acting.stderr
     with bench.db() as conn:
         row = conn.execute("select result, error from sanitizations").fetchone()
     assert row["result"] == "aborted" and "stopped before the wipe finished" in row["error"]

@@ -283,18 +283,24 @@ def test_busy_tenant_is_refused_without_marking_it_failed(bkp_env):
 
 def test_a_killed_run_is_audited_when_found(bkp_env):
     bkp_env.local_tenant("found-dead")
-    bkp_env.bkp_json("status")  # creates the catalog
+    bkp_env.bkp_json("init", "found-dead")  # a command that acts creates the catalog
     db = sqlite3.connect(bkp_env.home / "catalog.db")
     db.execute("insert into runs (tenant, kind, status, started_at, host, pid, pid_start, "
                "operator) values ('found-dead', 'backup', 'running', "
                "'2026-01-01T02:00:00.000000Z', ?, 999999, 1, 'night-operator')",
                [socket.gethostname()])
     db.commit()
+    # status shows it as what it is, and writes nothing...
     status, _ = bkp_env.bkp_json("status", "found-dead")
     assert status["tenants"][0]["last_backup"]["status"] == "interrupted"
     events = bkp_env.bkp_json("audit", "log", "--tenant", "found-dead")[0]["events"]
-    assert [(e["action"], e["outcome"]) for e in events] == [("backup", "interrupted")]
-    assert events[0]["details"]["started_by"] == "night-operator"
+    assert [(e["action"], e["outcome"]) for e in events] == [("init", "initialised")]
+    # ...the next command that acts records it, with its audit event.
+    acting = bkp_env.bkp("init", "found-dead")
+    assert acting.returncode == 0 and "interrupted" in acting.stderr
+    events = bkp_env.bkp_json("audit", "log", "--tenant", "found-dead")[0]["events"]
+    assert [(e["action"], e["outcome"]) for e in events][1] == ("backup", "interrupted")
+    assert events[1]["details"]["started_by"] == "night-operator"
 
 
 def test_audit_trail_records_actions_and_catches_tampering(bkp_env):
@@ -313,8 +319,9 @@ def test_audit_trail_records_actions_and_catches_tampering(bkp_env):
     db = sqlite3.connect(bkp_env.home / "catalog.db")
     db.execute("delete from audit_log where seq = (select max(seq) from audit_log)")
     db.commit()
-    # a cut-off tail is still a chain; only the anchor catches it
-    bkp_env.bkp_json("audit", "verify")
+    # a cut-off tail is still a chain, but the backup run it recorded has lost its event
+    cut, _ = bkp_env.bkp_json("audit", "verify", expect=5)
+    assert any("backup run 1 of audited" in p and "no event" in p for p in cut["problems"])
     anchored, _ = bkp_env.bkp_json("audit", "verify", "--anchor", head["head"], expect=5)
     assert not anchored["valid"] and anchored["anchor_found"] is False
     db.execute("update audit_log set operator = 'someone-else' where seq = 1")

@@ -15,12 +15,12 @@ import pytest
 
 from bkp import catalog as cat
 from bkp.catalog import Catalog
-from bkp.context import Context
+from bkp.context import Context, recover_dead_work
 from bkp.errors import SafetyError
 from bkp.evidence.audit import verify_chain
 from bkp.media import devices, wipe
 from bkp.media.register import register_medium
-from bkp.media.sanitize import SanitizeRequest, reap_abandoned, sanitize
+from bkp.media.sanitize import SanitizeRequest, sanitize
 from bkp.settings import Settings
 from tests.conftest import require_tool
 
@@ -425,12 +425,12 @@ def test_a_running_record_of_a_dead_process_reads_as_aborted(ctx, tmp_path):
     with ctx.catalog.transaction():  # as left behind by a process that no longer exists
         ctx.catalog.db["sanitizations"].update(record_id, {"pid": 2 ** 22 + 7,
                                                            "pid_start": 1})
-    reaped = reap_abandoned(ctx)
-    assert [r["id"] for r in reaped] == [record_id]
+    notes = recover_dead_work(ctx)
+    assert len(notes) == 1 and f"sanitization {record_id} " in notes[0]
     assert record_of(ctx, record_id)["result"] == "aborted"
     assert cat.get_medium(ctx.catalog, "CRASHED")["state"] == "aborted"
     assert events(ctx, "sanitize")[-1]["outcome"] == "aborted"
-    assert reap_abandoned(ctx) == []  # closed once
+    assert recover_dead_work(ctx) == []  # closed once
 
 
 # ---------------------------------------------------------------- the hardware path

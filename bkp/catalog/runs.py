@@ -1,0 +1,97 @@
+"""Runs (backups and drills): opened as `running`, closed once as ok/failed/passed/
+interrupted. The only SQL about runs."""
+
+from __future__ import annotations
+
+import os
+
+from bkp.catalog.base import HOST, parse_time, process_alive, process_start_ticks, utc_now, where
+
+
+class RunsTable:
+    """Mixed into Catalog: `self.db` and `self.transaction()` come from it."""
+
+    def open_run(self, tenant: str, kind: str, *, operator: str, trigger: str = "manual",
+                 slot: str | None = None, restic_version: str | None = None) -> int:
+        pid = os.getpid()
+        with self.transaction():
+            return self.db["runs"].insert({
+                "tenant": tenant, "kind": kind, "trigger": trigger, "slot": slot,
+                "status": "running", "started_at": utc_now(), "host": HOST, "pid": pid,
+                "pid_start": process_start_ticks(pid), "operator": operator,
+                "restic_version": restic_version,
+            }).last_pk
+
+    def close_run(self, run_id: int, status: str, **fields) -> dict:
+        with self.transaction():
+            row = self.db["runs"].get(run_id)
+            ended = utc_now()
+            duration = (parse_time(ended) - parse_time(row["started_at"])).total_seconds()
+            self.db["runs"].update(run_id, {"status": status, "ended_at": ended,
+                                            "duration_s": round(duration, 3), **fields})
+            return self.db["runs"].get(run_id)
+
+    def update_run(self, run_id: int, **fields) -> None:
+        with self.transaction():
+            self.db["runs"].update(run_id, fields)
+
+    def get_run(self, run_id: int) -> dict | None:
+        rows = list(self.db["runs"].rows_where("id = ?", [run_id]))
+        return rows[0] if rows else None
+
+    def dead_runs(self) -> list[dict]:
+        """Running rows of this host whose process is gone (killed, crashed, power loss)."""
+        rows = self.db["runs"].rows_where("status = 'running' and host = ?", [HOST])
+        return [row for row in rows if not process_alive(row["pid"], row["pid_start"])]
+
+    def close_dead_run(self, row: dict, error: str) -> dict | None:
+        """Close a dead run as `interrupted`; None when another process closed it first."""
+        with self.transaction():
+            current = self.db["runs"].get(row["id"])
+            if current["status"] != "running":
+                return None
+            self.db["runs"].update(row["id"], {"status": "interrupted", "ended_at": utc_now(),
+                                               "error": error})
+            return self.db["runs"].get(row["id"])
+
+    def previous_run_interrupted(self, tenant: str, before_id: int) -> bool:
+        """Whether this tenant's last run before `before_id` died (it may have left a lock)."""
+        row = self.db.execute(
+            "select status from runs where tenant = ? and id < ? order by id desc limit 1",
+            [tenant, before_id]).fetchone()
+        return bool(row) and row[0] == "interrupted"
+
+    def last_backup_size(self, tenant: str) -> int | None:
+        """Bytes the tenant's last good backup read: the size a restore of it will write."""
+        row = self.db.execute(
+            "select bytes_processed from runs where tenant = ? and kind = 'backup' and "
+            "status = 'ok' and bytes_processed is not null order by id desc limit 1",
+            [tenant]).fetchone()
+        return row[0] if row else None
+
+    def previous_drill_subset(self, tenant: str) -> str | None:
+        row = self.db.execute(
+            "select subset from runs where tenant = ? and kind = 'drill' and subset is not "
+            "null and status in ('passed', 'failed') order by id desc limit 1",
+            [tenant]).fetchone()
+        return row[0] if row else None
+
+    def drill_number(self, tenant: str, run_id: int) -> int:
+        """A drill's number among the tenant's own drills (its first drill is number 1)."""
+        row = self.db.execute("select count(*) from runs where tenant = ? and kind = 'drill' "
+                              "and id <= ?", [tenant, run_id]).fetchone()
+        return row[0]
+
+    def runs(self, tenant: str | None = None, kind: str | None = None,
+             limit: int = 100) -> list[dict]:
+        clause, args = where(tenant=tenant, kind=kind)
+        return list(self.db["runs"].rows_where(clause, args, order_by="id desc", limit=limit))
+
+    def last_run(self, tenant: str, kind: str, status: str | None = None) -> dict | None:
+        clause, args = where(tenant=tenant, kind=kind, status=status)
+        rows = list(self.db["runs"].rows_where(clause, args, order_by="id desc", limit=1))
+        return rows[0] if rows else None
+
+    def closed_runs(self) -> list[dict]:
+        """Every run that has ended: each must have its event in the audit trail."""
+        return list(self.db["runs"].rows_where("status != 'running'", order_by="id"))

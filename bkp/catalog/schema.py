@@ -1,0 +1,142 @@
+"""The catalog's schema: sqlite-utils migrations, applied in the order they are registered.
+
+Each migration runs in its own transaction together with the record that it ran
+(`_sqlite_migrations`, set "bkp"). Catalogs made before sqlite-utils 4 kept that record in
+`_migrations`; those names count as applied (see `applied_names`).
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+SET = "bkp"
+migrations = Migrations(SET)
+LEGACY_TABLE = "_migrations"
+
+# Tables the code relies on; one missing means the catalog was damaged or tampered with.
+TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
+          "destructions", "certificates")
+
+
+@migrations(name="0001_runs")
+def _runs(db: sqlite_utils.Database) -> None:
+    db["runs"].create({
+        "id": int, "tenant": str, "kind": str, "trigger": str, "slot": str,
+        "status": str, "started_at": str, "ended_at": str, "duration_s": float,
+        "snapshot_id": str, "files": int, "bytes_added": int, "bytes_processed": int,
+        "snapshots_kept": int, "repository_bytes": int, "error": str,
+        "host": str, "pid": int, "pid_start": int, "operator": str,
+        "restic_version": str, "restic_calls": int,
+    }, pk="id", not_null={"tenant", "kind", "status", "started_at"})
+    db["runs"].create_index(["tenant", "kind", "started_at"])
+    db["runs"].create_index(["status"])
+
+
+@migrations(name="0002_audit_log")
+def _audit_log(db: sqlite_utils.Database) -> None:
+    db["audit_log"].create({
+        "seq": int, "time": str, "operator": str, "os_user": str, "host": str,
+        "tenant": str, "action": str, "outcome": str, "details": str,
+        "prev_hash": str, "hash": str,
+    }, pk="seq", not_null={"time", "action", "outcome", "prev_hash", "hash"})
+    db["audit_log"].create_index(["tenant", "time"])
+
+
+@migrations(name="0003_drill_fields")
+def _drill_fields(db: sqlite_utils.Database) -> None:
+    # Drills are runs of kind "drill": one table keeps the schedule logic and the
+    # interrupted-run recovery the same for backups and drills.
+    for column, kind in (("files_checked", int), ("bytes_restored", int), ("subset", str),
+                         ("problems", str), ("sample_checked", int), ("sample_skipped", int),
+                         ("rto_minutes", int), ("report", str), ("scratch", str)):
+        db["runs"].add_column(column, kind)
+
+
+@migrations(name="0100_media_register")
+def _media_register(db: sqlite_utils.Database) -> None:
+    db["media"].create({
+        "serial": str, "type": str, "vendor": str, "model": str, "capacity": int,
+        "asset_tag": str, "tenant": str, "host": str, "registered_at": str,
+        "registered_by": str,
+    }, pk="serial", not_null={"type", "registered_at"})
+    db["media"].create_index(["tenant"])
+    db["media_events"].create({
+        "id": int, "serial": str, "time": str, "state": str, "record_id": int,
+        "operator": str, "reason": str,
+    }, pk="id", not_null={"serial", "time", "state"}, foreign_keys=[("serial", "media")])
+    db["media_events"].create_index(["serial", "id"])
+
+
+@migrations(name="0101_sanitization_records")
+def _sanitization_records(db: sqlite_utils.Database) -> None:
+    # One id space for sanitizations and destructions: `bkp certificate RECORD_ID` needs no
+    # kind to find a record.
+    db["records"].create({"id": int, "kind": str, "serial": str, "created_at": str},
+                         pk="id", not_null={"kind", "serial", "created_at"},
+                         foreign_keys=[("serial", "media")])
+    db["sanitizations"].create({
+        "id": int, "serial": str, "device": str, "device_kind": str, "device_serial": str,
+        "device_model": str, "method": str, "category": str, "passes": str,
+        "verify_mode": str, "stream_seed": str, "sample_seed": str, "sample_plan": str,
+        "result": str, "size": int, "bytes_written": int, "bytes_verified": int,
+        "mismatches": int, "io_errors": int, "hash": str, "started_at": str,
+        "ended_at": str, "duration_s": float, "throughput_bps": float, "operator": str,
+        "witness": str, "organization": str, "tool_version": str, "hardware_command": str,
+        "destination_after": str, "classification": str, "backup": str, "notes": str,
+        "error": str, "host": str, "pid": int, "pid_start": int,
+    }, pk="id", not_null={"serial", "method", "result", "started_at"},
+        foreign_keys=[("id", "records"), ("serial", "media")])
+    db["sanitizations"].create_index(["result"])
+    db["destructions"].create({
+        "id": int, "serial": str, "method": str, "category": str, "witness": str,
+        "operator": str, "organization": str, "performed_at": str, "evidence": str,
+        "hash": str, "destination_after": str, "notes": str, "host": str,
+    }, pk="id", not_null={"serial", "method", "witness", "performed_at", "hash"},
+        foreign_keys=[("id", "records"), ("serial", "media")])
+    db["certificates"].create({
+        "id": int, "record_id": int, "issued_at": str, "payload": str, "signature": str,
+        "key_fingerprint": str, "public_key": str, "audit_seq": int, "audit_hash": str,
+    }, pk="id", not_null={"record_id", "issued_at", "payload", "signature"},
+        foreign_keys=[("record_id", "records")])
+    db["certificates"].create_index(["record_id"])
+
+
+def registered_names() -> list[str]:
+    return [m.name for m in migrations._migrations]
+
+
+def applied_names(db: sqlite_utils.Database) -> list[str]:
+    """Applied migrations, from sqlite-utils' record and from the pre-4 one."""
+    names = [m.name for m in migrations.applied(db)]
+    if db[LEGACY_TABLE].exists():
+        names += [row["name"] for row in db[LEGACY_TABLE].rows if row["name"] not in names]
+    return names
+
+
+def pending_names(db: sqlite_utils.Database) -> list[str]:
+    applied = set(applied_names(db))
+    return [name for name in registered_names() if name not in applied]
+
+
+def unknown_names(db: sqlite_utils.Database) -> list[str]:
+    """Migrations a newer bkp applied that this one does not know."""
+    known = set(registered_names())
+    return [name for name in applied_names(db) if name not in known]
+
+
+def adopt_legacy_record(db: sqlite_utils.Database) -> None:
+    """Copy the pre-4 record of applied migrations into sqlite-utils' table, once."""
+    if not db[LEGACY_TABLE].exists():
+        return
+    migrations.ensure_migrations_table(db)
+    recorded = {m.name for m in migrations.applied(db)}
+    for row in db[LEGACY_TABLE].rows:
+        if row["name"] not in recorded:
+            db[migrations.migrations_table].insert({
+                "migration_set": SET, "name": row["name"], "applied_at": row["applied_at"]})
+
+
+def missing_tables(db: sqlite_utils.Database) -> list[str]:
+    present = set(db.table_names())
+    return [name for name in TABLES if name not in present]
