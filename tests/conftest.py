@@ -265,3 +265,12 @@ def bkp_env(tmp_path) -> BkpEnv:
     for d in (env.policies, env.home, env.secrets):
         d.mkdir(mode=0o700)
     return env
+
+
+
+@pytest.fixture
+def ping_server():
+    from tests.helpers import serve_pings
+
+    with serve_pings() as served:
+        yield served

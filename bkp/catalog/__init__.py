@@ -242,8 +242,9 @@ class Catalog(RunsTable, AuditLogTable):
     def _new_connection(self) -> sqlite3.Connection:
         try:
             if self.read_only:
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30,
-                                       check_same_thread=False, isolation_level=None)
+                conn = sqlite3.connect(f"file:{self.path}?{_read_only_mode(self.path)}",
+                                       uri=True, timeout=30, check_same_thread=False,
+                                       isolation_level=None)
                 conn.execute("PRAGMA query_only=1")
             else:
                 conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
@@ -327,6 +328,17 @@ class Catalog(RunsTable, AuditLogTable):
 
 
 # -------------------------------------------------------------------- helpers
+
+def _read_only_mode(path: Path) -> str:
+    """mode=ro, except on a read-only filesystem (a mounted copy, a frozen BKP_HOME), where
+    SQLite could not create the WAL index a reader needs: there nobody can be writing, and
+    the file is read as immutable."""
+    try:
+        frozen = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        frozen = False
+    return "immutable=1" if frozen else "mode=ro"
+
 
 def _rollback(conn: sqlite3.Connection) -> None:
     with suppress(sqlite3.Error):

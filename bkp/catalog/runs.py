@@ -92,6 +92,11 @@ class RunsTable:
         rows = list(self.db["runs"].rows_where(clause, args, order_by="id desc", limit=1))
         return rows[0] if rows else None
 
+    def runs_of_process(self, pid: int) -> list[dict]:
+        return list(self.db["runs"].rows_where(
+            "host = ? and pid = ? and pid_start = ?", [HOST, pid, process_start_ticks(pid)],
+            order_by="id"))
+
     def closed_runs(self) -> list[dict]:
         """Every run that has ended: each must have its event in the audit trail."""
         return list(self.db["runs"].rows_where("status != 'running'", order_by="id"))

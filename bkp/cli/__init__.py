@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -83,6 +84,18 @@ class State:
                 say(f"note: {self.catalog_note}")
                 self._reader = Catalog.empty()
         return self._reader
+
+    def runs_of_this_process(self) -> list[dict]:
+        """The runs this bkp process opened, as recorded (for an interrupted command)."""
+        if self._work is None:
+            return []
+        try:
+            rows = self._work.catalog.runs_of_process(os.getpid())
+        except Exception:  # the signal may have come while the catalog was unusable
+            return []
+        return [{"tenant": r["tenant"], "kind": r["kind"], "run_id": r["id"],
+                 "status": r["status"], "snapshot_id": r["snapshot_id"],
+                 "error": r["error"]} for r in rows]
 
     def bare_context(self):
         """For commands that touch no record at all (they read a repository)."""
@@ -165,7 +178,8 @@ def cli(ctx, policies, home, operator, verbose):
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    ctx.obj = State(policies, home, operator, verbose)
+    global _state
+    ctx.obj = _state = State(policies, home, operator, verbose)
 
 
 # ---------------------------------------------------------------- policy
@@ -416,10 +430,16 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
     covers it; missed slots are caught up once. A second `bkp run` while one is working
     exits 1 at once.
     """
-    from bkp.tenants.run import run_due
+    from bkp.catalog import CatalogError
+    from bkp.tenants.run import report_run_not_started, run_due
 
     policies, broken = state.select((), True)
-    report = run_due(state.context(), policies, jobs=jobs, healthcheck_url=healthcheck_url,
+    try:
+        ctx = state.context()
+    except CatalogError:
+        report_run_not_started(healthcheck_url, prometheus_textfile)
+        raise
+    report = run_due(ctx, policies, jobs=jobs, healthcheck_url=healthcheck_url,
                      prometheus_textfile=prometheus_textfile, invalid=broken)
 
     def human():
@@ -619,6 +639,41 @@ def audit_head(state, as_json):
     return 0
 
 
+# ---------------------------------------------------------------- catalog
+
+@cli.group()
+def catalog():
+    """The catalog itself: start a new one knowingly."""
+
+
+@catalog.command("init")
+@click.option("--reason", required=True, metavar="TEXT",
+              help="Why a new catalog is started (recorded as its first audit event).")
+@json_option
+@pass_state
+def catalog_init(state, reason, as_json):
+    """Start a new, empty catalog where the old one was lost and cannot be recovered.
+
+    Acting commands refuse to replace a lost catalog silently; this records the decision.
+    Refused (exit 4) when a catalog exists. Prefer `bkp evidence recover` when an evidence
+    copy exists: a new catalog starts a new audit trail.
+    """
+    from bkp.catalog import Catalog, check_home, home_was_used
+    from bkp.context import Context
+    from bkp.errors import SafetyError
+
+    path = state.settings.catalog_path
+    if path.exists():
+        raise SafetyError(f"a catalog already exists at {path}; nothing was changed")
+    check_home(state.settings.home)
+    signs = home_was_used(state.settings.home)
+    ctx = Context(state.settings, Catalog(path))
+    event = ctx.audit("catalog.init", "created", reason=reason, earlier_records=signs)
+    emit({"catalog": str(path), "status": "created", "audit_head": event["hash"]}, as_json,
+         lambda: click.echo(f"new catalog {path}; first audit event {event['hash']}"))
+    return 0
+
+
 # ---------------------------------------------------------------- media and certificates
 
 from bkp.cli.media import register as _register_media  # noqa: E402 (needs the group above)
@@ -643,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
         _json_error(argv, exc.format_message(), code)
     except click.exceptions.Abort:  # click's name for KeyboardInterrupt
-        code = _interrupted()
+        code = _interrupted(argv)
     except BkpError as exc:
         say(f"bkp: {exc}")
         for problem in getattr(exc, "problems", []) or []:
@@ -651,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
         _json_error(argv, str(exc), code)
     except KeyboardInterrupt:
-        code = _interrupted()
+        code = _interrupted(argv)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -661,10 +716,21 @@ def _json_error(argv: list[str] | None, message: str, code: int) -> None:
         click.echo(json.dumps({"error": message, "exit_code": code}))
 
 
-def _interrupted() -> int:
-    """Stop children and let the per-tenant code record `interrupted` before we exit."""
+_state: State | None = None  # the command's state, for the JSON of an interrupted command
+
+
+def _interrupted(argv: list[str] | None) -> int:
+    """Stop children and let the per-tenant code record `interrupted` before we exit; with
+    --json, still print one document, naming what this process started and how it ended."""
     from bkp.context import interrupt
 
     interrupt()
     say("bkp: interrupted; work in progress is recorded as interrupted")
+    if "--json" in (argv if argv is not None else sys.argv[1:]):
+        runs = _state.runs_of_this_process() if _state else []
+        click.echo(json.dumps({
+            "error": "interrupted by a signal; work in progress is recorded as interrupted",
+            "exit_code": 130,
+            "runs": [r for r in runs if r["kind"] == "backup"],
+            "drills": [r for r in runs if r["kind"] == "drill"]}, indent=2))
     return 130

@@ -51,6 +51,9 @@ def _escape(value: str) -> str:
 
 
 METRICS = [
+    ("bkp_run_last_ok", "gauge", "1 when the last bkp run succeeded for every tenant, else 0."),
+    ("bkp_run_last_timestamp_seconds", "gauge", "Unix time the last bkp run ended."),
+    ("bkp_catalog_ok", "gauge", "0 when the last bkp run could not open its catalog."),
     ("bkp_backup_last_success_timestamp_seconds", "gauge",
      "Unix time the last successful backup of the tenant ended."),
     ("bkp_backup_last_ok", "gauge", "1 when the most recent backup succeeded, else 0."),
@@ -74,7 +77,8 @@ def render_textfile(samples: Iterable[tuple[str, dict[str, str], float]]) -> str
     by_name: dict[str, list[str]] = {}
     for name, labels, value in samples:
         label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        by_name.setdefault(name, []).append(f"{name}{{{label_text}}} {_number(value)}")
+        selector = f"{{{label_text}}}" if label_text else ""
+        by_name.setdefault(name, []).append(f"{name}{selector} {_number(value)}")
     lines = []
     for name, kind, help_text in METRICS:
         if name in by_name:

@@ -81,7 +81,7 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
                             for o in failed)
         monitoring.ping(healthcheck_url, "fail" if failed else "success", summary)
         if prometheus_textfile:
-            write_metrics(ctx, policies, prometheus_textfile)
+            write_metrics(ctx, policies, prometheus_textfile, report)
         return report
 
 
@@ -96,7 +96,13 @@ def _pinged(policy: Policy, work) -> Outcome:
     return outcome
 
 
-def metric_samples(ctx: Context, policies: list[Policy]):
+def metric_samples(ctx: Context, policies: list[Policy], report: RunReport | None = None):
+    if report is not None:
+        yield "bkp_run_last_ok", {}, 0.0 if report.exit_code else 1.0
+        yield "bkp_run_last_timestamp_seconds", {}, datetime.now(UTC).timestamp()
+    # This run's own outcomes win over the catalog: a failure the catalog could not record
+    # (a full BKP_HOME) must not read as the previous night's success.
+    failed_now = {o.tenant for o in (report.runs if report else []) if o.exit_code}
     for policy in policies:
         status = tenant_status(ctx.catalog, policy)
         labels = {"tenant": policy.tenant}
@@ -104,7 +110,9 @@ def metric_samples(ctx: Context, policies: list[Policy]):
         if good:
             yield ("bkp_backup_last_success_timestamp_seconds", labels,
                    parse_time(good["time"]).timestamp())
-        if last:
+        if policy.tenant in failed_now:
+            yield "bkp_backup_last_ok", labels, 0.0
+        elif last:
             yield "bkp_backup_last_ok", labels, 1.0 if last["status"] == "ok" else 0.0
         row = ctx.catalog.last_run(policy.tenant, "backup")
         if row and row["duration_s"] is not None:
@@ -125,5 +133,21 @@ def metric_samples(ctx: Context, policies: list[Policy]):
                 yield "bkp_drill_last_duration_seconds", labels, drill["duration_s"]
 
 
-def write_metrics(ctx: Context, policies: list[Policy], path: Path) -> None:
-    monitoring.write_textfile(path, monitoring.render_textfile(metric_samples(ctx, policies)))
+def write_metrics(ctx: Context, policies: list[Policy], path: Path,
+                  report: RunReport | None = None) -> None:
+    monitoring.write_textfile(path, monitoring.render_textfile(
+        metric_samples(ctx, policies, report)))
+
+
+def report_run_not_started(healthcheck_url: str | None,
+                           prometheus_textfile: Path | None) -> None:
+    """The run could not even open its records (BKP_HOME full, read-only, catalog lost): say
+    so where monitoring looks, since nothing can be written to the catalog."""
+    monitoring.ping(healthcheck_url, "fail", "bkp run could not start: its catalog cannot be "
+                    "opened or written (BKP_HOME full, read-only or lost); see the bkp "
+                    "host's log")
+    if prometheus_textfile:
+        monitoring.write_textfile(prometheus_textfile, monitoring.render_textfile([
+            ("bkp_run_last_ok", {}, 0.0),
+            ("bkp_run_last_timestamp_seconds", {}, datetime.now(UTC).timestamp()),
+            ("bkp_catalog_ok", {}, 0.0)]))

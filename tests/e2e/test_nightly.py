@@ -4,59 +4,20 @@ timeouts, status, monitoring and the audit trail."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
+from tests.helpers import big_file, popen_bkp, restic_locks, restic_running_for, wait_until
+
 pytestmark = pytest.mark.e2e
-
-
-def big_file(path: Path, mib: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        for _ in range(mib):
-            fh.write(os.urandom(1 << 20))
-
-
-def popen_bkp(bkp_env, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bkp", *args], env=bkp_env.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def restic_running_for(repo: str) -> bool:
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(b"restic") and repo.encode() in args:
-            return True
-    return False
-
-
-def restic_locks(repo: str) -> list[Path]:
-    # A killed local-backend write can leave a "-tmp-" file beside the locks: not a lock.
-    return [p for p in (Path(repo) / "locks").iterdir() if "-tmp-" not in p.name]
 
 
 def test_run_twice_does_the_work_once(bkp_env):
@@ -192,28 +153,6 @@ def test_hung_destination_hits_the_policy_timeout(bkp_env, s3):
     assert 55 < elapsed < 150
     assert proxy.stalled >= 1  # restic really was the one hanging
     assert not restic_running_for(dest["endpoint"])
-
-
-class PingRecorder(http.server.BaseHTTPRequestHandler):
-    pings: ClassVar[list] = []
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        PingRecorder.pings.append((self.path, self.rfile.read(length).decode()))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def ping_server():
-    PingRecorder.pings = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PingRecorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", PingRecorder.pings
-    server.shutdown()
 
 
 def test_healthcheck_pings_and_prometheus_textfile(bkp_env, ping_server):
