@@ -9,8 +9,16 @@ from pathlib import Path
 
 from bkp import secrets
 from bkp.destinations import Preflight, cache_dir
+from bkp.errors import OperationError
 from bkp.policy import Policy
 from bkp.restic import Repository
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -29,7 +37,13 @@ class LocalDestination:
         return Preflight(reachable, initialised, detail)
 
     def nightly_preflight(self) -> Preflight:
-        return self.preflight()
+        found = self.preflight()
+        if found.initialised and _read_only(self.path):
+            # restic 0.14 would retry writing its lock for minutes before saying why.
+            raise OperationError(f"destination {self.path} is on a read-only filesystem: the "
+                                 f"backup disk is mounted read-only; remount it read-write, "
+                                 f"then re-run")
+        return found
 
     def prepare(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bkp import secrets
 from bkp.destinations import Preflight, cache_dir
-from bkp.errors import OperationError, PolicyError, SafetyError
+from bkp.errors import BkpError, OperationError, PolicyError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
 
@@ -54,6 +54,36 @@ def ssh_config_text(alias: str, host: str, port: int, user: str, identity_file: 
         "  LogLevel ERROR",
         "",
     ])
+
+
+def load_identity(path: Path):
+    """The private key of identity_file, or PolicyError naming what is wrong with it."""
+    import warnings
+
+    import paramiko
+    import paramiko.pkey
+
+    unknown_type = getattr(paramiko.pkey, "UnknownKeyType", ())
+    secrets.check_private_file(path, "identity_file")
+    try:
+        with warnings.catch_warnings():  # e.g. cryptography's DSA deprecation, on stderr
+            warnings.simplefilter("ignore")
+            return paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        pass
+    except TypeError as exc:  # paramiko >= 4 says "password-protected" with a TypeError
+        if "password" not in str(exc).lower():
+            raise PolicyError(f"identity_file {path} cannot be read: {exc}") from None
+    except unknown_type:
+        raise PolicyError(f"identity_file {path} is a key of a type bkp does not use (DSA?): "
+                          f"make an ed25519 key (ssh-keygen -t ed25519) and authorise it on "
+                          f"the server") from None
+    except (paramiko.SSHException, ValueError, OSError) as exc:
+        raise PolicyError(f"identity_file {path} is not an SSH private key bkp can read "
+                          f"({str(exc).split('. ')[0]})") from None
+    raise PolicyError(f"identity_file {path} is passphrase protected: unattended backups need "
+                      f"a key without one (ssh-keygen -p -N '' -f {path}, on a key used only "
+                      f"by bkp)")
 
 
 @dataclass
@@ -107,14 +137,13 @@ class SftpDestination:
         return transport, paramiko.SFTPClient.from_transport(transport)
 
     def _authenticate(self, transport, paramiko) -> None:
-        secrets.check_private_file(Path(self.dest.identity_file), "identity_file")
         try:
-            key = paramiko.PKey.from_path(self.dest.identity_file)
-            transport.auth_publickey(self.dest.user, key)
-        except paramiko.PasswordRequiredException:
+            key = load_identity(Path(self.dest.identity_file))
+        except BkpError:
             transport.close()
-            raise OperationError(f"identity_file {self.dest.identity_file} is passphrase "
-                                 f"protected; unattended backups need an agent-less key") from None
+            raise
+        try:
+            transport.auth_publickey(self.dest.user, key)
         except (paramiko.SSHException, OSError, ValueError) as exc:
             transport.close()
             raise OperationError(

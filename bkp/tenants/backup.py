@@ -100,16 +100,15 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
 
 def _diagnose(destination, preflight, error: BkpError) -> BkpError:
     """When the nightly check was the light one (sftp: OpenSSH checks the pinned key), a
-    failed connection gets the full preflight: a changed host key is then refused as such
-    (exit 4) even when OpenSSH's own message did not reach restic's output."""
+    failed connection gets the full preflight, which names the cause better than OpenSSH's
+    words in restic's output: a changed host key (exit 4), a refused or passphrase-protected
+    identity, an unreachable server."""
     if preflight.initialised is not None or isinstance(error, SafetyError):
         return error
     try:
         destination.preflight()
-    except SafetyError as found:
+    except BkpError as found:
         return found
-    except BkpError:
-        return error
     return error
 
 
