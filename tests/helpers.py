@@ -75,3 +75,17 @@ def serve_pings():
     server.shutdown()
 
 
+
+
+def restic_doing(subcommand: str, fragment: str) -> bool:
+    """Whether a restic process runs `subcommand` on a repository whose URL contains
+    `fragment` (a tenant name is unique per test)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if (args and args[0].endswith("restic") and subcommand in args
+                and any(fragment in a for a in args)):
+            return True
+    return False
