@@ -102,19 +102,20 @@ def interrupt() -> None:
     runner.terminate_all()
 
 
-def recover_dead_work(ctx: Context) -> list[str]:
+def recover_dead_work(ctx: Context, lost_host: str | None = None) -> list[str]:
     """Close what died with its bkp process (SIGKILL, crash, power loss): runs become
     `interrupted`, sanitizations `aborted`, each with an audit event. An explicit first step
     of every command that acts; never a side effect of opening the catalog, so commands that
-    only read change nothing. Returns a note per record closed."""
+    only read change nothing. With `lost_host` (a reason), every running record is closed:
+    the host that ran them is gone. Returns a note per record closed."""
     from bkp import catalog as cat
 
     notes = []
-    for row in ctx.catalog.dead_runs():
+    for row in ctx.catalog.dead_runs(every_host=lost_host is not None):
         with ctx.catalog.transaction():  # the record and its event, or neither
             closed = ctx.catalog.close_dead_run(
-                row, f"bkp process {row['pid']} stopped before finishing (killed, crashed or "
-                     f"power loss)")
+                row, lost_host or f"bkp process {row['pid']} stopped before finishing "
+                                  f"(killed, crashed or power loss)")
             if closed is None:
                 continue  # another bkp process closed it first
             ctx.audit(row["kind"], "interrupted", row["tenant"], run_id=row["id"],
@@ -122,9 +123,9 @@ def recover_dead_work(ctx: Context) -> list[str]:
                       pid=row["pid"], error=closed["error"])
         notes.append(f"{row['kind']} of {row['tenant']} started {row['started_at']} was "
                      f"interrupted; recorded as such")
-    for row in cat.abandoned_sanitizations(ctx.catalog):
-        error = (f"bkp process {row['pid']} stopped before the wipe finished (killed, "
-                 f"crashed or power loss)")
+    for row in cat.abandoned_sanitizations(ctx.catalog, every_host=lost_host is not None):
+        error = lost_host or (f"bkp process {row['pid']} stopped before the wipe finished "
+                              f"(killed, crashed or power loss)")
         with ctx.catalog.transaction():
             closed = cat.close_sanitization(ctx.catalog, row["id"], "aborted", "aborted",
                                             error=error)

@@ -178,6 +178,7 @@ class PolicyReport:
     policy: Policy | None = None
     # Known even when other parts are invalid, so the no-sharing rule still sees it.
     destination: Destination | None = field(default=None, repr=False)
+    destination_path: tuple = ("destination",)  # where in the file the destination stands
     _document: _Document | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -907,7 +908,7 @@ def validate_files(paths: list[Path]) -> list[PolicyReport]:
     per repository."""
     reports = [validate_file(Path(path)) for path in paths]
     _check_one_file_per_tenant(reports)
-    _check_repositories_not_shared(reports)
+    check_repositories_not_shared(reports)
     return reports
 
 
@@ -918,14 +919,16 @@ def _check_one_file_per_tenant(reports: list[PolicyReport]) -> None:
                                       "keep one file per tenant")
 
 
-def _check_repositories_not_shared(reports: list[PolicyReport]) -> None:
+def check_repositories_not_shared(reports: list[PolicyReport]) -> None:
     def identity(report: PolicyReport) -> tuple | None:
         return report.destination.repository_identity() if report.destination else None
 
     for report, others in _groups(reports, identity):
-        names = ", ".join(f"{other.file} (tenant {other.tenant})" for other in others)
-        report.add_error(("destination",), f"the repository is also the destination of {names}:"
-                                           " two tenants never share a repository")
+        names = ", ".join(f"{other.file} (tenant {other.tenant})" if other.tenant else
+                          f"{other.file} (the evidence repository)" for other in others)
+        report.add_error(report.destination_path,
+                         f"the repository is also the destination of {names}: two tenants "
+                         f"(or a tenant and bkp's evidence) never share a repository")
 
 
 def _groups(reports: list[PolicyReport], key) -> Iterator[tuple[PolicyReport, list]]:

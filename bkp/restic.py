@@ -85,6 +85,11 @@ def tenant_tags(policy: Policy) -> list[str]:
             f"classification={policy.classification}"]
 
 
+def parse_tags(tags) -> dict[str, str]:
+    """A snapshot's tags -> its values (tenant, purpose, classification)."""
+    return dict(t.split("=", 1) for t in tags if "=" in t)
+
+
 def init_argv(repo: Repository) -> list[str]:
     return [*global_args(repo), "init"]
 

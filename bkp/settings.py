@@ -36,6 +36,7 @@ class Settings:
     home: Path
     operator: str
     os_user: str
+    config: str | None = None  # --config / BKP_CONFIG as given; see bkp.installation
 
     @property
     def catalog_path(self) -> Path:
@@ -46,10 +47,12 @@ class Settings:
         return self.home / "locks"
 
 
-def resolve(policies: str | None, home: str | None, operator: str | None) -> Settings:
+def resolve(policies: str | None, home: str | None, operator: str | None,
+            config: str | None = None) -> Settings:
     return Settings(
         policies=Path(policies or os.environ.get("BKP_POLICIES") or DEFAULT_POLICIES),
         home=Path(home or os.environ.get("BKP_HOME") or DEFAULT_HOME),
         operator=operator or os.environ.get("BKP_OPERATOR") or default_operator(),
         os_user=os_user(),
+        config=config,
     )

@@ -238,6 +238,13 @@ class BkpEnv:
             "region": region, "prefix": "bkp", "credentials_file": str(server.credentials_file)},
             **overrides)
 
+    def restic_at(self, repo: Path, password_file: Path, *args: str) -> subprocess.CompletedProcess:
+        """Plain restic against a local repository that is not a tenant's."""
+        return subprocess.run(["restic", "-r", str(repo), *args], capture_output=True,
+                              text=True, env={**self.env(),
+                                              "RESTIC_PASSWORD_FILE": str(password_file)},
+                              timeout=300)
+
     def restic(self, tenant: str, *args: str, **env) -> subprocess.CompletedProcess:
         """Plain restic against a tenant's repository, as an operator would run it."""
         dest = self.tenants[tenant]["destination"]

@@ -64,6 +64,7 @@ from bkp.catalog.runs import RunsTable
 from bkp.errors import OperationError
 
 __all__ = [
+    "CATALOG_FILE",
     "GENESIS_HASH",
     "HOST",
     "MEDIA_STATES",
@@ -81,6 +82,7 @@ __all__ = [
     "all_destructions",
     "as_json",
     "audit_event",
+    "check_home",
     "close_sanitization",
     "closed_sanitizations",
     "get_destruction",
@@ -98,6 +100,7 @@ __all__ = [
     "process_alive",
     "process_start_ticks",
     "utc_now",
+    "write_home_marker",
 ]
 
 CATALOG_FILE = "catalog.db"
@@ -237,7 +240,7 @@ class Catalog(RunsTable, AuditLogTable):
         with suppress(OSError):
             self.path.chmod(0o600)
         if new:
-            _write_home_marker(self.path.parent)
+            write_home_marker(self.path.parent)
 
     def _new_connection(self) -> sqlite3.Connection:
         try:
@@ -384,7 +387,7 @@ def _migration_lock(path: Path):
         os.close(fd)
 
 
-def _write_home_marker(home: Path) -> None:
+def write_home_marker(home: Path) -> None:
     with suppress(OSError):
         marker = home / HOME_MARKER
         if not marker.exists():

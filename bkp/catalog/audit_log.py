@@ -33,6 +33,10 @@ class AuditLogTable:
             args.append(since)
         return list(self.db["audit_log"].rows_where(clause, args, order_by="seq"))
 
+    def last_audit_event(self) -> dict | None:
+        rows = list(self.db["audit_log"].rows_where(order_by="seq desc", limit=1))
+        return rows[0] if rows else None
+
     def audit_event(self, seq: int) -> dict | None:
         rows = list(self.db["audit_log"].rows_where("seq = ?", [seq]))
         return rows[0] if rows else None

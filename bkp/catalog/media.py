@@ -109,8 +109,11 @@ def note_sample_plan(catalog: Catalog, record_id: int, sample_plan: str) -> None
             catalog.db["sanitizations"].update(record_id, {"sample_plan": sample_plan})
 
 
-def abandoned_sanitizations(catalog: Catalog) -> list[dict]:
-    """Running sanitizations of this host whose process is gone (killed, crash, power)."""
+def abandoned_sanitizations(catalog: Catalog, every_host: bool = False) -> list[dict]:
+    """Running sanitizations of this host whose process is gone (killed, crash, power);
+    with `every_host`, every running one (the host that ran them was lost)."""
+    if every_host:
+        return list(catalog.db["sanitizations"].rows_where("result = 'running'"))
     rows = catalog.db["sanitizations"].rows_where("result = 'running' and host = ?", [HOST])
     return [row for row in rows if not process_alive(row["pid"], row["pid_start"])]
 

@@ -39,8 +39,11 @@ class RunsTable:
         rows = list(self.db["runs"].rows_where("id = ?", [run_id]))
         return rows[0] if rows else None
 
-    def dead_runs(self) -> list[dict]:
-        """Running rows of this host whose process is gone (killed, crashed, power loss)."""
+    def dead_runs(self, every_host: bool = False) -> list[dict]:
+        """Running rows of this host whose process is gone (killed, crashed, power loss);
+        with `every_host`, every running row (the host that ran them was lost)."""
+        if every_host:
+            return list(self.db["runs"].rows_where("status = 'running'"))
         rows = self.db["runs"].rows_where("status = 'running' and host = ?", [HOST])
         return [row for row in rows if not process_alive(row["pid"], row["pid_start"])]
 
@@ -88,9 +91,37 @@ class RunsTable:
         return list(self.db["runs"].rows_where(clause, args, order_by="id desc", limit=limit))
 
     def last_run(self, tenant: str, kind: str, status: str | None = None) -> dict | None:
+        """The most recent run by time: rows rebuilt by `catalog sync` may be added after
+        newer ones, so the id alone does not say which is last."""
         clause, args = where(tenant=tenant, kind=kind, status=status)
-        rows = list(self.db["runs"].rows_where(clause, args, order_by="id desc", limit=1))
+        rows = list(self.db["runs"].rows_where(
+            clause, args, order_by="coalesce(ended_at, started_at) desc, id desc", limit=1))
         return rows[0] if rows else None
+
+    def known_snapshots(self, tenant: str) -> set[str]:
+        """Short ids (8 hex) of the snapshots the catalog knows for a tenant (restic 0.14
+        reports short ids after a backup, newer versions full ones)."""
+        rows = self.db.execute("select snapshot_id from runs where tenant = ? and kind = "
+                               "'backup' and snapshot_id is not null", [tenant]).fetchall()
+        return {row[0][:8] for row in rows}
+
+    def add_synced_backups(self, tenant: str, snapshots: list[dict], operator: str) -> int:
+        """Backup rows rebuilt from a repository's snapshots; those already known are
+        skipped, so syncing twice adds nothing."""
+        added = 0
+        with self.transaction():
+            known = self.known_snapshots(tenant)
+            for snap in snapshots:
+                if snap["id"][:8] in known:
+                    continue
+                self.db["runs"].insert({
+                    "tenant": tenant, "kind": "backup", "trigger": "sync", "status": "ok",
+                    "started_at": snap["time"], "ended_at": snap["time"], "duration_s": None,
+                    "snapshot_id": snap["id"], "host": snap.get("host"), "operator": operator,
+                    "source": "repository", "snapshots_kept": len(snapshots)})
+                known.add(snap["id"][:8])
+                added += 1
+        return added
 
     def runs_of_process(self, pid: int) -> list[dict]:
         return list(self.db["runs"].rows_where(

@@ -140,3 +140,10 @@ def adopt_legacy_record(db: sqlite_utils.Database) -> None:
 def missing_tables(db: sqlite_utils.Database) -> list[str]:
     present = set(db.table_names())
     return [name for name in TABLES if name not in present]
+
+
+@migrations(name="0004_run_source")
+def _run_source(db: sqlite_utils.Database) -> None:
+    # Where a run row comes from: bkp's own record of the work ("bkp", the default), or
+    # rebuilt from a repository's snapshots by `bkp catalog sync` ("repository").
+    db["runs"].add_column("source", str)

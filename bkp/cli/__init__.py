@@ -43,10 +43,11 @@ json_option = click.option("--json", "as_json", is_flag=True,
 class State:
     """Resolved global options, shared by every command through click's context."""
 
-    def __init__(self, policies, home, operator, verbose):
+    def __init__(self, policies, home, operator, verbose, config=None):
         from bkp.settings import resolve
 
-        self.settings = resolve(policies, home, operator)
+        self.settings = resolve(policies, home, operator, config)
+        self._installation = None
         self.verbose = verbose
         self._work = None  # Context of a command that acts
         self._reader = None  # read-only Catalog of a command that only reads
@@ -84,6 +85,14 @@ class State:
                 say(f"note: {self.catalog_note}")
                 self._reader = Catalog.empty()
         return self._reader
+
+    def installation(self):
+        """bkp.yaml, validated (PolicyError, exit 3, when invalid); empty when absent."""
+        if self._installation is None:
+            from bkp.installation import load
+
+            self._installation = load(self.settings.config)
+        return self._installation
 
     def runs_of_this_process(self) -> list[dict]:
         """The runs this bkp process opened, as recorded (for an interrupted command)."""
@@ -164,10 +173,13 @@ pass_state = click.make_pass_decorator(State)
 @click.option("--operator", envvar="BKP_OPERATOR", metavar="NAME",
               help="The person acting, recorded on every event (env BKP_OPERATOR, "
                    "default SUDO_USER or the login name).")
+@click.option("--config", envvar="BKP_CONFIG", metavar="FILE",
+              help="Installation settings: organisation, evidence destination, monitoring "
+                   "(env BKP_CONFIG, default /etc/bkp/bkp.yaml; optional).")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
 @click.version_option(__version__, prog_name="bkp")
 @click.pass_context
-def cli(ctx, policies, home, operator, verbose):
+def cli(ctx, policies, home, operator, config, verbose):
     """bkp: encrypted backups of tenant data to off-site EEA servers, restore drills that
     prove they come back, and certified sanitization of data carriers.
 
@@ -179,7 +191,7 @@ def cli(ctx, policies, home, operator, verbose):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     global _state
-    ctx.obj = _state = State(policies, home, operator, verbose)
+    ctx.obj = _state = State(policies, home, operator, verbose, config)
 
 
 # ---------------------------------------------------------------- policy
@@ -194,21 +206,29 @@ def policy():
 @json_option
 @pass_state
 def policy_validate(state, files, as_json):
-    """Validate every policy in the policies directory, or the FILES given.
+    """Validate every policy in the policies directory and the installation settings
+    (bkp.yaml), or the FILES given.
 
     Every error is reported at once with its file, key path and line.
     """
-    from bkp.policy import policy_files, validate_files
+    from bkp import installation
+    from bkp.policy import check_repositories_not_shared, policy_files, validate_files
 
     paths = list(files) or policy_files(state.settings.policies)
-    if not paths:
+    config, named = installation.config_path(state.settings.config)
+    with_config = not files and (named or config.exists())
+    if not paths and not with_config:
         raise PolicyError(f"no policy files in {state.settings.policies}")
     reports = validate_files(paths)
+    if with_config:
+        settings = installation.validate(config)
+        check_repositories_not_shared([*reports, settings])
+        reports.append(settings)
 
     def human():
         for r in reports:
             mark = "ok     " if r.valid else "INVALID"
-            click.echo(f"{mark} {r.file} ({r.tenant or '?'})")
+            click.echo(f"{mark} {r.file} ({r.tenant or 'installation settings'})")
             for p in r.errors:
                 click.echo(f"  error   {_where(r.file, p)}: {p.message}")
             for p in r.warnings:
@@ -433,23 +453,50 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
     from bkp.catalog import CatalogError
     from bkp.tenants.run import report_run_not_started, run_due
 
+    installation = state.installation()
+    healthcheck_url = healthcheck_url or installation.healthcheck_url
+    prometheus_textfile = prometheus_textfile or installation.prometheus_textfile
     policies, broken = state.select((), True)
     try:
         ctx = state.context()
     except CatalogError:
         report_run_not_started(healthcheck_url, prometheus_textfile)
         raise
+    evidence = (lambda: _evidence_outcome(ctx, installation)) if installation.evidence else None
     report = run_due(ctx, policies, jobs=jobs, healthcheck_url=healthcheck_url,
-                     prometheus_textfile=prometheus_textfile, invalid=broken)
+                     prometheus_textfile=prometheus_textfile, invalid=broken,
+                     evidence=evidence)
 
     def human():
         if not report.runs and not report.drills:
             click.echo(f"nothing due ({len(report.not_due)} schedule slots already done)")
         _print_runs(report.runs)
         _print_drills(report.drills)
+        if report.evidence:
+            _print_evidence(report.evidence.data)
 
     emit(report.to_json(), as_json, human)
     return report.exit_code
+
+
+def _evidence_outcome(ctx, installation):
+    """The evidence copy as one more outcome of the night: its failure fails the run."""
+    from bkp.context import Outcome
+    from bkp.evidence.store import backup_evidence
+
+    try:
+        return Outcome("", 0, backup_evidence(ctx, installation))
+    except BkpError as exc:
+        return Outcome("", exc.exit_code, {"status": "failed", "snapshot_id": None,
+                                           "error": str(exc)})
+
+
+def _print_evidence(data: dict) -> None:
+    if data["status"] == "ok":
+        click.echo(f"{'(evidence copy)':<24} ok      snapshot {data['snapshot_id'][:8]}  "
+                   f"{data['events']} audit events, head {data['audit_head'][:16]}")
+    else:
+        click.echo(f"{'(evidence copy)':<24} FAILED  {data['error']}")
 
 
 @cli.command()
@@ -501,17 +548,31 @@ def schedule(state, fmt, every, healthcheck_url, prometheus_textfile):
 @pass_state
 def status(state, tenants, as_json):
     """Per tenant: last backup, RPO state, last drill and when the next drill is due."""
-    from bkp.tenants.status import invalid_status, tenant_status
+    from bkp.tenants.status import evidence_status, invalid_status, tenant_status
 
     policies, broken = state.select(tenants, not tenants)
     catalog = state.reader()
     rows = [tenant_status(catalog, p) for p in policies]
     rows += [invalid_status(catalog, b.tenant, b.data["error"]) for b in broken]
+    document = {"tenants": rows}
+    try:
+        configured = state.installation().evidence is not None
+    except PolicyError:
+        configured = False  # `bkp policy validate` names what is wrong with bkp.yaml
+    evidence_row = evidence_status(catalog, configured)
+    if evidence_row:
+        document["evidence"] = evidence_row
+    if state.catalog_note:
+        document["catalog"] = {"note": state.catalog_note}
 
     def human():
         _print_status(rows)
+        if evidence_row:
+            last = evidence_row.get("last") or {}
+            click.echo(f"evidence copy: {(last.get('status') or 'never').upper()} "
+                       f"{(last.get('time') or '')[:19]} {last.get('error') or ''}".rstrip())
 
-    emit({"tenants": rows}, as_json, human)
+    emit(document, as_json, human)
     return 0
 
 
@@ -532,6 +593,8 @@ def _print_status(rows) -> None:
             f"{(r.get('drill_due') or '-')[:19]:<20}")
         if r.get("error"):
             click.echo(f"{'':<22} ! {r['error']}")
+        if r.get("hint"):
+            click.echo(f"{'':<22}   {r['hint']}")
 
 
 def _drill_word(row) -> str:
@@ -639,11 +702,105 @@ def audit_head(state, as_json):
     return 0
 
 
+# ---------------------------------------------------------------- evidence
+
+@cli.group()
+def evidence():
+    """bkp's own records off-site: copy them, and bring them back after losing the host."""
+
+
+@evidence.command("backup")
+@json_option
+@pass_state
+def evidence_backup(state, as_json):
+    """Copy the catalog (with the audit trail and the media register), drill reports,
+    certificates and public signing keys to the evidence repository of bkp.yaml.
+
+    `bkp run` does this after every night. Never copies a private key.
+    """
+    from bkp.evidence.store import backup_evidence
+
+    installation = state.installation()
+    if installation.evidence is None:
+        raise PolicyError("no evidence destination is configured: add `evidence:` to "
+                          "bkp.yaml (see runbooks/disaster-recovery.md)")
+    result = backup_evidence(state.context(), installation)
+    emit(result, as_json, lambda: _print_evidence(result))
+    return 0
+
+
+@evidence.command("recover")
+@click.option("--snapshot", metavar="ID", help="Evidence snapshot (default: the latest).")
+@click.option("--force", is_flag=True,
+              help="Recover over existing records (they are set aside, never deleted).")
+@json_option
+@pass_state
+def evidence_recover(state, snapshot, force, as_json):
+    """Bring bkp's records back into BKP_HOME on a new or rebuilt host.
+
+    The audit chain continues where the copy ended: an anchor kept before the disaster
+    verifies, old certificates verify, the media register and drill history are back.
+    Refused (exit 4) where BKP_HOME already holds records, unless --force. Afterwards run
+    `bkp catalog sync --all` for the backups made since the copy.
+    """
+    from bkp.evidence.store import recover
+    from bkp.tenants.restore import check_snapshot_id
+
+    check_snapshot_id(snapshot)
+    result = recover(state.settings, state.installation(), snapshot=snapshot, force=force)
+
+    def human():
+        click.echo(f"recovered evidence snapshot {result['snapshot_id']} (copied "
+                   f"{result['copied_at']} on {result['copied_on']}): {result['events']} audit "
+                   f"events, last #{result['last_event']['seq']} {result['last_event']['hash']}")
+        click.echo(f"  {result['lost']}")
+        for note in result["notes"]:
+            click.echo(f"  {note}")
+        click.echo("  next: bkp catalog sync --all (backups made since the copy)")
+
+    emit(result, as_json, human)
+    return 0
+
+
 # ---------------------------------------------------------------- catalog
 
 @cli.group()
 def catalog():
-    """The catalog itself: start a new one knowingly."""
+    """The catalog itself: rebuild it from the repositories, or start a new one knowingly."""
+
+
+@catalog.command("sync")
+@tenants_argument
+@all_option
+@json_option
+@pass_state
+def catalog_sync(state, tenants, all_, as_json):
+    """Rebuild what the catalog knows about backups from each repository's snapshots.
+
+    For a host whose BKP_HOME was lost or recovered from an older evidence copy: afterwards
+    `bkp status` shows the real last backup and RPO state. Idempotent.
+    """
+    from bkp.context import highest_exit, run_per_tenant
+    from bkp.evidence.sync import sync_tenant
+
+    policies, broken = state.select(tenants, all_)
+    ctx = state.context()
+    outcomes = broken + run_per_tenant(policies, lambda p: sync_tenant(ctx, p))
+
+    def human():
+        for o in outcomes:
+            d = o.data
+            if d["status"] == "ok":
+                latest = d["latest"]
+                last = f"latest {latest['id'][:8]} {latest['time'][:19]}Z" if latest else \
+                    "no snapshots"
+                click.echo(f"{d['tenant']:<24} ok      {d['snapshots']} snapshots, "
+                           f"{d['added']} added; {last}")
+            else:
+                click.echo(f"{d['tenant']:<24} FAILED  {d['error']}")
+
+    emit({"tenants": [o.data for o in outcomes]}, as_json, human)
+    return highest_exit(outcomes)
 
 
 @catalog.command("init")

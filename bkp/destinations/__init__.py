@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bkp.policy import Policy
-from bkp.restic import Repository
+from bkp.restic import Repository, Restic
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,15 @@ def destination_for(policy: Policy, home: Path) -> Destination:
 
         return S3Destination(policy, home)
     raise ValueError(f"unknown destination type {kind!r}")
+
+
+def open_repository(policy: Policy, home: Path) -> Restic:
+    """A tenant's repository for restic, after the full preflight (pinned host key, bucket
+    region): refused before restic runs. What every command that reads a repository does."""
+    destination = destination_for(policy, home)
+    destination.preflight()
+    return Restic(destination.repository(), policy.tenant,
+                  timeout=policy.timeout_minutes * 60)
 
 
 def cache_dir(home: Path, tenant: str) -> Path:

@@ -27,7 +27,7 @@ from croniter import croniter
 
 from bkp.catalog import as_json
 from bkp.context import Context, Outcome, interrupt, locked, stopping
-from bkp.destinations import destination_for
+from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.policy import Policy
 from bkp.restic import Listing, Node, NoSnapshot, Restic, parse_restored_snapshot, version
@@ -218,10 +218,7 @@ def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outc
     error: BkpError | None = None
     try:
         remove_stale_scratch(ctx)
-        destination = destination_for(policy, ctx.settings.home)
-        destination.preflight()  # pinned host key, bucket region: refused before restic runs
-        restic = Restic(destination.repository(), policy.tenant,
-                        timeout=policy.timeout_minutes * 60)
+        restic = open_repository(policy, ctx.settings.home)
         _perform(ctx, policy, restic, scratch, result, run_id)
     except VerificationError as exc:  # restic found the repository damaged: a finding
         result.problems.append(Problem("repository", "", "a readable repository", str(exc)))

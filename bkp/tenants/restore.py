@@ -10,10 +10,10 @@ from pathlib import Path
 
 from bkp import locks
 from bkp.context import Context
-from bkp.destinations import destination_for
+from bkp.destinations import open_repository
 from bkp.errors import BkpError, SafetyError, UsageError, VerificationError
 from bkp.policy import Policy
-from bkp.restic import Listing, Restic
+from bkp.restic import Listing
 from bkp.tenants.drill import check_free_space, tail_problems
 
 SNAPSHOT_ID = re.compile(r"latest|[0-9a-f]{8,64}")
@@ -62,10 +62,7 @@ def restore_tenant(ctx: Context, policy: Policy, target: Path, *, snapshot: str 
 
 def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
              includes: Sequence[str]) -> dict:
-    destination = destination_for(policy, ctx.settings.home)
-    destination.preflight()  # pinned host key, bucket region: refused before restic runs
-    restic = Restic(destination.repository(), policy.tenant,
-                    timeout=policy.timeout_minutes * 60)
+    restic = open_repository(policy, ctx.settings.home)
     listing = restic.ls(snapshot)
     files, size = selected(listing, includes)
     if includes and files == 0 and not any(n.path.rstrip("/") in

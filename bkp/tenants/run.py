@@ -7,6 +7,7 @@ and their slots are due again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,15 +28,19 @@ class RunReport:
     runs: list[Outcome] = field(default_factory=list)
     drills: list[Outcome] = field(default_factory=list)
     not_due: list[Due] = field(default_factory=list)
+    evidence: Outcome | None = None  # the copy of bkp's own records, when configured
 
     @property
     def exit_code(self) -> int:
-        return highest_exit(self.runs + self.drills)
+        return highest_exit(self.runs + self.drills + ([self.evidence] if self.evidence else []))
 
     def to_json(self) -> dict:
-        return {"runs": [o.data for o in self.runs], "drills": [o.data for o in self.drills],
-                "not_due": [{"tenant": d.tenant, "kind": d.kind, "slot": slot_label(d.slot)}
-                            for d in self.not_due]}
+        out = {"runs": [o.data for o in self.runs], "drills": [o.data for o in self.drills],
+               "not_due": [{"tenant": d.tenant, "kind": d.kind, "slot": slot_label(d.slot)}
+                           for d in self.not_due]}
+        if self.evidence is not None:
+            out["evidence"] = self.evidence.data
+        return out
 
 
 def plan(ctx: Context, policies: list[Policy], now: datetime) -> list[Due]:
@@ -54,9 +59,12 @@ def plan(ctx: Context, policies: list[Policy], now: datetime) -> list[Due]:
 def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
             now: datetime | None = None, healthcheck_url: str | None = None,
             prometheus_textfile: Path | None = None,
-            invalid: list[Outcome] | None = None) -> RunReport:
+            invalid: list[Outcome] | None = None,
+            evidence: Callable[[], Outcome] | None = None) -> RunReport:
     """`invalid` are the tenants whose policy could not be loaded: reported as failed runs,
-    so that the night is not called green while a tenant silently drops out."""
+    so that the night is not called green while a tenant silently drops out. `evidence`
+    copies bkp's own records off-site after the night's work, when anything was recorded
+    since the last copy."""
     with locks.run_lock(ctx.settings.locks):
         now = now or datetime.now(UTC)
         report = RunReport()
@@ -76,13 +84,23 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
             drills, lambda p: drill_tenant(ctx, p, trigger="schedule",
                                            slot=slot_label(due[(p.tenant, "drill")].slot)), 1)
 
-        failed = [o for o in report.runs + report.drills if o.exit_code]
+        if evidence is not None and records_changed_since_evidence(ctx):
+            report.evidence = evidence()
+        done = report.runs + report.drills + ([report.evidence] if report.evidence else [])
+        failed = [o for o in done if o.exit_code]
         summary = "; ".join(f"{o.tenant}: {o.data.get('error') or o.data.get('status')}"
                             for o in failed)
         monitoring.ping(healthcheck_url, "fail" if failed else "success", summary)
         if prometheus_textfile:
             write_metrics(ctx, policies, prometheus_textfile, report)
         return report
+
+
+def records_changed_since_evidence(ctx: Context) -> bool:
+    """Whether anything was recorded since the last evidence copy (whose own event is then
+    the newest one)."""
+    last = ctx.catalog.last_audit_event()
+    return last is None or not (last["action"] == "evidence" and last["outcome"] == "ok")
 
 
 def _pinged(policy: Policy, work) -> Outcome:

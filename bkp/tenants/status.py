@@ -46,8 +46,26 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         "snapshot_count": good["snapshots_kept"] if good else None,
         "repository_bytes": good["repository_bytes"] if good else None,
         "last_drill": _drill_view(_last_run(catalog, policy.tenant, "drill")),
+        **({"hint": NEVER_HINT.format(tenant=policy.tenant)} if last is None else {}),
         **drill_schedule_state(catalog, policy, now),
     }
+
+
+NEVER_HINT = ("no backup recorded here; if bkp's records were lost or recovered from an "
+              "older copy, `bkp catalog sync {tenant}` reads the backups from the repository")
+
+
+def evidence_status(catalog: Catalog, configured: bool) -> dict | None:
+    """The last copy of bkp's own records off-site, when configured or ever made."""
+    from bkp.installation import EVIDENCE_NAME
+
+    last = _last_run(catalog, EVIDENCE_NAME, "evidence")
+    if not configured and last is None:
+        return None
+    view = None if last is None else {
+        "time": last["ended_at"] or last["started_at"], "status": last["status"],
+        "snapshot_id": last["snapshot_id"], "error": last["error"], "run_id": last["id"]}
+    return {"configured": configured, "last": view}
 
 
 def invalid_status(catalog: Catalog, tenant: str, error: str) -> dict:

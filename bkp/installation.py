@@ -1,0 +1,220 @@
+"""Installation settings: `bkp.yaml` (BKP_CONFIG, --config; default /etc/bkp/bkp.yaml).
+
+Optional. It holds what belongs to the installation rather than to a tenant: the
+organisation printed on certificates and reports, the evidence destination where bkp keeps
+an off-site copy of its own records, and monitoring. It is validated with the same rules
+and the same error format as a policy: the evidence destination is a destination like a
+tenant's (EEA, encrypted transport, pinned keys, private secret files).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from bkp import policy as policies
+from bkp.errors import PolicyError
+
+DEFAULT_CONFIG = Path("/etc/bkp/bkp.yaml")
+# The evidence repository is worked on like a tenant's; this name can never be a tenant id
+# (those start with a letter or digit), so its cache and ssh files cannot collide.
+EVIDENCE_NAME = "_evidence"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    destination: policies.Destination
+    password_file: Path | None = None
+    password_command: str | None = None
+    password_env: str | None = None
+
+
+@dataclass(frozen=True)
+class Installation:
+    file: Path | None = None  # None: no bkp.yaml (everything optional)
+    organization: str | None = None
+    evidence: Evidence | None = None
+    healthcheck_url: str | None = None
+    prometheus_textfile: Path | None = None
+
+
+@functools.cache
+def schema() -> dict:
+    """The JSON Schema of bkp.yaml; the evidence destination is checked with the policy's
+    own destination schema (see `_destination_findings`)."""
+    tenant = policies.schema()
+    password = {key: tenant["properties"][key] for key in policies.PASSWORD_KEYS}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "bkp installation settings (bkp.yaml)",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "organization": {"description": "The organisation, printed on certificates and "
+                                            "reports.", "type": "string", "minLength": 1},
+            "evidence": {
+                "description": "The off-site home of bkp's own records (`bkp evidence "
+                               "backup`): a restic repository at an EEA destination.",
+                "type": "object", "additionalProperties": False,
+                "required": ["destination"],
+                "oneOf": [{"required": [key]} for key in policies.PASSWORD_KEYS],
+                "properties": {"destination": {"type": "object"}, **password},
+            },
+            "monitoring": {
+                "description": "Monitoring of `bkp run`, instead of options in the schedule.",
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "healthcheck_url": tenant["properties"]["monitoring"]["properties"][
+                        "healthcheck_url"],
+                    "prometheus_textfile": {
+                        "description": "node_exporter textfile to write after each run.",
+                        "type": "string", "pattern": "^/",
+                        "x-pattern-message": "must be an absolute path"},
+                },
+            },
+        },
+    }
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema())
+
+
+@functools.cache
+def _destination_validator() -> Draft202012Validator:
+    tenant = policies.schema()
+    return Draft202012Validator({"type": "object", "properties": {
+        "destination": tenant["properties"]["destination"]}})
+
+
+# Rules of a policy that hold for the evidence repository too (on a stand-in document with
+# the evidence destination and password keys at the top, as in a policy).
+EVIDENCE_RULES = (
+    policies._rule_no_inline_secrets,
+    policies._rule_data_rests_in_eea,
+    policies._rule_transport_encrypted,
+    policies._rule_secret_files_private,
+    policies._rule_password_env_set,
+)
+
+
+def _evidence_document(data: dict) -> dict:
+    evidence = data.get("evidence")
+    if not isinstance(evidence, dict):
+        return {}
+    return {key: value for key, value in evidence.items()}
+
+
+def _findings(data: dict, file: Path) -> list:
+    findings = []
+    for error in _validator().iter_errors(data):
+        findings += policies._explain(error, data)
+    stand_in = _evidence_document(data)
+    if isinstance(stand_in.get("destination"), dict):
+        for error in _destination_validator().iter_errors(stand_in):
+            findings += [_under_evidence(f) for f in policies._explain(error, stand_in)]
+        for rule in EVIDENCE_RULES:
+            findings += [_under_evidence(f) for f in rule(stand_in, file)]
+        if stand_in["destination"].get("type") == "local":
+            findings.append(policies._warning(
+                ("evidence", "destination", "type"),
+                "a local evidence destination is not off-site: losing this server loses bkp's "
+                "records too. Use sftp, s3 or rest"))
+    monitoring = data.get("monitoring")
+    if isinstance(monitoring, dict):
+        findings += policies._rule_no_inline_secrets({"monitoring": monitoring}, file)
+    return findings
+
+
+def _under_evidence(finding):
+    return policies._Finding(("evidence", *finding.path), finding.message, finding.warning)
+
+
+def validate(path: Path) -> policies.PolicyReport:
+    """Validate bkp.yaml; every problem becomes a Problem (as for a policy), none raised."""
+    report = policies.PolicyReport(file=Path(path), tenant=None,
+                                   destination_path=("evidence", "destination"))
+    try:
+        document = policies._parse_yaml(policies._read_text(report.file))
+    except policies._Unusable as unusable:
+        report.errors = [unusable.problem]
+        return report
+    data = document.data
+    if data is None:
+        return report  # an empty file: no settings
+    if not isinstance(data, dict):
+        report.errors = [policies.Problem("", "bkp.yaml is a mapping of keys (organization, "
+                                              "evidence, monitoring)", document.line_of(()))]
+        return report
+    findings = [policies._error(p, "written twice: the later value silently replaces the "
+                                   "earlier one; keep one") for p in document.duplicate_keys]
+    findings += _findings(data, report.file)
+    report.errors = policies._problems(document, [f for f in findings if not f.warning])
+    report.warnings = policies._problems(document, [f for f in findings if f.warning])
+    report._document = document
+    if not report.errors and isinstance(data.get("evidence"), dict):
+        report.destination = policies._build_destination(data["evidence"]["destination"])
+    return report
+
+
+def _build(data: dict, file: Path) -> Installation:
+    evidence = data.get("evidence")
+    monitoring = data.get("monitoring") or {}
+    return Installation(
+        file=file,
+        organization=data.get("organization"),
+        evidence=Evidence(
+            destination=policies._build_destination(evidence["destination"]),
+            password_file=Path(evidence["password_file"]) if evidence.get("password_file")
+            else None,
+            password_command=evidence.get("password_command"),
+            password_env=evidence.get("password_env")) if evidence else None,
+        healthcheck_url=monitoring.get("healthcheck_url"),
+        prometheus_textfile=Path(monitoring["prometheus_textfile"])
+        if monitoring.get("prometheus_textfile") else None,
+    )
+
+
+def config_path(option: str | None) -> tuple[Path, bool]:
+    """The bkp.yaml to read, and whether the operator named it (then it must exist)."""
+    named = option or os.environ.get("BKP_CONFIG")
+    return (Path(named), True) if named else (DEFAULT_CONFIG, False)
+
+
+def load(option: str | None = None) -> Installation:
+    """The installation settings; PolicyError (exit 3) listing every problem when invalid."""
+    path, named = config_path(option)
+    if not path.exists():
+        if named:
+            raise PolicyError(f"the installation settings {path} do not exist (named by "
+                              f"--config or BKP_CONFIG)")
+        return Installation()
+    report = validate(path)
+    if report.errors:
+        lines = "\n".join(f"  {p.describe(path)}" for p in report.errors)
+        raise PolicyError(f"the installation settings {path} are invalid:\n{lines}",
+                          problems=report.errors)
+    data: Any = report._document.data if report._document else None
+    return _build(data, path) if isinstance(data, dict) else Installation(file=path)
+
+
+def evidence_policy(installation: Installation) -> policies.Policy:
+    """The evidence repository as destinations/ and restic.py know a repository: through a
+    policy. It holds bkp's records, which name tenants: treated as sensitive."""
+    evidence = installation.evidence
+    if evidence is None:
+        raise PolicyError("no evidence destination is configured: add `evidence:` to "
+                          "bkp.yaml (see runbooks/disaster-recovery.md)")
+    return policies.Policy(
+        tenant=EVIDENCE_NAME, file=installation.file or DEFAULT_CONFIG,
+        purpose="bkp evidence", classification="sensitive", sources=(),
+        destination=evidence.destination, password_file=evidence.password_file,
+        password_command=evidence.password_command, password_env=evidence.password_env,
+        schedule=policies.Schedule(backup=None, drill=None),
+        retention=policies.Retention(legal_hold=True))
