@@ -9,14 +9,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from bkp.errors import BkpError
 
 if TYPE_CHECKING:  # only for annotations: importing them costs start-up time
     from bkp.catalog import Catalog
     from bkp.policy import Policy
+    from bkp.results import TenantResult
     from bkp.settings import Settings
 
 # Set when bkp was told to stop (SIGTERM, Ctrl-C): work cut short is recorded as
@@ -40,15 +41,20 @@ class Context:
 
 @dataclass
 class Outcome:
-    """One tenant's result: the JSON document of CLI.md and the exit code it implies."""
+    """One tenant's result (a typed value of bkp.results) and the exit code it implies."""
 
     tenant: str
     exit_code: int
-    data: dict = field(default_factory=dict)
+    value: Any = None
+
+    @property
+    def data(self) -> dict:
+        """The JSON document element of the command-line contract."""
+        return self.value.to_json() if hasattr(self.value, "to_json") else (self.value or {})
 
 
 def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome],
-           result: str | None = None) -> Outcome:
+           result: type[TenantResult]) -> Outcome:
     """Run `work` holding the tenant's lock. When another bkp process holds it the attempt
     is refused without a run record: a busy tenant is not a failed backup."""
     from bkp.locks import LockHeld, tenant_lock
@@ -58,30 +64,27 @@ def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome
             return work()
     except LockHeld as exc:
         ctx.audit(action, "refused", policy.tenant, error=str(exc))
-        return Outcome(policy.tenant, exc.exit_code, {
-            "tenant": policy.tenant, "status": "failed", "snapshot_id": None, "files": None,
-            "bytes_added": None, "duration_s": 0.0, "error": str(exc),
-            **({"result": result} if result else {})})
+        return Outcome(policy.tenant, exc.exit_code, result.refused(policy.tenant, str(exc)))
 
 
 def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome],
-                   jobs: int = 1) -> list[Outcome]:
-    """Run `work` for every tenant, `jobs` at a time; results in the policies' order."""
+                   jobs: int = 1, result: type[TenantResult] | None = None) -> list[Outcome]:
+    """Run `work` for every tenant, `jobs` at a time; results in the policies' order.
+    `result` is the type of each tenant's result, for the outcomes work never reached."""
+    from bkp.results import TenantResult
+
+    kind = result or TenantResult
 
     def guarded(policy: Policy) -> Outcome:
         if stopping.is_set():
-            return Outcome(policy.tenant, 1, {"tenant": policy.tenant, "status": "skipped",
-                                              "error": "bkp was stopped before this tenant"})
+            return Outcome(policy.tenant, 1, kind.skipped(policy.tenant))
         try:
             return work(policy)
         except BkpError as exc:  # work records its own failures; this is a last guard
-            return Outcome(policy.tenant, exc.exit_code, {"tenant": policy.tenant,
-                                                          "status": "failed",
-                                                          "error": str(exc)})
+            return Outcome(policy.tenant, exc.exit_code, kind.failure(policy.tenant, str(exc)))
         except Exception as exc:  # one tenant's surprise must not end the others' night
-            return Outcome(policy.tenant, 1, {"tenant": policy.tenant, "status": "failed",
-                                              "error": f"unexpected {type(exc).__name__}: "
-                                                       f"{exc}"})
+            return Outcome(policy.tenant, 1, kind.failure(
+                policy.tenant, f"unexpected {type(exc).__name__}: {exc}"))
 
     if jobs <= 1 or len(policies) <= 1:
         return [guarded(p) for p in policies]

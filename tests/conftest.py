@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import contract
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -168,8 +170,10 @@ class BkpEnv:
         return env
 
     def bkp(self, *args: str, timeout: float = 300, **env) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bkp", *args], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "bkp", *args], capture_output=True,
                               text=True, env=self.env(**env), timeout=timeout)
+        contract.check(list(args), done.stdout)
+        return done
 
     def bkp_json(self, *args: str, expect: int | None = 0, **env) -> tuple[dict, int]:
         done = self.bkp(*args, "--json", **env)

@@ -27,9 +27,14 @@ log = logging.getLogger("bkp")
 def emit(data, as_json: bool, human: Callable[[], None] | None = None) -> None:
     """Exactly one JSON document on stdout with --json; otherwise the human rendering."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+        click.echo(json.dumps(data, indent=2, sort_keys=False, default=_plain))
     elif human:
         human()
+
+
+def _plain(value):
+    """A typed result inside a document is written as its contract form, never as repr."""
+    return value.to_json() if hasattr(value, "to_json") else str(value)
 
 
 def say(message: str) -> None:
@@ -102,8 +107,10 @@ class State:
             rows = self._work.catalog.runs_of_process(os.getpid())
         except Exception:  # the signal may have come while the catalog was unusable
             return []
+        ok = {"backup": "ok", "drill": "passed"}
         return [{"tenant": r["tenant"], "kind": r["kind"], "run_id": r["id"],
-                 "status": r["status"], "snapshot_id": r["snapshot_id"],
+                 "status": r["status"] if r["status"] == ok.get(r["kind"]) else "failed",
+                 "result": r["status"], "snapshot_id": r["snapshot_id"],
                  "error": r["error"]} for r in rows]
 
     def bare_context(self):
@@ -117,11 +124,14 @@ class State:
 
         return Context(self.settings, self.reader())
 
-    def select(self, tenants: tuple[str, ...], all_: bool):
-        """Policies to work on, and an Outcome per invalid policy (exit 3) among them."""
+    def select(self, tenants: tuple[str, ...], all_: bool, result=None):
+        """Policies to work on, and an Outcome per invalid policy (exit 3) among them, as a
+        `result` (the command's type of per-tenant result)."""
         from bkp.context import Outcome
         from bkp.policy import load_policies
+        from bkp.results import TenantResult
 
+        kind = result or TenantResult
         if bool(tenants) == bool(all_):
             raise UsageError("name one or more tenants, or give --all")
         if not self.settings.policies.is_dir():
@@ -129,10 +139,9 @@ class State:
                               f"set --policies or BKP_POLICIES")
         policies, invalid = load_policies(self.settings.policies, list(tenants) or None)
         wanted = set(tenants)
-        broken = [Outcome(r.tenant or r.file.stem, 3, {
-            "tenant": r.tenant or r.file.stem, "status": "failed",
-            "error": f"invalid policy {r.file}: " + "; ".join(
-                f"{e.path}: {e.message}" if e.path else e.message for e in r.errors)})
+        broken = [Outcome(r.tenant or r.file.stem, 3, kind.invalid(
+            r.tenant or r.file.stem, f"invalid policy {r.file}: " + "; ".join(
+                f"{e.path}: {e.message}" if e.path else e.message for e in r.errors)))
             for r in invalid if not wanted or (r.tenant or r.file.stem) in wanted]
         return policies, broken
 
@@ -270,11 +279,12 @@ def init(state, tenants, all_, as_json):
     the key escrow before the first backup: without it the backups cannot be restored.
     """
     from bkp.context import highest_exit, run_per_tenant
+    from bkp.results import InitEntry
     from bkp.tenants.init import init_tenant
 
-    policies, broken = state.select(tenants, all_)
+    policies, broken = state.select(tenants, all_, InitEntry)
     ctx = state.context()
-    outcomes = broken + run_per_tenant(policies, lambda p: init_tenant(ctx, p))
+    outcomes = broken + run_per_tenant(policies, lambda p: init_tenant(ctx, p), result=InitEntry)
 
     def human():
         for o in outcomes:
@@ -301,12 +311,14 @@ def backup(state, tenants, all_, jobs, progress, as_json):
     One tenant failing never stops the others; the exit code is the highest among them.
     """
     from bkp.context import highest_exit, run_per_tenant
+    from bkp.results import BackupRun
     from bkp.tenants.backup import backup_tenant
 
-    policies, broken = state.select(tenants, all_)
+    policies, broken = state.select(tenants, all_, BackupRun)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
-    outcomes = broken + run_per_tenant(policies, lambda p: backup_tenant(ctx, p), jobs)
+    outcomes = broken + run_per_tenant(policies, lambda p: backup_tenant(ctx, p), jobs,
+                                       result=BackupRun)
     emit({"runs": [o.data for o in outcomes]}, as_json, lambda: _print_runs(outcomes))
     return highest_exit(outcomes)
 
@@ -319,7 +331,8 @@ def _print_runs(outcomes) -> None:
                        f"{d['files']} files  +{d['bytes_added']} bytes  "
                        f"{d['duration_s']:.1f}s")
         else:
-            click.echo(f"{d['tenant']:<24} {d['status'].upper():<7} {d.get('error')}")
+            click.echo(f"{d['tenant']:<24} {(d.get('result') or d['status']).upper():<7} "
+                       f"{d.get('error')}")
 
 
 @cli.command()
@@ -394,19 +407,21 @@ def drill(state, tenants, all_, due, progress, as_json):
     from datetime import UTC, datetime
 
     from bkp.context import highest_exit, run_per_tenant
+    from bkp.results import DrillRun
     from bkp.tenants.drill import drill_tenant
     from bkp.tenants.run import plan
 
     if due and (tenants or all_):
         raise UsageError("--due picks the tenants itself: give no TENANT and no --all")
-    policies, broken = state.select(tenants, all_ or due)
+    policies, broken = state.select(tenants, all_ or due, DrillRun)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
     if due:
         now = datetime.now(UTC)
         due_tenants = {d.tenant for d in plan(ctx, policies, now) if d.kind == "drill" and d.due}
         policies = [p for p in policies if p.tenant in due_tenants]
-    outcomes = broken + run_per_tenant(policies, lambda p: drill_tenant(ctx, p))
+    outcomes = broken + run_per_tenant(policies, lambda p: drill_tenant(ctx, p),
+                                       result=DrillRun)
 
     def human():
         if not outcomes:
@@ -456,7 +471,9 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
     installation = state.installation()
     healthcheck_url = healthcheck_url or installation.healthcheck_url
     prometheus_textfile = prometheus_textfile or installation.prometheus_textfile
-    policies, broken = state.select((), True)
+    from bkp.results import BackupRun
+
+    policies, broken = state.select((), True, BackupRun)
     try:
         ctx = state.context()
     except CatalogError:
@@ -483,12 +500,12 @@ def _evidence_outcome(ctx, installation):
     """The evidence copy as one more outcome of the night: its failure fails the run."""
     from bkp.context import Outcome
     from bkp.evidence.store import backup_evidence
+    from bkp.results import EvidenceCopy
 
     try:
         return Outcome("", 0, backup_evidence(ctx, installation))
     except BkpError as exc:
-        return Outcome("", exc.exit_code, {"status": "failed", "snapshot_id": None,
-                                           "error": str(exc)})
+        return Outcome("", exc.exit_code, EvidenceCopy("failed", error=str(exc)))
 
 
 def _print_evidence(data: dict) -> None:
@@ -724,7 +741,7 @@ def evidence_backup(state, as_json):
     if installation.evidence is None:
         raise PolicyError("no evidence destination is configured: add `evidence:` to "
                           "bkp.yaml (see runbooks/disaster-recovery.md)")
-    result = backup_evidence(state.context(), installation)
+    result = backup_evidence(state.context(), installation).to_json()
     emit(result, as_json, lambda: _print_evidence(result))
     return 0
 
@@ -782,10 +799,12 @@ def catalog_sync(state, tenants, all_, as_json):
     """
     from bkp.context import highest_exit, run_per_tenant
     from bkp.evidence.sync import sync_tenant
+    from bkp.results import SyncEntry
 
-    policies, broken = state.select(tenants, all_)
+    policies, broken = state.select(tenants, all_, SyncEntry)
     ctx = state.context()
-    outcomes = broken + run_per_tenant(policies, lambda p: sync_tenant(ctx, p))
+    outcomes = broken + run_per_tenant(policies, lambda p: sync_tenant(ctx, p),
+                                       result=SyncEntry)
 
     def human():
         for o in outcomes:

@@ -31,6 +31,7 @@ from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.evidence.audit import verify_chain
 from bkp.installation import EVIDENCE_NAME, Installation, evidence_policy
 from bkp.restic import Restic, parse_restored_snapshot
+from bkp.results import EvidenceCopy
 
 MANIFEST = "manifest.json"
 FORMAT = "bkp-evidence/1"
@@ -132,9 +133,9 @@ def backup_evidence(ctx: Context, installation: Installation) -> dict:
                   files=len(manifest["files"]), error=str(error) if error else None)
     if error is not None:
         raise error
-    return {"status": "ok", "snapshot_id": snapshot_id, "run_id": run_id,
-            "audit_head": manifest["audit"]["head"], "events": manifest["audit"]["events"],
-            "files": len(manifest["files"])}
+    return EvidenceCopy("ok", snapshot_id=snapshot_id, run_id=run_id,
+                        audit_head=manifest["audit"]["head"],
+                        events=manifest["audit"]["events"], files=len(manifest["files"]))
 
 
 def _push(ctx: Context, installation: Installation, folder: Path) -> str:

@@ -17,6 +17,7 @@ from bkp.destinations import open_repository
 from bkp.errors import BkpError
 from bkp.policy import Policy
 from bkp.restic import parse_tags
+from bkp.results import SyncEntry
 
 
 def _utc(text: str) -> str:
@@ -47,13 +48,10 @@ def sync_tenant(ctx: Context, policy: Policy) -> Outcome:
         added = ctx.catalog.add_synced_backups(policy.tenant, snapshots, ctx.settings.operator)
     except BkpError as exc:
         ctx.audit("catalog.sync", "failed", policy.tenant, error=str(exc))
-        return Outcome(policy.tenant, exc.exit_code, {
-            "tenant": policy.tenant, "status": "failed", "snapshots": None, "added": 0,
-            "latest": None, "error": str(exc)})
+        return Outcome(policy.tenant, exc.exit_code, SyncEntry.failure(policy.tenant, str(exc)))
     latest = snapshots[-1] if snapshots else None
     latest_view = {"id": latest["id"], "time": latest["time"]} if latest else None
     ctx.audit("catalog.sync", "ok", policy.tenant, snapshots=len(snapshots), added=added,
               latest=latest_view)
-    return Outcome(policy.tenant, 0, {"tenant": policy.tenant, "status": "ok",
-                                      "snapshots": len(snapshots), "added": added,
-                                      "latest": latest_view, "error": None})
+    return Outcome(policy.tenant, 0, SyncEntry(policy.tenant, "ok", snapshots=len(snapshots),
+                                               added=added, latest=latest_view))

@@ -16,6 +16,7 @@ from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import EXIT_PARTIAL, Restic, version
+from bkp.results import BackupRun
 
 
 def check_sources(policy: Policy) -> None:
@@ -29,7 +30,7 @@ def check_sources(policy: Policy) -> None:
 
 def backup_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                   slot: str | None = None) -> Outcome:
-    return locked(ctx, policy, "backup", lambda: _backup(ctx, policy, trigger, slot))
+    return locked(ctx, policy, "backup", lambda: _backup(ctx, policy, trigger, slot), BackupRun)
 
 
 def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
@@ -91,10 +92,11 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
         ctx.audit("backup", status, policy.tenant, run_id=run_id,
                   snapshot_id=row["snapshot_id"], files=row["files"],
                   bytes_added=row["bytes_added"], error=row["error"])
-    data = {"tenant": policy.tenant, "status": status, "snapshot_id": row["snapshot_id"],
-            "files": row["files"], "bytes_added": row["bytes_added"],
-            "duration_s": row["duration_s"], "error": row["error"], "run_id": run_id,
-            "snapshots_kept": row["snapshots_kept"], "restic_calls": row["restic_calls"]}
+    data = BackupRun(tenant=policy.tenant, status="ok" if status == "ok" else "failed",
+                     result=status, snapshot_id=row["snapshot_id"], files=row["files"],
+                     bytes_added=row["bytes_added"], duration_s=row["duration_s"],
+                     error=row["error"], run_id=run_id, snapshots_kept=row["snapshots_kept"],
+                     restic_calls=row["restic_calls"])
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
 
 

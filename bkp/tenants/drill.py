@@ -31,6 +31,7 @@ from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.policy import Policy
 from bkp.restic import Listing, Node, NoSnapshot, Restic, parse_restored_snapshot, version
+from bkp.results import DrillRun
 
 SCRATCH_MARGIN = 64 << 20
 HASH_CHUNK = 4 << 20
@@ -204,8 +205,7 @@ def check_free_space(folder: Path, need: int) -> None:
 
 def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                  slot: str | None = None) -> Outcome:
-    return locked(ctx, policy, "drill", lambda: _drill(ctx, policy, trigger, slot),
-                  result="error")
+    return locked(ctx, policy, "drill", lambda: _drill(ctx, policy, trigger, slot), DrillRun)
 
 
 def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
@@ -346,24 +346,24 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             restic_calls=restic.calls if restic else 0)
         # CLI.md's status is passed|failed; `result` says why a drill did not pass (found
         # problems, could not run, interrupted).
-        data = {"tenant": policy.tenant, "status": "passed" if status == "passed" else "failed",
-                "result": status, "snapshot_id": result.snapshot_id,
-                "files_checked": result.files_checked, "bytes_restored": result.bytes_restored,
-                "duration_s": row["duration_s"], "problems": problems, "run_id": run_id,
-                "number": ctx.catalog.drill_number(policy.tenant, run_id),
-                "snapshot_time": result.snapshot_time, "subset_read": result.subset,
-                "sample_checked": result.sample_checked,
-                "sample_skipped": result.sample_skipped, "restore_s": result.restore_s,
-                "rto_minutes": policy.drill.rto_minutes, "error": str(error) if error else None,
-                "restic_version": row["restic_version"],
-                "repository": restic.repo.label if restic else None}
-        report, digest = write_report(ctx, policy, data)
-        data["report"], data["report_sha256"] = str(report), digest
-        ctx.catalog.update_run(run_id, report=data["report"])
+        data = DrillRun(
+            tenant=policy.tenant, status="passed" if status == "passed" else "failed",
+            result=status, snapshot_id=result.snapshot_id,
+            files_checked=result.files_checked, bytes_restored=result.bytes_restored,
+            duration_s=row["duration_s"], problems=problems, run_id=run_id,
+            number=ctx.catalog.drill_number(policy.tenant, run_id),
+            snapshot_time=result.snapshot_time, subset_read=result.subset,
+            sample_checked=result.sample_checked, sample_skipped=result.sample_skipped,
+            restore_s=result.restore_s, rto_minutes=policy.drill.rto_minutes,
+            error=str(error) if error else None, restic_version=row["restic_version"],
+            repository=restic.repo.label if restic else None)
+        report, digest = write_report(ctx, policy, data.to_json())
+        data.report, data.report_sha256 = str(report), digest
+        ctx.catalog.update_run(run_id, report=data.report)
         ctx.audit("drill", status, policy.tenant, run_id=run_id,
                   snapshot_id=result.snapshot_id, files_checked=result.files_checked,
-                  subset=result.subset, problems=len(problems), error=data["error"],
-                  report=data["report"], report_sha256=digest)
+                  subset=result.subset, problems=len(problems), error=data.error,
+                  report=data.report, report_sha256=digest)
     return Outcome(policy.tenant, code, data)
 
 

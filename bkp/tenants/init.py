@@ -7,6 +7,7 @@ from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError
 from bkp.policy import Policy
 from bkp.restic import Restic
+from bkp.results import InitEntry
 
 
 def init_tenant(ctx: Context, policy: Policy) -> Outcome:
@@ -26,9 +27,7 @@ def init_tenant(ctx: Context, policy: Policy) -> Outcome:
             status = "initialised"
     except BkpError as exc:
         ctx.audit("init", "failed", policy.tenant, repository=label, error=str(exc))
-        return Outcome(policy.tenant, exc.exit_code, {
-            "tenant": policy.tenant, "status": "failed", "repository": label,
-            "error": str(exc)})
+        return Outcome(policy.tenant, exc.exit_code, InitEntry(
+            policy.tenant, "failed", error=str(exc), result="failed", repository=label))
     ctx.audit("init", status, policy.tenant, repository=label)
-    return Outcome(policy.tenant, 0, {"tenant": policy.tenant, "status": status,
-                                      "repository": label})
+    return Outcome(policy.tenant, 0, InitEntry(policy.tenant, status, repository=label))

@@ -16,6 +16,7 @@ from bkp import locks
 from bkp.catalog import parse_time
 from bkp.context import Context, Outcome, highest_exit, run_per_tenant
 from bkp.policy import Policy
+from bkp.results import BackupRun, DrillRun
 from bkp.tenants import monitoring
 from bkp.tenants.backup import backup_tenant
 from bkp.tenants.drill import drill_tenant
@@ -78,11 +79,12 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
         report.runs = list(invalid or []) + run_per_tenant(
             backups, lambda p: _pinged(p, lambda: backup_tenant(
                 ctx, p, trigger="schedule", slot=slot_label(due[(p.tenant, "backup")].slot))),
-            jobs)
+            jobs, result=BackupRun)
         drills = [by_tenant[t] for (t, kind) in due if kind == "drill"]
         report.drills = run_per_tenant(
             drills, lambda p: drill_tenant(ctx, p, trigger="schedule",
-                                           slot=slot_label(due[(p.tenant, "drill")].slot)), 1)
+                                           slot=slot_label(due[(p.tenant, "drill")].slot)), 1,
+            result=DrillRun)
 
         if evidence is not None and records_changed_since_evidence(ctx):
             report.evidence = evidence()

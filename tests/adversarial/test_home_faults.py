@@ -251,5 +251,5 @@ def test_sigterm_with_json_still_prints_one_document(bkp_env):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     document = json.loads(out)
-    assert [r["status"] for r in document["runs"]] == ["interrupted"]
+    assert [(r["status"], r["result"]) for r in document["runs"]] == [("failed", "interrupted")]
     assert document["runs"][0]["tenant"] == "termed"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pypdf
 import pytest
 
+from tests import contract
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.e2e
@@ -41,9 +42,11 @@ class Bench:
         return env
 
     def bkp(self, *args: str, **env) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bkp", *args], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "bkp", *args], capture_output=True,
                               text=True, env=self.env(**env), timeout=300,
                               stdin=subprocess.DEVNULL)
+        contract.check(list(args), done.stdout)
+        return done
 
     def json(self, *args: str, expect: int = 0) -> dict:
         done = self.bkp(*args, "--json")
