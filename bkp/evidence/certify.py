@@ -275,6 +275,9 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
         return _report([*problems, str(exc)], {}, None, None, pdf, None, {"checked": False})
     json_problems, key = _document_problems(document, trusted)
     problems += json_problems
+    if pdf and key and pdf["key_fingerprint"] and pdf["key_fingerprint"] != key.id:
+        problems.append(f"the PDF is signed by key {pdf['key_fingerprint']}, the certificate "
+                        f"inside it by key {key.id}: bkp signs both with one key")
     payload = document.get("certificate") if isinstance(document, dict) else None
     payload = payload if isinstance(payload, dict) else {}
     audit, file = {"checked": False}, None

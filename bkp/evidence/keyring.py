@@ -32,7 +32,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,7 +140,10 @@ def parse_ring(text: str, where: str, source: str = "key ring") -> list[RingKey]
         data = json.loads(text)
         if data.get("format") != RING_FORMAT:
             raise ValueError(f"format is not {RING_FORMAT}")
-        keys = [RingKey(**{**entry, "source": source}) for entry in data["keys"]]
+        known = {f.name for f in fields(RingKey)} - {"source"}
+        # Fields a later bkp may add are left aside, not taken for damage.
+        keys = [RingKey(**{k: v for k, v in entry.items() if k in known}, source=source)
+                for entry in data["keys"]]
         for key in keys:
             if key.algorithm != ALGORITHM or key_id(key.key()) != key.id:
                 raise ValueError(f"key {key.id} does not match its public key")
@@ -302,9 +305,11 @@ def _create(home: Path, ring: list[RingKey]) -> RingKey:
 def _adopt_legacy(home: Path, ring: list[RingKey]) -> list[RingKey]:
     """Move the key of bkp before the ring into the ring (under the lock, by a command that
     signs): same key, same validity, so its certificates keep verifying."""
-    if len(ring) != 1 or ring[0].source == "key ring":
-        return ring
     legacy_file = home / LEGACY_KEY_FILE
+    if len(ring) != 1 or ring[0].source == "key ring":
+        if legacy_file.exists():
+            _forget_adopted(home, ring, legacy_file)
+        return ring
     private = _load_private(legacy_file)
     from bkp.evidence.pdf_signature import self_signed_certificate
 
@@ -317,6 +322,15 @@ def _adopt_legacy(home: Path, ring: list[RingKey]) -> list[RingKey]:
     _write_ring(home, [key])
     legacy_file.unlink()
     return [key]
+
+
+def _forget_adopted(home: Path, ring: list[RingKey], legacy_file: Path) -> None:
+    """An adoption cut short after the ring was written leaves the old file: it goes once
+    the ring holds that key and its private half sits in private/ (else it is kept)."""
+    legacy_id = key_id(_load_private(legacy_file).public_key())
+    adopted = find_key(ring, legacy_id)
+    if adopted is not None and private_path(home, adopted).exists():
+        legacy_file.unlink()
 
 
 def _write_private(path: Path, pem: bytes) -> None:

@@ -14,15 +14,18 @@ What checks what:
   annotation, a second revision or a second signature, is refused), the signer's public
   key is a key of the installation's key ring (or of `--public-key`) valid at the signing
   time, plus the signed JSON inside and the audit trail.
-- pyHanko (`pyhanko sign validate --trust keys-cert.pem FILE.pdf`, with the key's
-  `certificate_pem` from `bkp certificate public-key --json`) validates the same signature.
-- Adobe Acrobat and Reader validate RSA, DSA and ECDSA PDF signatures only (Adobe's table of
-  supported algorithms lists no EdDSA): they show that the file is certified and list its
-  revisions, and report that the signature cannot be validated. An edit still shows as a
-  change after certification, but Acrobat alone is not proof: use `bkp certificate verify`
-  or pyHanko.
+- pyHanko validates the same signature (its command line `pyhanko sign validate`, from the
+  separate pyhanko-cli package, trusting the key's `certificate_pem` from `bkp certificate
+  public-key --json`).
+- Adobe Acrobat and Reader: Adobe's published list of supported signature algorithms has
+  RSA, DSA and ECDSA and no EdDSA, so expect them to say the signature cannot be validated;
+  they are no proof either way. (Not tried here: no Acrobat on the build machine.)
 - Poppler (`pdfsig`, evince, okular) validates through NSS; whether it accepts Ed25519
-  depends on the NSS version of the viewer's system (not checked by bkp).
+  depends on the NSS version of the viewer's system (not tried here).
+Ed25519 is kept anyway: it is the key the ring and the signed JSON already use, one key and
+one fingerprint per installation. Should a viewer that auditors use need ECDSA, a P-256
+key could carry the PDF signature beside it; the ring's format has an `algorithm` field
+for that.
 """
 
 from __future__ import annotations

@@ -245,6 +245,17 @@ def test_rotation_keeps_old_certificates_valid_and_signs_new_ones_with_the_new_k
                              "--no-audit", "--json", BKP_HOME=str(auditor))
             assert done.returncode == 0 and json.loads(done.stdout)["valid"], done.stdout
     assert not auditor.exists()
+    # an old certificate's page signed again with the new key: both keys trusted, but bkp
+    # never signs a PDF and the certificate in it with two keys
+    new_private = serialization.load_pem_private_key(
+        (keys / "private" / (second["id"].removeprefix("SHA256:") + ".key")).read_bytes(),
+        password=None)
+    document = json.loads(Path(before["certificate"]["json"]).read_text())
+    mixed = pdf_signature.sign_pdf(certs.render_pdf(document), new_private,
+                                   second["certificate_pem"], "again")
+    report = verify(bench, write(tmp_path / "mixed.pdf", mixed), expect=5)
+    assert any("bkp signs both with one key" in p for p in report["problems"])
+
     only_new = tmp_path / "new.pem"
     bench.bkp("certificate", "public-key", "--output", str(only_new))
     verify(bench, Path(before["certificate"]["json"]), "--public-key", str(only_new),
