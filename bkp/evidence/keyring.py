@@ -134,6 +134,16 @@ def load_ring(home: Path) -> list[RingKey]:
     return parse_ring(text, str(path))
 
 
+def export_ring(home: Path) -> str | None:
+    """The key ring as the text of keyring.json, for the evidence copy and for auditors:
+    the stored ring, or the one key of a bkp before the ring (whose only file is private
+    and must never be copied). Public halves only; None when bkp never had a key here."""
+    ring = load_ring(home)
+    if not ring:
+        return None
+    return _ring_text(ring)
+
+
 def parse_ring(text: str, where: str, source: str = "key ring") -> list[RingKey]:
     """The keys of a ring file (ours, or a copy an auditor pinned)."""
     try:
@@ -345,10 +355,10 @@ def _write_private(path: Path, pem: bytes) -> None:
 def _write_ring(home: Path, ring: list[RingKey]) -> None:
     """Written aside and renamed into place: a reader sees the old ring or the new one."""
     path = home / RING_FILE
-    text = json.dumps({"format": RING_FORMAT, "keys": [k.stored() for k in ring]}, indent=2)
+    text = _ring_text(ring)
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with open(temporary, "w") as fh:
-        fh.write(text + "\n")
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.chmod(temporary, 0o644)
@@ -358,6 +368,11 @@ def _write_ring(home: Path, ring: list[RingKey]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _ring_text(ring: list[RingKey]) -> str:
+    return json.dumps({"format": RING_FORMAT, "keys": [k.stored() for k in ring]},
+                      indent=2) + "\n"
 
 
 @contextlib.contextmanager

@@ -188,7 +188,7 @@ def carrier(key) -> str:
 
 def test_reading_a_fresh_home_creates_nothing(tmp_path):
     home = tmp_path / "home"
-    assert keyring.load_ring(home) == []
+    assert keyring.load_ring(home) == [] and keyring.export_ring(home) is None
     keyring.check_can_sign(home)
     assert not home.exists()
 
@@ -259,6 +259,9 @@ def test_the_key_of_bkp_before_the_ring_is_read_then_adopted(tmp_path):
     before = sorted(p.name for p in path.parent.iterdir())
     [read] = keyring.load_ring(tmp_path)
     assert read.id == certs.key_fingerprint(legacy.public_key()) and read.current
+    exported = keyring.export_ring(tmp_path)  # what the evidence copy takes off-site
+    assert "PRIVATE" not in exported
+    assert [k.id for k in keyring.parse_ring(exported, "copy")] == [read.id]
     assert sorted(p.name for p in path.parent.iterdir()) == before  # reading wrote nothing
     with keyring.signing_key(tmp_path) as signer:
         assert signer.created is None and signer.key.id == read.id
