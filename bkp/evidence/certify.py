@@ -293,13 +293,16 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
 
 
 def _report(problems, payload, key, claimed, pdf, file, audit) -> dict:
-    verification = payload.get("verification") or {}
+    def section(name: str) -> dict:  # a forged file may put anything anywhere
+        value = payload.get(name)
+        return value if isinstance(value, dict) else {}
+
     return {
         "valid": not problems, "certificate_id": payload.get("certificate_id"),
         "record_id": payload.get("record_id"), "kind": payload.get("kind"),
-        "serial": (payload.get("media") or {}).get("serial"),
-        "result": (payload.get("sanitization") or {}).get("result"),
-        "hash": verification.get("hash"),
+        "serial": section("media").get("serial"),
+        "result": section("sanitization").get("result"),
+        "hash": section("verification").get("hash"),
         "key_fingerprint": key.id if key else claimed,
         "key": _key_json(key), "pdf": pdf, "file": file,
         "audit": audit, "problems": problems,
@@ -337,11 +340,14 @@ def _pdf_check(data: bytes, trusted: list[keyring.RingKey]) -> tuple[dict, list[
     check = pdf_signature.check_signature(data)
     problems = list(check.problems)
     key = keyring.find_raw(trusted, check.signer_key) if check.signer_key else None
-    if check.signed and key is None:
+    if key is None and (check.signer_key or check.signer_algorithm):
         signer = (certs.key_fingerprint(_ed25519(check.signer_key)) if check.signer_key
                   else f"a {check.signer_algorithm} key")
         problems.append(f"the PDF is signed by {signer}, not by a trusted key "
                         f"({_trusted_text(trusted)})")
+    elif key is not None and check.signed_at is None and key.created_at:
+        problems.append("the PDF signature states no signing time, so the validity of its "
+                        "key cannot be checked (bkp always states it)")
     elif key is not None:
         late = key.validity_problem(check.signed_at, "the PDF was signed at")
         problems += [late] if late else []
@@ -367,7 +373,11 @@ def _file_check(ctx: Context, payload: dict, data: bytes, is_pdf: bool) -> tuple
     content, not the layout), so for JSON a difference is reported, not failed."""
     digest = hashlib.sha256(data).hexdigest()
     certificate_id = payload.get("certificate_id")
-    event = _issue_event(ctx, certificate_id) if isinstance(certificate_id, int) else None
+    if not isinstance(certificate_id, int) or isinstance(certificate_id, bool):
+        # not a certificate of ours at all: the signature check already says so
+        return {"sha256": digest, "issued_sha256": None, "as_issued": None,
+                "issue_event_seq": None}, []
+    event = _issue_event(ctx, certificate_id)
     if event is None:
         return ({"sha256": digest, "issued_sha256": None, "as_issued": None,
                  "issue_event_seq": None},

@@ -171,6 +171,21 @@ def test_the_served_pdf_must_be_the_issued_one(bench):
     assert "Traceback" not in changed.stderr + missing.stderr
 
 
+def test_hostile_files_are_invalid_with_sentences_not_tracebacks(bench, tmp_path):
+    bench.json("certificate", "key", "create")
+    signature = {"algorithm": "Ed25519", "key_fingerprint": ["x"], "value": 7}
+    for name, content in (
+            ("types.json", json.dumps({"format": "bkp-certificate/1", "signature": signature,
+                                       "certificate": {"media": "x", "verification": [1],
+                                                       "issued_at": 5}}).encode()),
+            ("list.json", b"[1, 2]"), ("binary.json", b"\xff\xfe\x00"),
+            ("broken.pdf", b"%PDF-1.7\n1 0 obj<<>>endobj trailer<</Root 1 0 R>>\n%%EOF"),
+            ("empty.pdf", b"%PDF-")):
+        done = bench.bkp("certificate", "verify", str(write(tmp_path / name, content)))
+        assert done.returncode == 5, (name, done.stdout, done.stderr)
+        assert "INVALID" in done.stdout and "Traceback" not in done.stderr, name
+
+
 # ---------------------------------------------------------------- the key ring
 
 def test_reads_on_a_fresh_home_create_nothing(bench, tmp_path):
