@@ -273,8 +273,9 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
         \b
         bkp certificate RECORD_ID [--format text|json|pdf] [--output FILE]
-        bkp certificate verify FILE [--public-key PEM] [--no-audit]
-        bkp certificate public-key [--output FILE]
+        bkp certificate verify FILE [--public-key FILE] [--no-audit]
+        bkp certificate public-key [--all] [--output FILE]
+        bkp certificate key create | rotate
         """
 
     @certificate.command("show", hidden=True)
@@ -286,23 +287,26 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
     @json_option
     @pass_state
     def certificate_show(state, record_id, fmt, output, as_json):
-        """The signed certificate of a sanitization or destruction record."""
+        """The signed certificate of a sanitization or destruction record. The PDF is the
+        signed file written when the certificate was issued."""
         from bkp.evidence import certificates as certs
-        from bkp.evidence.certify import certificate_document
+        from bkp.evidence.certify import certificate_document, certificate_pdf
 
-        document = certificate_document(state.read_context(), record_id)
         fmt = "json" if as_json else fmt
+        if fmt == "pdf" and not output and sys.stdout.isatty():
+            raise click.UsageError("a PDF is not for the terminal: give --output FILE")
+        ctx = state.read_context()
         if fmt == "pdf":
-            content = certs.render_pdf(document)
+            content, note = certificate_pdf(ctx, record_id)
+            if note:
+                say(f"note: {note}")
         elif fmt == "json":
-            content = certs.document_bytes(document)
+            content = certs.document_bytes(certificate_document(ctx, record_id))
         else:
-            content = certs.render_text(document).encode("utf-8")
+            content = certs.render_text(certificate_document(ctx, record_id)).encode("utf-8")
         if output:
             output.write_bytes(content)
             say(f"wrote {output}")
-        elif fmt == "pdf" and sys.stdout.isatty():
-            raise click.UsageError("a PDF is not for the terminal: give --output FILE")
         elif fmt == "pdf":
             sys.stdout.flush()
             sys.stdout.buffer.write(content)
@@ -313,53 +317,126 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
     @certificate.command("verify")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--public-key", "public_key", metavar="PEM",
+    @click.option("--public-key", "public_key", metavar="FILE",
                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="The issuer's public key (default: this installation's key).")
+                  help="The issuer's public key(s): PEM (as `public-key --all --output` "
+                       "writes) or a copy of its keys/keyring.json (default: this "
+                       "installation's key ring).")
     @click.option("--no-audit", is_flag=True,
-                  help="Check the signature only (no audit trail at hand).")
+                  help="Check the signatures only (no audit trail at hand).")
     @json_option
     @pass_state
     def certificate_verify(state, file, public_key, no_audit, as_json):
-        """Check a certificate (JSON or PDF): its signature, and that its record's event is
-        in an intact audit trail. Exit 5 on any change."""
+        """Check a certificate (JSON or PDF): its signature by a key of the key ring valid
+        when it was issued, a PDF's signature over the whole file, and its record's and
+        issue's events in an intact audit trail. Exit 5 on any change."""
         from bkp.context import Context
-        from bkp.evidence.certify import verify_certificate
+        from bkp.evidence.certify import trusted_keys, verify_certificate
 
+        # The keys first: with none there is nothing to check, and nothing is opened.
+        trusted = trusted_keys(state.settings.home, public_key)
         # An auditor checking a signature offline needs no catalog: none is created.
         ctx = Context(state.settings, None) if no_audit else state.read_context()
-        report = verify_certificate(ctx, file.read_bytes(), public_key,
+        report = verify_certificate(ctx, file.read_bytes(), trusted,
                                     check_audit=not no_audit)
-
-        def human():
-            if report["valid"]:
-                audit = " and audit event present in an intact trail" if \
-                    report["audit"].get("checked") else " (audit trail not checked)"
-                click.echo(f"certificate {report['certificate_id']} of record "
-                           f"{report['record_id']} ({report['serial']}): VALID: signature "
-                           f"by {report['key_fingerprint']}{audit}")
-            else:
-                click.echo(f"certificate {file}: INVALID")
-                for problem in report["problems"]:
-                    click.echo(f"  {problem}")
-
-        emit(report, as_json, human)
+        emit(report, as_json, lambda: _print_verification(file, report))
         return 0 if report["valid"] else 5
 
     @certificate.command("public-key")
-    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path))
+    @click.option("--all", "all_", is_flag=True,
+                  help="Every key of the ring, retired ones too (what old certificates need).")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write the public key(s) as PEM to FILE, for `verify --public-key`.")
     @json_option
     @pass_state
-    def certificate_public_key(state, output, as_json):
-        """The public key that checks this installation's certificates (give it to
-        auditors)."""
-        from bkp.evidence import certificates as certs
+    def certificate_public_key(state, all_, output, as_json):
+        """The public keys that check this installation's certificates (give them to
+        auditors). Reads only: with no key yet it says so and creates none."""
+        from bkp.errors import OperationError
+        from bkp.evidence import keyring
 
-        key = certs.public_key_of(state.settings.home)
-        pem = certs.public_key_pem(key)
+        ring = keyring.load_ring(state.settings.home)
+        if not ring:
+            raise OperationError(keyring.no_key_message(state.settings.home))
+        current = keyring.current_key(ring)
+        if current is None and not all_:
+            raise OperationError("every key of the ring is retired: `bkp certificate key "
+                                 "create` makes a new one (--all lists the retired keys)")
+        shown = ring if all_ else [current]
         if output:
-            output.write_text(pem)
-        emit({"algorithm": "Ed25519", "key_fingerprint": certs.key_fingerprint(key),
-              "public_key_pem": pem}, as_json,
-             lambda: click.echo(f"# {certs.key_fingerprint(key)}\n{pem}", nl=False))
+            output.write_text("".join(_key_pem(k) for k in shown))
+            say(f"wrote {output}")
+        data = {"keys": [k.as_json() for k in shown]}
+        if current is not None:
+            data = {"algorithm": current.algorithm, "key_fingerprint": current.id,
+                    "public_key_pem": current.as_json()["public_key_pem"],
+                    "id": current.id, "created_at": current.created_at,
+                    "not_after": current.not_after,
+                    "certificate_pem": current.certificate_pem, **data}
+        emit(data, as_json, lambda: click.echo("".join(_key_pem(k) for k in shown), nl=False))
         return 0
+
+    @certificate.group("key")
+    def certificate_key():
+        """The installation's signing keys: create the first, rotate (retire and replace)."""
+
+    @certificate_key.command("create")
+    @json_option
+    @pass_state
+    def certificate_key_create(state, as_json):
+        """Make the signing key (bkp also makes it with the first certificate). Refused
+        while a current key exists: rotate replaces it."""
+        from bkp.evidence.certify import create_signing_key
+
+        key = create_signing_key(state.context())
+        emit({"key": key.as_json()}, as_json,
+             lambda: click.echo(f"created signing key {key.id} ({key.describe()})"))
+        return 0
+
+    @certificate_key.command("rotate")
+    @json_option
+    @pass_state
+    def certificate_key_rotate(state, as_json):
+        """Retire the current key (its certificates keep verifying) and sign with a new one
+        from now on. Also the way to replace a key whose private half was lost."""
+        from bkp.evidence.certify import rotate_signing_key
+
+        retired, new = rotate_signing_key(state.context())
+
+        def human():
+            click.echo(f"retired signing key {retired.id} at {retired.not_after}")
+            click.echo(f"created signing key {new.id} ({new.describe()})")
+            click.echo("give auditors the new key: bkp certificate public-key --all")
+
+        emit({"retired": retired.as_json(), "key": new.as_json()}, as_json, human)
+        return 0
+
+
+def _key_pem(key) -> str:
+    state = f"retired {key.not_after}" if key.not_after else "current"
+    return (f"# {key.id} {key.algorithm} created {key.created_at or 'unknown'}, {state}\n"
+            f"{key.as_json()['public_key_pem']}")
+
+
+def _print_verification(file: Path, report: dict) -> None:
+    if not report["valid"]:
+        click.echo(f"certificate {file}: INVALID")
+        for problem in report["problems"]:
+            click.echo(f"  {problem}")
+        return
+    click.echo(f"certificate {report['certificate_id']} of record {report['record_id']} "
+               f"({report['serial']}): VALID")
+    click.echo(f"  signed by key {report['key_fingerprint']} "
+               f"({report['key']['description']})")
+    if report["pdf"]:
+        click.echo(f"  PDF signature intact over the whole file, signed at "
+                   f"{report['pdf']['signed_at']}")
+    file = report.get("file") or {}
+    if file.get("as_issued"):
+        click.echo(f"  the file is the one issued (SHA-256 in audit event "
+                   f"#{file['issue_event_seq']})")
+    if report["audit"].get("checked"):
+        click.echo(f"  record's audit event #{report['audit']['event_seq']} present in an "
+                   f"intact trail")
+    else:
+        click.echo("  audit trail not checked")

@@ -2,29 +2,26 @@
 
 A certificate carries the fields of NIST SP 800-88 Rev. 1 Appendix G ("Sample Certificate
 of Sanitization") plus the verification hash and a reference to the audit event of the
-record. Its payload is canonical JSON (sorted keys, no spaces, UTF-8) signed with an
-Ed25519 key kept at $BKP_HOME/keys/certificate-signing.key; auditors pin the public key
-(`bkp certificate public-key`) and check any certificate with it, without trusting the
-operator or the machine that printed it.
+record. Its payload is canonical JSON (sorted keys, no spaces, UTF-8) signed with the
+installation's current Ed25519 key, named in the signature by its id (keyring.py); auditors
+pin the key ring's public keys (`bkp certificate public-key --all`) and check any
+certificate with them, without trusting the operator or the machine that printed it.
 
-The PDF is a rendering for people to sign and file; the signed JSON travels inside it as
-an attachment, so `bkp certificate verify` accepts either file.
+The PDF is a rendering for people to sign and file, one page. It is signed as a PDF over
+the whole file (pdf_signature.py), so what the page shows is covered, and the signed JSON
+travels inside it as an attachment: `bkp certificate verify` accepts either file.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import os
 import unicodedata
-from pathlib import Path
 
 from bkp.catalog import as_json, parse_time
 
 FORMAT = "bkp-certificate/1"
-KEY_FILE = Path("keys") / "certificate-signing.key"
 PDF_ATTACHMENT = "certificate.json"
 
 # Method -> (NIST 800-88 category, what it does), shown on every certificate.
@@ -58,36 +55,7 @@ VERIFICATION_MODES = {
 }
 
 
-# ---------------------------------------------------------------- keys
-
-def signing_key(home: Path):
-    """The installation's Ed25519 key, created on first use (0600, in a 0700 directory)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path = home / KEY_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        # Written aside and linked into place: two first uses at once keep one key, and no
-        # reader ever sees half a key.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-        temporary.unlink()
-    return serialization.load_pem_private_key(path.read_bytes(), password=None)
-
-
-def public_key_of(home: Path):
-    return signing_key(home).public_key()
-
+# ---------------------------------------------------------------- keys (the ring: keyring.py)
 
 def public_key_pem(public_key) -> str:
     from cryptography.hazmat.primitives import serialization
@@ -96,10 +64,32 @@ def public_key_pem(public_key) -> str:
                                    serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def load_public_key(path: Path):
+def load_public_keys(text: str) -> list:
+    """Every public key in PEM text: PUBLIC KEY blocks and the keys of CERTIFICATE blocks
+    (comments between blocks, as `bkp certificate public-key --all` writes, are skipped)."""
+    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    return serialization.load_pem_public_key(path.read_bytes())
+    keys = []
+    for kind, block in _pem_blocks(text):
+        if kind == "PUBLIC KEY":
+            keys.append(serialization.load_pem_public_key(block.encode()))
+        elif kind == "CERTIFICATE":
+            keys.append(x509.load_pem_x509_certificate(block.encode()).public_key())
+    return keys
+
+
+def _pem_blocks(text: str) -> list[tuple[str, str]]:
+    blocks, kind, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("-----BEGIN ") and line.endswith("-----"):
+            kind, lines = line[11:-5], [line]
+        elif kind is not None:
+            lines.append(line)
+            if line.startswith("-----END "):
+                blocks.append((kind, "\n".join(lines) + "\n"))
+                kind = None
+    return blocks
 
 
 def raw_public_key(public_key) -> bytes:
@@ -227,6 +217,18 @@ def sign(payload: dict, private_key) -> dict:
     }
 
 
+def structure_problems(document) -> list[str]:
+    """Why `document` is not shaped like a signed bkp certificate; empty when it is."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return [f"not a bkp certificate (format is not {FORMAT})"]
+    payload, signature = document.get("certificate"), document.get("signature")
+    if not isinstance(payload, dict) or not isinstance(signature, dict):
+        return ["the certificate or its signature is missing"]
+    if signature.get("algorithm") != "Ed25519":
+        return [f"unsupported signature algorithm {signature.get('algorithm')!r}"]
+    return []
+
+
 def signature_problems(document: dict, trusted_key) -> list[str]:
     """Why `document` is not a certificate signed by `trusted_key`; empty when it is.
 
@@ -235,13 +237,10 @@ def signature_problems(document: dict, trusted_key) -> list[str]:
     """
     from cryptography.exceptions import InvalidSignature
 
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        return [f"not a bkp certificate (format is not {FORMAT})"]
-    payload, signature = document.get("certificate"), document.get("signature")
-    if not isinstance(payload, dict) or not isinstance(signature, dict):
-        return ["the certificate or its signature is missing"]
-    if signature.get("algorithm") != "Ed25519":
-        return [f"unsupported signature algorithm {signature.get('algorithm')!r}"]
+    problems = structure_problems(document)
+    if problems:
+        return problems
+    payload, signature = document["certificate"], document["signature"]
     trusted = key_fingerprint(trusted_key)
     if signature.get("key_fingerprint") != trusted:
         return [f"signed by key {signature.get('key_fingerprint')}, not by the trusted key "
@@ -249,7 +248,7 @@ def signature_problems(document: dict, trusted_key) -> list[str]:
     try:
         trusted_key.verify(base64.b64decode(signature.get("value", ""), validate=True),
                            canonical(payload))
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return ["the signature does not match the certificate's content (changed after "
                 "signing, or signed by another key)"]
     return []
@@ -261,9 +260,13 @@ def document_bytes(document: dict) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def is_pdf(data: bytes) -> bool:
+    return data.lstrip()[:5] == b"%PDF-"
+
+
 def read_document(data: bytes) -> dict:
     """The certificate document from a JSON file or from the attachment of our PDF."""
-    if data.startswith(b"%PDF"):
+    if is_pdf(data):
         return _document_in_pdf(data)
     try:
         return json.loads(data.decode("utf-8"))
@@ -272,18 +275,19 @@ def read_document(data: bytes) -> dict:
 
 
 def _document_in_pdf(data: bytes) -> dict:
-    # The attachment is stored uncompressed (render_pdf), so the JSON is found verbatim; no
-    # PDF library is needed to verify.
-    marker = b'{"format": "' + FORMAT.encode() + b'"'
-    start = data.find(marker)
-    if start < 0:
-        raise ValueError("this PDF carries no signed bkp certificate")
-    text = data[start:].decode("ascii", "replace")
+    from bkp.evidence.pdf_signature import attachment
+
     try:
-        document, _ = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError as exc:
+        attached = attachment(data, PDF_ATTACHMENT)
+    except Exception as exc:  # a damaged or hostile PDF can fail anywhere in the parser
+        raise ValueError(f"this PDF cannot be read ({type(exc).__name__}: {exc})") from None
+    if attached is None:
+        raise ValueError(f"this PDF carries no signed bkp certificate (no {PDF_ATTACHMENT} "
+                         f"attached)")
+    try:
+        return json.loads(attached.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"the certificate inside this PDF is damaged: {exc}") from None
-    return document
 
 
 def embedded_json(document: dict) -> bytes:
@@ -432,8 +436,9 @@ def _draw_pdf(document: dict, scale: float, limit: int | None):
     pdf.set_font("Helvetica", "B", 16)
     pdf.cell(0, 8, title_of(payload), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 8)
-    pdf.cell(0, 4, "Per NIST SP 800-88 Rev. 1, Appendix G. Signed electronically (Ed25519); "
-                   "the signed record is attached to this PDF.", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 4, "Per NIST SP 800-88 Rev. 1, Appendix G. This PDF is signed (PAdES, Ed25519) "
+                   "and carries the signed record as an attachment.", new_x="LMARGIN",
+             new_y="NEXT")
     pdf.ln(2)
     for title, items in rows(payload):
         _pdf_section(pdf, title, items, scale, limit)
@@ -479,8 +484,9 @@ def _pdf_footer(pdf, document: dict) -> None:
     pdf.set_font("Courier", "", 6)
     pdf.multi_cell(0, 2.8, f"Ed25519 key {signature['key_fingerprint']}\n"
                            f"signature {signature['value']}\n"
-                           f"verify: bkp certificate verify THIS.pdf (pin the key with "
-                           f"bkp certificate public-key)", new_x="LMARGIN", new_y="NEXT")
+                           f"verify: bkp certificate verify THIS.pdf (pin the keys with "
+                           f"bkp certificate public-key --all)", new_x="LMARGIN",
+                   new_y="NEXT")
 
 
 # Letters that have no decomposition into a Latin-1 letter plus accents.

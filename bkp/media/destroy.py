@@ -18,7 +18,7 @@ from bkp import catalog as cat
 from bkp.context import Context
 from bkp.errors import SafetyError, UsageError
 from bkp.evidence.certificates import DESTRUCTION_METHODS
-from bkp.evidence.certify import issue_certificate
+from bkp.evidence.certify import ensure_can_certify, issue_certificate
 
 
 def file_sha256(path: Path) -> str:
@@ -53,6 +53,7 @@ def destroy(ctx: Context, serial: str, method: str, witness: str,
                           f"{medium['state_since']}")
     if method not in DESTRUCTION_METHODS:
         raise UsageError(f"--method must be one of {', '.join(DESTRUCTION_METHODS)}")
+    ensure_can_certify(ctx)  # before the destruction is recorded without a certificate
     if not witness or not witness.strip():
         raise UsageError("--witness is required: the person who saw the medium destroyed")
     evidence = _hash_evidence(evidence_files)

@@ -25,7 +25,7 @@ from bkp import catalog as cat
 from bkp.context import Context, Outcome, human_bytes
 from bkp.errors import OperationError, SafetyError, UsageError
 from bkp.evidence.certificates import METHODS
-from bkp.evidence.certify import issue_certificate
+from bkp.evidence.certify import ensure_can_certify, issue_certificate
 from bkp.media import devices, wipe
 
 SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
@@ -190,6 +190,7 @@ def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = N
              between_phases: Hook | None = None) -> Outcome:
     """Check, confirm, wipe, verify, record and certify one medium."""
     _validate_request(request)
+    ensure_can_certify(ctx)  # before anything is written, not after the wipe
     plan = preflight(ctx, request)
     if not request.confirmed and not (confirm and confirm(plan)):
         _refuse(ctx, request, "not confirmed: type the serial when asked, or give --yes for "
@@ -246,6 +247,7 @@ def _warm_up_certificate_modules() -> None:
     def load():
         with contextlib.suppress(Exception):
             import fpdf  # noqa: F401
+            import pyhanko.sign.signers  # noqa: F401
             from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: F401
 
     threading.Thread(target=load, name="bkp-warm-up", daemon=True).start()

@@ -48,6 +48,13 @@ class Bench:
         contract.check(list(args), done.stdout)
         return done
 
+    def bkp_bytes(self, *args: str) -> bytes:
+        """stdout as bytes (a PDF), asserting success."""
+        done = subprocess.run([sys.executable, "-m", "bkp", *args], capture_output=True,
+                              env=self.env(), timeout=300, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def json(self, *args: str, expect: int = 0) -> dict:
         done = self.bkp(*args, "--json")
         assert done.returncode == expect, (done.returncode, done.stdout, done.stderr)
@@ -174,8 +181,9 @@ def test_sanitize_an_image_and_verify_its_certificate(bench):
     key = bench.json("certificate", "public-key")
     assert key["key_fingerprint"] == document["signature"]["key_fingerprint"]
     assert key["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
-    key_file = bench.home / "keys" / "certificate-signing.key"
+    [key_file] = (bench.home / "keys" / "private").iterdir()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert key_file.name == key["key_fingerprint"].removeprefix("SHA256:") + ".key"
 
     # an auditor elsewhere: only the pinned public key and the PDF, no catalog of their own
     pinned = bench.root / "pinned.pem"
@@ -188,7 +196,8 @@ def test_sanitize_an_image_and_verify_its_certificate(bench):
 
     actions = [(e["action"], e["outcome"]) for e in bench.json("audit", "log")["events"]]
     assert actions == [("media.register", "registered"), ("sanitize", "started"),
-                       ("sanitize", "erased"), ("certificate.issue", "issued")]
+                       ("sanitize", "erased"), ("certificate.key", "created"),
+                       ("certificate.issue", "issued")]
     assert bench.json("audit", "verify")["valid"]
     assert bench.json("media", "list", "--state", "sanitized")["media"][0]["serial"] == \
         "IMG-0001"
@@ -223,7 +232,7 @@ def test_tampered_certificates_are_detected(bench, tmp_path):
     resigned.write_bytes(certs.document_bytes(certs.sign(forged["certificate"],
                                                          Ed25519PrivateKey.generate())))
     report = bench.json("certificate", "verify", str(resigned), expect=5)
-    assert "not by the trusted key" in report["problems"][0]
+    assert "not by a trusted key" in report["problems"][0]
 
     # an auditor pinning another key rejects even the genuine certificate
     other_key = tmp_path / "other.pem"
