@@ -144,6 +144,20 @@ def export_ring(home: Path) -> str | None:
     return _ring_text(ring)
 
 
+def merge_ring(home: Path, text: str, where: str) -> list[RingKey]:
+    """Add the keys of a ring copy (the evidence copy) to this installation's ring: a key
+    made here before the recovery never pushes the recovered keys out. Public halves only."""
+    recovered = parse_ring(text, where)
+    (home / KEYS_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _locked(home):
+        ring = load_ring(home)
+        known = {key.id for key in ring}
+        merged = ring + [key for key in recovered if key.id not in known]
+        merged.sort(key=lambda key: key.created_at or "")
+        _write_ring(home, merged)
+    return merged
+
+
 def parse_ring(text: str, where: str, source: str = "key ring") -> list[RingKey]:
     """The keys of a ring file (ours, or a copy an auditor pinned)."""
     try:

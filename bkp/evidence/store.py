@@ -28,6 +28,7 @@ from bkp import catalog as cat
 from bkp.context import Context
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
+from bkp.evidence import keyring
 from bkp.evidence.audit import verify_chain
 from bkp.installation import EVIDENCE_NAME, Installation, evidence_policy
 from bkp.restic import Restic, parse_restored_snapshot
@@ -37,7 +38,6 @@ MANIFEST = "manifest.json"
 FORMAT = "bkp-evidence/1"
 # Folders of BKP_HOME that hold records (besides the catalog).
 RECORD_FOLDERS = ("reports", "certificates", "evidence")
-PRIVATE_KEY_SUFFIXES = (".key", ".pem.private")
 
 
 def outbox(home: Path) -> Path:
@@ -53,14 +53,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _public_key_files(home: Path) -> list[Path]:
-    folder = home / "keys"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file()
-                  and not p.name.endswith(PRIVATE_KEY_SUFFIXES) and not p.name.startswith("."))
-
-
 def stage(ctx: Context, target: Path) -> dict:
     """Fill `target` with a consistent copy of the records; returns the manifest."""
     if target.exists():
@@ -71,10 +63,10 @@ def stage(ctx: Context, target: Path) -> dict:
     for folder in RECORD_FOLDERS:
         if (home / folder).is_dir():
             shutil.copytree(home / folder, target / folder, symlinks=False)
-    keys = target / "keys"
-    for key in _public_key_files(home):
-        keys.mkdir(mode=0o700, exist_ok=True)
-        shutil.copy2(key, keys / key.name)
+    ring = keyring.export_ring(home)  # public halves only, also of a key from before the ring
+    if ring is not None:
+        (target / "keys").mkdir(mode=0o700)
+        (target / keyring.RING_FILE).write_text(ring)
     copied = cat.Catalog.read_only(target / "catalog.db")
     try:
         chain = verify_chain(copied.audit_events())
@@ -283,11 +275,9 @@ def _install(folder: Path, home: Path) -> None:
     for name in RECORD_FOLDERS:
         if (folder / name).is_dir():
             shutil.copytree(folder / name, home / name, dirs_exist_ok=True)
-    if (folder / "keys").is_dir():
-        (home / "keys").mkdir(mode=0o700, exist_ok=True)
-        for key in (folder / "keys").iterdir():
-            if not (home / "keys" / key.name).exists():  # never over a key that is there
-                shutil.copy2(key, home / "keys" / key.name)
+    ring = folder / keyring.RING_FILE
+    if ring.is_file():
+        keyring.merge_ring(home, ring.read_text(), f"the evidence copy's {keyring.RING_FILE}")
     shutil.copy2(folder / "catalog.db", home / cat.CATALOG_FILE)
     os.chmod(home / cat.CATALOG_FILE, 0o600)
     cat.write_home_marker(home)

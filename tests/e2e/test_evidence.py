@@ -188,3 +188,19 @@ def test_checks_never_touch_the_recovered_catalog(bkp_env):
     for args in (("status",), ("audit", "verify"), ("audit", "head"), ("media", "list")):
         env.bkp(*args, **extra)
     assert conn.execute("select count(*), max(seq) from audit_log").fetchone() == before
+
+
+def test_a_key_made_before_the_recovery_does_not_push_out_the_recovered_keys(bkp_env):
+    env = bkp_env
+    write_config(env, local_evidence(env))
+    extra = config_env(env)
+    _, filed = sanitize_an_image(env)
+    env.bkp_json("evidence", "backup", **extra)
+    shutil.rmtree(env.home)
+    env.home.mkdir(mode=0o700)
+    env.bkp_json("certificate", "key", "create")  # someone signed-in first on the new host
+    env.bkp_json("evidence", "recover", "--force", **extra)
+    certificate = env.bkp("certificate", "verify", filed, "--json")
+    assert certificate.returncode == 0, certificate.stdout + certificate.stderr
+    ring, _ = env.bkp_json("certificate", "public-key", "--all")
+    assert len(ring["keys"]) == 2
