@@ -204,3 +204,18 @@ def test_a_key_made_before_the_recovery_does_not_push_out_the_recovered_keys(bkp
     assert certificate.returncode == 0, certificate.stdout + certificate.stderr
     ring, _ = env.bkp_json("certificate", "public-key", "--all")
     assert len(ring["keys"]) == 2
+
+
+def test_a_certificate_goes_off_site_at_once(bkp_env):
+    env = bkp_env
+    write_config(env, local_evidence(env))
+    extra = config_env(env)
+    image = env.root / "usb.img"
+    image.write_bytes(os.urandom(1 << 20))
+    env.bkp_json("media", "register", "--serial", "USB-0001", "--type", "usb", **extra)
+    result, _ = env.bkp_json("sanitize", str(image), "--serial", "USB-0001", "--yes", **extra)
+    assert result["evidence"]["status"] == "ok", result
+    head, _ = env.bkp_json("audit", "head")
+    status, _ = env.bkp_json("status", **extra)
+    assert status["evidence"]["last"]["snapshot_id"] == result["evidence"]["snapshot_id"]
+    assert head["events"] >= 4  # register, sanitize started/erased, certificate, evidence
