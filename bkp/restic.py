@@ -529,6 +529,13 @@ class Restic:
     def check(self, subset: str | None) -> runner.Completed:
         return self.run(check_argv(self.repo, subset), "check", check=False)
 
+    def interactive(self, args: Sequence[str]) -> int:
+        """Plain restic with the operator's arguments on the terminal (`bkp restic`)."""
+        self.calls += 1
+        return runner.interactive([*global_args(self.repo), *args], env=self.repo.env.env,
+                                  secrets=self.repo.env.secrets,
+                                  drop_env_prefixes=("RESTIC_", "AWS_"))
+
     def snapshots(self) -> list[dict]:
         """The snapshots; VerificationError when restic skipped one it could not read."""
         done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")

@@ -198,6 +198,23 @@ def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop
     return "".join(chunks), lines, timed_out, (stopped[0] if stopped else None)
 
 
+def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                secrets: Iterable[str] = (), drop_env_prefixes: tuple[str, ...] = ()) -> int:
+    """Run argv on the operator's terminal (stdin, stdout and stderr inherited, in bkp's
+    process group so that Ctrl-C reaches it, e.g. to end `restic mount`); its exit code."""
+    secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
+                                           if k in SECRET_ENV_NAMES and v]
+    log.info("run (interactive): %s", redact(" ".join(argv), secrets))
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
+    child_env.update(env or {})
+    proc = subprocess.Popen(list(argv), env=child_env, preexec_fn=_die_with_parent)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child decides what ^C does
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the child's process group, then SIGKILL what is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -186,9 +186,14 @@ pass_state = click.make_pass_decorator(State)
               help="Installation settings: organisation, evidence destination, monitoring "
                    "(env BKP_CONFIG, default /etc/bkp/bkp.yaml; optional).")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.option("--log-file", envvar="BKP_LOG_FILE", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write log lines (UTC, with every restic command run) to FILE, mode "
+                   "0600 (env BKP_LOG_FILE). Under systemd, stderr goes to the journal with "
+                   "priorities.")
 @click.version_option(__version__, prog_name="bkp")
 @click.pass_context
-def cli(ctx, policies, home, operator, config, verbose):
+def cli(ctx, policies, home, operator, config, verbose, log_file):
     """bkp: encrypted backups of tenant data to off-site EEA servers, restore drills that
     prove they come back, and certified sanitization of data carriers.
 
@@ -196,9 +201,9 @@ def cli(ctx, policies, home, operator, config, verbose):
     5 verification failed. Commands that work on several tenants go on after one fails and
     exit with the highest code.
     """
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    from bkp import logs
+
+    logs.setup(verbose, log_file)
     global _state
     ctx.obj = _state = State(policies, home, operator, verbose, config)
 
@@ -356,6 +361,34 @@ def snapshots(state, tenant, as_json):
     return 0
 
 
+@cli.command("restic", context_settings={"ignore_unknown_options": True,
+                                         "allow_interspersed_args": False})
+@click.argument("tenant")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="-- ARGS...")
+@pass_state
+def restic_command(state, tenant, args):
+    """Plain restic for one tenant, with its repository, password and transport set up as
+    bkp does (secrets through the environment, never argv). Audited.
+
+    \b
+    bkp restic acme-zorg -- snapshots
+    bkp restic acme-zorg -- mount /mnt/acme-zorg
+    bkp restic acme-zorg -- diff 1a2b3c4d 5e6f7a8b
+    bkp restic acme-zorg -- key add
+
+    Refused: options that name another repository or password (exit 2), and commands that
+    delete (forget, prune, key remove, ...) under a legal hold (exit 4). restic's own
+    failure is exit 1.
+    """
+    from bkp.tenants.passthrough import run_restic
+
+    args = list(args[1:] if args[:1] == ("--",) else args)  # click keeps the separator
+    code = run_restic(state.context(), state.one_policy(tenant), args)
+    if code:
+        say(f"bkp: restic exited with {code}")
+    return 0 if code == 0 else 1
+
+
 # ---------------------------------------------------------------- restore / drill
 
 @cli.command()
@@ -456,9 +489,11 @@ def _print_drills(outcomes) -> None:
               type=click.Path(path_type=Path),
               help="Write per-tenant metrics for node_exporter's textfile collector "
                    "(env BKP_PROMETHEUS_TEXTFILE).")
+@click.option("--dry-run", is_flag=True,
+              help="Say what is due now and why; do nothing and record nothing.")
 @json_option
 @pass_state
-def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
+def run(state, jobs, healthcheck_url, prometheus_textfile, dry_run, as_json):
     """Do every backup and drill that is due now: what cron calls.
 
     A slot (the most recent time a policy's schedule fired) is due until a successful run
@@ -468,6 +503,8 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
     from bkp.catalog import CatalogError
     from bkp.tenants.run import report_run_not_started, run_due
 
+    if dry_run:
+        return _preview_run(state, as_json)
     installation = state.installation()
     healthcheck_url = healthcheck_url or installation.healthcheck_url
     prometheus_textfile = prometheus_textfile or installation.prometheus_textfile
@@ -494,6 +531,37 @@ def run(state, jobs, healthcheck_url, prometheus_textfile, as_json):
 
     emit(report.to_json(), as_json, human)
     return report.exit_code
+
+
+def _preview_run(state, as_json) -> int:
+    """`bkp run --dry-run`: the due decisions from the policies and a read-only catalog."""
+    from datetime import UTC, datetime
+
+    from bkp.tenants.run import plan
+    from bkp.tenants.schedule import slot_label
+
+    policies, broken = state.select((), True)
+    decisions = plan(state.read_context(), policies, datetime.now(UTC))
+
+    def view(d):
+        return {"tenant": d.tenant, "kind": d.kind, "slot": slot_label(d.slot),
+                "reason": d.reason}
+
+    due = [view(d) for d in decisions if d.due]
+    document = {"dry_run": True, "runs": [], "drills": [], "due": due,
+                "not_due": [view(d) for d in decisions if not d.due],
+                "invalid": [o.data for o in broken]}
+
+    def human():
+        if not due:
+            click.echo("dry run: nothing is due now")
+        for d in due:
+            click.echo(f"dry run: would {d['kind']} {d['tenant']}: {d['reason']}")
+        for o in broken:
+            click.echo(f"dry run: {o.tenant} would FAIL: {o.data['error']}")
+
+    emit(document, as_json, human)
+    return 3 if broken else 0
 
 
 def _evidence_outcome(ctx, installation):

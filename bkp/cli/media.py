@@ -193,13 +193,15 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
     @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up.")
     @click.option("--notes", metavar="TEXT", help="Notes printed on the certificate.")
     @click.option("--yes", is_flag=True, help="Unattended: do not ask for the serial.")
+    @click.option("--dry-run", is_flag=True,
+                  help="Run every safety check and show what would be done; write nothing.")
     @click.option("--progress/--no-progress", default=True, show_default=True,
                   help="Progress (bytes, rate, ETA) on stderr.")
     @json_option
     @pass_state
     def sanitize(state, device, serial, method, verify, witness, organization,
                  destination_after, classification, backed_up, backup_note, notes, yes,
-                 progress, as_json):
+                 dry_run, progress, as_json):
         """Wipe DEVICE (a block device or a disk-image file), verify, record and certify.
 
         Refuses (exit 4, nothing written) an unregistered serial, a device reporting
@@ -207,6 +209,7 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
         and an unconfirmed wipe. Exit 5 when the read-back does not match.
         """
         from bkp.media.sanitize import SanitizeRequest
+        from bkp.media.sanitize import dry_run as check_only
         from bkp.media.sanitize import sanitize as run_sanitize
 
         request = SanitizeRequest(
@@ -214,6 +217,10 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
             organization=organization, destination_after=destination_after,
             classification=classification, backed_up=backed_up, backup_note=backup_note,
             notes=notes, confirmed=yes)
+        if dry_run:
+            outcome = check_only(state.read_context(), request)
+            emit(outcome.data, as_json, lambda: _print_dry_run(outcome.data))
+            return outcome.exit_code
         outcome = run_sanitize(media_context(state, progress=progress), request,
                                confirm=_ask_serial)
         data = outcome.data
@@ -237,6 +244,21 @@ def _ask_serial(plan) -> bool:
     typed = click.prompt("Type the serial number to confirm", default="", show_default=False,
                          err=True)
     return same_serial(typed, plan.medium["serial"])
+
+
+def _print_dry_run(data: dict) -> None:
+    if data["would"] == "refuse":
+        click.echo(f"dry run: {data['serial']} on {data['device']} would be REFUSED: "
+                   f"{data['error']}")
+        return
+    click.echo(f"dry run: {data['serial']} on {data['device']} ({data['bytes']} bytes, "
+               f"{data['serial_check']}) would be sanitized by {data['method']} "
+               f"({data['category']}), verified {data['verify']}, then go to "
+               f"{data['destination_after']}. Nothing was written.")
+    for check in data["checks"]:
+        click.echo(f"  passed: {check}")
+    for command in data["hardware_commands"]:
+        click.echo(f"  would run: {command}")
 
 
 def _print_sanitization(data: dict) -> None:

@@ -186,6 +186,30 @@ def _what(facts: devices.DeviceFacts) -> str:
 
 # ---------------------------------------------------------------- the wipe
 
+def dry_run(ctx: Context, request: SanitizeRequest) -> Outcome:
+    """Every safety check of a sanitization, and what would be done; nothing is written, not
+    even an audit event (exit 4 with the reason when it would be refused)."""
+    _validate_request(request)
+    try:
+        plan = _preflight(ctx, request)
+    except SafetyError as exc:
+        return Outcome(request.serial, exc.exit_code, {
+            "dry_run": True, "serial": request.serial, "device": request.device,
+            "method": request.method, "would": "refuse", "error": str(exc)})
+    facts = plan.facts
+    return Outcome(plan.medium.get("tenant") or "", 0, {
+        "dry_run": True, "serial": plan.medium["serial"], "device": facts.path,
+        "device_kind": facts.kind, "bytes": facts.size, "serial_check": facts.serial_note,
+        "method": request.method, "category": METHODS[request.method][0],
+        "passes": list(SOFTWARE_METHODS.get(request.method, ())),
+        "hardware_commands": [" ".join(argv) for argv in plan.hardware or []],
+        "verify": request.verify, "destination_after": request.destination_after,
+        "would": "sanitize", "error": None,
+        "checks": ["registered serial", "device identity and capacity",
+                   "not bkp's own state", "not mounted, swapped, held or open elsewhere",
+                   "not the disk of the running system"]})
+
+
 def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = None,
              between_phases: Hook | None = None) -> Outcome:
     """Check, confirm, wipe, verify, record and certify one medium."""

@@ -47,6 +47,9 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         "repository_bytes": good["repository_bytes"] if good else None,
         "last_drill": _drill_view(_last_run(catalog, policy.tenant, "drill")),
         **({"hint": NEVER_HINT.format(tenant=policy.tenant)} if last is None else {}),
+        # The cause of a failed night in plain sight, without re-running it.
+        **({"error": last["error"]} if last and last["status"] != "ok" and last["error"]
+           else {}),
         **drill_schedule_state(catalog, policy, now),
     }
 
