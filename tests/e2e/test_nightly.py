@@ -168,10 +168,12 @@ def test_healthcheck_pings_and_prometheus_textfile(bkp_env, ping_server):
     paths = [p for p, _ in pings]
     assert paths.index("/ping/good/start") < paths.index("/ping/good")
     assert "/ping/bad/start" in paths and "/ping/bad/fail" in paths
-    fail_body = dict(pings)["/ping/bad/fail"]
-    assert "does not exist" in fail_body
+    # the body names the tenant, the status and the exit code: never the error's paths
+    assert dict(pings)["/ping/bad/fail"] == "broken backup failed exit 1"
     assert paths[0] == "/ping/all/start" and paths[-1] == "/ping/all/fail"
-    assert "garbled" in pings[-1][1] and "broken" in pings[-1][1]
+    assert "garbled backup failed exit 3" in pings[-1][1].splitlines()
+    assert "broken backup failed exit 1" in pings[-1][1].splitlines()
+    assert not any("/" in body for _, body in pings)
     metrics = textfile.read_text()
     assert 'bkp_backup_last_ok{tenant="pinged"} 1' in metrics
     assert 'bkp_backup_last_ok{tenant="broken"} 0' in metrics
