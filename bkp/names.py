@@ -71,6 +71,15 @@ def file_name(value: str | int, what: str) -> str:
     return text
 
 
+def tenant_part(tenant: str) -> str:
+    """A tenant id as part of a file or lock name: only a full tenant id, so that no two
+    tenants share a name and none leaves its directory."""
+    if not is_tenant_id(tenant):
+        raise UnsafeName(f"{shown(str(tenant))} is not a tenant id ({TENANT_ID_RULE}): it "
+                         "cannot name a file, folder or lock")
+    return tenant
+
+
 def child(directory: Path, *parts: str | int, what: str) -> Path:
     """directory/part1/part2..., each part checked by `file_name`."""
     path = Path(directory)
