@@ -270,8 +270,9 @@ def test_schedule_prints_cron_and_systemd_for_this_installation(bkp_env):
     cron = bkp_env.bkp("schedule")
     assert cron.returncode == 0
     line = next(ln for ln in cron.stdout.splitlines() if not ln.startswith("#"))
-    assert f"BKP_HOME={bkp_env.home}" in line and line.rstrip().endswith(">>/var/log/bkp.log 2>&1")
-    exe = line.split()[8]
+    assert f"BKP_HOME='{bkp_env.home}'" in line
+    assert line.rstrip().endswith(">>'/var/log/bkp.log' 2>&1")
+    exe = line.split()[8].strip("'")
     assert os.access(exe, os.X_OK)
     units = bkp_env.bkp("schedule", "--format", "systemd")
     assert "ProtectSystem=strict" in units.stdout and "[Timer]" in units.stdout
