@@ -464,9 +464,14 @@ def _pattern_rule(validator, pattern: str, instance: Any, node: dict):
 _PolicyValidator = validators.extend(Draft202012Validator, {"pattern": _pattern_rule})
 
 
+def validator_for(document: dict) -> Draft202012Validator:
+    """A validator for a schema of bkp's (a policy, bkp.yaml): patterns with ECMA's `$`."""
+    return _PolicyValidator(document)
+
+
 @functools.cache
 def _validator() -> Draft202012Validator:
-    return _PolicyValidator(_published_schema())
+    return validator_for(_published_schema())
 
 
 def _schema_node(path: KeyPath) -> dict:

@@ -118,11 +118,13 @@ def tenant_tags(policy: Policy) -> list[str]:
 
 
 def tenant_tag(tenant: str) -> str:
-    """The selector of a tenant's snapshots. A tenant id is its own encoding, so the tag is
-    the same in both schemes: one selector finds old and new snapshots."""
-    if not names.is_tenant_id(tenant):
+    """The selector of a tenant's snapshots. A tenant id (and bkp's own `_evidence`) is its
+    own encoding, so the tag is the same in both schemes: one selector finds old and new
+    snapshots. Anything else could not be selected exactly, and is refused."""
+    selector = tag("tenant", tenant)
+    if not tenant or selector != f"tenant={tenant}":
         raise PolicyError(f"{names.shown(tenant)} is not a tenant id: {names.TENANT_ID_RULE}")
-    return tag("tenant", tenant)
+    return selector
 
 
 def parse_tags(tags: Sequence[str]) -> dict[str, str]:
@@ -148,6 +150,14 @@ def parse_tags(tags: Sequence[str]) -> dict[str, str]:
             raise TagError(f"tag {key}={value} does not decode to UTF-8 text") from None
         _put(values, key, decoded)
     return values
+
+
+def snapshot_tenant(tags: Sequence[str]) -> str | None:
+    """The tenant a snapshot's tags name, or None when they name none or are ambiguous."""
+    try:
+        return parse_tags(tags).get("tenant")
+    except TagError:
+        return None
 
 
 def _key_values(tags: Sequence[str]) -> list[tuple[str, str]]:
@@ -176,11 +186,6 @@ def _parse_legacy_tags(tags: list[str]) -> dict[str, str]:
         if key in _LEGACY_KEYS:
             _put(values, key, value)
     return values
-
-
-def parse_tags(tags) -> dict[str, str]:
-    """A snapshot's tags -> its values (tenant, purpose, classification)."""
-    return dict(t.split("=", 1) for t in tags if "=" in t)
 
 
 def init_argv(repo: Repository) -> list[str]:

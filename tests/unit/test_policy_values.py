@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bkp.errors import PolicyError, UsageError
 from bkp.policy import Destination, load_policies, validate_files
@@ -17,7 +18,9 @@ from tests.unit.test_policy import (
     only_error_at,
     report_for,
     s3_policy,
+    secret_file,
     sftp_policy,
+    ssh_key_line,
     write_policy,
 )
 
@@ -259,3 +262,37 @@ def test_a_0610_password_file_is_refused_by_the_validator(tmp_path):
     Path(policy["password_file"]).chmod(0o610)
     problem = only_error_at(report_for(tmp_path, policy), "password_file")
     assert f"chmod 600 {policy['password_file']}" in problem.message
+
+
+# --- bkp.yaml: the same rules for the installation's values ----------------------------------
+
+def validate_settings(tmp_path: Path, document: dict):
+    from bkp import installation
+
+    path = tmp_path / "bkp.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return installation.validate(path)
+
+
+def test_settings_healthcheck_follows_the_transport_rule(tmp_path):
+    report = validate_settings(tmp_path, {"monitoring": {"healthcheck_url": "http://hc.eu/x"}})
+    assert any("plain http" in p.message for p in errors_at(report, "monitoring.healthcheck_url"))
+
+
+@pytest.mark.parametrize("document, path", [
+    ({"organization": "Example bv\nForged: line"}, "organization"),
+    ({"monitoring": {"prometheus_textfile": "/var/lib/x.prom\n/etc/y"}},
+     "monitoring.prometheus_textfile"),
+])
+def test_settings_values_are_one_line(tmp_path, document, path):
+    assert errors_at(validate_settings(tmp_path, document), path)
+
+
+def test_settings_evidence_destination_patterns_match_in_full(tmp_path):
+    identity = Path(secret_file(tmp_path, "id"))
+    report = validate_settings(tmp_path, {"evidence": {
+        "destination": {"type": "sftp", "country": "NL", "host": "backup01.example.nl\n",
+                        "user": "bkp", "path": "/srv/evidence", "host_key": ssh_key_line(),
+                        "identity_file": str(identity)},
+        "password_env": "BKP_EVIDENCE_PW"}})
+    assert errors_at(report, "evidence.destination.host")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bkp import restic
-from bkp.errors import OperationError
+from bkp.errors import OperationError, PolicyError
 from bkp.policy import Destination, Policy, Retention
 from bkp.runner import Completed
 from bkp.secrets import SecretEnv
@@ -224,3 +224,10 @@ def test_snapshot_list_names_each_snapshots_values_and_keeps_the_raw_tags():
                                 "classification=normal"]
     assert (snapshot["tenant"], snapshot["purpose"], snapshot["classification"]) == (
         "acme", "a,b", "normal")
+
+
+def test_a_selector_is_refused_for_a_name_that_tags_would_encode():
+    assert restic.snapshots_argv(REPO, "_evidence")[-1] == "tenant=_evidence"
+    for name in ("acme,tenant=other", "a b", "acme\n"):
+        with pytest.raises(PolicyError):
+            restic.snapshots_argv(REPO, name)
