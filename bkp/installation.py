@@ -83,19 +83,20 @@ def schema() -> dict:
 
 @functools.cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(schema())
+    return policies.validator_for(schema())
 
 
 @functools.cache
 def _destination_validator() -> Draft202012Validator:
     tenant = policies.schema()
-    return Draft202012Validator({"type": "object", "properties": {
+    return policies.validator_for({"type": "object", "properties": {
         "destination": tenant["properties"]["destination"]}})
 
 
 # Rules of a policy that hold for the evidence repository too (on a stand-in document with
 # the evidence destination and password keys at the top, as in a policy).
 EVIDENCE_RULES = (
+    policies._rule_values_are_one_line,
     policies._rule_no_inline_secrets,
     policies._rule_data_rests_in_eea,
     policies._rule_transport_encrypted,
@@ -129,6 +130,10 @@ def _findings(data: dict, file: Path) -> list:
     monitoring = data.get("monitoring")
     if isinstance(monitoring, dict):
         findings += policies._rule_no_inline_secrets({"monitoring": monitoring}, file)
+        findings += policies._rule_transport_encrypted({"monitoring": monitoring}, file)
+    # The evidence part was checked above, under its own path.
+    findings += policies._rule_values_are_one_line(
+        {key: value for key, value in data.items() if key != "evidence"}, file)
     return findings
 
 

@@ -12,6 +12,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from bkp import names
 from bkp.catalog import utc_now
 from bkp.errors import OperationError
 
@@ -48,7 +49,10 @@ def exclusive(path: Path, what: str):
 
 
 def tenant_lock(locks: Path, tenant: str):
-    return exclusive(locks / f"tenant-{tenant}.lock", f"bkp operation on tenant {tenant}")
+    """The lock of one tenant; its name is built from the tenant id, so only a full tenant
+    id may build it (UnsafeName, exit 3, before anything is created)."""
+    name = names.file_name(f"tenant-{names.tenant_part(tenant)}.lock", "lock")
+    return exclusive(locks / name, f"bkp operation on tenant {tenant}")
 
 
 def run_lock(locks: Path):

@@ -13,8 +13,8 @@ import ipaddress
 import json
 import math
 import os
+import posixpath
 import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,11 +24,13 @@ from urllib.parse import urlsplit
 
 import yaml
 from croniter import croniter
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from bkp import eea
-from bkp.errors import PolicyError
+from bkp.errors import PolicyError, UsageError
+from bkp.names import TENANT_ID_RULE, control_character, is_tenant_id, shown
+from bkp.secrets import secret_file_problem
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,54 @@ class Destination:
         return self.type != "local"
 
     def repository_identity(self) -> tuple:
-        """What makes two repositories the same place (for the no-sharing rule and locks)."""
+        """What makes two repositories the same place (for the no-sharing rule and locks).
+
+        Normalised, so one place spelled two ways is still one place: host case and a
+        trailing dot, default ports, `//`, `/./`, `..` and trailing slashes."""
         if self.type == "s3":
-            return ("s3", (self.endpoint or "").rstrip("/").lower(), self.bucket,
-                    self.prefix.strip("/"))
+            return ("s3", *_endpoint_identity(self.endpoint or ""), self.bucket,
+                    _key_prefix_identity(self.prefix))
         if self.type == "sftp":
-            return ("sftp", (self.host or "").lower(), self.port, self.path.rstrip("/") or "/")
-        return ("local", str(Path(self.path).resolve()) if self.path else "")
+            return ("sftp", _host_identity(self.host or ""), self.port,
+                    _path_identity(self.path or "/"))
+        return ("local", local_path_identity(self.path) if self.path else "")
+
+
+def _host_identity(host: str) -> str:
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(host).compressed  # ::1 and 0:0::1 are one address
+    except ValueError:
+        return host
+
+
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def _endpoint_identity(endpoint: str) -> tuple:
+    """(host, port, path) of an endpoint URL; the scheme only decides the default port."""
+    try:
+        parts = urlsplit(endpoint.strip())
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return (endpoint.strip().lower(),)  # not a URL: the validator says so
+    return (_host_identity(parts.hostname or ""), port, _path_identity(parts.path or "/"))
+
+
+def _path_identity(path: str) -> str:
+    """A remote absolute path without `//`, `/./`, `..` or a trailing slash (lexically: the
+    server's symlinks are not ours to follow). normpath keeps a leading `//`; it is dropped."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
+def _key_prefix_identity(prefix: str) -> str:
+    # restic joins the prefix with path.Join, which cleans it the same way.
+    return _path_identity(prefix).strip("/")
+
+
+def local_path_identity(path: str) -> str:
+    """A path on this machine as the kernel sees it: symlinks followed, `..` resolved."""
+    return os.path.realpath(_path_identity(path))
 
 
 @dataclass(frozen=True)
@@ -146,7 +189,7 @@ SECRET_REFERENCE_SUFFIX = re.compile(r"_(file|command|env|path|profile)$")
 INLINE_SECRET_ADVICE = ("secrets are never written into a policy: use password_file, "
                         "password_command or password_env for the repository password, and "
                         "destination.credentials_file for S3 keys")
-COUNTRY = re.compile(r"^[A-Z]{2}$")
+COUNTRY = re.compile(r"[A-Z]{2}")
 EEA_RULE = "tenant data must rest in the EEA (the EU states plus IS, LI, NO)"
 
 
@@ -179,6 +222,7 @@ class PolicyReport:
     # Known even when other parts are invalid, so the no-sharing rule still sees it.
     destination: Destination | None = field(default=None, repr=False)
     destination_path: tuple = ("destination",)  # where in the file the destination stands
+    sources: tuple[str, ...] = field(default=(), repr=False)
     _document: _Document | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -390,8 +434,62 @@ def schema() -> dict:
 
 
 @functools.cache
+def ecma_pattern(pattern: str) -> re.Pattern:
+    """A schema pattern with its published (ECMA-262) meaning: `$` is the end of the value.
+
+    Python's `$` also matches before a final newline, and jsonschema searches with Python's
+    re, so `^[a-z0-9-]+$` would accept "acme\\n". Each `$` outside a character class
+    becomes `\\Z`; ASCII-only classes, as in ECMA."""
+    out, in_class, escaped = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        elif char == "$" and not in_class:
+            char = r"\Z"
+        out.append(char)
+    return re.compile("".join(out), re.ASCII)
+
+
+def _pattern_rule(validator, pattern: str, instance: Any, node: dict):
+    if validator.is_type(instance, "string") and not ecma_pattern(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_PolicyValidator = validators.extend(Draft202012Validator, {"pattern": _pattern_rule})
+
+
+def validator_for(document: dict) -> Draft202012Validator:
+    """A validator for a schema of bkp's (a policy, bkp.yaml): patterns with ECMA's `$`."""
+    return _PolicyValidator(document)
+
+
+@functools.cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(schema())
+    return validator_for(_published_schema())
+
+
+def _schema_node(path: KeyPath) -> dict:
+    """The schema of the value at `path` ({} when the schema does not describe it)."""
+    node = _published_schema()
+    for key in path:
+        if isinstance(key, int):
+            node = node.get("items", {}) if isinstance(node.get("items"), dict) else {}
+        else:
+            node = node.get("properties", {}).get(key, {})
+    return node
+
+
+@functools.cache
+def _published_schema() -> dict:
+    """The schema, read once, for bkp's own lookups (never handed out: callers may change
+    what schema() returns)."""
+    return schema()
 
 
 @functools.cache
@@ -541,6 +639,45 @@ def _is_int(value: Any) -> bool:
 # Each rule looks only at values of the right type: a wrong type is the schema's finding,
 # and a second message about the same key would only distract.
 
+def _rule_tenant_id_in_full(data: dict, file: Path) -> Iterator[_Finding]:
+    # The schema's pattern says the same (with ECMA's `$`); this rule keeps the tenant id,
+    # which names locks, folders and tags, safe even if the schema check were bypassed.
+    # Its message equals the schema's, so an operator reads it once.
+    tenant = data.get("tenant")
+    if isinstance(tenant, str) and not is_tenant_id(tenant):
+        hint = _schema_node(("tenant",)).get("x-pattern-message", TENANT_ID_RULE)
+        yield _error(("tenant",), f"{hint} (found {_shown(tenant)})")
+
+
+def _rule_values_are_one_line(data: dict, file: Path) -> Iterator[_Finding]:
+    """A value lands in restic tags, file names, crontab and systemd lines, ssh_config and
+    logs: a control character there would end one entry and start another."""
+    for path, value in _strings(data, ()):
+        char = control_character(value)
+        if char is None or _full_pattern(path):
+            continue  # a full-match pattern already refuses it, with its own message
+        yield _error(path, f"contains a control character ({_shown(char)} at position "
+                           f"{value.index(char) + 1}): a value is one line of plain text")
+
+
+def _strings(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+
+
+def _full_pattern(path: KeyPath) -> bool:
+    """Whether the schema matches the value at `path` against a pattern anchored at both ends
+    (those classes never contain a control character)."""
+    pattern = _schema_node(path).get("pattern", "")
+    return pattern.startswith("^") and pattern.endswith("$")
+
+
 def _rule_file_named_after_tenant(data: dict, file: Path) -> Iterator[_Finding]:
     tenant = data.get("tenant")
     if isinstance(tenant, str) and tenant != file.stem:
@@ -627,7 +764,7 @@ def _rule_rpo_is_a_number(data: dict, file: Path) -> Iterator[_Finding]:
 def _rule_data_rests_in_eea(data: dict, file: Path) -> Iterator[_Finding]:
     destination = _mapping(data.get("destination"))
     country = destination.get("country")
-    known_country = country if isinstance(country, str) and COUNTRY.match(country) else None
+    known_country = country if isinstance(country, str) and COUNTRY.fullmatch(country) else None
     if known_country and not eea.is_eea(known_country):
         yield _error(("destination", "country"),
                      f"{known_country} is outside the EEA: {EEA_RULE}")
@@ -681,9 +818,14 @@ def _host_of(destination: dict, key: str) -> str | None:
 
 def _rule_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
     destination = _mapping(data.get("destination"))
-    endpoint = destination.get("endpoint")
-    if isinstance(endpoint, str):
-        yield from _endpoint_findings(endpoint)
+    for path, what in ((("destination", "endpoint"), "tenant data"),
+                       (("monitoring", "healthcheck_url"), "a ping")):
+        url = _get(data, *path)
+        # Another scheme is the schema pattern's finding.
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            problem = url_transport_problem(url, what)
+            if problem:
+                yield _error(path, problem)
     host_key = destination.get("host_key")
     if destination.get("type") == "sftp" and isinstance(host_key, str):
         problem = host_key_problem(host_key)
@@ -691,22 +833,23 @@ def _rule_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
             yield _error(("destination", "host_key"), problem)
 
 
-def _endpoint_findings(endpoint: str) -> Iterator[_Finding]:
-    path = ("destination", "endpoint")
+def url_transport_problem(url: str, what: str = "tenant data") -> str | None:
+    """Why `url` would not travel encrypted, or None. The one transport rule for S3 endpoints
+    and healthcheck URLs: https, or plain http to a loopback host only."""
     try:
-        parts = urlsplit(endpoint)
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is no number
     except ValueError:
-        yield _error(path, "not a valid URL, e.g. https://s3.nl-ams.scw.cloud")
-        return
-    if parts.scheme not in ("http", "https"):
-        return  # the schema's pattern already says what an endpoint looks like
+        return "not a valid URL, e.g. https://s3.nl-ams.scw.cloud"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return f"must be an https URL (found {_shown(url)})"
     if not parts.hostname:
-        yield _error(path, "the URL names no host, e.g. https://s3.nl-ams.scw.cloud")
-    elif parts.scheme == "http" and not is_loopback(parts.hostname):
-        yield _error(path, f"plain http to {parts.hostname}: tenant data must travel encrypted. "
-                           "Use https (http is accepted only for a loopback host: "
-                           "127.0.0.0/8, ::1, localhost)")
+        return "the URL names no host, e.g. https://s3.nl-ams.scw.cloud"
+    if scheme == "http" and not is_loopback(parts.hostname):
+        return (f"plain http to {parts.hostname}: {what} must travel encrypted. Use https "
+                "(http is accepted only for a loopback host: 127.0.0.0/8, ::1, localhost)")
+    return None
 
 
 def is_loopback(host: str | None) -> bool:
@@ -769,20 +912,14 @@ def _rule_secret_files_private(data: dict, file: Path) -> Iterator[_Finding]:
 
 
 def _secret_file_findings(path: KeyPath, secret_file: Path) -> Iterator[_Finding]:
-    try:
-        status = secret_file.stat()
-    except FileNotFoundError:
-        yield _warning(path, f"{secret_file} does not exist: backups will fail until it does")
+    # The run refuses exactly what is refused here, with the same words (bkp.secrets).
+    problem = secret_file_problem(secret_file, _dotted(path[-1:]))
+    if problem is None:
         return
-    except (OSError, ValueError) as exc:
-        yield _warning(path, f"cannot check {secret_file}: {getattr(exc, 'strerror', exc)}")
-        return
-    mode = stat.S_IMODE(status.st_mode)
-    if not stat.S_ISREG(status.st_mode):
-        yield _error(path, f"{secret_file} is not a regular file")
-    elif mode & 0o066:
-        yield _error(path, f"{secret_file} is readable or writable by group or others "
-                           f"(mode {mode:04o}): run chmod 600 {secret_file}")
+    if problem.absent:
+        yield _warning(path, f"{problem.message}: backups will fail until it does")
+    else:
+        yield _error(path, problem.message)
 
 
 def _rule_password_env_set(data: dict, file: Path) -> Iterator[_Finding]:
@@ -804,6 +941,51 @@ def _rule_sensitive_not_kept_forever(data: dict, file: Path) -> Iterator[_Findin
                        "yearly: 0, or legal_hold: true when the law requires keeping it")
 
 
+def _rule_repository_outside_sources(data: dict, file: Path) -> Iterator[_Finding]:
+    repository = _local_repository(data)
+    for source in _absolute_sources(data):
+        if repository:
+            problem = nesting_problem(repository, source, "a source of this tenant")
+            if problem:
+                yield _error(("destination", "path"), problem)
+
+
+def _local_repository(data: dict) -> str | None:
+    destination = _mapping(data.get("destination"))
+    path = destination.get("path")
+    if destination.get("type") == "local" and isinstance(path, str) and path.startswith("/"):
+        return path
+    return None
+
+
+def _absolute_sources(data: dict) -> list[str]:
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        return []
+    return [s for s in sources if isinstance(s, str) and s.startswith("/")]
+
+
+def nesting_problem(repository: str, source: str, whose: str) -> str | None:
+    """Why a local repository and a source overlap, or None. A repository inside a source
+    is backed up into itself, night after night; a source inside a repository puts tenant
+    data (or the repository) where restic and prune write."""
+    try:
+        repo, src = local_path_identity(repository), local_path_identity(source)
+    except (OSError, ValueError):
+        return None
+    if _within(repo, src):
+        return (f"the repository {repository} is inside {source}, {whose}: a backup would "
+                "copy the repository into itself. Keep repositories outside all sources")
+    if _within(src, repo):
+        return (f"{source}, {whose}, is inside the repository {repository}: keep tenant data "
+                "out of the repository")
+    return None
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
 def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
     if _get(data, "destination", "type") == "local":
         yield _warning(("destination", "type"),
@@ -812,6 +994,8 @@ def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
 
 
 CROSS_FIELD_RULES = (
+    _rule_tenant_id_in_full,
+    _rule_values_are_one_line,
     _rule_file_named_after_tenant,
     _rule_no_inline_secrets,
     _rule_cron_schedules,
@@ -822,6 +1006,7 @@ CROSS_FIELD_RULES = (
     _rule_secret_files_private,
     _rule_password_env_set,
     _rule_sensitive_not_kept_forever,
+    _rule_repository_outside_sources,
     _rule_local_is_not_off_site,
 )
 
@@ -894,6 +1079,7 @@ def _validate_into(report: PolicyReport) -> None:
     report.warnings = _problems(document, [f for f in findings if f.warning])
     if not any(p.path.split(".")[0] == "destination" for p in report.errors):
         report.destination = _build_destination(data["destination"])
+    report.sources = tuple(_absolute_sources(data))
     if not report.errors:
         report.policy = _build_policy(data, report.file)
 
@@ -909,6 +1095,7 @@ def validate_files(paths: list[Path]) -> list[PolicyReport]:
     reports = [validate_file(Path(path)) for path in paths]
     _check_one_file_per_tenant(reports)
     check_repositories_not_shared(reports)
+    _check_repositories_outside_other_sources(reports)
     return reports
 
 
@@ -929,6 +1116,23 @@ def check_repositories_not_shared(reports: list[PolicyReport]) -> None:
         report.add_error(report.destination_path,
                          f"the repository is also the destination of {names}: two tenants "
                          f"(or a tenant and bkp's evidence) never share a repository")
+
+
+def _check_repositories_outside_other_sources(reports: list[PolicyReport]) -> None:
+    """A local repository inside another tenant's source (or the other way round) would
+    carry one tenant's backups into another tenant's backups, or the reverse."""
+    for report in reports:
+        destination = report.destination
+        if destination is None or destination.type != "local" or not destination.path:
+            continue
+        for other in reports:
+            if other is report or _same_file(other.file) == _same_file(report.file):
+                continue
+            for source in other.sources:
+                problem = nesting_problem(destination.path, source,
+                                          f"a source of tenant {other.tenant} ({other.file})")
+                if problem:
+                    report.add_error((*report.destination_path, "path"), problem)
 
 
 def _groups(reports: list[PolicyReport], key) -> Iterator[tuple[PolicyReport, list]]:
@@ -970,6 +1174,10 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
 
     With `tenants`, only those; a tenant without a policy file is a PolicyError.
     """
+    for tenant in tenants or ():
+        if not is_tenant_id(tenant):
+            raise UsageError(f"{shown(tenant)} is not a tenant id: "
+                             f"{TENANT_ID_RULE}")
     reports = validate_files(policy_files(directory))
     if tenants is not None:
         known = {report.tenant for report in reports}

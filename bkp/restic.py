@@ -14,9 +14,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote
 
-from bkp import runner
-from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
+from bkp import names, runner
+from bkp.errors import BkpError, OperationError, PolicyError, SafetyError, VerificationError
 from bkp.policy import Policy, Retention
 from bkp.secrets import SecretEnv
 
@@ -79,15 +80,112 @@ def global_args(repo: Repository) -> list[str]:
     return args
 
 
+# ---------------------------------------------------------------- tags
+# Snapshots carry the tenant, purpose and classification as `key=value` tags, so the catalog
+# can be rebuilt from the repository alone. restic splits every --tag on ',' (the old
+# format let a purpose "a,tenant=other" add a tenant tag), trims spaces and drops empty
+# tags; `--tag a,b` selects snapshots with a AND b, two --tag flags a OR b. So each value is
+# percent-encoded down to [A-Za-z0-9_.~-] and %XX, and a scheme tag says so: snapshots
+# without it were written before, with raw values, and are still read as written.
+
+TAG_SCHEME = "bkp-tags"
+TAG_SCHEME_VERSION = "2"
+_TAG_KEY = re.compile(r"[a-z][a-z0-9_-]*")
+_ENCODED_VALUE = re.compile(r"(?:[A-Za-z0-9_.~-]|%[0-9A-Fa-f]{2})*")
+_LEGACY_KEYS = ("tenant", "purpose", "classification")
+
+
+class TagError(ValueError):
+    """A snapshot's tags cannot be read without guessing."""
+
+
+def tag(key: str, value: str) -> str:
+    """One `key=value` tag that restic stores as it is: nothing to split, trim or drop."""
+    if not _TAG_KEY.fullmatch(key):
+        raise ValueError(f"not a tag key: {key!r}")
+    return f"{key}={quote(value, safe='', errors='surrogatepass')}"
+
+
+def format_tags(values: dict[str, str]) -> list[str]:
+    """The scheme tag and one tag per value (parse_tags reverses it)."""
+    return [f"{TAG_SCHEME}={TAG_SCHEME_VERSION}", *(tag(k, v) for k, v in values.items())]
+
+
 def tenant_tags(policy: Policy) -> list[str]:
     """Tags that let the catalog be rebuilt from the repository alone."""
-    return [f"tenant={policy.tenant}", f"purpose={policy.purpose}",
-            f"classification={policy.classification}"]
+    return format_tags({"tenant": policy.tenant, "purpose": policy.purpose,
+                        "classification": policy.classification})
 
 
-def parse_tags(tags) -> dict[str, str]:
-    """A snapshot's tags -> its values (tenant, purpose, classification)."""
-    return dict(t.split("=", 1) for t in tags if "=" in t)
+def tenant_tag(tenant: str) -> str:
+    """The selector of a tenant's snapshots. A tenant id (and bkp's own `_evidence`) is its
+    own encoding, so the tag is the same in both schemes: one selector finds old and new
+    snapshots. Anything else could not be selected exactly, and is refused."""
+    selector = tag("tenant", tenant)
+    if not tenant or selector != f"tenant={tenant}":
+        raise PolicyError(f"{names.shown(tenant)} is not a tenant id: {names.TENANT_ID_RULE}")
+    return selector
+
+
+def parse_tags(tags: Sequence[str]) -> dict[str, str]:
+    """A snapshot's tags -> its values (tenant, purpose, classification, ...).
+
+    Tags that are not `key=value` (an operator's own) are ignored; a value given twice, a
+    damaged encoding or a newer scheme is a TagError: a snapshot's owner is never guessed."""
+    schemes = [t.partition("=")[2] for t in tags if t.partition("=")[0] == TAG_SCHEME]
+    if not schemes:
+        return _parse_legacy_tags(list(tags))
+    if set(schemes) != {TAG_SCHEME_VERSION}:
+        raise TagError(f"tags of scheme {', '.join(sorted(set(schemes)))} were written by a "
+                       f"newer bkp (this one reads {TAG_SCHEME_VERSION}): upgrade bkp")
+    values: dict[str, str] = {}
+    for key, value in _key_values(tags):
+        if key == TAG_SCHEME:
+            continue
+        if not _ENCODED_VALUE.fullmatch(value):
+            raise TagError(f"tag {key}={value} is not encoded as bkp encodes tags")
+        try:
+            decoded = unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            raise TagError(f"tag {key}={value} does not decode to UTF-8 text") from None
+        _put(values, key, decoded)
+    return values
+
+
+def snapshot_tenant(tags: Sequence[str]) -> str | None:
+    """The tenant a snapshot's tags name, or None when they name none or are ambiguous."""
+    try:
+        return parse_tags(tags).get("tenant")
+    except TagError:
+        return None
+
+
+def _key_values(tags: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = [t.partition("=") for t in tags]
+    return [(key, value) for key, sep, value in pairs if sep and _TAG_KEY.fullmatch(key)]
+
+
+def _put(values: dict[str, str], key: str, value: str) -> None:
+    if key in values:
+        raise TagError(f"the snapshot has two {key} tags ({values[key]!r} and {value!r})")
+    values[key] = value
+
+
+def _parse_legacy_tags(tags: list[str]) -> dict[str, str]:
+    """Before the scheme, bkp wrote exactly [tenant=T, purpose=P, classification=C] and
+    restic split P at its commas, in order: the tags between the purpose tag and the last
+    classification tag are the rest of the purpose."""
+    keys = [t.partition("=")[0] for t in tags]
+    if keys[:2] == ["tenant", "purpose"] and "classification" in keys[2:]:
+        last = len(keys) - 1 - keys[::-1].index("classification")
+        return {"tenant": tags[0].partition("=")[2],
+                "purpose": ",".join(tags[1:last]).partition("=")[2],
+                "classification": tags[last].partition("=")[2]}
+    values: dict[str, str] = {}
+    for key, value in _key_values(tags):
+        if key in _LEGACY_KEYS:
+            _put(values, key, value)
+    return values
 
 
 def init_argv(repo: Repository) -> list[str]:
@@ -110,7 +208,7 @@ def forget_argv(repo: Repository, tenant: str, retention: Retention) -> list[str
     let a renamed host or an added source keep old snapshots forever.
     """
     args = [*global_args(repo), "forget", "--json", "--prune", "--group-by", "",
-            "--tag", f"tenant={tenant}"]
+            "--tag", tenant_tag(tenant)]
     for rule, count in retention.keep_rules().items():
         args += [f"--keep-{rule}", str(count)]
     return args
@@ -119,14 +217,14 @@ def forget_argv(repo: Repository, tenant: str, retention: Retention) -> list[str
 def snapshots_argv(repo: Repository, tenant: str | None = None) -> list[str]:
     args = [*global_args(repo), "snapshots", "--json"]
     if tenant:
-        args += ["--tag", f"tenant={tenant}"]
+        args += ["--tag", tenant_tag(tenant)]
     return args
 
 
 def snapshot_selector(tenant: str, snapshot: str | None) -> list[str]:
     """`latest` means the tenant's latest: a repository never holds another tenant, but the
     tag keeps a mistaken shared repository from restoring someone else's data."""
-    return [snapshot or "latest", "--tag", f"tenant={tenant}"]
+    return [snapshot or "latest", "--tag", tenant_tag(tenant)]
 
 
 def ls_argv(repo: Repository, tenant: str, snapshot: str | None,
@@ -224,7 +322,17 @@ def parse_snapshots(stdout: str) -> list[dict]:
         raise OperationError(f"restic printed an unreadable snapshot list: {exc}") from None
     return [{"id": s.get("id"), "short_id": s.get("short_id") or (s.get("id") or "")[:8],
              "time": s.get("time"), "paths": s.get("paths") or [], "tags": s.get("tags") or [],
-             "host": s.get("hostname")} for s in items or []]
+             "host": s.get("hostname"), **_snapshot_values(s.get("tags") or [])}
+            for s in items or []]
+
+
+def _snapshot_values(tags: list[str]) -> dict:
+    """tenant, purpose and classification as written; None where the tags do not say."""
+    try:
+        values = parse_tags(tags)
+    except TagError:
+        values = {}
+    return {key: values.get(key) for key in _LEGACY_KEYS}
 
 
 @dataclass(frozen=True)
@@ -541,5 +649,7 @@ class Restic:
         done = self.run(snapshots_argv(self.repo, self.tenant), "snapshots")
         if damage_reported(done.stderr_tail):
             raise VerificationError(classify_damage(done, self.repo, self.tenant))
-        return parse_snapshots(done.stdout)
+        # The tag selector also matches a snapshot of another tenant whose old-format tags
+        # were injected with this tenant's tag: only the tenant the tags name is listed.
+        return [s for s in parse_snapshots(done.stdout) if s["tenant"] == self.tenant]
 

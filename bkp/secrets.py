@@ -11,9 +11,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bkp.errors import PolicyError
-from bkp.policy import Policy
+
+if TYPE_CHECKING:  # policy.py imports this module: the secret-file rule is shared
+    from bkp.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -30,20 +33,49 @@ class SecretEnv:
         return SecretEnv({**self.env, **other.env}, self.secrets + other.secrets)
 
 
-def check_private_file(path: Path, what: str) -> None:
-    """A secret file readable or writable by group or others is refused."""
+@dataclass(frozen=True)
+class SecretFileProblem:
+    """Why a secret file cannot be used. `absent` problems (missing, or hidden from this
+    user) are only warnings while validating: the file may be put in place before the run."""
+
+    message: str
+    absent: bool = False
+
+
+def is_private(status: os.stat_result) -> bool:
+    """The one rule for who may read or change a secret file: its owner only.
+
+    Every check of a secret file comes here, so a new rule (e.g. a Kubernetes secret volume
+    mounted 0400/0440 for a matching fsGroup) is added in this one place."""
+    return stat.S_IMODE(status.st_mode) & 0o077 == 0
+
+
+def secret_file_problem(path: Path, what: str) -> SecretFileProblem | None:
+    """What is wrong with a secret file, or None; the same words for `policy validate`
+    and for the run that refuses it."""
     try:
-        mode = path.stat().st_mode
+        status = path.stat()
     except FileNotFoundError:
-        raise PolicyError(f"{what} {path} does not exist") from None
+        return SecretFileProblem(f"{what} {path} does not exist", absent=True)
     except PermissionError:
-        raise PolicyError(f"{what} {path} cannot be read by this user") from None
-    if not stat.S_ISREG(mode):
-        raise PolicyError(f"{what} {path} is not a regular file")
-    if mode & 0o077:
-        raise PolicyError(
-            f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run: chmod 600 {path}")
+        return SecretFileProblem(f"{what} {path} cannot be read by this user", absent=True)
+    except (OSError, ValueError) as exc:
+        return SecretFileProblem(f"{what} {path} cannot be checked: "
+                                 f"{getattr(exc, 'strerror', None) or exc}", absent=True)
+    if not stat.S_ISREG(status.st_mode):
+        return SecretFileProblem(f"{what} {path} is not a regular file")
+    if not is_private(status):
+        return SecretFileProblem(
+            f"{what} {path} is accessible by group or others (mode "
+            f"{stat.S_IMODE(status.st_mode):04o}); run: chmod 600 {path}")
+    return None
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """A secret file that is missing, not a file, or open to group or others is refused."""
+    problem = secret_file_problem(path, what)
+    if problem:
+        raise PolicyError(problem.message)
 
 
 def restic_password(policy: Policy) -> SecretEnv:

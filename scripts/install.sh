@@ -21,7 +21,8 @@ done
 packages=(restic openssh-client openssh-server python3 python3-venv ca-certificates
           util-linux e2fsprogs hdparm nvme-cli)
 if [ "$dev" = 1 ]; then
-  packages+=(nwipe)
+  # systemd-analyze verifies the units `bkp schedule --format systemd` renders.
+  packages+=(nwipe systemd)
 fi
 
 missing=()

@@ -16,7 +16,7 @@ from bkp.context import Context, Outcome
 from bkp.destinations import open_repository
 from bkp.errors import BkpError
 from bkp.policy import Policy
-from bkp.restic import parse_tags
+from bkp.restic import snapshot_tenant
 from bkp.results import SyncEntry
 
 
@@ -35,7 +35,7 @@ def tenant_snapshots(items: list[dict], tenant: str) -> list[dict]:
     """The snapshots whose tags name this tenant, oldest first, with catalog times."""
     found = []
     for item in items:
-        if parse_tags(item.get("tags") or []).get("tenant") != tenant:
+        if snapshot_tenant(item.get("tags") or []) != tenant:
             continue
         found.append({**item, "time": _utc(item["time"])})
     return sorted(found, key=lambda s: s["time"])

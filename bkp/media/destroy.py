@@ -19,6 +19,7 @@ from bkp.context import Context
 from bkp.errors import SafetyError, UsageError
 from bkp.evidence.certificates import DESTRUCTION_METHODS
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
+from bkp.media.register import check_serial
 
 
 def file_sha256(path: Path) -> str:
@@ -44,7 +45,8 @@ def evidence_hash(evidence: list[tuple[str, str]]) -> str:
 def destroy(ctx: Context, serial: str, method: str, witness: str,
             evidence_files: list[Path], organization: str | None = None,
             notes: str | None = None) -> dict:
-    medium = cat.get_medium(ctx.catalog, serial.strip())
+    serial = check_serial(serial)
+    medium = cat.get_medium(ctx.catalog, serial)
     if medium is None:
         raise SafetyError(f"serial {serial} is not in the media register; register it first "
                           f"(bkp media register --serial {serial} --type ...)")

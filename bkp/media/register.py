@@ -6,6 +6,7 @@ import csv
 import io
 
 from bkp import catalog as cat
+from bkp import names
 from bkp.context import Context
 from bkp.errors import OperationError, UsageError
 
@@ -13,14 +14,27 @@ EXPORT_COLUMNS = ("serial", "type", "vendor", "model", "capacity", "asset_tag", 
                   "host", "state", "state_since", "registered_at", "registered_by")
 
 
-def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None = None,
-                    model: str | None = None, capacity: int | None = None,
-                    asset_tag: str | None = None, tenant: str | None = None,
-                    host: str | None = None) -> dict:
+def check_serial(serial: str) -> str:
+    """The serial as registered (surrounding spaces dropped), or UsageError: the one rule for
+    every serial an operator types (register, show, sanitize, destroy)."""
     serial = serial.strip()
     if not serial:
         raise UsageError("--serial must not be empty: use the serial printed on the label "
                          "or reported by the device (lsblk -do NAME,SERIAL)")
+    problem = names.serial_problem(serial)
+    if problem:
+        raise UsageError(problem)
+    return serial
+
+
+def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None = None,
+                    model: str | None = None, capacity: int | None = None,
+                    asset_tag: str | None = None, tenant: str | None = None,
+                    host: str | None = None) -> dict:
+    serial = check_serial(serial)
+    if tenant is not None and not names.is_tenant_id(tenant):
+        raise UsageError(f"--tenant {names.shown(tenant)} is not a tenant id: "
+                         f"{names.TENANT_ID_RULE}")
     if type_ not in cat.MEDIA_TYPES:
         raise UsageError(f"--type must be one of {', '.join(cat.MEDIA_TYPES)}")
     medium = cat.add_medium(ctx.catalog, {
@@ -38,7 +52,7 @@ def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None
 
 
 def find_medium(ctx: Context, serial: str) -> dict:
-    medium = cat.get_medium(ctx.catalog, serial.strip())
+    medium = cat.get_medium(ctx.catalog, check_serial(serial))
     if medium is None:
         raise OperationError(f"serial {serial} is not in the media register; register it "
                              f"with `bkp media register --serial {serial} --type ...`")

@@ -27,6 +27,7 @@ from bkp.errors import OperationError, SafetyError, UsageError
 from bkp.evidence.certificates import METHODS
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
 from bkp.media import devices, wipe
+from bkp.media.register import check_serial
 
 SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
 HARDWARE_METHODS = ("ata-secure-erase", "ata-sanitize", "nvme-format", "nvme-sanitize")
@@ -68,6 +69,7 @@ Hook = Callable[[str], None]  # called with the device path between write and re
 
 def preflight(ctx: Context, request: SanitizeRequest) -> Preflight:
     """Every safety check; SafetyError (recorded in the audit trail) on the first refusal."""
+    request.serial = check_serial(request.serial)  # a serial that is none is a usage error
     try:
         return _preflight(ctx, request)
     except SafetyError as exc:

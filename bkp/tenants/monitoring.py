@@ -1,17 +1,25 @@
 """Monitoring operators already use: Healthchecks.io-style pings and a Prometheus textfile.
 
 A failing ping endpoint never fails a backup: pings are best effort with a short timeout.
+A ping leaves the building: it travels encrypted (https, plain http only to a loopback host)
+and its body names tenant ids, statuses and exit codes, never an error text (which can
+carry paths and file names of tenant data).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from bkp import names
+from bkp.context import Outcome
+from bkp.policy import url_transport_problem
 
 log = logging.getLogger("bkp.monitoring")
 
@@ -28,6 +36,10 @@ def ping_url(base: str, event: str) -> str:
 def ping(base: str | None, event: str, body: str = "") -> bool:
     if not base:
         return False
+    problem = url_transport_problem(base, "a ping")
+    if problem:
+        log.warning("healthcheck ping not sent to %s: %s", _without_query(base), problem)
+        return False
     url = ping_url(base, event)
     request = urllib.request.Request(url, data=body.encode("utf-8")[:BODY_LIMIT], method="POST",
                                      headers={"User-Agent": "bkp"})
@@ -42,6 +54,26 @@ def ping(base: str | None, event: str, body: str = "") -> bool:
 
 def _without_query(url: str) -> str:
     return url.split("?", 1)[0]
+
+
+def ping_body(runs: Sequence[Outcome] = (), drills: Sequence[Outcome] = (),
+              evidence: Outcome | None = None) -> str:
+    """One line per tenant and kind, `TENANT KIND STATUS exit N`, and `evidence copy STATUS
+    exit N` for the copy of bkp's own records: nothing else."""
+    lines = [_ping_line(o, "backup") for o in runs] + [_ping_line(o, "drill") for o in drills]
+    if evidence is not None:
+        lines.append(f"evidence copy {_status(evidence)} exit {int(evidence.exit_code)}")
+    return "\n".join(lines)
+
+
+def _ping_line(outcome: Outcome, kind: str) -> str:
+    tenant = outcome.tenant if names.is_tenant_id(outcome.tenant) else "(invalid tenant id)"
+    return f"{tenant} {kind} {_status(outcome)} exit {int(outcome.exit_code)}"
+
+
+def _status(outcome: Outcome) -> str:
+    status = str(outcome.data.get("status") or "")
+    return status if re.fullmatch(r"[a-z_]{1,20}", status) else "unknown"
 
 
 # ---------------------------------------------------------------- Prometheus textfile

@@ -90,9 +90,8 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
             report.evidence = evidence()
         done = report.runs + report.drills + ([report.evidence] if report.evidence else [])
         failed = [o for o in done if o.exit_code]
-        summary = "; ".join(f"{o.tenant}: {o.data.get('error') or o.data.get('status')}"
-                            for o in failed)
-        monitoring.ping(healthcheck_url, "fail" if failed else "success", summary)
+        monitoring.ping(healthcheck_url, "fail" if failed else "success",
+                        monitoring.ping_body(report.runs, report.drills, report.evidence))
         if prometheus_textfile:
             write_metrics(ctx, policies, prometheus_textfile, report)
         return report
@@ -109,10 +108,8 @@ def _pinged(policy: Policy, work) -> Outcome:
     url = policy.monitoring.healthcheck_url
     monitoring.ping(url, "start")
     outcome = work()
-    if outcome.exit_code:
-        monitoring.ping(url, "fail", outcome.data.get("error") or outcome.data.get("status", ""))
-    else:
-        monitoring.ping(url, "success", f"snapshot {outcome.data.get('snapshot_id')}")
+    monitoring.ping(url, "fail" if outcome.exit_code else "success",
+                    monitoring.ping_body(runs=[outcome]))
     return outcome
 
 

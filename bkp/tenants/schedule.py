@@ -9,13 +9,17 @@ the most recent one, so a machine that was off for three nights catches up once.
 from __future__ import annotations
 
 import os
-import shlex
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
+
+from bkp import names
+from bkp.errors import PolicyError
+from bkp.policy import url_transport_problem
 
 
 def local_zone() -> tzinfo:
@@ -111,6 +115,14 @@ def _parse(text: str) -> datetime:
 
 
 # ---------------------------------------------------------------- rendering
+# Every value that lands in a crontab or a unit is a value, never syntax: a newline would
+# start another cron entry or unit setting, so a value with a control character is refused
+# (exit 3); the rest is quoted for the reader that parses it (cron + /bin/sh, systemd).
+
+# vixie/Debian cron read at most 1000 characters of a command and silently cut the rest.
+CRON_MAX_COMMAND = 999
+DEFAULT_LOG = Path("/var/log/bkp.log")
+
 
 @dataclass(frozen=True)
 class Installation:
@@ -120,23 +132,92 @@ class Installation:
     every_minutes: int = 15
     writable: tuple[Path, ...] = ()  # besides home: local destinations, the metrics folder
     environment: tuple[tuple[str, str], ...] = ()  # monitoring settings for `bkp run`
+    log: Path = DEFAULT_LOG  # where cron appends bkp's output
+
+
+def _values(inst: Installation) -> list[tuple[str, str]]:
+    """(what, value) of everything the rendered schedule carries, for the one check."""
+    return [("the bkp executable", str(inst.bkp)), ("BKP_POLICIES", str(inst.policies)),
+            ("BKP_HOME", str(inst.home)), ("the log file", str(inst.log)),
+            *((key, value) for key, value in inst.environment),
+            *(("a writable path", str(path)) for path in inst.writable)]
+
+
+def check_installation(inst: Installation) -> None:
+    """PolicyError (exit 3) for a value no crontab or unit can carry as it is."""
+    for what, value in _values(inst):
+        char = names.control_character(value)
+        if char is not None:
+            raise PolicyError(
+                f"{what} {names.shown(value)} contains a control character "
+                f"({names.shown(char)}): it cannot be written into a crontab or systemd unit "
+                f"without starting another line. Use a path or URL without it")
+    for key, value in inst.environment:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
+            raise PolicyError(f"{names.shown(key)} is not an environment variable name")
+        if key == "BKP_HEALTHCHECK_URL":
+            problem = url_transport_problem(value, "a ping")
+            if problem:
+                raise PolicyError(f"BKP_HEALTHCHECK_URL {value}: {problem}")
+
+
+def _environment(inst: Installation) -> list[tuple[str, str]]:
+    return [("BKP_POLICIES", str(inst.policies)), ("BKP_HOME", str(inst.home)),
+            *inst.environment]
+
+
+# ---- cron: the command goes to /bin/sh after cron has turned each % into a newline
+
+def cron_word(value: str) -> str:
+    """One /bin/sh word, single-quoted, with each % written \\% for cron.
+
+    Each \\% stands outside the single quotes, right after a closing quote, so a value's
+    own backslash can never pair with it: cron gives sh a plain %, sh a literal %."""
+    return "\\%".join(_sh_single_quoted(part) for part in value.split("%"))
+
+
+def _sh_single_quoted(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def render_cron(inst: Installation) -> str:
-    pairs = [("BKP_POLICIES", str(inst.policies)), ("BKP_HOME", str(inst.home)),
-             *inst.environment]
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs)
+    check_installation(inst)
+    env = " ".join(f"{key}={cron_word(value)}" for key, value in _environment(inst))
+    command = f"{env} {cron_word(str(inst.bkp))} run >>{cron_word(str(inst.log))} 2>&1"
+    if len(command) > CRON_MAX_COMMAND:
+        raise PolicyError(f"the cron command would be {len(command)} characters, too long: "
+                          f"cron reads at most {CRON_MAX_COMMAND + 1} and silently cuts the "
+                          "rest. Use shorter paths, or --format systemd")
     return "\n".join([
         "# bkp: every backup and drill that is due, checked every "
         f"{inst.every_minutes} minutes. Install: bkp schedule > /etc/cron.d/bkp",
         "# A run that finds another still working exits at once; nothing queues up.",
-        f"*/{inst.every_minutes} * * * * root {env} {shlex.quote(str(inst.bkp))} run "
-        f">>/var/log/bkp.log 2>&1",
+        f"*/{inst.every_minutes} * * * * root {command}",
         "",
     ])
 
 
+# ---- systemd: words are split and unquoted like a shell's (quotes, \\ escapes) and % starts
+# a specifier. ExecStart= expands $VAR only in the arguments ("run"), never in the path of
+# the program, which systemd takes as written.
+
+def systemd_word(value: str) -> str:
+    """One double-quoted word for Environment=, ExecStart= or ReadWritePaths=."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
+def _normalised(path: Path) -> str:
+    """systemd refuses a path with `..` in it and simplifies the rest."""
+    return "/" + os.path.normpath("/" + str(path)).lstrip("/")
+
+
 def render_systemd(inst: Installation) -> str:
+    check_installation(inst)
+    home = _normalised(inst.home)
+    writable = [systemd_word(home)] + [
+        systemd_word(f"-{path}") for path in dict.fromkeys(_normalised(p) for p in inst.writable)
+        if path != home]
     service = "\n".join([
         "# /etc/systemd/system/bkp.service",
         "[Unit]",
@@ -146,18 +227,14 @@ def render_systemd(inst: Installation) -> str:
         "",
         "[Service]",
         "Type=oneshot",
-        f"Environment=BKP_POLICIES={inst.policies}",
-        f"Environment=BKP_HOME={inst.home}",
-        *[f'Environment="{k}={v}"' for k, v in inst.environment],
-        f"ExecStart={inst.bkp} run",
+        *[f"Environment={systemd_word(f'{key}={value}')}" for key, value in _environment(inst)],
+        f"ExecStart={systemd_word(str(inst.bkp))} run",
         "Nice=10",
         "IOSchedulingClass=best-effort",
         "IOSchedulingPriority=7",
         "ProtectSystem=strict",
         # "-": a local destination not mounted right now must not stop the whole unit.
-        "ReadWritePaths=" + " ".join(
-            [str(inst.home)] + [f"-{p}" for p in dict.fromkeys(inst.writable)
-                                if p != inst.home]),
+        "ReadWritePaths=" + " ".join(writable),
         "ProtectHome=read-only",
         "PrivateTmp=yes",
         "PrivateDevices=yes",

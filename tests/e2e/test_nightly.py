@@ -168,10 +168,12 @@ def test_healthcheck_pings_and_prometheus_textfile(bkp_env, ping_server):
     paths = [p for p, _ in pings]
     assert paths.index("/ping/good/start") < paths.index("/ping/good")
     assert "/ping/bad/start" in paths and "/ping/bad/fail" in paths
-    fail_body = dict(pings)["/ping/bad/fail"]
-    assert "does not exist" in fail_body
+    # the body names the tenant, the status and the exit code: never the error's paths
+    assert dict(pings)["/ping/bad/fail"] == "broken backup failed exit 1"
     assert paths[0] == "/ping/all/start" and paths[-1] == "/ping/all/fail"
-    assert "garbled" in pings[-1][1] and "broken" in pings[-1][1]
+    assert "garbled backup failed exit 3" in pings[-1][1].splitlines()
+    assert "broken backup failed exit 1" in pings[-1][1].splitlines()
+    assert not any("/" in body for _, body in pings)
     metrics = textfile.read_text()
     assert 'bkp_backup_last_ok{tenant="pinged"} 1' in metrics
     assert 'bkp_backup_last_ok{tenant="broken"} 0' in metrics
@@ -268,8 +270,9 @@ def test_schedule_prints_cron_and_systemd_for_this_installation(bkp_env):
     cron = bkp_env.bkp("schedule")
     assert cron.returncode == 0
     line = next(ln for ln in cron.stdout.splitlines() if not ln.startswith("#"))
-    assert f"BKP_HOME={bkp_env.home}" in line and line.rstrip().endswith(">>/var/log/bkp.log 2>&1")
-    exe = line.split()[8]
+    assert f"BKP_HOME='{bkp_env.home}'" in line
+    assert line.rstrip().endswith(">>'/var/log/bkp.log' 2>&1")
+    exe = line.split()[8].strip("'")
     assert os.access(exe, os.X_OK)
     units = bkp_env.bkp("schedule", "--format", "systemd")
     assert "ProtectSystem=strict" in units.stdout and "[Timer]" in units.stdout

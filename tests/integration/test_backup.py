@@ -27,8 +27,8 @@ def test_local_init_backup_and_plain_restic_sees_snapshot(bkp_env):
     assert plain.returncode == 0, plain.stderr
     snaps = json.loads(plain.stdout)
     assert [s["short_id"] for s in snaps] == [run["snapshot_id"][:8]]
-    assert set(snaps[0]["tags"]) == {"tenant=zorg-local", "purpose=zorgdossiers",
-                                     "classification=sensitive"}
+    assert set(snaps[0]["tags"]) == {"bkp-tags=2", "tenant=zorg-local",
+                                     "purpose=zorgdossiers", "classification=sensitive"}
 
     listed, _ = bkp_env.bkp_json("snapshots", "zorg-local")
     assert listed["snapshots"][0]["id"].startswith(run["snapshot_id"][:8])

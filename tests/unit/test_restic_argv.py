@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bkp import restic
-from bkp.errors import OperationError
+from bkp.errors import OperationError, PolicyError
 from bkp.policy import Destination, Policy, Retention
 from bkp.runner import Completed
 from bkp.secrets import SecretEnv
@@ -137,3 +137,97 @@ def test_an_unknown_failure_is_never_called_damage():
 ])
 def test_hopeless_causes_stop_restic_at_once(line, stop):
     assert restic.stop_on_hopeless(line) == stop
+
+
+# ---------------------------------------------------------------- tags: values are values
+
+def restic_splits(tags: list[str]) -> list[str]:
+    """What restic 0.14 stores for `--tag T` flags: each split on ',', trimmed, empties
+    dropped, in order (checked against real restic in tests/adversarial)."""
+    return [part.strip() for tag in tags for part in tag.split(",") if part.strip()]
+
+
+def hostile(purpose: str) -> Policy:
+    from dataclasses import replace
+
+    return replace(POLICY, purpose=purpose)
+
+
+def test_a_comma_in_the_purpose_cannot_add_a_tenant_tag():
+    stored = restic_splits(restic.tenant_tags(hostile("zorg,tenant=other")))
+    assert "tenant=other" not in stored
+    assert [tag for tag in stored if tag.startswith("tenant=")] == ["tenant=acme"]
+    assert restic.parse_tags(stored) == {"tenant": "acme", "purpose": "zorg,tenant=other",
+                                         "classification": "sensitive"}
+
+
+@pytest.mark.parametrize("purpose", [
+    "zorg, dossiers", " leading and trailing ", "100% = honderd", "%2C", "é€ zorg",
+    "a=b=c", "tenant=x", ",", "bkp-tags=1",
+])
+def test_every_purpose_survives_restics_tag_handling(purpose):
+    tags = restic.tenant_tags(hostile(purpose))
+    assert restic_splits(tags) == tags  # nothing for restic to split or trim
+    assert restic.parse_tags(restic_splits(tags))["purpose"] == purpose
+
+
+def test_tags_carry_their_scheme_version():
+    tags = restic.tenant_tags(POLICY)
+    assert "bkp-tags=2" in tags
+    assert "tenant=acme" in tags and "purpose=zorg" in tags
+    assert "classification=sensitive" in tags
+
+
+def test_snapshots_written_before_the_scheme_are_read_as_they_were_written():
+    assert restic.parse_tags(["tenant=acme", "purpose=zorg", "classification=normal"]) == {
+        "tenant": "acme", "purpose": "zorg", "classification": "normal"}
+    # The old format split a comma in the purpose into extra tags, in order: they are
+    # joined back, and the injected tenant tag is not the snapshot's tenant.
+    assert restic.parse_tags(["tenant=acme", "purpose=a", "tenant=other",
+                              "classification=x", "classification=sensitive"]) == {
+        "tenant": "acme", "purpose": "a,tenant=other,classification=x",
+        "classification": "sensitive"}
+    assert restic.parse_tags(["tenant=acme", "purpose=100%"])["purpose"] == "100%"
+
+
+def test_ambiguous_or_unknown_tags_are_refused_not_guessed():
+    with pytest.raises(restic.TagError, match="tenant"):
+        restic.parse_tags(["manual", "tenant=acme", "tenant=other"])
+    with pytest.raises(restic.TagError, match="tenant"):
+        restic.parse_tags(["bkp-tags=2", "tenant=acme", "tenant=other"])
+    with pytest.raises(restic.TagError, match="newer"):
+        restic.parse_tags(["bkp-tags=3", "tenant=acme"])
+    with pytest.raises(restic.TagError):
+        restic.parse_tags(["bkp-tags=2", "tenant=acme", "purpose=%zz"])
+
+
+def test_tags_without_a_value_or_of_someone_else_are_ignored():
+    assert restic.parse_tags(["bkp-tags=2", "tenant=acme", "manual", "note"]) == {
+        "tenant": "acme"}
+
+
+def test_selectors_match_both_schemes_of_the_tenant_tag():
+    for argv in (restic.forget_argv(REPO, "acme", POLICY.retention),
+                 restic.snapshots_argv(REPO, "acme"),
+                 restic.ls_argv(REPO, "acme", None),
+                 restic.restore_argv(REPO, "acme", None, Path("/tmp/t"))):
+        # one --tag flag with one tag: restic ANDs within a flag and ORs between flags
+        assert argv.count("--tag") == 1
+        assert argv[argv.index("--tag") + 1] == "tenant=acme"
+
+
+def test_snapshot_list_names_each_snapshots_values_and_keeps_the_raw_tags():
+    out = ('[{"id":"aa","time":"t","paths":["/a"],"hostname":"h",'
+           '"tags":["bkp-tags=2","tenant=acme","purpose=a%2Cb","classification=normal"]}]')
+    [snapshot] = restic.parse_snapshots(out)
+    assert snapshot["tags"] == ["bkp-tags=2", "tenant=acme", "purpose=a%2Cb",
+                                "classification=normal"]
+    assert (snapshot["tenant"], snapshot["purpose"], snapshot["classification"]) == (
+        "acme", "a,b", "normal")
+
+
+def test_a_selector_is_refused_for_a_name_that_tags_would_encode():
+    assert restic.snapshots_argv(REPO, "_evidence")[-1] == "tenant=_evidence"
+    for name in ("acme,tenant=other", "a b", "acme\n"):
+        with pytest.raises(PolicyError):
+            restic.snapshots_argv(REPO, name)
