@@ -318,14 +318,29 @@ def backup(state, tenants, all_, jobs, progress, as_json):
     from bkp.context import highest_exit, run_per_tenant
     from bkp.results import BackupRun
     from bkp.tenants.backup import backup_tenant
+    from bkp.tenants.run import pinged
 
     policies, broken = state.select(tenants, all_, BackupRun)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
-    outcomes = broken + run_per_tenant(policies, lambda p: backup_tenant(ctx, p), jobs,
-                                       result=BackupRun)
+    outcomes = broken + run_per_tenant(
+        policies, lambda p: pinged(p, lambda: backup_tenant(ctx, p)), jobs, result=BackupRun)
+    _alerts_follow(state, ctx)
     emit({"runs": [o.data for o in outcomes]}, as_json, lambda: _print_runs(outcomes))
     return highest_exit(outcomes)
+
+
+def _alerts_follow(state, ctx) -> None:
+    """After a manual backup or drill: metrics rewritten, a fixed night's check cleared."""
+    from bkp.tenants.run import after_manual_work
+
+    installation = state.installation()
+    url = os.environ.get("BKP_HEALTHCHECK_URL") or installation.healthcheck_url
+    textfile = os.environ.get("BKP_PROMETHEUS_TEXTFILE") or installation.prometheus_textfile
+    if not (url or textfile):
+        return
+    everyone, _ = state.select((), True)
+    after_manual_work(ctx, everyone, url, Path(textfile) if textfile else None)
 
 
 def _print_runs(outcomes) -> None:
@@ -455,6 +470,7 @@ def drill(state, tenants, all_, due, progress, as_json):
         policies = [p for p in policies if p.tenant in due_tenants]
     outcomes = broken + run_per_tenant(policies, lambda p: drill_tenant(ctx, p),
                                        result=DrillRun)
+    _alerts_follow(state, ctx)
 
     def human():
         if not outcomes:
@@ -589,40 +605,84 @@ def _print_evidence(data: dict) -> None:
               show_default=True, help="A crontab line, or a hardened systemd service + timer.")
 @click.option("--every", default=15, show_default=True, type=click.IntRange(1, 59),
               help="Minutes between checks for due work.")
+@click.option("--scheduler", default="scheduler", show_default=True, metavar="NAME",
+              help="The operator name scheduled runs are recorded under (BKP_OPERATOR).")
 @click.option("--healthcheck-url", envvar="BKP_HEALTHCHECK_URL", metavar="URL",
-              help="Carried into the units: the run's global ping URL.")
+              help="Carried into the units: the run's global ping URL (better: monitoring "
+                   "in bkp.yaml, which the schedule then points to).")
 @click.option("--prometheus-textfile", envvar="BKP_PROMETHEUS_TEXTFILE", metavar="FILE",
               type=click.Path(path_type=Path), help="Carried into the units: the metrics file.")
+@click.option("--environment-file", metavar="FILE", type=click.Path(path_type=Path),
+              help="systemd only: an EnvironmentFile= for the service, e.g. with the "
+                   "variables of password_env tenants (mode 0600).")
+@click.option("--output", "-o", metavar="PATH", type=click.Path(path_type=Path),
+              help="Write instead of printing, mode 0600: the cron file, or for systemd a "
+                   "directory that gets bkp.service and bkp.timer.")
 @pass_state
-def schedule(state, fmt, every, healthcheck_url, prometheus_textfile):
-    """Print the crontab line or systemd units that drive `bkp run` on this installation.
+def schedule(state, fmt, every, scheduler, healthcheck_url, prometheus_textfile,
+             environment_file, output):
+    """Print (or write) the crontab line or systemd units that drive `bkp run`.
 
     The systemd service may write only to BKP_HOME, the local destinations of the current
     policies and the metrics file's folder: re-render it after adding a local tenant.
+    Tenants whose password comes from password_env need that variable where bkp runs: with
+    systemd give --environment-file; cron cannot carry it (use password_file).
     """
+    from bkp.tenants.schedule import render_cron, render_systemd, write_schedule
+
+    inst = _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,
+                                      prometheus_textfile, environment_file)
+    text = render_cron(inst) if fmt == "cron" else render_systemd(inst)
+    if output:
+        for path in write_schedule(text, fmt, output):
+            say(f"wrote {path} (mode 0600)")
+        return 0
+    if any(key == "BKP_HEALTHCHECK_URL" for key, _ in inst.environment):
+        say("note: this schedule holds a healthcheck URL: install it with mode 0600, or use "
+            "--output (or put the URL in bkp.yaml)")
+    click.echo(text, nl=False)
+    return 0
+
+
+def _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,
+                               prometheus_textfile, environment_file):
     import shutil
 
-    from bkp.tenants.schedule import Installation, render_cron, render_systemd
+    from bkp import installation
+    from bkp.policy import load_policies
+    from bkp.tenants.schedule import Installation
 
     beside_python = Path(sys.executable).parent / "bkp"  # the virtualenv's own script
     exe = beside_python if beside_python.exists() else Path(shutil.which("bkp") or "bkp")
-    from bkp.policy import load_policies
-
+    settings = state.installation()
     writable = [state.settings.home.absolute()]
+    policies = []
     if state.settings.policies.is_dir():
         policies, _ = load_policies(state.settings.policies)
         writable += [Path(p.destination.path) for p in policies if p.destination.type == "local"]
-    environment = {}
+    from_env = sorted({p.password_env for p in policies if p.password_env})
+    if from_env and (fmt == "cron" or environment_file is None):
+        tenants = ", ".join(p.tenant for p in policies if p.password_env)
+        raise PolicyError(
+            f"tenant(s) {tenants} take their repository password from the environment "
+            f"({', '.join(from_env)}), which a scheduled run does not have: use password_file,"
+            f" or --format systemd --environment-file FILE with those variables (mode 0600)")
+    environment = {"BKP_OPERATOR": scheduler}
+    config, named = installation.config_path(state.settings.config)
+    if named or config.exists():
+        environment["BKP_CONFIG"] = str(config.absolute())
     if healthcheck_url:
         environment["BKP_HEALTHCHECK_URL"] = healthcheck_url
+    metrics = prometheus_textfile or settings.prometheus_textfile
     if prometheus_textfile:
         environment["BKP_PROMETHEUS_TEXTFILE"] = str(prometheus_textfile.absolute())
-        writable.append(prometheus_textfile.absolute().parent)
-    inst = Installation(exe.absolute(), state.settings.policies.absolute(),
+    if metrics:
+        writable.append(metrics.absolute().parent)
+    return Installation(exe.absolute(), state.settings.policies.absolute(),
                         state.settings.home.absolute(), every, tuple(writable),
-                        tuple(sorted(environment.items())))
-    click.echo(render_cron(inst) if fmt == "cron" else render_systemd(inst), nl=False)
-    return 0
+                        tuple(sorted(environment.items())),
+                        environment_file=environment_file.absolute() if environment_file
+                        else None)
 
 
 # ---------------------------------------------------------------- status

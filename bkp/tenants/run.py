@@ -77,7 +77,7 @@ def run_due(ctx: Context, policies: list[Policy], *, jobs: int = 1,
 
         backups = [by_tenant[t] for (t, kind) in due if kind == "backup"]
         report.runs = list(invalid or []) + run_per_tenant(
-            backups, lambda p: _pinged(p, lambda: backup_tenant(
+            backups, lambda p: pinged(p, lambda: backup_tenant(
                 ctx, p, trigger="schedule", slot=slot_label(due[(p.tenant, "backup")].slot))),
             jobs, result=BackupRun)
         drills = [by_tenant[t] for (t, kind) in due if kind == "drill"]
@@ -104,7 +104,9 @@ def records_changed_since_evidence(ctx: Context) -> bool:
     return last is None or not (last["action"] == "evidence" and last["outcome"] == "ok")
 
 
-def _pinged(policy: Policy, work) -> Outcome:
+def pinged(policy: Policy, work) -> Outcome:
+    """Run one tenant's backup between its own healthcheck pings (start, then success or
+    fail)."""
     url = policy.monitoring.healthcheck_url
     monitoring.ping(url, "start")
     outcome = work()
@@ -168,3 +170,20 @@ def report_run_not_started(healthcheck_url: str | None,
             ("bkp_run_last_ok", {}, 0.0),
             ("bkp_run_last_timestamp_seconds", {}, datetime.now(UTC).timestamp()),
             ("bkp_catalog_ok", {}, 0.0)]))
+
+
+def after_manual_work(ctx: Context, policies: list[Policy], healthcheck_url: str | None,
+                      prometheus_textfile: Path | None) -> bool:
+    """Alerts follow the truth after a manual backup or drill: the metrics are rewritten,
+    and when every tenant is now fine the run's own check is cleared (a failed night that an
+    operator fixed by hand must not stay red until the next night). True when cleared."""
+    if prometheus_textfile:
+        write_metrics(ctx, policies, prometheus_textfile)
+    if not healthcheck_url:
+        return False
+    states = [tenant_status(ctx.catalog, p) for p in policies]
+    fine = all(s["state"] == "ok" and s.get("drill_ok") is not False for s in states)
+    if fine:
+        monitoring.ping(healthcheck_url, "success",
+                        f"all {len(states)} tenants ok after a manual run")
+    return fine

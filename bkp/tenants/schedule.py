@@ -133,6 +133,7 @@ class Installation:
     writable: tuple[Path, ...] = ()  # besides home: local destinations, the metrics folder
     environment: tuple[tuple[str, str], ...] = ()  # monitoring settings for `bkp run`
     log: Path = DEFAULT_LOG  # where cron appends bkp's output
+    environment_file: Path | None = None  # systemd EnvironmentFile= (e.g. password_env)
 
 
 def _values(inst: Installation) -> list[tuple[str, str]]:
@@ -140,7 +141,9 @@ def _values(inst: Installation) -> list[tuple[str, str]]:
     return [("the bkp executable", str(inst.bkp)), ("BKP_POLICIES", str(inst.policies)),
             ("BKP_HOME", str(inst.home)), ("the log file", str(inst.log)),
             *((key, value) for key, value in inst.environment),
-            *(("a writable path", str(path)) for path in inst.writable)]
+            *(("a writable path", str(path)) for path in inst.writable),
+            *((("the environment file", str(inst.environment_file)),)
+              if inst.environment_file else ())]
 
 
 def check_installation(inst: Installation) -> None:
@@ -228,6 +231,8 @@ def render_systemd(inst: Installation) -> str:
         "[Service]",
         "Type=oneshot",
         *[f"Environment={systemd_word(f'{key}={value}')}" for key, value in _environment(inst)],
+        *([f"EnvironmentFile={systemd_word(str(inst.environment_file))}"]
+          if inst.environment_file else []),
         f"ExecStart={systemd_word(str(inst.bkp))} run",
         "Nice=10",
         "IOSchedulingClass=best-effort",
@@ -247,6 +252,18 @@ def render_systemd(inst: Installation) -> str:
         "RestrictRealtime=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "UMask=0077",
+        # Root only to read every tenant's files and to restore drills with their owners:
+        # no other privilege is kept.
+        "CapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_DAC_OVERRIDE CAP_CHOWN CAP_FOWNER",
+        "ProtectProc=invisible",
+        "ProtectHostname=yes",
+        "ProtectClock=yes",
+        "ProtectKernelLogs=yes",
+        "RestrictNamespaces=yes",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",  # keeps @chown: drills restore owners
+        "SystemCallErrorNumber=EPERM",
+        "PrivateMounts=yes",
         "",
     ])
     timer = "\n".join([
@@ -266,3 +283,21 @@ def render_systemd(inst: Installation) -> str:
         "",
     ])
     return service + "\n" + timer
+
+
+def write_schedule(text: str, fmt: str, output: Path) -> list[Path]:
+    """Write the rendered schedule with mode 0600 (it may hold a ping URL): the cron file
+    itself, or bkp.service and bkp.timer in a directory for systemd."""
+    if fmt == "cron":
+        files = [(output, text)]
+    else:
+        service, timer = text.split("\n# /etc/systemd/system/bkp.timer\n", 1)
+        output.mkdir(parents=True, exist_ok=True)
+        files = [(output / "bkp.service", service),
+                 (output / "bkp.timer", "# /etc/systemd/system/bkp.timer\n" + timer)]
+    for path, content in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(content)
+        os.chmod(path, 0o600)
+    return [path for path, _ in files]

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 
@@ -272,7 +273,36 @@ def test_schedule_prints_cron_and_systemd_for_this_installation(bkp_env):
     line = next(ln for ln in cron.stdout.splitlines() if not ln.startswith("#"))
     assert f"BKP_HOME='{bkp_env.home}'" in line
     assert line.rstrip().endswith(">>'/var/log/bkp.log' 2>&1")
-    exe = line.split()[8].strip("'")
-    assert os.access(exe, os.X_OK)
+    assert "BKP_OPERATOR='scheduler'" in line  # scheduled runs name who acts
+    exe = next(w for w in line.split() if w.startswith("'/") and w.endswith("/bkp'"))
+    assert os.access(exe.strip("'"), os.X_OK)
     units = bkp_env.bkp("schedule", "--format", "systemd")
     assert "ProtectSystem=strict" in units.stdout and "[Timer]" in units.stdout
+    assert "CapabilityBoundingSet=CAP_DAC_READ_SEARCH" in units.stdout
+
+
+def test_schedule_files_with_a_ping_url_are_private(bkp_env):
+    url = "https://hc.example.eu/ping/0d1f"
+    printed = bkp_env.bkp("schedule", "--healthcheck-url", url)
+    assert url in printed.stdout and "mode 0600" in printed.stderr
+    cron = bkp_env.root / "cron.d" / "bkp"
+    cron.parent.mkdir()
+    assert bkp_env.bkp("schedule", "--healthcheck-url", url, "-o", str(cron)).returncode == 0
+    assert stat.S_IMODE(cron.stat().st_mode) == 0o600 and url in cron.read_text()
+    units = bkp_env.root / "units"
+    assert bkp_env.bkp("schedule", "--format", "systemd", "-o", str(units)).returncode == 0
+    assert {p.name for p in units.iterdir()} == {"bkp.service", "bkp.timer"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in units.iterdir())
+
+
+def test_schedule_refuses_a_password_env_tenant_it_cannot_carry(bkp_env):
+    bkp_env.local_tenant("envpass")
+    policy = bkp_env.policies / "envpass.yaml"
+    text = policy.read_text()
+    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("password_file"))
+    policy.write_text(text + "\npassword_env: BKP_PW_ENVPASS\n")
+    cron = bkp_env.bkp("schedule")
+    assert cron.returncode == 3 and "BKP_PW_ENVPASS" in cron.stderr
+    envfile = bkp_env.secrets / "bkp.env"
+    units = bkp_env.bkp("schedule", "--format", "systemd", "--environment-file", str(envfile))
+    assert units.returncode == 0 and f'EnvironmentFile="{envfile}"' in units.stdout

@@ -103,3 +103,25 @@ def test_status_shows_why_a_tenant_failed(bkp_env):
     assert "does not exist" in table.stdout, table.stdout
     status, _ = env.bkp_json("status")
     assert "does not exist" in status["tenants"][0]["error"]
+
+
+def test_a_manual_backup_clears_the_alerts_of_a_failed_night(bkp_env, ping_server):
+    env = bkp_env
+    base, pings = ping_server
+    env.local_tenant("flapped", monitoring={"healthcheck_url": f"{base}/ping/flapped"},
+                     schedule={"backup": "0 2 * * *"})
+    env.bkp_json("init", "flapped")
+    metrics = env.root / "bkp.prom"
+    source = env.root / "data" / "flapped"
+    hidden = env.root / "data" / "hidden"
+    source.rename(hidden)  # the tenant's filesystem is not mounted tonight
+    extra = {"BKP_HEALTHCHECK_URL": f"{base}/ping/night",
+             "BKP_PROMETHEUS_TEXTFILE": str(metrics)}
+    env.bkp_json("run", expect=1, **extra)
+    assert 'bkp_backup_last_ok{tenant="flapped"} 0' in metrics.read_text()
+    assert pings[-1][0] == "/ping/night/fail"
+    hidden.rename(source)  # mounted again: the operator re-runs it by hand
+    env.bkp_json("backup", "flapped", **extra)
+    assert 'bkp_backup_last_ok{tenant="flapped"} 1' in metrics.read_text()
+    paths = [path for path, _ in pings]
+    assert paths[-3:] == ["/ping/flapped/start", "/ping/flapped", "/ping/night"]
