@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -298,6 +299,7 @@ def parse_backup_progress(line: str) -> dict | None:
 class ForgetResult:
     kept: int
     removed: int
+    kept_snapshots: tuple[dict, ...] = ()  # {"id", "time"} of every snapshot kept
 
 
 def parse_forget_output(stdout: str) -> ForgetResult:
@@ -308,10 +310,59 @@ def parse_forget_output(stdout: str) -> ForgetResult:
                 groups = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            kept = sum(len(g.get("keep") or []) for g in groups)
+            kept = [{"id": s.get("id"), "time": s.get("time")} for g in groups
+                    for s in g.get("keep") or []]
             removed = sum(len(g.get("remove") or []) for g in groups)
-            return ForgetResult(kept, removed)
+            return ForgetResult(len(kept), removed, tuple(kept))
     return ForgetResult(0, 0)
+
+
+# restic's keep rules, as its forget applies them: newest first, a snapshot is kept when it
+# opens a new bucket (hour, day, ISO week, month, year; every snapshot for `last`) of a rule
+# that still has room. Buckets are read in the time zone the snapshot's time was written in.
+
+def _bucket(rule: str, moment: datetime, index: int) -> int:
+    if rule == "last":
+        return index
+    year, month, day = moment.year, moment.month, moment.day
+    if rule == "hourly":
+        return ((year * 100 + month) * 100 + day) * 100 + moment.hour
+    if rule == "daily":
+        return (year * 100 + month) * 100 + day
+    if rule == "weekly":
+        iso = moment.isocalendar()
+        return iso.year * 100 + iso.week
+    if rule == "monthly":
+        return year * 100 + month
+    return year
+
+
+def kept_by_rules(snapshots: Sequence[dict], rules: dict[str, int]) -> set[str]:
+    """The ids of `snapshots` ({"id", "time"}) that restic's forget would keep."""
+    ordered = sorted(snapshots, key=lambda s: _restic_time(s["time"]), reverse=True)
+    room = dict(rules)
+    last: dict[str, int | None] = dict.fromkeys(rules)
+    kept = set()
+    for index, snapshot in enumerate(ordered):
+        moment = _restic_time(snapshot["time"])
+        for rule in rules:
+            if room[rule] <= 0:
+                continue
+            value = _bucket(rule, moment, index)
+            if value != last[rule]:
+                last[rule], room[rule] = value, room[rule] - 1
+                kept.add(snapshot["id"])
+    return kept
+
+
+def _restic_time(text: str) -> datetime:
+    """RFC 3339 with nanoseconds, keeping its own offset (datetime stops at µs)."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text)
+    if not match:
+        raise ValueError(f"not a restic time: {text!r}")
+    base, fraction, zone = match.groups()
+    micro = (fraction or ".0")[1:7].ljust(6, "0")
+    return datetime.fromisoformat(f"{base}.{micro}{'+00:00' if zone == 'Z' else zone}")
 
 
 def parse_snapshots(stdout: str) -> list[dict]:

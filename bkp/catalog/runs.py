@@ -98,6 +98,16 @@ class RunsTable:
             clause, args, order_by="coalesce(ended_at, started_at) desc, id desc", limit=1))
         return rows[0] if rows else None
 
+    def kept_snapshots(self, tenant: str) -> list[dict] | None:
+        """The snapshots the tenant's last good backup left in the repository, when it
+        recorded them (None: not known, e.g. a catalog rebuilt by sync)."""
+        import json
+
+        row = self.last_run(tenant, "backup", status="ok")
+        if row is None or not row.get("kept_snapshots"):
+            return None
+        return json.loads(row["kept_snapshots"])
+
     def known_snapshots(self, tenant: str) -> set[str]:
         """Short ids (8 hex) of the snapshots the catalog knows for a tenant (restic 0.14
         reports short ids after a backup, newer versions full ones)."""

@@ -147,3 +147,10 @@ def _run_source(db: sqlite_utils.Database) -> None:
     # Where a run row comes from: bkp's own record of the work ("bkp", the default), or
     # rebuilt from a repository's snapshots by `bkp catalog sync` ("repository").
     db["runs"].add_column("source", str)
+
+
+@migrations(name="0005_kept_snapshots")
+def _kept_snapshots(db: sqlite_utils.Database) -> None:
+    # The snapshots a backup left in the repository ({"id", "time"} as JSON, from forget's
+    # own answer): the next night can tell that its keep rules would forget nothing.
+    db["runs"].add_column("kept_snapshots", str)

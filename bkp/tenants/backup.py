@@ -8,14 +8,16 @@ derivation.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+from datetime import datetime
 
 from bkp.context import Context, Outcome, human_bytes, interrupt, locked, stopping
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError
 from bkp.policy import Policy
-from bkp.restic import EXIT_PARTIAL, Restic, version
+from bkp.restic import EXIT_PARTIAL, Restic, kept_by_rules, version
 from bkp.results import BackupRun
 
 
@@ -39,6 +41,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                               trigger=trigger, slot=slot, restic_version=_restic_version())
     restic: Restic | None = None
     fields: dict = {}
+    started = datetime.now().astimezone()  # restic stamps the snapshot with its start
     try:
         check_sources(policy)
         destination = destination_for(policy, ctx.settings.home)
@@ -68,7 +71,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                 f"snapshot {summary.snapshot_id} saved but {len(summary.errors) or 'some'}"
                 f" file(s) could not be read: {shown}")
         if not policy.retention.legal_hold:
-            fields["snapshots_kept"] = restic.forget(policy.retention).kept
+            fields.update(_apply_retention(ctx, policy, restic, summary.snapshot_id, started))
         fields["repository_bytes"] = _usage(destination)
     except BkpError as exc:
         return _close(ctx, policy, run_id, exc, fields, restic)
@@ -98,6 +101,22 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
                      error=row["error"], run_id=run_id, snapshots_kept=row["snapshots_kept"],
                      restic_calls=row["restic_calls"])
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
+
+
+def _apply_retention(ctx: Context, policy: Policy, restic: Restic, snapshot_id: str,
+                     started: datetime) -> dict:
+    """forget + prune, unless the snapshots the last night left plus tonight's would all be
+    kept by the rules: then restic would forget nothing, and one repository opening (a key
+    derivation, the index) is saved. Where bkp does not know them, forget runs and tells."""
+    known = ctx.catalog.kept_snapshots(policy.tenant)
+    if known is not None and snapshot_id:
+        candidate = [*known, {"id": snapshot_id, "time": started.isoformat()}]
+        rules = policy.retention.keep_rules()
+        if kept_by_rules(candidate, rules) == {s["id"] for s in candidate}:
+            return {"snapshots_kept": len(candidate), "kept_snapshots": json.dumps(candidate)}
+    result = restic.forget(policy.retention)
+    return {"snapshots_kept": result.kept,
+            "kept_snapshots": json.dumps(list(result.kept_snapshots))}
 
 
 def _diagnose(destination, preflight, error: BkpError) -> BkpError:

@@ -158,3 +158,20 @@ def test_sftp_backup_without_init_says_what_to_do(bkp_env, sshd):
     done = bkp_env.bkp("backup", "sftp-new", "--json")
     assert done.returncode == 1
     assert "bkp init sftp-new" in json.loads(done.stdout)["runs"][0]["error"]
+
+
+def test_an_unchanged_night_skips_forget_only_when_it_would_forget_nothing(bkp_env):
+    bkp_env.local_tenant("lean", retention={"last": 3})
+    bkp_env.bkp_json("init", "lean")
+    calls = []
+    for _ in range(4):
+        report, _ = bkp_env.bkp_json("backup", "lean")
+        run = report["runs"][0]
+        calls.append(run["restic_calls"])
+        assert run["status"] == "ok"
+    # 1st: bkp does not know the repository's snapshots yet, so forget runs and tells it;
+    # 2nd, 3rd: keep-last 3 keeps everything, so restic would forget nothing: skipped;
+    # 4th: one snapshot too many, forget runs and removes it.
+    assert calls == [2, 1, 1, 2]
+    snapshots = json.loads(bkp_env.restic("lean", "snapshots", "--json").stdout)
+    assert len(snapshots) == 3 and report["runs"][0]["snapshots_kept"] == 3
