@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bkp.catalog.base import HOST, parse_time, process_alive, process_start_ticks, utc_now
+from bkp.vocabulary import MEDIA_STATES, MEDIA_TYPES  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from bkp.catalog import Catalog
 
-MEDIA_TYPES = ("hdd", "ssd", "nvme", "usb", "tape", "optical", "other")
 # A medium's state is the state of its latest event; the events are its history.
-MEDIA_STATES = ("registered", "sanitizing", "sanitized", "failed", "aborted", "destroyed")
 
 
 def add_medium(catalog: Catalog, medium: dict, operator: str) -> dict | None:

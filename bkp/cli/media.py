@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
-MEDIA_TYPES = ("hdd", "ssd", "nvme", "usb", "tape", "optical", "other")
-MEDIA_STATES = ("registered", "sanitizing", "sanitized", "failed", "aborted", "destroyed")
-SANITIZE_METHODS = ("zero", "random", "dod3", "ata-secure-erase", "ata-sanitize",
-                    "nvme-format", "nvme-sanitize")
-DESTROY_METHODS = ("shred", "disintegrate", "degauss", "incinerate", "other")
-DESTINATIONS = ("reuse", "storage", "return", "recycle", "destroy")
+from bkp.vocabulary import DESTINATIONS_AFTER as DESTINATIONS
+from bkp.vocabulary import (
+    DESTROY_METHODS,
+    MEDIA_STATES,
+    MEDIA_TYPES,
+    SANITIZE_METHODS,
+)
 
 organization_option = click.option(
     "--organization", envvar="BKP_ORGANIZATION", metavar="NAME",

@@ -15,7 +15,6 @@ still verifies, and old certificates still verify against the recovered key ring
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.evidence import keyring
 from bkp.evidence.audit import verify_chain
+from bkp.files import file_sha256
 from bkp.installation import EVIDENCE_NAME, Installation, evidence_policy
 from bkp.restic import Restic, parse_restored_snapshot
 from bkp.results import EvidenceCopy
@@ -43,14 +43,6 @@ RECORD_FOLDERS = ("reports", "certificates", "evidence")
 def outbox(home: Path) -> Path:
     # Always the same path: restic finds the previous snapshot of it as its parent.
     return home / "outbox" / "evidence"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def stage(ctx: Context, target: Path) -> dict:
@@ -72,7 +64,7 @@ def stage(ctx: Context, target: Path) -> dict:
         chain = verify_chain(copied.audit_events())
     finally:
         copied.close()
-    files = {str(p.relative_to(target)): _sha256(p) for p in sorted(target.rglob("*"))
+    files = {str(p.relative_to(target)): file_sha256(p) for p in sorted(target.rglob("*"))
              if p.is_file()}
     manifest = {"format": FORMAT, "created": cat.utc_now(), "host": socket.gethostname(),
                 "bkp_version": __version__, "audit": {"head": chain.head,
@@ -246,7 +238,7 @@ def _checked_manifest(folder: Path) -> dict:
             problems.append(f"{name}: a path outside the copy")
         elif not path.is_file():
             problems.append(f"{name}: missing")
-        elif _sha256(path) != digest:
+        elif file_sha256(path) != digest:
             problems.append(f"{name}: content differs from the manifest")
     listed = set(manifest.get("files") or {})
     problems += [f"{p.relative_to(folder)}: not in the manifest" for p in folder.rglob("*")

@@ -9,9 +9,8 @@ Idempotent: a second sync adds nothing.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
-from bkp.catalog import parse_time
 from bkp.context import Context, Outcome
 from bkp.destinations import open_repository
 from bkp.errors import BkpError
@@ -22,13 +21,7 @@ from bkp.results import SyncEntry
 
 def _utc(text: str) -> str:
     """restic's RFC 3339 time (nanoseconds, any offset) in the catalog's format."""
-    base = text
-    if "." in text:  # datetime takes microseconds at most
-        head, rest = text.split(".", 1)
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
-        base = f"{head}.{digits[:6]}{zone}"
-    return parse_time(base).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def tenant_snapshots(items: list[dict], tenant: str) -> list[dict]:

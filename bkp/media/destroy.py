@@ -19,15 +19,8 @@ from bkp.context import Context
 from bkp.errors import SafetyError, UsageError
 from bkp.evidence.certificates import DESTRUCTION_METHODS
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
+from bkp.files import file_sha256
 from bkp.media.register import check_serial
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evidence_listing(evidence: list[tuple[str, str]]) -> str:

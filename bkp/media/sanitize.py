@@ -28,11 +28,10 @@ from bkp.evidence.certificates import METHODS
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
 from bkp.media import devices, wipe
 from bkp.media.register import check_serial
+from bkp.vocabulary import DESTINATIONS_AFTER, VERIFY_MODES
 
 SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
 HARDWARE_METHODS = ("ata-secure-erase", "ata-sanitize", "nvme-format", "nvme-sanitize")
-VERIFY_MODES = ("full", "sample")
-DESTINATIONS_AFTER = ("reuse", "storage", "return", "recycle", "destroy")
 HARDWARE_TIMEOUT_S = 24 * 3600  # a large HDD's enhanced erase takes many hours
 POLL_INTERVAL_S = 10
 

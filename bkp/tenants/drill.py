@@ -13,7 +13,6 @@ Scratch space is removed afterwards, whatever happened.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import shutil
@@ -29,12 +28,12 @@ from bkp.catalog import as_json
 from bkp.context import Context, Outcome, interrupt, locked, stopping
 from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError
+from bkp.files import file_sha256
 from bkp.policy import Policy
 from bkp.restic import Listing, Node, NoSnapshot, Restic, parse_restored_snapshot, version
 from bkp.results import DrillRun
 
 SCRATCH_MARGIN = 64 << 20
-HASH_CHUNK = 4 << 20
 # restic reads `--read-data-subset n/t` for t up to 256: a daily drill shares groups.
 MAX_SUBSETS = 256
 
@@ -132,11 +131,7 @@ def choose_sample(listing: Listing, size: int) -> list[Node]:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def compare_sample(sample: list[Node], root: Path) -> tuple[int, int, list[Problem]]:

@@ -53,8 +53,11 @@ def test_parse_backup_summary_and_errors():
 
 
 def test_parse_forget_counts_kept_and_removed_even_with_prune_text_after():
-    out = '[{"keep":[{"id":"a"},{"id":"b"}],"remove":[{"id":"c"}]}]\nrepository contains 3 packs\n'
-    assert restic.parse_forget_output(out) == restic.ForgetResult(2, 1)
+    out = ('[{"keep":[{"id":"a","time":"2026-01-01T02:00:00Z"},{"id":"b","time":'
+           '"2026-01-02T02:00:00Z"}],"remove":[{"id":"c"}]}]\nrepository contains 3 packs\n')
+    result = restic.parse_forget_output(out)
+    assert (result.kept, result.removed) == (2, 1)
+    assert [s["id"] for s in result.kept_snapshots] == ["a", "b"]
 
 
 def test_parse_version():
