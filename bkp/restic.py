@@ -23,6 +23,7 @@ from bkp.policy import Policy, Retention
 from bkp.secrets import SecretEnv
 
 RESTIC = "restic"
+DRY_RUN_SINCE = (0, 13)  # `backup --dry-run`
 # restic ≥ 0.17 documents these exit codes; 0.14 uses 1 for all of them and we read stderr.
 EXIT_PARTIAL = 3
 EXIT_NO_REPOSITORY = 10
@@ -193,8 +194,11 @@ def init_argv(repo: Repository) -> list[str]:
     return [*global_args(repo), "init"]
 
 
-def backup_argv(repo: Repository, policy: Policy, host: str) -> list[str]:
-    args = [*global_args(repo), "backup", "--json", "--host", host]
+def backup_argv(repo: Repository, policy: Policy, host: str,
+                dry_run: bool = False) -> list[str]:
+    """`dry_run`: restic reads and compares everything and writes nothing (restic >= 0.13)."""
+    args = [*global_args(repo), "backup", "--json", "--host", host,
+            *(["--dry-run"] if dry_run else [])]
     for tag in tenant_tags(policy):
         args += ["--tag", tag]
     for pattern in policy.exclude:
@@ -646,14 +650,15 @@ class Restic:
         self.run(init_argv(self.repo), "init")
 
     def backup(self, policy: Policy, host: str,
-               progress: Callable[[dict], None] | None = None) -> tuple[BackupSummary, int]:
+               progress: Callable[[dict], None] | None = None,
+               dry_run: bool = False) -> tuple[BackupSummary, int]:
         def on_line(line: str) -> None:
             status = parse_backup_progress(line)
             if status and progress:
                 progress(status)
 
-        done = self.run(backup_argv(self.repo, policy, host), "backup", on_stdout_line=on_line,
-                        check=False)
+        done = self.run(backup_argv(self.repo, policy, host, dry_run), "backup",
+                        on_stdout_line=on_line, check=False)
         summary = parse_backup_output(done.stdout)
         if done.returncode == EXIT_PARTIAL and summary.snapshot_id and not done.timed_out:
             return summary, EXIT_PARTIAL

@@ -308,9 +308,12 @@ def init(state, tenants, all_, as_json):
               help="Tenants backed up in parallel (never two operations on one repository).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
+@click.option("--dry-run", is_flag=True,
+              help="Every check and restic's own dry run (what would be added); nothing is "
+                   "written or recorded.")
 @json_option
 @pass_state
-def backup(state, tenants, all_, jobs, progress, as_json):
+def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
     """Back up tenants, apply their retention (forget + prune) and record each run.
 
     One tenant failing never stops the others; the exit code is the highest among them.
@@ -321,6 +324,15 @@ def backup(state, tenants, all_, jobs, progress, as_json):
     from bkp.tenants.run import pinged
 
     policies, broken = state.select(tenants, all_, BackupRun)
+    if dry_run:
+        from bkp.tenants.backup import preview_backup
+
+        ctx = state.bare_context()
+        outcomes = broken + run_per_tenant(policies, lambda p: preview_backup(ctx, p), jobs,
+                                           result=BackupRun)
+        emit({"runs": [o.data for o in outcomes], "dry_run": True}, as_json,
+             lambda: _print_runs(outcomes))
+        return highest_exit(outcomes)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
     outcomes = broken + run_per_tenant(
@@ -346,7 +358,11 @@ def _alerts_follow(state, ctx) -> None:
 def _print_runs(outcomes) -> None:
     for o in outcomes:
         d = o.data
-        if d["status"] == "ok":
+        if d.get("dry_run"):
+            click.echo(f"{d['tenant']:<24} dry run: would back up {d['files']} files, "
+                       f"{d['files_new']} new, {d['files_changed']} changed, adding "
+                       f"{d['bytes_added']} bytes; nothing was written")
+        elif d["status"] == "ok":
             click.echo(f"{d['tenant']:<24} ok      snapshot {d['snapshot_id']}  "
                        f"{d['files']} files  +{d['bytes_added']} bytes  "
                        f"{d['duration_s']:.1f}s")

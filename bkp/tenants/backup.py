@@ -17,7 +17,7 @@ from bkp.context import Context, Outcome, human_bytes, interrupt, locked, stoppi
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError
 from bkp.policy import Policy
-from bkp.restic import EXIT_PARTIAL, Restic, kept_by_rules, version
+from bkp.restic import DRY_RUN_SINCE, EXIT_PARTIAL, Restic, kept_by_rules, version
 from bkp.results import BackupRun
 
 
@@ -33,6 +33,32 @@ def check_sources(policy: Policy) -> None:
 def backup_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
                   slot: str | None = None) -> Outcome:
     return locked(ctx, policy, "backup", lambda: _backup(ctx, policy, trigger, slot), BackupRun)
+
+
+def preview_backup(ctx: Context, policy: Policy) -> Outcome:
+    """`bkp backup --dry-run`: every check, and restic's own dry run where the installed
+    restic has one (files read and compared, nothing written); no record is made."""
+    try:
+        check_sources(policy)
+        destination = destination_for(policy, ctx.settings.home)
+        preflight = destination.preflight()
+        if preflight.initialised is False:
+            raise OperationError(f"no repository at {destination.repository().label}: run "
+                                 f"`bkp init {policy.tenant}` first")
+        restic = Restic(destination.repository(), policy.tenant,
+                        timeout=policy.timeout_minutes * 60)
+        if not version().at_least(*DRY_RUN_SINCE):
+            return Outcome(policy.tenant, 0, BackupRun(
+                policy.tenant, "ok", result="dry-run", restic_calls=restic.calls,
+                error=f"restic {version()} has no backup --dry-run: only the checks ran"))
+        summary, _ = restic.backup(policy, socket.gethostname(), dry_run=True)
+    except BkpError as exc:
+        return Outcome(policy.tenant, exc.exit_code, BackupRun.failure(policy.tenant, str(exc)))
+    return Outcome(policy.tenant, 0, BackupRun(
+        policy.tenant, "ok", result="dry-run", files=summary.files,
+        bytes_added=summary.bytes_added, duration_s=None, restic_calls=restic.calls,
+        extra={"dry_run": True, "files_new": summary.files_new,
+               "files_changed": summary.files_changed}))
 
 
 def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:

@@ -125,3 +125,22 @@ def test_a_manual_backup_clears_the_alerts_of_a_failed_night(bkp_env, ping_serve
     assert 'bkp_backup_last_ok{tenant="flapped"} 1' in metrics.read_text()
     paths = [path for path, _ in pings]
     assert paths[-3:] == ["/ping/flapped/start", "/ping/flapped", "/ping/night"]
+
+
+def test_backup_dry_run_says_what_would_be_added_and_writes_nothing(bkp_env):
+    env = bkp_env
+    env.local_tenant("trial")
+    env.bkp_json("init", "trial")
+    before = table_counts(env)
+    repository = env.root / "offsite" / "trial"
+    files_before = sorted(p for p in repository.rglob("*") if p.is_file() and
+                          "locks" not in p.parts)
+    preview, _ = env.bkp_json("backup", "trial", "--dry-run")
+    run = preview["runs"][0]
+    assert run["status"] == "ok" and run["result"] == "dry-run" and run["snapshot_id"] is None
+    assert run["files"] == 2 and run["bytes_added"] > 0
+    assert table_counts(env) == before
+    files_after = sorted(p for p in repository.rglob("*") if p.is_file() and
+                         "locks" not in p.parts)
+    assert files_after == files_before
+    assert json.loads(env.restic("trial", "snapshots", "--json").stdout) == []
