@@ -1160,7 +1160,10 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
     With `tenants`, only those files are read and validated: a command for one tenant costs
     the same in a directory of a thousand (the rules between files, one tenant per
     repository, are checked by `bkp policy validate` and by every `bkp run`). A tenant
-    without a policy file is a PolicyError.
+    with a local repository is the exception: whether that repository lies inside another
+    tenant's source can only be told by reading every policy, and writing there would
+    carry one tenant's backups into another's. A tenant without a policy file is a
+    PolicyError.
     """
     for tenant in tenants or ():
         if not is_tenant_id(tenant):
@@ -1170,6 +1173,8 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
     if tenants is not None:
         wanted = set(tenants)
         reports = validate_files([f for f in files if f.stem in wanted])
+        if any(r.destination is not None and r.destination.type == "local" for r in reports):
+            reports = validate_files(files)
         known = {report.tenant for report in reports}
         unknown = [tenant for tenant in dict.fromkeys(tenants) if tenant not in known]
         if unknown:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -298,7 +299,12 @@ def test_a_certificate_outside_its_keys_validity_is_invalid(bench, tmp_path):
                                  certs.document_bytes(certs.sign(early, old_key))), expect=5)
     assert any("before key" in p for p in report["problems"])
 
-    # the genuine certificate's page signed again with the retired key, today
+    # the genuine certificate's page signed again with the retired key, today. A PDF
+    # signing time has whole seconds: wait (at most a second) until "now" can no longer
+    # fall inside the second the key was retired in.
+    retired_at = datetime.fromisoformat(rotated["retired"]["not_after"])
+    while datetime.now(UTC) < retired_at.replace(microsecond=0) + timedelta(seconds=1):
+        time.sleep(0.02)
     carrier = next(k for k in bench.json("certificate", "public-key", "--all")["keys"]
                    if k["id"] == first["id"])["certificate_pem"]
     pdf = pdf_signature.sign_pdf(certs.render_pdf(document), old_key, carrier, "late")
