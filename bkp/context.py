@@ -53,6 +53,21 @@ class Outcome:
         return self.value.to_json() if hasattr(self.value, "to_json") else (self.value or {})
 
 
+def open_tenant_run(ctx: Context, policy: Policy, kind: str, *, trigger: str,
+                    slot: str | None, restic_version: str | None) -> int:
+    """Open a backup or drill run, recorded with the policy it runs under (a changed policy
+    becomes an audit event first) and whether the clock stamping it is synchronised."""
+    from bkp import clock
+    from bkp.evidence.policy_changes import record_policy
+
+    print_ = record_policy(ctx, policy)
+    synchronized = clock.state().synchronized
+    return ctx.catalog.open_run(
+        policy.tenant, kind, operator=ctx.settings.operator, trigger=trigger, slot=slot,
+        restic_version=restic_version, policy_fingerprint=print_,
+        clock_synchronized=None if synchronized is None else int(synchronized))
+
+
 def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome],
            result: type[TenantResult]) -> Outcome:
     """Run `work` holding the tenant's lock. When another bkp process holds it the attempt

@@ -41,6 +41,7 @@ class Installation:
     evidence: Evidence | None = None
     healthcheck_url: str | None = None
     prometheus_textfile: Path | None = None
+    operators: tuple = ()  # of access.Operator; empty: nobody registered
 
 
 @functools.cache
@@ -64,6 +65,38 @@ def schema() -> dict:
                 "required": ["destination"],
                 "oneOf": [{"required": [key]} for key in policies.PASSWORD_KEYS],
                 "properties": {"destination": {"type": "object"}, **password},
+            },
+            "operators": {
+                "description": "The people who may act, each bound to the OS user(s) they "
+                               "log in as and to a personal SSH key that signs approvals. "
+                               "Without this list anyone with access acts under the name "
+                               "they give.",
+                "type": "array",
+                "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["name", "os_users", "role", "ssh_key"],
+                    "properties": {
+                        "name": {"description": "The person's name, recorded on every event.",
+                                 "type": "string", "minLength": 1, "maxLength": 80},
+                        "os_users": {"description": "OS accounts this person logs in as.",
+                                     "type": "array", "minItems": 1,
+                                     "items": {"type": "string",
+                                               "pattern": "^[a-z_][a-z0-9_.-]{0,31}$",
+                                               "x-pattern-message": "must be an OS user "
+                                                                    "name"}},
+                        "role": {"description": "operator (backups, wipes, offboarding), "
+                                                "validator (validates wipes), auditor "
+                                                "(reads only), admin (everything)",
+                                 "enum": ["operator", "validator", "auditor", "admin"]},
+                        "ssh_key": {"description": "The person's public SSH key (one line, "
+                                                   "as in authorized_keys); approvals are "
+                                                   "signed with it by `ssh-keygen -Y sign`.",
+                                    "type": "string", "minLength": 1},
+                        "title": {"type": "string", "description": "Job title, printed on "
+                                                                   "certificates."},
+                        "contact": {"type": "string", "description": "Phone or e-mail."},
+                    },
+                },
             },
             "monitoring": {
                 "description": "Monitoring of `bkp run`, instead of options in the schedule.",
@@ -127,6 +160,7 @@ def _findings(data: dict, file: Path) -> list:
                 ("evidence", "destination", "type"),
                 "a local evidence destination is not off-site: losing this server loses bkp's "
                 "records too. Use sftp, s3 or rest"))
+    findings += _operator_findings(data.get("operators"))
     monitoring = data.get("monitoring")
     if isinstance(monitoring, dict):
         findings += policies._rule_no_inline_secrets({"monitoring": monitoring}, file)
@@ -135,6 +169,54 @@ def _findings(data: dict, file: Path) -> list:
     findings += policies._rule_values_are_one_line(
         {key: value for key, value in data.items() if key != "evidence"}, file)
     return findings
+
+
+def _operator_findings(operators) -> list:
+    """Names and keys identify one person each: a shared key would let one person approve
+    as two."""
+    if not isinstance(operators, list):
+        return []
+    findings, names, keys = [], {}, {}
+    for index, person in enumerate(operators):
+        if not isinstance(person, dict):
+            continue
+        name, key = person.get("name"), person.get("ssh_key")
+        if isinstance(name, str):
+            if name in names:
+                findings.append(policies._error(("operators", index, "name"),
+                                                f"{name} is also operator {names[name] + 1}: "
+                                                f"each person once"))
+            names.setdefault(name, index)
+        if isinstance(key, str):
+            problem = ssh_key_problem(key)
+            if problem:
+                findings.append(policies._error(("operators", index, "ssh_key"), problem))
+                continue
+            blob = key.split()[1]
+            if blob in keys:
+                findings.append(policies._error(
+                    ("operators", index, "ssh_key"),
+                    f"the same key as operator {keys[blob] + 1}: an approval must prove one "
+                    f"person, so every person has their own key"))
+            keys.setdefault(blob, index)
+    return findings
+
+
+def ssh_key_problem(line: str) -> str | None:
+    """Why `line` is not a usable public SSH key for signing approvals; None when it is."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    try:
+        key = load_ssh_public_key(" ".join(line.split()[:2]).encode())
+    except (ValueError, IndexError, TypeError):
+        return ("is not a public SSH key (expected one line such as `ssh-ed25519 AAAA... "
+                "name`, as in ~/.ssh/id_ed25519.pub)")
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for unknown types
+        return f"is not a usable public SSH key: {exc}"
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 3072:
+        return f"an RSA key of {key.key_size} bits is too weak; use ed25519 (or RSA >= 3072)"
+    return None
 
 
 def _under_evidence(finding):
@@ -154,8 +236,9 @@ def validate(path: Path) -> policies.PolicyReport:
     if data is None:
         return report  # an empty file: no settings
     if not isinstance(data, dict):
-        report.errors = [policies.Problem("", "bkp.yaml is a mapping of keys (organization, "
-                                              "evidence, monitoring)", document.line_of(()))]
+        report.errors = [policies.Problem(
+            "", "bkp.yaml is a mapping of keys (organization, evidence, operators, "
+                "monitoring)", document.line_of(()))]
         return report
     findings = [policies._error(p, "written twice: the later value silently replaces the "
                                    "earlier one; keep one") for p in document.duplicate_keys]
@@ -183,7 +266,16 @@ def _build(data: dict, file: Path) -> Installation:
         healthcheck_url=monitoring.get("healthcheck_url"),
         prometheus_textfile=Path(monitoring["prometheus_textfile"])
         if monitoring.get("prometheus_textfile") else None,
+        operators=tuple(_operator(person) for person in data.get("operators") or ()),
     )
+
+
+def _operator(person: dict):
+    from bkp.access import Operator
+
+    return Operator(name=person["name"], os_users=tuple(person["os_users"]),
+                    role=person["role"], ssh_key=" ".join(person["ssh_key"].split()[:2]),
+                    title=person.get("title"), contact=person.get("contact"))
 
 
 def config_path(option: str | None) -> tuple[Path, bool]:

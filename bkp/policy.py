@@ -161,6 +161,9 @@ class Policy:
     rpo_hours: float = 26
     timeout_minutes: int = 360  # project addition: a hung restic is killed after this
     monitoring: Monitoring = field(default_factory=Monitoring)
+    # The rules as written (canonical JSON of the YAML document): what a run is recorded
+    # under, so that a change of the rules is on the record (bkp.evidence.policy_changes).
+    document: str = field(default="{}", compare=False, repr=False)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -1027,6 +1030,8 @@ def _build_policy(data: dict, file: Path) -> Policy:
         rpo_hours=float(data.get("rpo_hours", 26)),
         timeout_minutes=data.get("timeout_minutes", 360),
         monitoring=Monitoring(**data.get("monitoring", {})),
+        document=json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                            default=str),
     )
 
 

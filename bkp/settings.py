@@ -37,6 +37,7 @@ class Settings:
     operator: str
     os_user: str
     config: str | None = None  # --config / BKP_CONFIG as given; see bkp.installation
+    operator_given: str | None = None  # --operator / BKP_OPERATOR as given; see bkp.access
 
     @property
     def catalog_path(self) -> Path:
@@ -53,6 +54,13 @@ def resolve(policies: str | None, home: str | None, operator: str | None,
         policies=Path(policies or os.environ.get("BKP_POLICIES") or DEFAULT_POLICIES),
         home=Path(home or os.environ.get("BKP_HOME") or DEFAULT_HOME),
         operator=operator or os.environ.get("BKP_OPERATOR") or default_operator(),
-        os_user=os_user(),
+        os_user=_login_user(),
         config=config,
+        operator_given=operator or os.environ.get("BKP_OPERATOR") or None,
     )
+
+
+def _login_user() -> str:
+    from bkp.access import login_identity
+
+    return login_identity()[0]

@@ -28,6 +28,7 @@ from pathlib import Path
 import sqlite_utils
 
 from bkp.catalog import schema
+from bkp.catalog.access import AccessTables
 from bkp.catalog.audit_log import AuditLogTable, audit_event
 from bkp.catalog.base import (
     GENESIS_HASH,
@@ -143,7 +144,7 @@ def _explain(error: sqlite3.Error, path: Path, doing: str) -> CatalogError:
     return CatalogError(f"cannot {doing} the catalog {path}: {text}")
 
 
-class Catalog(RunsTable, AuditLogTable):
+class Catalog(RunsTable, AuditLogTable, AccessTables):
     """One open catalog. Each thread gets its own connection to the same file."""
 
     def __init__(self, path: Path, *, read_only: bool = False,

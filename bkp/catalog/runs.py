@@ -12,14 +12,16 @@ class RunsTable:
     """Mixed into Catalog: `self.db` and `self.transaction()` come from it."""
 
     def open_run(self, tenant: str, kind: str, *, operator: str, trigger: str = "manual",
-                 slot: str | None = None, restic_version: str | None = None) -> int:
+                 slot: str | None = None, restic_version: str | None = None,
+                 **facts) -> int:
+        """`facts`: policy_fingerprint, clock_synchronized."""
         pid = os.getpid()
         with self.transaction():
             return self.db["runs"].insert({
                 "tenant": tenant, "kind": kind, "trigger": trigger, "slot": slot,
                 "status": "running", "started_at": utc_now(), "host": HOST, "pid": pid,
                 "pid_start": process_start_ticks(pid), "operator": operator,
-                "restic_version": restic_version,
+                "restic_version": restic_version, **facts,
             }).last_pk
 
     def close_run(self, run_id: int, status: str, **fields) -> dict:

@@ -16,7 +16,7 @@ LEGACY_TABLE = "_migrations"
 
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
-          "destructions", "certificates")
+          "destructions", "certificates", "policy_versions", "policy_flags", "approvals")
 
 
 @migrations(name="0001_runs")
@@ -154,3 +154,33 @@ def _kept_snapshots(db: sqlite_utils.Database) -> None:
     # The snapshots a backup left in the repository ({"id", "time"} as JSON, from forget's
     # own answer): the next night can tell that its keep rules would forget nothing.
     db["runs"].add_column("kept_snapshots", str)
+
+
+@migrations(name="0006_who_may_act")
+def _who_may_act(db: sqlite_utils.Database) -> None:
+    # Which policy each run used (its fingerprint), and whether the clock that stamped it
+    # was synchronised: a time is evidence only when the clock can be trusted.
+    db["runs"].add_column("policy_fingerprint", str)
+    db["runs"].add_column("clock_synchronized", int)
+    # Every version of a tenant's policy bkp acted under, as the rules it holds (policies
+    # hold no secret values, only paths to secret files).
+    db["policy_versions"].create({
+        "id": int, "tenant": str, "fingerprint": str, "document": str, "seen_at": str,
+        "operator": str,
+    }, pk="id", not_null={"tenant", "fingerprint", "document", "seen_at"})
+    db["policy_versions"].create_index(["tenant", "id"])
+    # Changes that weaken a tenant's protection, until an admin acknowledges them.
+    db["policy_flags"].create({
+        "id": int, "tenant": str, "version_id": int, "changes": str, "flagged_at": str,
+        "acknowledged_by": str, "acknowledged_os_user": str, "acknowledged_at": str,
+    }, pk="id", not_null={"tenant", "version_id", "changes", "flagged_at"},
+        foreign_keys=[("version_id", "policy_versions")])
+    # Requests that wait for a second person's signed approval.
+    db["approvals"].create({
+        "id": int, "kind": str, "subject": str, "tenant": str, "requested_by": str,
+        "requested_os_user": str, "requested_at": str, "expires_at": str, "message": str,
+        "details": str, "status": str, "approved_by": str, "approved_os_user": str,
+        "approved_at": str, "signature": str, "key_fingerprint": str,
+    }, pk="id", not_null={"kind", "subject", "requested_by", "requested_at", "expires_at",
+                          "message", "status"})
+    db["approvals"].create_index(["kind", "subject"])

@@ -53,16 +53,61 @@ class State:
 
         self.settings = resolve(policies, home, operator, config)
         self._installation = None
+        self._actor = None
         self.verbose = verbose
         self._work = None  # Context of a command that acts
         self._reader = None  # read-only Catalog of a command that only reads
         self.catalog_note: str | None = None
 
-    def context(self, progress: bool = False):
-        """The context of a command that acts: the catalog opened for work, and what died
-        with an earlier bkp process closed first (interrupted runs, aborted wipes)."""
+    def actor(self):
+        """Who acts: the person behind the OS identity (bkp.access). Resolved once; the
+        settings then record that person and OS user on every event."""
+        if self._actor is None:
+            from dataclasses import replace
+
+            from bkp.access import resolve_actor
+
+            self._actor = resolve_actor(self.installation().operators,
+                                        self.settings.operator_given, self.settings.operator)
+            self.settings = replace(self.settings, operator=self._actor.operator,
+                                    os_user=self._actor.os_user)
+        return self._actor
+
+    def authorize(self, act: str | None, record: bool = True) -> None:
+        """Refuse (4, recorded) what this actor's role does not allow."""
+        from bkp.access import authorize
+        from bkp.errors import SafetyError
+
+        try:
+            authorize(self.actor(), act)
+        except SafetyError as exc:
+            if record:
+                self._refusal(act, str(exc))
+            raise
+
+    def _refusal(self, act: str | None, error: str) -> None:
+        """A refused attempt is evidence too: recorded when the catalog can take it."""
+        try:
+            from dataclasses import replace
+
+            from bkp.catalog import open_for_work
+            from bkp.context import Context
+
+            settings = self.settings if self._actor else replace(  # never the claimed name
+                self.settings, operator=self.settings.os_user)
+            catalog = open_for_work(self.settings.home)
+            Context(settings, catalog).audit(act or "act", "refused", error=error,
+                                                  via=self._actor.via if self._actor else None)
+        except Exception:  # the refusal stands even where it cannot be recorded
+            pass
+
+    def context(self, progress: bool = False, act: str | None = None):
+        """The context of a command that acts: who acts and whether their role allows
+        `act` (bkp.access), the catalog opened for work, and what died with an earlier bkp
+        process closed first (interrupted runs, aborted wipes)."""
         from bkp.context import Context, recover_dead_work
 
+        self.authorize(act)
         if self._work is None:
             from bkp.catalog import open_for_work
 
@@ -266,6 +311,93 @@ def policy_schema():
     return 0
 
 
+@policy.command("acknowledge")
+@click.argument("tenant")
+@click.option("--note", metavar="TEXT", help="Why the weaker rules are acceptable (recorded).")
+@json_option
+@pass_state
+def policy_acknowledge(state, tenant, note, as_json):
+    """Accept a tenant's weakened rules (a lifted legal hold, shorter retention, another
+    destination), flagged since the run that first used them.
+
+    Recorded with who and why; with operators registered, only an admin may do it (exit 4).
+    """
+    from bkp.evidence.policy_changes import acknowledge
+    from bkp.names import TENANT_ID_RULE, is_tenant_id, shown
+
+    if not is_tenant_id(tenant):
+        raise UsageError(f"{shown(tenant)} is not a tenant id: {TENANT_ID_RULE}")
+    _one_line_option("--note", note)
+    acknowledged = acknowledge(state.context(act="policy-acknowledge"), tenant, note)
+
+    def human():
+        if not acknowledged:
+            click.echo(f"{tenant}: no weakened rules waiting for acknowledgement")
+        for flag in acknowledged:
+            click.echo(f"{tenant}: acknowledged {'; '.join(flag['weakenings'])} "
+                       f"(flagged {flag['flagged_at'][:19]}Z)")
+
+    emit({"tenant": tenant, "acknowledged": acknowledged}, as_json, human)
+    return 0
+
+
+def _one_line_option(name: str, value: str | None) -> None:
+    from bkp.names import control_character
+
+    if value is not None and (not value.strip() or control_character(value)):
+        raise UsageError(f"{name} must be one line of text")
+
+
+@cli.command()
+@click.argument("record_id")
+@click.option("--signature", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
+              help="Your signature over the request: ssh-keygen -Y sign -f KEY -n bkp FILE.")
+@click.option("--message", "show_message", is_flag=True,
+              help="Print the exact text to sign, and nothing else.")
+@json_option
+@pass_state
+def approve(state, record_id, signature, show_message, as_json):
+    """A second registered person's approval of a pending offboarding, erasure or
+    validation, proven by their own SSH key (registered in bkp.yaml).
+
+    Refused (exit 4) when the signature is not a registered key's, signs another text, or
+    comes from the person who made the request (or did the work) or their OS account.
+    """
+    from bkp.evidence import approvals
+
+    if show_message:
+        row = approvals.pending(state.reader(), record_id)
+        if row is None:
+            raise UsageError(f"nothing waits for approval under record {record_id}")
+        click.echo(row["message"], nl=False)
+        return 0
+    if signature is None:
+        raise UsageError("give --signature FILE (or --message to see what to sign)")
+    from bkp.cli.media import _read_signature
+
+    ctx = state.context(act="approve")
+    row = approvals.approve(ctx, record_id, _read_signature(signature),
+                            state.installation().operators)
+    result = {"record_id": record_id, "approved_by": row["approved_by"], "status": "approved",
+              "kind": row["kind"], "key_fingerprint": row["key_fingerprint"]}
+    if row["kind"] == "validation":
+        from bkp.media.validate import finish
+
+        result.update(finish(ctx, int(record_id)), status="approved")
+
+    def human():
+        click.echo(f"record {record_id}: {row['kind']} approved by {row['approved_by']} "
+                   f"(key {row['key_fingerprint']})")
+        if result.get("certificate"):
+            click.echo(f"  certificate {result['certificate']['id']}: "
+                       f"{result['certificate']['pdf']}")
+        elif row["kind"] in ("offboard", "erase"):
+            click.echo(f"  run the same `bkp {row['kind']}` command again to carry it out")
+
+    emit(result, as_json, human)
+    return 0
+
+
 # ---------------------------------------------------------------- init / backup / snapshots
 
 tenants_argument = click.argument("tenants", nargs=-1, metavar="TENANT...")
@@ -414,7 +546,10 @@ def restic_command(state, tenant, args):
     from bkp.tenants.passthrough import run_restic
 
     args = list(args[1:] if args[:1] == ("--",) else args)  # click keeps the separator
-    code = run_restic(state.context(), state.one_policy(tenant), args)
+    from bkp.tenants.passthrough import writes
+
+    code = run_restic(state.context(act="restic-write" if writes(args) else None),
+                      state.one_policy(tenant), args)
     if code:
         say(f"bkp: restic exited with {code}")
     return 0 if code == 0 else 1
@@ -709,7 +844,12 @@ def _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,
 @pass_state
 def status(state, tenants, as_json):
     """Per tenant: last backup, RPO state, last drill and when the next drill is due."""
-    from bkp.tenants.status import evidence_status, invalid_status, tenant_status
+    from bkp.tenants.status import (
+        approvals_status,
+        evidence_status,
+        invalid_status,
+        tenant_status,
+    )
 
     policies, broken = state.select(tenants, not tenants)
     catalog = state.reader()
@@ -723,6 +863,8 @@ def status(state, tenants, as_json):
     evidence_row = evidence_status(catalog, configured)
     if evidence_row:
         document["evidence"] = evidence_row
+    document["access"] = _access(state)
+    document["approvals"] = approvals_status(catalog)
     if state.catalog_note:
         document["catalog"] = {"note": state.catalog_note}
 
@@ -732,9 +874,46 @@ def status(state, tenants, as_json):
             last = evidence_row.get("last") or {}
             click.echo(f"evidence copy: {(last.get('status') or 'never').upper()} "
                        f"{(last.get('time') or '')[:19]} {last.get('error') or ''}".rstrip())
+        _print_access(document["access"], document["approvals"])
 
     emit(document, as_json, human)
     return 0
+
+
+def _access(state) -> dict:
+    """Who acts and under which rules; an unreadable bkp.yaml or a refused --operator is
+    said, not raised: status still shows the tenants."""
+    from bkp.errors import SafetyError
+    from bkp.tenants.status import access_status
+
+    try:
+        operators = state.installation().operators
+    except PolicyError as exc:
+        return access_status((), None, f"bkp.yaml is invalid: {exc}")
+    try:
+        return access_status(operators, state.actor(), None)
+    except SafetyError as exc:
+        return access_status(operators, None, str(exc))
+
+
+def _print_access(access: dict, approvals: list[dict]) -> None:
+    you = access.get("you") or {}
+    who = (f"; you: {you['operator']} (OS user {you['os_user']}, {you['role'] or 'no role'})"
+           if you and access["operators_registered"] else "")
+    click.echo(f"access: {access['note']}{who}")
+    if access.get("problem"):
+        click.echo(f"  ! {access['problem']}")
+    click.echo(f"time: {_clock_text(access['clock'])}")
+    for request in approvals:
+        click.echo(f"approval {request['id']}: {request['kind']} {request['subject']} "
+                   f"requested by {request['requested_by']} {request['requested_at'][:19]}Z: "
+                   f"{request['status'].upper()} (expires {request['expires_at'][:19]}Z)")
+
+
+def _clock_text(clock: dict) -> str:
+    from bkp.clock import ClockState
+
+    return ClockState(**clock).describe()
 
 
 def _print_status(rows) -> None:
@@ -756,6 +935,12 @@ def _print_status(rows) -> None:
             click.echo(f"{'':<22} ! {r['error']}")
         if r.get("hint"):
             click.echo(f"{'':<22}   {r['hint']}")
+        for flag in r.get("policy_flags") or ():
+            click.echo(f"{'':<22} ! policy weakened {flag['flagged_at'][:19]}Z: "
+                       f"{'; '.join(flag['weakenings'])} (not yet acknowledged: "
+                       f"bkp policy acknowledge {r['tenant']})")
+        if r.get("policy_changed_since_last_run"):
+            click.echo(f"{'':<22}   policy edited since the last run; recorded at the next")
 
 
 def _drill_word(row) -> str:
@@ -908,6 +1093,8 @@ def evidence_recover(state, snapshot, force, as_json):
     from bkp.tenants.restore import check_snapshot_id
 
     check_snapshot_id(snapshot)
+    # Not recorded when refused: a record in an empty BKP_HOME would block the recovery.
+    state.authorize("evidence-recover-force" if force else None, record=False)
     result = recover(state.settings, state.installation(), snapshot=snapshot, force=force)
 
     def human():

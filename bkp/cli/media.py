@@ -46,10 +46,10 @@ def push_evidence(state) -> dict | None:
         return {"status": "failed", "snapshot_id": None, "error": str(exc)}
 
 
-def media_context(state, progress: bool = False):
+def media_context(state, progress: bool = False, act: str | None = None):
     """The context of a media command that acts; State.context() has already closed the
     sanitizations whose process died as `aborted`."""
-    return state.context(progress=progress)
+    return state.context(progress=progress, act=act)
 
 
 class CertificateGroup(click.Group):
@@ -222,7 +222,7 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
             outcome = check_only(state.read_context(), request)
             emit(outcome.data, as_json, lambda: _print_dry_run(outcome.data))
             return outcome.exit_code
-        outcome = run_sanitize(media_context(state, progress=progress), request,
+        outcome = run_sanitize(media_context(state, progress=progress, act="sanitize"), request,
                                confirm=_ask_serial)
         data = outcome.data
         if data.get("certificate"):
@@ -294,7 +294,7 @@ def _register_destroy(cli, pass_state, emit, json_option) -> None:
         """Record the physical destruction of a medium, with its evidence; certify it."""
         from bkp.media.destroy import destroy as record_destruction
 
-        data = record_destruction(media_context(state), serial, method, witness,
+        data = record_destruction(media_context(state, act="destroy"), serial, method, witness,
                                   list(evidence), organization=organization, notes=notes)
 
         def human():
@@ -425,6 +425,49 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
     def certificate_key():
         """The installation's signing keys: create the first, rotate (retire and replace)."""
 
+    @certificate.command("validate")
+    @click.argument("record_id", type=int)
+    @click.option("--validator", metavar="NAME",
+                  help="The person validating. With operators registered in bkp.yaml it is "
+                       "you (from your OS login) and may be left out.")
+    @click.option("--title", required=True, metavar="TITLE", help="The validator's job title.")
+    @click.option("--approve", "decision", flag_value="approved",
+                  help="Accept the result of the sanitization or destruction.")
+    @click.option("--reject", "decision", flag_value="rejected",
+                  help="Reject it (the medium must be sanitized again or destroyed).")
+    @click.option("--comment", metavar="TEXT", help="Recorded and printed on the certificate.")
+    @click.option("--approve-with", "signature", metavar="FILE",
+                  type=click.Path(dir_okay=False, path_type=Path),
+                  help="Your signature over the request (ssh-keygen -Y sign -n bkp), to "
+                       "complete the validation at once instead of with `bkp approve`.")
+    @json_option
+    @pass_state
+    def certificate_validate(state, record_id, validator, title, decision, comment, signature,
+                             as_json):
+        """A second person's validation of a sanitization or destruction (NIST SP 800-88
+        Rev. 2); the certificate is issued again, stating it.
+
+        Refused (exit 4) when the validator performed the work. With operators registered
+        in bkp.yaml only a registered validator or admin may validate, and the validation
+        waits (status pending_approval) for that person's signature: sign the printed text
+        with `ssh-keygen -Y sign -f KEY -n bkp` and run `bkp approve RECORD_ID --signature
+        FILE`, or pass --approve-with FILE.
+        """
+        from bkp.media.validate import validate_record
+
+        if decision is None:
+            raise click.UsageError("say --approve or --reject")
+        for name, value in (("--validator", validator), ("--title", title),
+                            ("--comment", comment)):
+            _one_line(name, value)
+        ctx = state.context(act="validate")
+        result = validate_record(ctx, state.actor(), state.installation().operators,
+                                 record_id, validator=validator, title=title,
+                                 decision=decision, comment=comment,
+                                 signature=_read_signature(signature))
+        emit(result, as_json, lambda: _print_validation(result))
+        return 0
+
     @certificate_key.command("create")
     @json_option
     @pass_state
@@ -433,7 +476,7 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         while a current key exists: rotate replaces it."""
         from bkp.evidence.certify import create_signing_key
 
-        key = create_signing_key(state.context())
+        key = create_signing_key(state.context(act="signing-key"))
         emit({"key": key.as_json()}, as_json,
              lambda: click.echo(f"created signing key {key.id} ({key.describe()})"))
         return 0
@@ -446,7 +489,7 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         from now on. Also the way to replace a key whose private half was lost."""
         from bkp.evidence.certify import rotate_signing_key
 
-        retired, new = rotate_signing_key(state.context())
+        retired, new = rotate_signing_key(state.context(act="signing-key"))
 
         def human():
             click.echo(f"retired signing key {retired.id} at {retired.not_after}")
@@ -455,6 +498,41 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
         emit({"retired": retired.as_json(), "key": new.as_json()}, as_json, human)
         return 0
+
+
+def _one_line(name: str, value: str | None) -> None:
+    from bkp.names import control_character
+
+    if value is not None and (not value.strip() or control_character(value)):
+        raise click.UsageError(f"{name} must be one line of text")
+
+
+def _read_signature(path: Path | None) -> bytes | None:
+    from bkp.errors import UsageError
+
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()[:1 << 20]
+    except OSError as exc:
+        raise UsageError(f"cannot read the signature {path}: {exc.strerror or exc}") from exc
+
+
+def _print_validation(result: dict) -> None:
+    if result["status"] == "pending_approval":
+        record = result["record_id"]
+        click.echo(f"record {record}: validation by {result['validator']} waits for their "
+                   f"signature (request {result['approval_id']}). Sign this text:")
+        click.echo(result["message"].rstrip("\n"))
+        click.echo(f"  bkp approve {record} --message > request.txt")
+        click.echo("  ssh-keygen -Y sign -f ~/.ssh/id_ed25519 -n bkp request.txt")
+        click.echo(f"  bkp approve {record} --signature request.txt.sig")
+        return
+    validation = result["validation"]
+    click.echo(f"record {result['record_id']}: {validation['decision']} by "
+               f"{validation['validator']} ({validation['title']}) at {validation['time']}"
+               f"{'' if result['signed'] else ' (unsigned: no operators registered)'}")
+    click.echo(f"  certificate {result['certificate']['id']}: {result['certificate']['pdf']}")
 
 
 def _key_pem(key) -> str:

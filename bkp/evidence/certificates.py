@@ -105,7 +105,8 @@ def key_fingerprint(public_key) -> str:
 # ---------------------------------------------------------------- payloads (pure)
 
 def sanitization_payload(*, certificate_id: int, issued_at: str, record: dict, medium: dict,
-                         audit_event: dict, tool_version: str) -> dict:
+                         audit_event: dict, tool_version: str, validation: dict | None = None,
+                         clock: dict | None = None) -> dict:
     """The Appendix G fields of a sanitization record."""
     category, description = METHODS[record["method"]]
     return {
@@ -140,7 +141,8 @@ def sanitization_payload(*, certificate_id: int, issued_at: str, record: dict, m
             "mismatched_blocks": record.get("mismatches"), "io_errors": record.get("io_errors"),
         },
         "destination_after": record.get("destination_after"),
-        "validation": {"witness": record.get("witness")},
+        "validation": {"witness": record.get("witness"), **(validation or {})},
+        "clock": clock,
         "notes": record.get("notes"),
         "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
                   "action": audit_event["action"]},
@@ -148,7 +150,8 @@ def sanitization_payload(*, certificate_id: int, issued_at: str, record: dict, m
 
 
 def destruction_payload(*, certificate_id: int, issued_at: str, record: dict, medium: dict,
-                        audit_event: dict, tool_version: str) -> dict:
+                        audit_event: dict, tool_version: str, validation: dict | None = None,
+                        clock: dict | None = None) -> dict:
     return {
         "certificate_id": certificate_id,
         "record_id": record["id"],
@@ -171,7 +174,8 @@ def destruction_payload(*, certificate_id: int, issued_at: str, record: dict, me
             "evidence": json.loads(record.get("evidence") or "[]"),
         },
         "destination_after": "destroyed",
-        "validation": {"witness": record["witness"]},
+        "validation": {"witness": record["witness"], **(validation or {})},
+        "clock": clock,
         "notes": record.get("notes"),
         "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
                   "action": audit_event["action"]},
@@ -351,7 +355,9 @@ def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
             ("Verification hash (SHA-256)", ver.get("hash")),
         ]),
         ("Validation", [
-            ("Witness / validator", payload["validation"].get("witness")),
+            ("Witness", payload["validation"].get("witness")),
+            *_validation_rows(payload["validation"]),
+            ("Clock", _clock_text(payload.get("clock"))),
             ("Notes", payload.get("notes")),
             ("Record", f"{payload['kind']} record {payload['record_id']}, certificate "
                        f"{payload['certificate_id']}, issued {payload['issued_at']}"),
@@ -360,6 +366,34 @@ def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     ]
     return [(title, [(k, v) for k, v in items if v not in (None, "")])
             for title, items in sections]
+
+
+def _validation_rows(validation: dict) -> list[tuple[str, str | None]]:
+    """The validator's decision (NIST SP 800-88 Rev. 2), and the approval signature that
+    proves the validator made it."""
+    if not validation.get("validator"):
+        return []
+    approval = validation.get("approval") or {}
+    return [
+        ("Validator", f"{validation['validator']}"
+                      + (f", {validation['title']}" if validation.get("title") else "")),
+        ("Decision", f"{validation.get('decision')} at {validation.get('time')}"),
+        ("Comment", validation.get("comment")),
+        ("Validator's signature", f"ssh-keygen -Y sign -n bkp by key "
+                                  f"{approval['key_fingerprint']} (signature SHA-256 "
+                                  f"{approval['signature_sha256'][:16]}...)"
+         if approval.get("key_fingerprint") else None),
+    ]
+
+
+def _clock_text(clock: dict | None) -> str | None:
+    if not clock:
+        return None
+    if clock.get("synchronized") is None:
+        return f"synchronisation unknown ({clock.get('detail')})"
+    return ("synchronised" if clock["synchronized"] else "NOT synchronised") + \
+        (f", max error {clock['max_error_ms']:g} ms" if clock.get("max_error_ms") is not None
+         else "")
 
 
 def _backup_text(backup) -> str | None:
@@ -472,7 +506,8 @@ def _pdf_signatures(pdf, payload: dict) -> None:
     pdf.set_font("Helvetica", "", 8)
     y = pdf.get_y() + 10
     for x, who, name in ((15, "Performed by", payload["person_performing"]["name"]),
-                         (110, "Witness / validator", payload["validation"].get("witness"))):
+                         (110, "Witness / validator", payload["validation"].get("validator")
+                          or payload["validation"].get("witness"))):
         pdf.line(x, y, x + 80, y)
         pdf.set_xy(x, y + 1)
         pdf.cell(80, 4, _latin(f"{who}: {name or '-'}   date / signature"))

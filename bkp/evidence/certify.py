@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from bkp import __version__
+from bkp import __version__, clock
 from bkp import catalog as cat
 from bkp.context import Context
 from bkp.errors import OperationError, VerificationError
@@ -49,6 +49,7 @@ def issue_certificate(ctx: Context, record_id: int) -> dict:
                              f"certified")
     build = (certs.sanitization_payload if kind == "sanitization"
              else certs.destruction_payload)
+    validation = validation_of(ctx.catalog, record_id)
     # The ring stays locked until the files are written: a rotation cannot retire the key
     # between the issue time it signs and the PDF signature.
     with keyring.signing_key(ctx.settings.home) as signer:
@@ -58,7 +59,8 @@ def issue_certificate(ctx: Context, record_id: int) -> dict:
         def sign(certificate_id: int) -> dict:
             payload = build(certificate_id=certificate_id, issued_at=cat.utc_now(),
                             record=record, medium=medium, audit_event=event,
-                            tool_version=__version__)
+                            tool_version=__version__, validation=validation,
+                            clock=clock.state().as_json())
             document = certs.sign(payload, signer.private_key)
             signature = document["signature"]
             return {"record_id": record_id, "issued_at": payload["issued_at"],
@@ -81,6 +83,23 @@ def issue_certificate(ctx: Context, record_id: int) -> dict:
     return {"id": certificate_id, "json": str(files["json"]), "pdf": str(files["pdf"]),
             "key_fingerprint": signature["key_fingerprint"],
             "pdf_sha256": files["pdf_sha256"]}
+
+
+def validation_of(catalog, record_id: int) -> dict | None:
+    """The record's approved validation, as the certificate states it."""
+    from bkp.evidence.approvals import approved
+
+    row = approved(catalog, "validation", str(record_id))
+    if row is None:
+        return None
+    details = json.loads(row["details"] or "{}")
+    signature = row.get("signature")
+    return {"validator": row["approved_by"], "title": details.get("title"),
+            "decision": details.get("decision"), "comment": details.get("comment"),
+            "time": row["approved_at"],
+            "approval": {"key_fingerprint": row["key_fingerprint"],
+                         "signature_sha256": hashlib.sha256(signature.encode()).hexdigest(),
+                         "signature": signature} if signature else None}
 
 
 def create_signing_key(ctx: Context) -> keyring.RingKey:

@@ -13,7 +13,15 @@ import os
 import socket
 from datetime import datetime
 
-from bkp.context import Context, Outcome, human_bytes, interrupt, locked, stopping
+from bkp.context import (
+    Context,
+    Outcome,
+    human_bytes,
+    interrupt,
+    locked,
+    open_tenant_run,
+    stopping,
+)
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError
 from bkp.policy import Policy
@@ -63,8 +71,8 @@ def preview_backup(ctx: Context, policy: Policy) -> Outcome:
 
 def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
     catalog = ctx.catalog
-    run_id = catalog.open_run(policy.tenant, "backup", operator=ctx.settings.operator,
-                              trigger=trigger, slot=slot, restic_version=_restic_version())
+    run_id = open_tenant_run(ctx, policy, "backup", trigger=trigger, slot=slot,
+                             restic_version=_restic_version())
     restic: Restic | None = None
     fields: dict = {}
     started = datetime.now().astimezone()  # restic stamps the snapshot with its start

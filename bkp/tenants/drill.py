@@ -25,7 +25,7 @@ from pathlib import Path
 from croniter import croniter
 
 from bkp.catalog import as_json
-from bkp.context import Context, Outcome, interrupt, locked, stopping
+from bkp.context import Context, Outcome, interrupt, locked, open_tenant_run, stopping
 from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.files import file_sha256
@@ -204,9 +204,8 @@ def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
 
 
 def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
-    catalog = ctx.catalog
-    run_id = catalog.open_run(policy.tenant, "drill", operator=ctx.settings.operator,
-                              trigger=trigger, slot=slot, restic_version=_restic_version())
+    run_id = open_tenant_run(ctx, policy, "drill", trigger=trigger, slot=slot,
+                             restic_version=_restic_version())
     result = DrillResult()
     restic: Restic | None = None
     scratch = scratch_root(ctx) / f"drill-{policy.tenant}-{run_id}"

@@ -19,6 +19,11 @@ from bkp.policy import Policy
 # Commands (and sub-commands) that delete or rewrite what the repository holds.
 DELETING = {("forget",), ("prune",), ("migrate",), ("rewrite",), ("tag",), ("rebuild-index",),
             ("repair",), ("key", "remove"), ("key", "passwd"), ("unlock", "--remove-all")}
+# Commands that only read the repository; anything else changes it and needs a role that
+# may (bkp.access "restic-write") when operators are registered.
+READING = {("snapshots",), ("ls",), ("find",), ("diff",), ("stats",), ("cat",), ("check",),
+           ("mount",), ("dump",), ("restore",), ("version",), ("list",), ("help",),
+           ("key", "list"), ("cache",)}
 # Options that would point restic at another repository, password or key.
 FOREIGN_OPTIONS = ("-r", "--repo", "--repository", "--repository-file", "-p",
                    "--password-file", "--password-command", "--key-hint", "--insecure-no-password",
@@ -38,6 +43,11 @@ def deletes(args: Sequence[str]) -> bool:
         if plain[:len(head)] == head and all(f in args for f in flags):
             return True
     return False
+
+
+def writes(args: Sequence[str]) -> bool:
+    plain = words(args)
+    return not any(plain[:len(command)] == list(command) for command in READING)
 
 
 def check_arguments(policy: Policy, args: Sequence[str]) -> None:

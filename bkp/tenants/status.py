@@ -51,7 +51,48 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         **({"error": last["error"]} if last and last["status"] != "ok" and last["error"]
            else {}),
         **drill_schedule_state(catalog, policy, now),
+        **policy_state(catalog, policy),
     }
+
+
+def policy_state(catalog: Catalog, policy: Policy) -> dict:
+    """Weakened rules not yet acknowledged, and an edit not yet acted under."""
+    from bkp.evidence.policy_changes import open_flags, unrecorded_change
+
+    return {"policy_flags": open_flags(catalog, policy.tenant),
+            "policy_changed_since_last_run": unrecorded_change(catalog, policy)}
+
+
+def access_status(operators: tuple, actor, problem: str | None) -> dict:
+    """Whether bkp knows who acts: registered operators, and who this caller is."""
+    from bkp import clock
+
+    if not operators:
+        note = ("no operators registered in bkp.yaml: anyone with access acts under the "
+                "name they give, and nothing needs a second person's approval")
+    else:
+        roles = {}
+        for person in operators:
+            roles[person.role] = roles.get(person.role, 0) + 1
+        note = (f"{len(operators)} operators registered ("
+                + ", ".join(f"{n} {role}" for role, n in sorted(roles.items())) + ")")
+    return {"operators_registered": len(operators), "note": note,
+            "you": actor.as_json() if actor else None, "problem": problem,
+            "clock": clock.state().as_json()}
+
+
+def approvals_status(catalog: Catalog, now: datetime | None = None) -> list[dict]:
+    """Requests waiting for a second person; an expired one reads so (status never
+    writes: the next command that acts closes it)."""
+    now = now or datetime.now(UTC)
+    rows = []
+    for row in catalog.waiting_approvals():
+        expired = parse_time(row["expires_at"]) <= now
+        rows.append({"id": row["id"], "kind": row["kind"], "subject": row["subject"],
+                     "tenant": row["tenant"], "requested_by": row["requested_by"],
+                     "requested_at": row["requested_at"], "expires_at": row["expires_at"],
+                     "status": "expired" if expired else "pending"})
+    return rows
 
 
 NEVER_HINT = ("no backup recorded here; if bkp's records were lost or recovered from an "

@@ -1,0 +1,165 @@
+"""Who may act: the person behind the OS identity, and what their role allows.
+
+bkp used to record whatever name `--operator` gave. With `operators` in bkp.yaml the actor
+is derived from the operating system instead: the login uid the kernel keeps for the whole
+session (it survives `sudo` and `su`, and only root can set it, once, at login), then
+`SUDO_USER`, then the effective user. That OS identity is mapped to the registered person;
+`--operator` may only narrow it (a shared admin account naming which of its people acts)
+or drop every right (a label such as `scheduler` that names no registered person). It can
+never name another registered person. Without an operators list bkp works as before and
+`bkp status` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass, field
+
+from bkp.errors import SafetyError
+
+ROLES = ("operator", "validator", "auditor", "admin")
+NO_LOGIN_UID = 4294967295  # (uid_t)-1: the kernel's "no login session"
+
+# What each act needs. An act not named here changes records but destroys nothing
+# (backup, drill, restore, init, media register, catalog sync, evidence backup): every
+# identity except a read-only auditor may do it, registered or not, so cron keeps working.
+ALLOWED: dict[str, frozenset[str]] = {
+    "sanitize": frozenset({"operator", "admin"}),
+    "destroy": frozenset({"operator", "admin"}),
+    "offboard": frozenset({"operator", "admin"}),
+    "erase": frozenset({"operator", "admin"}),
+    "restic-write": frozenset({"operator", "admin"}),
+    "evidence-recover-force": frozenset({"admin"}),
+    "signing-key": frozenset({"admin"}),
+    "policy-acknowledge": frozenset({"admin"}),
+    "validate": frozenset({"validator", "admin"}),
+    "approve": frozenset({"operator", "validator", "admin"}),
+}
+DESCRIBED = {
+    "sanitize": "sanitizing a medium", "destroy": "recording a destruction",
+    "offboard": "offboarding a tenant", "erase": "erasing snapshots",
+    "restic-write": "restic commands that change the repository",
+    "evidence-recover-force": "overwriting records with `evidence recover --force`",
+    "signing-key": "creating or rotating the signing key",
+    "policy-acknowledge": "acknowledging a weakened policy",
+    "validate": "validating a sanitization", "approve": "approving a request",
+}
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A registered person (bkp.yaml `operators`)."""
+
+    name: str
+    os_users: tuple[str, ...]
+    role: str
+    ssh_key: str
+    title: str | None = None
+    contact: str | None = None
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "os_users": list(self.os_users), "role": self.role,
+                "title": self.title, "contact": self.contact}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: the OS identity, and the registered person it maps to (if any)."""
+
+    os_user: str  # the login identity: the person's own account, not the `root` of sudo
+    via: str  # how it was found: "login uid", "SUDO_USER" or "effective uid"
+    operator: str  # the name recorded on every event
+    registered: bool  # `operator` is a registered person, proven by the OS identity
+    role: str | None = None
+    controlled: bool = False  # operators are registered: roles apply
+    note: str | None = None  # why this identity has no role (shown when refused)
+    person: Operator | None = field(default=None, compare=False)
+
+    def as_json(self) -> dict:
+        return {"os_user": self.os_user, "via": self.via, "operator": self.operator,
+                "registered": self.registered, "role": self.role}
+
+
+def login_identity() -> tuple[str, str]:
+    """(user name, how it was found). The login uid first: sudo cannot change it."""
+    uid = _login_uid()
+    if uid is not None:
+        return user_name(uid), "login uid"
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and os.geteuid() == 0:
+        return sudo_user, "SUDO_USER"
+    return user_name(os.geteuid()), "effective uid"
+
+
+def _login_uid() -> int | None:
+    try:
+        with open("/proc/self/loginuid") as file:
+            uid = int(file.read().strip())
+    except (OSError, ValueError):
+        return None
+    return None if uid == NO_LOGIN_UID else uid
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def resolve_actor(operators: tuple[Operator, ...], given: str | None,
+                  default_name: str) -> Actor:
+    """The actor for this process. `given` is what --operator / BKP_OPERATOR said (None
+    when neither was set); `default_name` is the name recorded when nothing is registered.
+    SafetyError when `given` names a registered person this OS identity is not."""
+    os_user, via = login_identity()
+    if not operators:
+        return Actor(os_user, via, given or default_name, registered=False)
+    candidates = [o for o in operators if os_user in o.os_users]
+    by_name = {o.name: o for o in operators}
+    if given is not None and given in by_name:
+        person = by_name[given]
+        if person not in candidates:
+            raise SafetyError(
+                f"--operator {given}: you are logged in as OS user {os_user} (found by "
+                f"{via}), which is not registered to {given} in bkp.yaml; --operator may "
+                f"only name a person registered for this account"
+                + (f" ({', '.join(o.name for o in candidates)})" if candidates else ""))
+        return _registered(os_user, via, person)
+    if given is not None:
+        return Actor(os_user, via, given, registered=False, controlled=True,
+                     note=f"{given} is not a registered operator: it acts without a role")
+    if len(candidates) == 1:
+        return _registered(os_user, via, candidates[0])
+    if candidates:
+        names = ", ".join(o.name for o in candidates)
+        return Actor(os_user, via, os_user, registered=False, controlled=True,
+                     note=f"OS user {os_user} is shared by {names}: name yourself with "
+                          f"--operator")
+    return Actor(os_user, via, os_user, registered=False, controlled=True,
+                 note=f"OS user {os_user} is not registered to any operator in bkp.yaml")
+
+
+def _registered(os_user: str, via: str, person: Operator) -> Actor:
+    return Actor(os_user, via, person.name, registered=True, role=person.role,
+                 controlled=True, person=person)
+
+
+def authorize(actor: Actor, act: str | None) -> None:
+    """SafetyError (exit 4) when `act` is not allowed to this actor. `act` None: a command
+    that changes records but destroys nothing."""
+    if not actor.controlled:
+        return
+    allowed = ALLOWED.get(act) if act else None
+    if allowed is None:
+        if actor.role == "auditor":
+            raise SafetyError(f"{actor.operator} is registered as an auditor: auditors "
+                              f"read and check, they do not act")
+        return
+    if actor.registered and actor.role in allowed:
+        return
+    roles = " or ".join(sorted(allowed))
+    who = (f"{actor.operator} (OS user {actor.os_user}) is registered as {actor.role}"
+           if actor.registered else actor.note or f"{actor.operator} is not registered")
+    raise SafetyError(f"{DESCRIBED.get(act, act)} needs a registered {roles}: {who}")
