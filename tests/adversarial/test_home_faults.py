@@ -172,7 +172,8 @@ def test_a_lost_catalog_is_not_silently_replaced(bkp_env):
     bkp_env.bkp_json("catalog", "init", "--reason", "disk replaced, no evidence copy")
     bkp_env.bkp_json("backup", "lost")
     log, _ = bkp_env.bkp_json("audit", "log")
-    assert [e["action"] for e in log["events"]] == ["catalog.init", "backup"]
+    assert [e["action"] for e in log["events"]] == ["catalog.init", "policy.recorded",
+                                                    "backup"]
     refused = bkp_env.bkp("catalog", "init", "--reason", "again")
     assert refused.returncode == 4
 

@@ -247,10 +247,11 @@ def test_audit_trail_records_actions_and_catches_tampering(bkp_env):
     log, _ = bkp_env.bkp_json("audit", "log", "--tenant", "audited")
     actions = [(e["action"], e["outcome"], e["operator"]) for e in log["events"]]
     assert actions == [("init", "initialised", "test-operator"),
+                       ("policy.recorded", "ok", "test-operator"),
                        ("backup", "ok", "test-operator")]
     assert all(e["os_user"] and e["host"] and e["time"].endswith("Z") for e in log["events"])
     verified, _ = bkp_env.bkp_json("audit", "verify")
-    assert verified["valid"] and verified["events"] == 2
+    assert verified["valid"] and verified["events"] == 3
     head, _ = bkp_env.bkp_json("audit", "head")
 
     db = sqlite3.connect(bkp_env.home / "catalog.db")
