@@ -1,0 +1,162 @@
+"""Every runbook step marked `sh runnable` runs as written, so a step that stops working
+fails CI (docs/commands.md, "Runnable runbook steps").
+
+Each page runs in a sandbox: its marked blocks, in order, in one bash session with
+`set -euo pipefail`. The paths a page names (/etc/bkp, /var/lib/bkp, /srv, ...) are moved
+under a temporary directory, the off-site server is a real OpenSSH sshd on a loopback port
+that trusts the key the onboarding generates (standing in for the server admin's step), and
+/opt/bkp is this checkout. Pages that start from a working installation run the onboarding
+runbook first, exactly as an operator would have.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import docs
+from tests.conftest import _keygen, free_port, require_tool, stop, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+RUNBOOKS = docs.REPO_ROOT / "runbooks"
+ONBOARDING = RUNBOOKS / "onboard-tenant.md"
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    port: int
+
+    def substitutions(self) -> dict[str, str]:
+        """What a page says -> what the sandbox uses. Only whole path prefixes and names."""
+        root = str(self.root)
+        return {
+            "/opt/bkp/.venv/bin": str(Path(sys.executable).parent),
+            "/opt/bkp": str(docs.REPO_ROOT),
+            "/etc/bkp": f"{root}/etc/bkp",
+            "/etc/cron.d": f"{root}/etc/cron.d",
+            "/etc/logrotate.d": f"{root}/etc/logrotate.d",
+            "/var/lib/bkp": f"{root}/var/lib/bkp",
+            "/srv/": f"{root}/srv/",
+            "/mnt/backup": f"{root}/mnt/backup",
+            "/media/escrow": f"{root}/media/escrow",
+            "/tmp/": f"{root}/tmp/",
+            # The off-site server: the sandbox's sshd, whose only account is root.
+            "backup01.offsite.example.nl": "127.0.0.1",
+            "PORT=22": f"PORT={self.port}",
+            "2222": str(self.port),
+            "user: bkp": "user: root",
+            "bkp@127.0.0.1": "root@127.0.0.1",
+        }
+
+    def script(self, pages: list[Path]) -> str:
+        table = self.substitutions()
+        keys = sorted(table, key=len, reverse=True)
+        pattern = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(k) for k in keys) + ")")
+        parts = ["set -euo pipefail"]
+        for page in pages:
+            for block in docs.blocks(page):
+                if block.runnable:
+                    parts.append(f"echo '=== {block.where}' >&2")
+                    # In one pass, so a replacement is never replaced again.
+                    text = pattern.sub(lambda m: table[m.group(1)], block.text)
+                    text = text.replace("bkp@127.0.0.1", "root@127.0.0.1")
+                    parts.append(text)
+        parts.append("echo '=== every runnable step ran' >&2")
+        return "\n".join(parts) + "\n"
+
+    def run(self, pages: list[Path], cwd: Path | None = None) -> subprocess.CompletedProcess:
+        script = self.root / "runbook.sh"
+        script.write_text(self.script(pages))
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOME": str(self.root / "root"), "LC_ALL": "C.UTF-8", "TERM": "dumb",
+               # Safety net: bkp's own defaults point at the real /etc/bkp and /var/lib/bkp.
+               # (BKP_CONFIG is optional only at its default path; the pages set it.)
+               "BKP_POLICIES": f"{self.root}/etc/bkp/policies",
+               "BKP_HOME": f"{self.root}/var/lib/bkp",
+               "TMPDIR": str(self.root / "tmp")}
+        return subprocess.run(["bash", str(script)], cwd=cwd or self.root / "work", env=env,
+                              capture_output=True, text=True, timeout=900,
+                              stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """Directories a fresh bkp host and its off-site server already have, the tenant's data,
+    and an sshd that trusts whatever key the sandbox's /etc/bkp/keys/id_ed25519.pub holds."""
+    require_tool("restic")
+    sshd_bin = require_tool("sshd", "/usr/sbin/sshd")
+    root = tmp_path
+    for folder in ("root", "work", "tmp", "srv/backup", "etc/cron.d", "etc/logrotate.d",
+                   "var/lib", "sshd"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    data = root / "srv/tenants/acme-zorg/files"
+    (data / "patients").mkdir(parents=True)
+    for index in range(30):
+        (data / "patients" / f"p{index}.txt").write_text(f"patient {index}\nBSN {index:09d}\n")
+    port = free_port()
+    _keygen(root / "sshd/host_ed25519")
+    config = root / "sshd/sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {root / 'sshd/host_ed25519'}",
+        f"AuthorizedKeysFile {root / 'etc/bkp/keys/id_ed25519.pub'}",
+        "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
+        "Subsystem sftp internal-sftp", f"PidFile {root / 'sshd/sshd.pid'}",
+        "LogLevel ERROR", ""]))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for_port(port, proc, "sshd")
+    yield Sandbox(root, port)
+    stop(proc)
+
+
+def _assert_ran(done: subprocess.CompletedProcess) -> None:
+    last = [line for line in done.stderr.splitlines() if line.startswith("=== ")]
+    assert done.returncode == 0 and last and last[-1] == "=== every runnable step ran", (
+        f"runbook step failed (exit {done.returncode}) in {last[-1] if last else '?'}\n"
+        f"--- stderr (end)\n{done.stderr[-4000:]}\n--- stdout (end)\n{done.stdout[-3000:]}")
+
+
+def _runnable(page: Path) -> int:
+    return sum(block.runnable for block in docs.blocks(page))
+
+
+def test_the_runbooks_mark_runnable_steps():
+    # A page whose markers vanished would pass vacuously.
+    for page in RUNBOOKS.glob("*.md"):
+        assert _runnable(page) >= 3, f"{page.name} has fewer than 3 runnable steps"
+
+
+def test_substitutions_name_what_the_pages_say(tmp_path):
+    said = "\n".join(block.text for page in docs.PAGES for block in docs.blocks(page)
+                     if block.runnable)
+    unused = [key for key in Sandbox(tmp_path, 1).substitutions() if key not in said]
+    assert not unused, f"substitutions no runnable step uses any more: {unused}"
+
+
+def test_onboarding(sandbox):
+    done = sandbox.run([ONBOARDING])
+    _assert_ran(done)
+    assert (sandbox.root / "etc/bkp/policies/acme-zorg.yaml").exists()
+    assert list((sandbox.root / "srv/backup/acme-zorg/snapshots").iterdir())
+
+
+@pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md",
+                                  "decommission-media.md"])
+def test_runbook_on_an_onboarded_host(sandbox, page):
+    _assert_ran(sandbox.run([ONBOARDING, RUNBOOKS / page]))
+
+
+def test_readme(sandbox):
+    _assert_ran(sandbox.run([ONBOARDING, docs.REPO_ROOT / "README.md"],
+                            cwd=docs.REPO_ROOT))
+
+
