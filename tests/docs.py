@@ -154,7 +154,7 @@ def bkp_invocations_in_shell(text: str) -> list[list[str]]:
 def _until_end_of_command(words: list[str]) -> list[str]:
     args = []
     for word in words:
-        if word in ("&&", "||", "|", ";", ")", "}", ">", ">>", "2>&1") or word.startswith(
+        if word in ("&&", "||", "|", ";", "(", ")", "$", "}", ">", ">>", "2>&1") or word.startswith(
                 (">", "2>")):
             break
         args.append(word)

@@ -281,14 +281,26 @@ ERROR_CODES = {"OperationError": 1, "UsageError": 2, "PolicyError": 3, "SafetyEr
 
 def _string_templates() -> list[tuple[list[str], int | None, str]]:
     """Every string in bkp's source, as its literal segments (f-string fields and format
-    fields cut out, backticks dropped), with the exit code of the error it is raised in."""
+    fields cut out, module constants such as EEA_RULE put in, backticks dropped), with the
+    exit code of the error it is raised in."""
     found = []
     for path in SOURCE.rglob("*.py"):
         tree = ast.parse(path.read_text())
+        constants = _module_constants(tree)
         for node, code in _strings_with_codes(tree, None):
-            found.append((_segments(node), code, f"{path.relative_to(docs.REPO_ROOT)}:"
-                                                 f"{node.lineno}"))
+            found.append((_segments(node, constants), code,
+                          f"{path.relative_to(docs.REPO_ROOT)}:{node.lineno}"))
     return found
+
+
+def _module_constants(tree: ast.Module) -> dict[str, str]:
+    constants = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            constants[node.targets[0].id] = node.value.value
+    return constants
 
 
 def _strings_with_codes(node: ast.AST, code: int | None):
@@ -307,7 +319,7 @@ def _strings_with_codes(node: ast.AST, code: int | None):
         yield from _strings_with_codes(child, code)
 
 
-def _segments(node: ast.AST) -> list[str]:
+def _segments(node: ast.AST, constants: dict[str, str]) -> list[str]:
     if isinstance(node, ast.Constant):
         parts = FIELD.split(node.value)
     else:
@@ -315,6 +327,8 @@ def _segments(node: ast.AST) -> list[str]:
         for value in node.values:
             if isinstance(value, ast.Constant):
                 current += value.value
+            elif isinstance(value.value, ast.Name) and value.value.id in constants:
+                current += constants[value.value.id]
             else:
                 parts.append(current)
                 current = ""
@@ -324,7 +338,8 @@ def _segments(node: ast.AST) -> list[str]:
 
 
 def _fragments(message: str) -> list[str]:
-    pieces = [p.strip(" \t") for p in PLACEHOLDER.split(message.replace("`", ""))]
+    # Punctuation next to a placeholder may belong to a string around the one quoted.
+    pieces = [p.strip(" \t()[],:;.'\"") for p in PLACEHOLDER.split(message.replace("`", ""))]
     return [p for p in pieces if len(p.replace(" ", "")) >= 4]
 
 
@@ -339,7 +354,10 @@ def _quoted_messages() -> list[tuple[str, str, str | None]]:
             exit_column = table.header.index("exit") if "exit" in table.header else None
             for row in table.rows:
                 code = row[exit_column] if exit_column is not None else None
-                for message in docs.code_spans(row[0]):
+                # A remark in brackets after a message, "(on `destination.region`)", is
+                # not part of it.
+                cell = re.sub(r"\s\((?:on|also|with|row)\b[^()]*\)", "", row[0])
+                for message in docs.code_spans(cell):
                     found.append((str(page.relative_to(docs.REPO_ROOT)), message, code))
     return found
 
