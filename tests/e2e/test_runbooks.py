@@ -32,6 +32,7 @@ ONBOARDING = RUNBOOKS / "onboard-tenant.md"
 class Sandbox:
     root: Path
     port: int
+    device: str = "/dev/sdX"  # the disk a media page wipes: a loop device in the sandbox
 
     def substitutions(self) -> dict[str, str]:
         """What a page says -> what the sandbox uses. Only whole path prefixes and names."""
@@ -53,6 +54,9 @@ class Sandbox:
             "2222": str(self.port),
             "user: bkp": "user: root",
             "bkp@127.0.0.1": "root@127.0.0.1",
+            "/dev/sdX": self.device,
+            # The record id the operator reads off sanitize's output: the sandbox's first.
+            "certificate 17": "certificate 1",
         }
 
     def script(self, pages: list[Path]) -> str:
@@ -71,7 +75,8 @@ class Sandbox:
         parts.append("echo '=== every runnable step ran' >&2")
         return "\n".join(parts) + "\n"
 
-    def run(self, pages: list[Path], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def run(self, pages: list[Path], cwd: Path | None = None,
+            typed: str | None = None) -> subprocess.CompletedProcess:
         script = self.root / "runbook.sh"
         script.write_text(self.script(pages))
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -81,9 +86,17 @@ class Sandbox:
                "BKP_POLICIES": f"{self.root}/etc/bkp/policies",
                "BKP_HOME": f"{self.root}/var/lib/bkp",
                "TMPDIR": str(self.root / "tmp")}
-        return subprocess.run(["bash", str(script)], cwd=cwd or self.root / "work", env=env,
-                              capture_output=True, text=True, timeout=900,
-                              stdin=subprocess.DEVNULL)
+        if typed is None:
+            return subprocess.run(["bash", str(script)], cwd=cwd or self.root / "work",
+                                  env=env, capture_output=True, text=True, timeout=900,
+                                  stdin=subprocess.DEVNULL)
+        # What the operator types goes to a terminal, as bkp asks for confirmations only
+        # there: util-linux `script` gives the page a pty (its output then comes on stdout).
+        done = subprocess.run(["script", "-qec", f"bash {script}", "/dev/null"],
+                              cwd=cwd or self.root / "work", env=env, capture_output=True,
+                              text=True, timeout=900, input=typed)
+        done.stderr = done.stdout.replace("\r\n", "\n") + done.stderr
+        return done
 
 
 @pytest.fixture
@@ -149,10 +162,34 @@ def test_onboarding(sandbox):
     assert list((sandbox.root / "srv/backup/acme-zorg/snapshots").iterdir())
 
 
-@pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md",
-                                  "decommission-media.md"])
+@pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md"])
 def test_runbook_on_an_onboarded_host(sandbox, page):
     _assert_ran(sandbox.run([ONBOARDING, RUNBOOKS / page]))
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A 16 MiB disk on a loop device, which reports no serial (as some USB bridges)."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as fh:
+        fh.write(b"tenant data " * (16 << 16))
+        fh.truncate(16 << 20)
+    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    yield device
+    subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def test_decommission_media(sandbox, loop_device):
+    sandbox.device = loop_device
+    for name in ("photo-before.jpg", "photo-after.jpg", "service-cert.pdf"):
+        (sandbox.root / "work" / name).write_bytes(f"evidence {name}".encode())
+    # The operator types the serial when sanitize asks for it.
+    done = sandbox.run([ONBOARDING, RUNBOOKS / "decommission-media.md"],
+                       typed="WD-WCC4N1234567\n")
+    _assert_ran(done)
+    with open(loop_device, "rb") as disk:
+        assert disk.read(1 << 20) == bytes(1 << 20)  # wiped with zeros
 
 
 def test_readme(sandbox):
