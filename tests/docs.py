@@ -35,7 +35,9 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(REPO_ROOT)}:{self.line}"
+        page = (self.page.relative_to(REPO_ROOT) if self.page.is_relative_to(REPO_ROOT)
+                else self.page.name)
+        return f"{page}:{self.line}"
 
 
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")

@@ -192,6 +192,45 @@ def test_decommission_media(sandbox, loop_device):
         assert disk.read(1 << 20) == bytes(1 << 20)  # wiped with zeros
 
 
+# The old host's life before the disaster, in the sandbox: an evidence repository on the
+# off-site server (bkp.yaml), a night's evidence copy, an anchor the auditor keeps, and the
+# key escrow; then the host's records are lost.
+BEFORE_THE_DISASTER = """
+(umask 077; head -c 32 /dev/urandom | base64 > /etc/bkp/secrets/evidence.key)
+cat > /etc/bkp/bkp.yaml <<EOF
+organization: Example Hosting bv
+evidence:
+  destination:
+    type: sftp
+    country: NL
+    host: $H
+    port: $PORT
+    user: bkp
+    path: /srv/backup/_evidence
+    host_key: "$(cut -d' ' -f2,3 /tmp/$H.hostkey)"
+    identity_file: /etc/bkp/keys/id_ed25519
+  password_file: /etc/bkp/secrets/evidence.key
+EOF
+export BKP_CONFIG=/etc/bkp/bkp.yaml
+bkp init --all && bkp backup --all
+bkp media register --serial OLD-DISK-1 --type ssd
+bkp audit head > /media/escrow/audit-anchor
+bkp evidence backup
+cp -r /etc/bkp/bkp.yaml /etc/bkp/policies /etc/bkp/secrets /etc/bkp/keys /media/escrow/
+rm -rf /etc/bkp /var/lib/bkp /tmp/*.hostkey
+unset BKP_CONFIG RESTIC_REPOSITORY RESTIC_PASSWORD_FILE
+"""
+
+
+def test_disaster_recovery(sandbox):
+    (sandbox.root / "media/escrow").mkdir(parents=True)
+    before = sandbox.root / "before-the-disaster.md"
+    before.write_text(f"```sh runnable\n{BEFORE_THE_DISASTER}```\n")
+    _assert_ran(sandbox.run([ONBOARDING, before, RUNBOOKS / "disaster-recovery.md"]))
+    restored = sandbox.root / "srv/restore/acme-zorg" / str(sandbox.root).lstrip("/")
+    assert (restored / "srv/tenants/acme-zorg/files/patients/p7.txt").exists()
+
+
 def test_readme(sandbox):
     _assert_ran(sandbox.run([ONBOARDING, docs.REPO_ROOT / "README.md"],
                             cwd=docs.REPO_ROOT))
