@@ -45,7 +45,6 @@ class Sandbox:
             "/etc/logrotate.d": f"{root}/etc/logrotate.d",
             "/var/lib/bkp": f"{root}/var/lib/bkp",
             "/srv/": f"{root}/srv/",
-            "/mnt/backup": f"{root}/mnt/backup",
             "/media/escrow": f"{root}/media/escrow",
             "/tmp/": f"{root}/tmp/",
             # The off-site server: the sandbox's sshd, whose only account is root.
@@ -53,7 +52,6 @@ class Sandbox:
             "PORT=22": f"PORT={self.port}",
             "2222": str(self.port),
             "user: bkp": "user: root",
-            "bkp@127.0.0.1": "root@127.0.0.1",
             "/dev/sdX": self.device,
             # The record id the operator reads off sanitize's output: the sandbox's first.
             "certificate 17": "certificate 1",
@@ -70,6 +68,7 @@ class Sandbox:
                     parts.append(f"echo '=== {block.where}' >&2")
                     # In one pass, so a replacement is never replaced again.
                     text = pattern.sub(lambda m: table[m.group(1)], block.text)
+                    # bkp@SERVER: the server's name was replaced, the user follows it.
                     text = text.replace("bkp@127.0.0.1", "root@127.0.0.1")
                     parts.append(text)
         parts.append("echo '=== every runnable step ran' >&2")
