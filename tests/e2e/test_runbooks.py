@@ -230,6 +230,18 @@ def test_disaster_recovery(sandbox):
     assert (restored / "srv/tenants/acme-zorg/files/patients/p7.txt").exists()
 
 
+def test_operators_and_approvals(sandbox):
+    keys = sandbox.root / "etc/bkp/operators"
+    keys.mkdir(parents=True)
+    (keys / "victor.pub").write_text(_keygen(sandbox.root / "victor_ed25519") + " Victor\n")
+    try:
+        done = sandbox.run([ONBOARDING, RUNBOOKS / "operators-and-approvals.md"])
+        _assert_ran(done)
+        assert "1 operators registered (1 validator)" in done.stdout
+    finally:
+        subprocess.run(["userdel", "-r", "victor"], capture_output=True, check=False)
+
+
 def test_readme(sandbox):
     _assert_ran(sandbox.run([ONBOARDING, docs.REPO_ROOT / "README.md"],
                             cwd=docs.REPO_ROOT))
