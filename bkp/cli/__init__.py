@@ -539,7 +539,8 @@ def restic_command(state, tenant, args):
     bkp restic acme-zorg -- diff 1a2b3c4d 5e6f7a8b
     bkp restic acme-zorg -- key add
 
-    Refused: options that name another repository or password (exit 2), and commands that
+    Refused: options that name another repository or password, and options before the
+    command that bkp does not know (exit 2: put them after the command), and commands that
     delete (forget, prune, key remove, ...) under a legal hold (exit 4). restic's own
     failure is exit 1.
     """
