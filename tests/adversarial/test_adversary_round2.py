@@ -115,6 +115,9 @@ def test_an_emptied_catalog_is_not_an_intact_trail_nor_a_fresh_start(bkp_env, bl
     assert backup.returncode == 1, backup.stdout + backup.stderr
     one_clear_line(backup, "bkp catalog init")
     assert catalog.read_bytes() == b"" or blank != "zero bytes"
+    env.bkp_json("catalog", "init", "--reason", "the catalog was emptied; no evidence copy")
+    env.bkp_json("backup", "emptied")
+    assert env.bkp_json("audit", "verify")[0]["valid"]
 
 
 # ---------------------------------------------------------------- a read-only BKP_HOME
