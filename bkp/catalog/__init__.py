@@ -91,6 +91,7 @@ __all__ = [
     "get_record",
     "get_sanitization",
     "home_was_used",
+    "is_blank",
     "latest_certificate",
     "list_media",
     "media_history",
@@ -170,6 +171,9 @@ class Catalog(RunsTable, AuditLogTable, AccessTables):
         if not path.is_file():
             raise CatalogDamaged(f"the catalog {path} is not a file: it was damaged or replaced;"
                                  f" restore it (runbooks/disaster-recovery.md)")
+        if is_blank(path):
+            raise CatalogMissing(f"the catalog {path} is empty (no tables): it was emptied, or "
+                                 f"its creation never finished")
         catalog = cls(path, read_only=True)
         try:
             db = catalog.db
@@ -212,7 +216,7 @@ class Catalog(RunsTable, AuditLogTable, AccessTables):
         return cls.in_memory_copy(None)
 
     def _create_and_migrate(self) -> None:
-        new = not self.path.exists()
+        new = not self.path.exists() or is_blank(self.path)
         if self.path.exists() and not self.path.is_file():
             raise CatalogDamaged(f"the catalog {self.path} is not a file: it was damaged or "
                                  f"replaced; restore it (runbooks/disaster-recovery.md)")
@@ -388,6 +392,23 @@ def _migration_lock(path: Path):
         os.close(fd)
 
 
+def is_blank(path: Path) -> bool:
+    """A catalog file without a single table (zero bytes, or an empty database): nothing bkp
+    recorded is in it, so where bkp worked before it was emptied, not freshly made."""
+    if not path.is_file():
+        return False
+    try:
+        if path.stat().st_size == 0:
+            return True
+        conn = sqlite3.connect(f"file:{path}?{_read_only_mode(path)}", uri=True)
+        try:
+            return conn.execute("select count(*) from sqlite_master").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return False  # unreadable or not a database: opening it names that
+
+
 def write_home_marker(home: Path) -> None:
     with suppress(OSError):
         marker = home / HOME_MARKER
@@ -439,11 +460,12 @@ def open_for_work(home: Path) -> Catalog:
     vanished from a BKP_HOME bkp has worked in is not silently replaced by an empty one."""
     check_home(home)
     path = home / CATALOG_FILE
-    if not path.exists():
+    if not path.exists() or is_blank(path):
         signs = home_was_used(home)
         if signs:
             raise CatalogMissing(
-                f"the catalog {path} is missing, but BKP_HOME holds bkp's records "
+                f"the catalog {path} is {'empty' if path.exists() else 'missing'}, but "
+                f"BKP_HOME holds bkp's records "
                 f"({', '.join(signs)}): it was lost or moved. Bring it back (`bkp evidence "
                 f"recover`, runbooks/disaster-recovery.md), or start a new one knowingly "
                 f"with `bkp catalog init`")

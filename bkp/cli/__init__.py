@@ -1031,7 +1031,9 @@ def _trail_catalog(state):
 
     try:
         return Catalog.read_only(state.settings.catalog_path)
-    except CatalogMissing:
+    except CatalogMissing as exc:
+        if state.settings.catalog_path.exists():  # there, but empty
+            raise CatalogMissing(f"{exc}, so there is no audit trail") from None
         raise CatalogMissing(f"there is no catalog at {state.settings.catalog_path}, so no "
                              f"audit trail: it was lost or this is the wrong BKP_HOME") from None
 
@@ -1166,12 +1168,12 @@ def catalog_init(state, reason, as_json):
     Refused (exit 4) when a catalog exists. Prefer `bkp evidence recover` when an evidence
     copy exists: a new catalog starts a new audit trail.
     """
-    from bkp.catalog import Catalog, check_home, home_was_used
+    from bkp.catalog import Catalog, check_home, home_was_used, is_blank
     from bkp.context import Context
     from bkp.errors import SafetyError
 
     path = state.settings.catalog_path
-    if path.exists():
+    if path.exists() and not is_blank(path):
         raise SafetyError(f"a catalog already exists at {path}; nothing was changed")
     check_home(state.settings.home)
     signs = home_was_used(state.settings.home)
