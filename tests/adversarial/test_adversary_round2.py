@@ -133,9 +133,13 @@ def read_only_view(path: Path):
         subprocess.run(["umount", str(path)], check=False)
 
 
-def test_snapshots_read_from_a_read_only_home(bkp_env):
+@pytest.mark.parametrize("kind", ["local", "sftp"])
+def test_snapshots_read_from_a_read_only_home(bkp_env, sshd, kind):
     env = bkp_env
-    env.local_tenant("frozen")
+    if kind == "local":
+        env.local_tenant("frozen")
+    else:
+        env.sftp_tenant("frozen", sshd)
     env.bkp_json("init", "frozen")
     env.bkp_json("backup", "frozen")
     env.bkp_json("snapshots", "frozen")  # the cache under BKP_HOME now exists
