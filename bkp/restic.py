@@ -40,6 +40,7 @@ class Repository:
     env: SecretEnv = field(default_factory=SecretEnv)
     cache_dir: Path | None = None
     label: str = ""  # what an operator recognises: the URL without credentials
+    no_cache: bool = False  # BKP_HOME cannot take restic's cache (a read-only copy)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ def global_args(repo: Repository) -> list[str]:
     args = [RESTIC, "--repo", repo.url]
     for option in repo.options:
         args += ["--option", option]
-    if repo.cache_dir:
+    if repo.no_cache:
+        args.append("--no-cache")
+    elif repo.cache_dir:
         args += ["--cache-dir", str(repo.cache_dir)]
     return args
 

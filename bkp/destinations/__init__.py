@@ -8,6 +8,7 @@ destination that needs them: `bkp --help` must stay fast.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -67,3 +68,13 @@ def open_repository(policy: Policy, home: Path) -> Restic:
 
 def cache_dir(home: Path, tenant: str) -> Path:
     return home / "cache" / tenant
+
+
+def cache_options(home: Path, tenant: str) -> dict:
+    """restic's cache under BKP_HOME, or none where BKP_HOME cannot be written (a read
+    on a read-only BKP_HOME must still work; restic fails on a cache it cannot write)."""
+    path = cache_dir(home, tenant)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return {"cache_dir": path, "no_cache": not os.access(existing, os.W_OK)}

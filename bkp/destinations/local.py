@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_dir
+from bkp.destinations import Preflight, cache_options
 from bkp.errors import OperationError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -50,7 +50,7 @@ class LocalDestination:
 
     def repository(self) -> Repository:
         return Repository(url=str(self.path), env=secrets.restic_password(self.policy),
-                          cache_dir=cache_dir(self.home, self.policy.tenant),
+                          **cache_options(self.home, self.policy.tenant),
                           label=str(self.path))
 
     def usage_bytes(self) -> int | None:

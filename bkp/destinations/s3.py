@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_dir
+from bkp.destinations import Preflight, cache_options
 from bkp.errors import OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -106,7 +106,7 @@ class S3Destination:
         if self.prefix:
             url += f"/{self.prefix}"
         return Repository(url=url, options=(f"s3.region={self.dest.region}",), env=env,
-                          cache_dir=cache_dir(self.home, self.policy.tenant), label=self.label)
+                          **cache_options(self.home, self.policy.tenant), label=self.label)
 
     def usage_bytes(self) -> int | None:
         client = self._client()

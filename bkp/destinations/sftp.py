@@ -7,16 +7,19 @@ a mismatch is refused before anything is written or any credential is offered.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import posixpath
+import shutil
 import socket
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_dir
+from bkp.destinations import Preflight, cache_options
 from bkp.errors import BkpError, OperationError, PolicyError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -190,16 +193,30 @@ class SftpDestination:
     # -------------------------------------------------------------- restic side
 
     def _write_ssh_files(self) -> Path:
+        """restic's ssh_config and known_hosts under BKP_HOME; left as they are when they
+        already say the same (a read writes nothing), and in a private temporary folder
+        where BKP_HOME cannot be written (a read from a read-only BKP_HOME)."""
         folder = self.home / "ssh" / self.policy.tenant
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        known_hosts = folder / "known_hosts"
         key_type, key_b64 = self.dest.host_key.split()[:2]
-        known_hosts.write_text(f"{self.alias} {key_type} {key_b64}\n")
+        try:
+            return self._ssh_files_in(folder, f"{self.alias} {key_type} {key_b64}\n")
+        except OSError:
+            spare = Path(tempfile.mkdtemp(prefix="bkp-ssh-"))
+            atexit.register(shutil.rmtree, spare, True)
+            return self._ssh_files_in(spare, f"{self.alias} {key_type} {key_b64}\n")
+
+    def _ssh_files_in(self, folder: Path, known_hosts_line: str) -> Path:
+        known_hosts = folder / "known_hosts"
         config = folder / "ssh_config"
-        config.write_text(ssh_config_text(self.alias, self.dest.host, self.dest.port,
+        wanted = {known_hosts: known_hosts_line,
+                  config: ssh_config_text(self.alias, self.dest.host, self.dest.port,
                                           self.dest.user, Path(self.dest.identity_file),
-                                          known_hosts))
-        config.chmod(0o600)
+                                          known_hosts)}
+        for path, text in wanted.items():
+            if not _holds(path, text):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                path.write_text(text)
+                path.chmod(0o600)
         return config
 
     def repository(self) -> Repository:
@@ -213,9 +230,16 @@ class SftpDestination:
             url=f"sftp:{self.alias}:{self.dest.path}",
             options=(f"sftp.command={command}",),
             env=secrets.restic_password(self.policy),
-            cache_dir=cache_dir(self.home, self.policy.tenant),
+            **cache_options(self.home, self.policy.tenant),
             label=self.label,
         )
 
     def usage_bytes(self) -> int | None:
         return None
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        return False
