@@ -147,3 +147,119 @@ def test_snapshots_read_from_a_read_only_home(bkp_env, sshd, kind):
         listed = env.bkp("snapshots", "frozen", "--json")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert len(json.loads(listed.stdout)["snapshots"]) == 1
+
+
+# ---------------------------------------------------------------- a tampered evidence copy
+
+EVIDENCE_TAGS = ("bkp-tags=2", "tenant=_evidence", "purpose=bkp%20evidence",
+                 "classification=sensitive")
+
+
+@pytest.fixture
+def evidence(bkp_env):
+    """An installation with an evidence copy on a local destination, after a backup and a
+    certified sanitization: (env, config env, evidence repository, its password file)."""
+    env = bkp_env
+    key = env.secrets / "evidence.key"
+    key.write_text("evidence repository password 9876\n")
+    key.chmod(0o600)
+    repo = env.root / "evidence-offsite"
+    (env.root / "bkp.yaml").write_text(yaml.safe_dump({
+        "organization": "Example Hosting bv",
+        "evidence": {"destination": {"type": "local", "country": "NL", "path": str(repo)},
+                     "password_file": str(key)}}))
+    extra = {"BKP_CONFIG": str(env.root / "bkp.yaml")}
+    env.local_tenant("kept")
+    env.bkp_json("init", "kept", **extra)
+    env.bkp_json("backup", "kept", **extra)
+    image = env.root / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    env.bkp_json("media", "register", "--serial", "DISK-0001", "--type", "ssd")
+    env.bkp_json("sanitize", str(image), "--serial", "DISK-0001", "--yes", "--method", "zero",
+                 **extra)
+    env.bkp_json("evidence", "backup", **extra)
+    return env, extra, repo, key
+
+
+def rewrite_latest_copy(env, repo: Path, key: Path, change, snapshot: str = "latest") -> None:
+    """What someone with the evidence password can do without deleting anything: restore a
+    copy, change it, and back it up again as the newest snapshot."""
+    work = env.root / "attacker"
+    shutil.rmtree(work, ignore_errors=True)
+    done = env.restic_at(repo, key, "restore", snapshot, "--target", str(work))
+    assert done.returncode == 0, done.stderr
+    (folder,) = [m.parent for m in work.rglob("manifest.json")]
+    change(folder)
+    done = subprocess.run(["restic", "-r", str(repo), "backup", "--host", "elsewhere",
+                           *[a for t in EVIDENCE_TAGS for a in ("--tag", t)], "."],
+                          cwd=folder, capture_output=True, text=True,
+                          env={**env.env(), "RESTIC_PASSWORD_FILE": str(key)})
+    assert done.returncode == 0, done.stderr
+
+
+def execute(folder: Path, sql: str) -> None:
+    conn = sqlite3.connect(folder / "catalog.db")
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+    for leftover in folder.glob("catalog.db-*"):
+        leftover.unlink()
+
+
+def rehash(folder: Path) -> None:
+    """The manifest made to match whatever the folder now holds."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                         for p in sorted(folder.rglob("*"))
+                         if p.is_file() and p.name != "manifest.json"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def lose_the_host(env) -> None:
+    shutil.rmtree(env.home)
+    env.home.mkdir(mode=0o700)
+
+
+def assert_refused_as_damage(env, extra) -> None:
+    done = env.bkp("evidence", "recover", "--json", **extra)
+    assert done.returncode == 5, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 5
+    assert not (env.home / "catalog.db").exists()  # nothing damaged was installed
+
+
+def test_recover_refuses_a_copy_whose_audit_chain_was_changed(evidence):
+    env, extra, repo, key = evidence
+    rewrite_latest_copy(env, repo, key, lambda f: (
+        execute(f, "update audit_log set operator = 'mallory' where seq = 2"), rehash(f)))
+    lose_the_host(env)
+    assert_refused_as_damage(env, extra)
+
+
+def test_recover_refuses_a_copy_whose_trail_was_cut_short(evidence):
+    env, extra, repo, key = evidence
+    rewrite_latest_copy(env, repo, key, lambda f: (
+        execute(f, "delete from audit_log where seq > 2; delete from certificates; "
+                   "delete from sanitizations; delete from records"), rehash(f)))
+    lose_the_host(env)
+    assert_refused_as_damage(env, extra)
+
+
+def test_recover_refuses_an_older_copy_replayed_as_the_newest(evidence):
+    env, extra, repo, key = evidence
+    first = json.loads(env.restic_at(repo, key, "snapshots", "--json").stdout)[0]["id"]
+    env.bkp_json("backup", "kept", **extra)
+    env.bkp_json("evidence", "backup", **extra)  # the honest newest copy
+    rewrite_latest_copy(env, repo, key, lambda f: None, snapshot=first)
+    lose_the_host(env)
+    assert_refused_as_damage(env, extra)
+    named = env.bkp("evidence", "recover", "--snapshot", first[:8], "--json", **extra)
+    assert named.returncode == 0, named.stdout + named.stderr  # asked for by name: fine
+
+
+def test_recover_of_an_untouched_copy_still_works(evidence):
+    env, extra, _, _ = evidence
+    lose_the_host(env)
+    recovered, _ = env.bkp_json("evidence", "recover", **extra)
+    assert recovered["status"] == "recovered"
+    assert env.bkp_json("audit", "verify")[0]["valid"]
