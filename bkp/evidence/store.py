@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bkp import __version__
@@ -28,7 +29,7 @@ from bkp.context import Context
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.evidence import keyring
-from bkp.evidence.audit import verify_chain
+from bkp.evidence.audit import verify_chain, verify_trail
 from bkp.files import file_sha256
 from bkp.installation import EVIDENCE_NAME, Installation, evidence_policy
 from bkp.restic import Restic, parse_restored_snapshot
@@ -209,6 +210,9 @@ def recover_evidence(ctx_settings, installation: Installation, *, snapshot: str 
         restored_id = parse_restored_snapshot(done.stdout) or snapshot
         restored = _find_manifest(scratch)
         manifest = _checked_manifest(restored)
+        _check_trail(restored, manifest)
+        if snapshot is None:
+            _check_not_replayed(restic, restored_id, manifest)
         aside = _set_aside(home, present) if present else []
         _install(restored, home)
     finally:
@@ -248,6 +252,56 @@ def _checked_manifest(folder: Path) -> dict:
         raise VerificationError("the evidence copy does not match its manifest: "
                                 + "; ".join(problems[:5]))
     return manifest
+
+
+def _check_trail(folder: Path, manifest: dict) -> None:
+    """The copy's audit trail is whole (every hash, every record's event) and ends where
+    its manifest says: a copy changed and re-hashed by someone with the evidence password
+    is damage, not a recovery."""
+    try:
+        copied = cat.Catalog.read_only(folder / "catalog.db")
+    except BkpError as exc:
+        raise VerificationError(f"the evidence copy's catalog cannot be read: {exc}") from None
+    try:
+        report = verify_trail(copied)
+    finally:
+        copied.close()
+    problems = list(report.problems)
+    said = manifest.get("audit") or {}
+    if (report.head, report.events) != (said.get("head"), said.get("events")):
+        problems.append(f"its trail ends at event {report.events} ({report.head[:16]}…), its "
+                        f"manifest says {said.get('events')} ({str(said.get('head'))[:16]}…)")
+    if problems:
+        raise VerificationError("the evidence copy's audit trail is damaged, nothing was "
+                                "recovered: " + "; ".join(problems[:5]))
+
+
+def _check_not_replayed(restic: Restic, restored_id: str | None, manifest: dict) -> None:
+    """The newest snapshot must hold the newest copy: a copy made before an earlier snapshot
+    was taken is an older copy put back (which needs no deletion, only the password)."""
+    items = sorted(restic.snapshots(), key=lambda s: _moment(s["time"]))
+    if not items:
+        return
+    chosen = next((s for s in items if restored_id and s["id"].startswith(restored_id)),
+                  items[-1])
+    made = _moment(manifest.get("created") or "")
+    later = [s for s in items if _moment(s["time"]) < _moment(chosen["time"])
+             and _moment(s["time"]) > made]
+    if later:
+        raise VerificationError(
+            f"the newest evidence snapshot {chosen['short_id']} holds a copy made "
+            f"{manifest.get('created')}, before snapshot {later[-1]['short_id']} was taken "
+            f"({later[-1]['time']}): an older copy was put back as the newest; nothing was "
+            f"recovered. Find the genuine newest copy and recover it with --snapshot ID")
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise VerificationError(f"the evidence copy carries an unreadable time {text!r}") \
+            from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _set_aside(home: Path, present: list[str]) -> list[str]:
