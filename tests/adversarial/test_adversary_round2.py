@@ -263,3 +263,29 @@ def test_recover_of_an_untouched_copy_still_works(evidence):
     recovered, _ = env.bkp_json("evidence", "recover", **extra)
     assert recovered["status"] == "recovered"
     assert env.bkp_json("audit", "verify")[0]["valid"]
+
+
+# ---------------------------------------------------------------- records removed, trail kept
+
+@pytest.mark.parametrize("sql, words", [
+    ("delete from runs where kind = 'backup' and status = 'failed'", "names run"),
+    ("delete from media_events; delete from media where serial = 'DISK-0002'", "DISK-0002"),
+], ids=["a failed night removed", "a medium removed from the register"])
+def test_records_removed_behind_an_intact_chain_are_found(bkp_env, sql, words):
+    env = bkp_env
+    env.local_tenant("hidden")
+    env.bkp_json("init", "hidden")
+    env.bkp_json("backup", "hidden")
+    shutil.rmtree(env.root / "data" / "hidden")  # the night the source was gone
+    failed = env.bkp("backup", "hidden")
+    assert failed.returncode != 0
+    env.bkp_json("media", "register", "--serial", "DISK-0002", "--type", "hdd")
+    assert env.bkp_json("audit", "verify")[0]["valid"]
+    conn = sqlite3.connect(env.home / "catalog.db")
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+    verify = env.bkp("audit", "verify", "--json")
+    assert verify.returncode == 5, verify.stdout
+    report = json.loads(verify.stdout)
+    assert not report["valid"] and any(words in p for p in report["problems"]), report
