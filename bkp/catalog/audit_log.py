@@ -37,6 +37,16 @@ class AuditLogTable:
         rows = list(self.db["audit_log"].rows_where(order_by="seq desc", limit=1))
         return rows[0] if rows else None
 
+    def record_keys(self) -> dict[str, set]:
+        """What the records tables hold, by the detail key events name them with: the audit
+        check finds an event whose record was removed behind an intact chain."""
+        def column(table: str, name: str) -> set:
+            return {row[0] for row in self.db.execute(f"select {name} from {table}")}
+
+        return {"run_id": column("runs", "id"), "record_id": column("records", "id"),
+                "certificate_id": column("certificates", "id"),
+                "serial": column("media", "serial")}
+
     def audit_event(self, seq: int) -> dict | None:
         rows = list(self.db["audit_log"].rows_where("seq = ?", [seq]))
         return rows[0] if rows else None

@@ -120,7 +120,7 @@ def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
             if isinstance(details.get(key), int):
                 outcomes.setdefault((event["action"], key, details[key]), set()).add(
                     event["outcome"])
-    problems = []
+    problems = _records_removed(catalog, events)
     for action, key, record_id, outcome, what in _expected_events(catalog):
         seen = outcomes.get((action, key, record_id))
         if seen is None:
@@ -129,6 +129,36 @@ def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
         elif outcome is not None and outcome not in seen:
             problems.append(f"{what}: the audit trail records it as {', '.join(sorted(seen))}"
                             f", the catalog as {outcome}")
+    return problems
+
+
+# Events that name a record by these detail keys: the record must still be there (nothing
+# in bkp deletes a run, a sanitization, a certificate or a registered medium).
+_NAMED_RECORDS = {"run_id": "run", "record_id": "record", "certificate_id": "certificate"}
+
+
+def _records_removed(catalog: Catalog, events: list[dict]) -> list[str]:
+    import json
+
+    present = catalog.record_keys()
+    problems = []
+    for event in events:
+        try:
+            details = json.loads(event.get("details") or "{}")
+        except ValueError:
+            continue  # a changed event; the chain check names it
+        if not isinstance(details, dict):
+            continue
+        named = [(key, details[key]) for key in _NAMED_RECORDS
+                 if isinstance(details.get(key), int)]
+        if event.get("action") == "media.register" and isinstance(details.get("serial"), str):
+            named.append(("serial", details["serial"]))
+        for key, value in named:
+            if value not in present[key]:
+                what = _NAMED_RECORDS.get(key, "medium")
+                problems.append(f"event {event.get('seq')} ({event.get('action')} "
+                                f"{event.get('outcome')}) names {what} {value}, which is no "
+                                f"longer in the catalog: records were removed")
     return problems
 
 
