@@ -289,3 +289,32 @@ def test_records_removed_behind_an_intact_chain_are_found(bkp_env, sql, words):
     assert verify.returncode == 5, verify.stdout
     report = json.loads(verify.stdout)
     assert not report["valid"] and any(words in p for p in report["problems"]), report
+
+
+# ---------------------------------------------------------------- typed free text
+
+@pytest.mark.parametrize("args, env_extra", [
+    (["status"], {"BKP_OPERATOR": "evil\n    99 2030-01-01T00:00:00Z admin  forged"}),
+    (["--operator", "x" * 5000, "status"], {}),
+    (["--operator", "red\x1b[31m", "status"], {}),
+    (["media", "register", "--serial", "S-1", "--type", "ssd", "--vendor", "a\nb"], {}),
+    (["destroy", "--serial", "S-1", "--method", "shred", "--witness", "w\r\nitness"], {}),
+    (["catalog", "init", "--reason", "\x07"], {}),
+], ids=["operator with a forged log line", "operator of 5000 characters",
+        "operator with a terminal escape", "vendor with a newline", "witness with CRLF",
+        "reason with a bell"])
+def test_free_text_with_control_characters_is_refused_where_typed(bkp_env, args, env_extra):
+    bkp_env.local_tenant("typed")
+    done = bkp_env.bkp(*args, "--json", **env_extra)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert json.loads(done.stdout)["exit_code"] == 2
+    assert "Traceback" not in done.stderr
+    assert not (bkp_env.home / "catalog.db").exists()
+
+
+def test_a_unicode_operator_is_recorded_as_typed(bkp_env):
+    bkp_env.local_tenant("typed")
+    bkp_env.bkp_json("media", "register", "--serial", "S-2", "--type", "ssd",
+                     BKP_OPERATOR="Jürgen Ødegård-Müller")
+    events = bkp_env.bkp_json("audit", "log")[0]["events"]
+    assert events[-1]["operator"] == "Jürgen Ødegård-Müller"
