@@ -50,6 +50,20 @@ def control_character(text: str) -> str | None:
     return None
 
 
+def text_problem(value: str, limit: int) -> str | None:
+    """Why a free text typed by an operator (a name, a note, a reason) cannot be recorded as
+    one, or None: empty, a control character, or longer than `limit` characters."""
+    if not value.strip():
+        return "it is empty"
+    char = control_character(value)
+    if char is not None:
+        return (f"{shown(value)} contains a control character ({shown(char)}): one line of "
+                f"printable text")
+    if len(value) > limit:
+        return f"it is {len(value)} characters long; at most {limit}"
+    return None
+
+
 def shown(value: str, limit: int = 60) -> str:
     """A value for a message: quoted, escapes visible, never a raw newline."""
     text = repr(value)

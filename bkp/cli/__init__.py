@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from bkp import __version__
+from bkp.cli.values import NAME_LIMIT, TEXT_LIMIT, checked_text
 from bkp.errors import BkpError, PolicyError, UsageError
 
 log = logging.getLogger("bkp")
@@ -225,6 +226,7 @@ pass_state = click.make_pass_decorator(State)
               help="State directory: catalog.db, locks, scratch, signing key "
                    "(env BKP_HOME, default /var/lib/bkp).")
 @click.option("--operator", envvar="BKP_OPERATOR", metavar="NAME",
+              callback=checked_text(NAME_LIMIT),
               help="The person acting, recorded on every event (env BKP_OPERATOR, "
                    "default SUDO_USER or the login name).")
 @click.option("--config", envvar="BKP_CONFIG", metavar="FILE",
@@ -1157,7 +1159,7 @@ def catalog_sync(state, tenants, all_, as_json):
 
 
 @catalog.command("init")
-@click.option("--reason", required=True, metavar="TEXT",
+@click.option("--reason", required=True, metavar="TEXT", callback=checked_text(TEXT_LIMIT),
               help="Why a new catalog is started (recorded as its first audit event).")
 @json_option
 @pass_state

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from bkp.cli.values import NAME_LIMIT, TEXT_LIMIT, checked_text
 from bkp.vocabulary import DESTINATIONS_AFTER as DESTINATIONS
 from bkp.vocabulary import (
     DESTROY_METHODS,
@@ -21,6 +22,7 @@ from bkp.vocabulary import (
 
 organization_option = click.option(
     "--organization", envvar="BKP_ORGANIZATION", metavar="NAME",
+    callback=checked_text(NAME_LIMIT),
     help="The organisation performing it, printed on the certificate (env BKP_ORGANIZATION).")
 
 
@@ -82,12 +84,12 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @click.option("--serial", required=True, help="Serial number, as on the label and as the "
                                                   "device reports it (lsblk -do NAME,SERIAL).")
     @click.option("--type", "type_", required=True, type=click.Choice(MEDIA_TYPES))
-    @click.option("--vendor")
-    @click.option("--model")
+    @click.option("--vendor", callback=checked_text(NAME_LIMIT))
+    @click.option("--model", callback=checked_text(NAME_LIMIT))
     @click.option("--capacity", type=click.IntRange(0), metavar="BYTES")
-    @click.option("--asset-tag")
+    @click.option("--asset-tag", callback=checked_text(NAME_LIMIT))
     @click.option("--tenant", help="The tenant whose data it held.")
-    @click.option("--host", help="The server it came from.")
+    @click.option("--host", help="The server it came from.", callback=checked_text(NAME_LIMIT))
     @json_option
     @pass_state
     def media_register(state, serial, type_, vendor, model, capacity, asset_tag, tenant, host,
@@ -182,7 +184,8 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
                                           "drive's own erase (ata-*, nvme-*: NIST Purge).")
     @click.option("--verify", "verify", type=click.Choice(("full", "sample")), default="full",
                   show_default=True, help="Read back everything, or a NIST 800-88 sample.")
-    @click.option("--witness", metavar="NAME", help="Who witnessed it (on the certificate).")
+    @click.option("--witness", metavar="NAME", help="Who witnessed it (on the certificate).",
+                  callback=checked_text(NAME_LIMIT))
     @organization_option
     @click.option("--destination", "destination_after", type=click.Choice(DESTINATIONS),
                   default="reuse", show_default=True,
@@ -191,8 +194,10 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
                                            "from the tenant's policy).")
     @click.option("--backed-up/--not-backed-up", default=None,
                   help="Whether its data was backed up (default: from the catalog).")
-    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up.")
-    @click.option("--notes", metavar="TEXT", help="Notes printed on the certificate.")
+    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up.",
+                  callback=checked_text(TEXT_LIMIT))
+    @click.option("--notes", metavar="TEXT", help="Notes printed on the certificate.",
+                  callback=checked_text(TEXT_LIMIT))
     @click.option("--yes", is_flag=True, help="Unattended: do not ask for the serial.")
     @click.option("--dry-run", is_flag=True,
                   help="Run every safety check and show what would be done; write nothing.")
@@ -281,13 +286,13 @@ def _register_destroy(cli, pass_state, emit, json_option) -> None:
     @cli.command()
     @click.option("--serial", required=True)
     @click.option("--method", required=True, type=click.Choice(DESTROY_METHODS))
-    @click.option("--witness", required=True, metavar="NAME",
+    @click.option("--witness", required=True, metavar="NAME", callback=checked_text(NAME_LIMIT),
                   help="Who saw the medium destroyed.")
     @click.option("--evidence", multiple=True, metavar="FILE",
                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
                   help="Photos, the destruction service's certificate (repeatable).")
     @organization_option
-    @click.option("--notes", metavar="TEXT")
+    @click.option("--notes", metavar="TEXT", callback=checked_text(TEXT_LIMIT))
     @json_option
     @pass_state
     def destroy(state, serial, method, witness, evidence, organization, notes, as_json):
