@@ -318,3 +318,15 @@ def test_a_unicode_operator_is_recorded_as_typed(bkp_env):
                      BKP_OPERATOR="Jürgen Ødegård-Müller")
     events = bkp_env.bkp_json("audit", "log")[0]["events"]
     assert events[-1]["operator"] == "Jürgen Ødegård-Müller"
+
+
+# ---------------------------------------------------------------- an anchor that is none
+
+@pytest.mark.parametrize("anchor", ["", "   ", "zz", "1ce45f9d"])
+def test_an_anchor_that_is_no_head_hash_is_a_usage_error_not_a_pass(bkp_env, anchor):
+    """`bkp audit verify --anchor "$ANCHOR"` with the variable empty must not pass."""
+    bkp_env.local_tenant("anchored")
+    bkp_env.bkp_json("init", "anchored")
+    done = bkp_env.bkp("audit", "verify", "--anchor", anchor, "--json")
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert json.loads(done.stdout)["exit_code"] == 2
