@@ -1008,8 +1008,14 @@ def _since(text: str | None) -> str | None:
 def audit_verify(state, anchor, as_json):
     """Recompute the audit chain and check every record has its event in it; exit 5 when
     any event was changed, inserted or removed, or the trail itself is missing or broken."""
+    import re
+
     from bkp.evidence.audit import ChainReport, verify_trail
 
+    if anchor is not None and not re.fullmatch(r"[0-9a-f]{64}", anchor.strip().lower()):
+        # An empty $ANCHOR in a script must not pass as "verified with the anchor".
+        raise UsageError(f"--anchor {anchor!r} is not a head hash: give the 64 hex characters "
+                         f"`bkp audit head` printed")
     try:
         report = verify_trail(_trail_catalog(state), anchor)
     except BkpError as exc:  # no trail to verify is not an intact trail
