@@ -330,3 +330,17 @@ def test_an_anchor_that_is_no_head_hash_is_a_usage_error_not_a_pass(bkp_env, anc
     done = bkp_env.bkp("audit", "verify", "--anchor", anchor, "--json")
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     assert json.loads(done.stdout)["exit_code"] == 2
+
+
+# ---------------------------------------------------------------- a dry run that tells the truth
+
+def test_run_dry_run_fails_as_the_run_would_on_invalid_settings(bkp_env):
+    env = bkp_env
+    env.local_tenant("previewed")
+    (env.root / "bkp.yaml").write_text("evidence: [\n")
+    extra = {"BKP_CONFIG": str(env.root / "bkp.yaml")}
+    night = env.bkp("run", "--json", **extra)
+    preview = env.bkp("run", "--dry-run", "--json", **extra)
+    assert night.returncode == 3, night.stdout + night.stderr
+    assert preview.returncode == night.returncode, preview.stdout + preview.stderr
+    assert "Problem(" not in preview.stderr  # one sentence per problem, no Python repr
