@@ -710,6 +710,7 @@ def _preview_run(state, as_json) -> int:
     from bkp.tenants.run import plan
     from bkp.tenants.schedule import slot_label
 
+    state.installation()  # invalid settings fail the night (exit 3): the preview says so too
     policies, broken = state.select((), True)
     decisions = plan(state.read_context(), policies, datetime.now(UTC))
 
@@ -1220,7 +1221,8 @@ def main(argv: list[str] | None = None) -> None:
     except BkpError as exc:
         say(f"bkp: {exc}")
         for problem in getattr(exc, "problems", []) or []:
-            say(f"  {problem}")
+            if isinstance(problem, str) and problem not in str(exc):  # not said twice
+                say(f"  {problem}")
         code = exc.exit_code
         _json_error(argv, str(exc), code)
     except KeyboardInterrupt:
