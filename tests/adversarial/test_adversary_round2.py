@@ -344,3 +344,11 @@ def test_run_dry_run_fails_as_the_run_would_on_invalid_settings(bkp_env):
     assert night.returncode == 3, night.stdout + night.stderr
     assert preview.returncode == night.returncode, preview.stdout + preview.stderr
     assert "Problem(" not in preview.stderr  # one sentence per problem, no Python repr
+
+
+def test_restic_cannot_replace_itself_through_bkp(held, tmp_path):
+    """`self-update` would swap the restic every tenant uses for a download from GitHub,
+    outside the package manager (--output keeps this test from touching the real one)."""
+    done = held.bkp("restic", "held", "--", "self-update", "--output", str(tmp_path / "r"))
+    assert done.returncode == 4, (done.returncode, done.stdout, done.stderr)
+    assert not (tmp_path / "r").exists()
