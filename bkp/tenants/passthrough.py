@@ -120,6 +120,10 @@ def check_arguments(policy: Policy, args: Sequence[str]) -> None:
     if foreign:
         raise UsageError(f"{', '.join(foreign)}: bkp sets the repository and its password for "
                          f"tenant {policy.tenant}; give only the restic command and its options")
+    if command_and_rest(args)[:1] == ["self-update"]:
+        raise SafetyError("`restic self-update` would replace the restic every tenant uses with "
+                          "a download outside the package manager; upgrade restic with the "
+                          "system's packages (scripts/install.sh)")
     if deletes(args) and policy.retention.legal_hold:
         raise SafetyError(f"`restic {command_and_rest(args)[0]}` deletes from the repository of "
                           f"{policy.tenant}, which is under legal hold: nothing may be removed")
