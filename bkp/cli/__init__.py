@@ -551,8 +551,11 @@ def restic_command(state, tenant, args):
     args = list(args[1:] if args[:1] == ("--",) else args)  # click keeps the separator
     from bkp.tenants.passthrough import writes
 
-    code = run_restic(state.context(act="restic-write" if writes(args) else None),
-                      state.one_policy(tenant), args)
+    try:
+        act = "restic-write" if writes(args) else None
+    except UsageError:  # refused below, with the reason check_arguments gives
+        act = "restic-write"
+    code = run_restic(state.context(act=act), state.one_policy(tenant), args)
     if code:
         say(f"bkp: restic exited with {code}")
     return 0 if code == 0 else 1

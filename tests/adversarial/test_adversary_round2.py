@@ -352,3 +352,20 @@ def test_restic_cannot_replace_itself_through_bkp(held, tmp_path):
     done = held.bkp("restic", "held", "--", "self-update", "--output", str(tmp_path / "r"))
     assert done.returncode == 4, (done.returncode, done.stdout, done.stderr)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, deleting, writing", [
+    (["snapshots"], False, False),
+    (["-o", "snapshots", "forget", "--keep-last", "1"], True, True),  # -o takes "snapshots"
+    (["--cache-dir", "ls", "prune"], True, True),
+    (["key", "list"], False, False),
+    (["key", "--host", "list", "remove", "abc"], True, True),
+    (["key", "add"], False, True),
+    (["find", "forget"], False, False),
+])
+def test_the_command_is_found_as_restic_finds_it(args, deleting, writing):
+    """The role check (writes) and the legal-hold check (deletes) read the same command
+    restic will run, past the values of its global options."""
+    from bkp.tenants.passthrough import deletes, writes
+
+    assert (deletes(args), writes(args)) == (deleting, writing)
