@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bkp.errors import SafetyError
 
@@ -74,7 +74,6 @@ class Actor:
     role: str | None = None
     controlled: bool = False  # operators are registered: roles apply
     note: str | None = None  # why this identity has no role (shown when refused)
-    person: Operator | None = field(default=None, compare=False)
 
     def as_json(self) -> dict:
         return {"os_user": self.os_user, "via": self.via, "operator": self.operator,
@@ -143,7 +142,7 @@ def resolve_actor(operators: tuple[Operator, ...], given: str | None,
 
 def _registered(os_user: str, via: str, person: Operator) -> Actor:
     return Actor(os_user, via, person.name, registered=True, role=person.role,
-                 controlled=True, person=person)
+                 controlled=True)
 
 
 def authorize(actor: Actor, act: str | None) -> None:

@@ -315,7 +315,8 @@ def policy_schema():
 
 @policy.command("acknowledge")
 @click.argument("tenant")
-@click.option("--note", metavar="TEXT", help="Why the weaker rules are acceptable (recorded).")
+@click.option("--note", metavar="TEXT", callback=checked_text(TEXT_LIMIT),
+              help="Why the weaker rules are acceptable (recorded).")
 @json_option
 @pass_state
 def policy_acknowledge(state, tenant, note, as_json):
@@ -329,7 +330,6 @@ def policy_acknowledge(state, tenant, note, as_json):
 
     if not is_tenant_id(tenant):
         raise UsageError(f"{shown(tenant)} is not a tenant id: {TENANT_ID_RULE}")
-    _one_line_option("--note", note)
     acknowledged = acknowledge(state.context(act="policy-acknowledge"), tenant, note)
 
     def human():
@@ -341,13 +341,6 @@ def policy_acknowledge(state, tenant, note, as_json):
 
     emit({"tenant": tenant, "acknowledged": acknowledged}, as_json, human)
     return 0
-
-
-def _one_line_option(name: str, value: str | None) -> None:
-    from bkp.names import control_character
-
-    if value is not None and (not value.strip() or control_character(value)):
-        raise UsageError(f"{name} must be one line of text")
 
 
 @cli.command()

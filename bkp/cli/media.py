@@ -432,15 +432,17 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
     @certificate.command("validate")
     @click.argument("record_id", type=int)
-    @click.option("--validator", metavar="NAME",
+    @click.option("--validator", metavar="NAME", callback=checked_text(NAME_LIMIT),
                   help="The person validating. With operators registered in bkp.yaml it is "
                        "you (from your OS login) and may be left out.")
-    @click.option("--title", required=True, metavar="TITLE", help="The validator's job title.")
+    @click.option("--title", required=True, metavar="TITLE", callback=checked_text(NAME_LIMIT),
+                  help="The validator's job title.")
     @click.option("--approve", "decision", flag_value="approved",
                   help="Accept the result of the sanitization or destruction.")
     @click.option("--reject", "decision", flag_value="rejected",
                   help="Reject it (the medium must be sanitized again or destroyed).")
-    @click.option("--comment", metavar="TEXT", help="Recorded and printed on the certificate.")
+    @click.option("--comment", metavar="TEXT", callback=checked_text(TEXT_LIMIT),
+                  help="Recorded and printed on the certificate.")
     @click.option("--approve-with", "signature", metavar="FILE",
                   type=click.Path(dir_okay=False, path_type=Path),
                   help="Your signature over the request (ssh-keygen -Y sign -n bkp), to "
@@ -462,9 +464,6 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
         if decision is None:
             raise click.UsageError("say --approve or --reject")
-        for name, value in (("--validator", validator), ("--title", title),
-                            ("--comment", comment)):
-            _one_line(name, value)
         ctx = state.context(act="validate")
         result = validate_record(ctx, state.actor(), state.installation().operators,
                                  record_id, validator=validator, title=title,
@@ -503,13 +502,6 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
         emit({"retired": retired.as_json(), "key": new.as_json()}, as_json, human)
         return 0
-
-
-def _one_line(name: str, value: str | None) -> None:
-    from bkp.names import control_character
-
-    if value is not None and (not value.strip() or control_character(value)):
-        raise click.UsageError(f"{name} must be one line of text")
 
 
 def _read_signature(path: Path | None) -> bytes | None:

@@ -103,18 +103,25 @@ def _expected_events(catalog: Catalog) -> list[tuple[str, str, int, str | None, 
     return expected
 
 
+def _details(event: dict) -> dict | None:
+    """An event's details; None for a changed event (the chain check names it)."""
+    import json
+
+    try:
+        details = json.loads(event.get("details") or "{}")
+    except ValueError:
+        return None
+    return details if isinstance(details, dict) else None
+
+
 def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
     """Records in the catalog whose closing event is not in the trail: events were removed
     (a trail shorter than the work it records), or a record was forged without one."""
-    import json
 
     outcomes: dict[tuple[str, str, int], set[str]] = {}
     for event in events:
-        try:
-            details = json.loads(event.get("details") or "{}")
-        except ValueError:
-            continue  # a changed event; the chain check names it
-        if not isinstance(details, dict):
+        details = _details(event)
+        if details is None:
             continue
         for key in ("run_id", "record_id", "certificate_id"):
             if isinstance(details.get(key), int):
@@ -138,16 +145,12 @@ _NAMED_RECORDS = {"run_id": "run", "record_id": "record", "certificate_id": "cer
 
 
 def _records_removed(catalog: Catalog, events: list[dict]) -> list[str]:
-    import json
 
     present = catalog.record_keys()
     problems = []
     for event in events:
-        try:
-            details = json.loads(event.get("details") or "{}")
-        except ValueError:
-            continue  # a changed event; the chain check names it
-        if not isinstance(details, dict):
+        details = _details(event)
+        if details is None:
             continue
         named = [(key, details[key]) for key in _NAMED_RECORDS
                  if isinstance(details.get(key), int)]

@@ -51,8 +51,10 @@ def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int
         raise SafetyError(f"record {record_id} already waits for another validator's "
                           f"signature (request {existing['id']}, until "
                           f"{existing['expires_at'][:19]}Z)")
-    row = existing if existing and not approvals.expired(existing) else \
-        approvals.request(ctx, KIND, str(record_id), None, what, details)
+    if existing and approvals.expired(existing):
+        ctx.catalog.close_approval(existing["id"], "expired")  # a new request replaces it
+        existing = None
+    row = existing or approvals.request(ctx, KIND, str(record_id), None, what, details)
     if not actor.controlled:
         # Nobody registered: the typed name is all there is, as before; said on the record.
         ctx.catalog.close_approval(row["id"], "approved", approved_by=name,
