@@ -79,11 +79,11 @@ def _keygen(path: Path, kind: str = "ed25519") -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory) -> SshServer:
+def start_sshd(base: Path) -> tuple[SshServer, subprocess.Popen]:
+    """A real OpenSSH sshd on a loopback port, with its own host and client keys under
+    `base`. The session's `sshd` is one; a test that stops a server starts its own."""
     sshd_bin = require_tool("sshd", "/usr/sbin/sshd")
     require_tool("ssh")
-    base = tmp_path_factory.mktemp("sshd")
     host_key = _keygen(base / "host_ed25519")
     other_host_key = _keygen(base / "other_host_ed25519")
     client_pub = _keygen(base / "client_ed25519")
@@ -105,8 +105,14 @@ def sshd(tmp_path_factory) -> SshServer:
     wait_for_port(port, proc, "sshd")
     root = base / "srv"
     root.mkdir()
-    yield SshServer("127.0.0.1", port, "root", host_key, base / "client_ed25519", root,
-                    other_host_key)
+    return (SshServer("127.0.0.1", port, "root", host_key, base / "client_ed25519", root,
+                      other_host_key), proc)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> SshServer:
+    server, proc = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
     stop(proc)
 
 
@@ -131,10 +137,10 @@ class S3Server:
             Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory) -> S3Server:
+def start_s3(base: Path) -> tuple[S3Server, subprocess.Popen]:
+    """moto's S3 server on a loopback port, with a credentials file under `base`. The
+    session's `s3` is one; a test that stops a server starts its own."""
     moto = require_tool("moto_server", str(Path(sys.executable).parent / "moto_server"))
-    base = tmp_path_factory.mktemp("s3")
     port = free_port()
     proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -144,6 +150,12 @@ def s3(tmp_path_factory) -> S3Server:
         f"[default]\naws_access_key_id = {server.access_key}\n"
         f"aws_secret_access_key = {server.secret_key}\n")
     server.credentials_file.chmod(0o600)
+    return server, proc
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> S3Server:
+    server, proc = start_s3(tmp_path_factory.mktemp("s3"))
     yield server
     stop(proc)
 
@@ -269,13 +281,19 @@ class BkpEnv:
                               text=True, env={**self.env(), **extra, **env}, timeout=300)
 
 
-@pytest.fixture
-def bkp_env(tmp_path) -> BkpEnv:
+def new_bkp_env(root: Path) -> BkpEnv:
+    """An empty installation under `root` (the `bkp_env` fixture; module-scoped suites that
+    share one installation between tests make theirs with this)."""
     require_tool("restic")
-    env = BkpEnv(tmp_path, tmp_path / "policies", tmp_path / "home", tmp_path / "secrets")
+    env = BkpEnv(root, root / "policies", root / "home", root / "secrets")
     for d in (env.policies, env.home, env.secrets):
         d.mkdir(mode=0o700)
     return env
+
+
+@pytest.fixture
+def bkp_env(tmp_path) -> BkpEnv:
+    return new_bkp_env(tmp_path)
 
 
 
