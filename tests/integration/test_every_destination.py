@@ -19,9 +19,11 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tests.adversarial.test_home_faults import small_filesystem
@@ -41,6 +43,7 @@ class Kind:
 
     name: str
     pins_host_key = False  # sftp: a changed server key must be refused (4)
+    has_credentials = False  # sftp, s3: the server checks who connects
 
     def __init__(self, request: pytest.FixtureRequest):
         self.request = request
@@ -68,10 +71,12 @@ class Kind:
     def write(self, env: BkpEnv, tenant: str, name: str, content: bytes) -> None:
         raise NotImplementedError
 
-    def break_credentials(self, env: BkpEnv, tenant: str) -> str | None:
-        """Give the tenant a credential the destination refuses (other than the repository
-        password); the words the error must carry, or None when the kind has none."""
-        return None
+    @contextlib.contextmanager
+    def checking_credentials(self, env: BkpEnv, tenant: str):
+        """A tenant on a destination that checks who connects. Yields a function that gives
+        the tenant a credential the destination refuses (other than the repository
+        password) and returns the words the error must carry."""
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def stoppable(self, env: BkpEnv, tenant: str, **overrides):
@@ -123,17 +128,24 @@ class LocalKind(FileKind):
 class SftpKind(FileKind):
     name = "sftp"
     pins_host_key = True
+    has_credentials = True
 
     def tenant(self, env, tenant, **overrides):
         env.sftp_tenant(tenant, self.request.getfixturevalue("sshd"), **overrides)
 
-    def break_credentials(self, env, tenant):
-        stranger = env.root / f"{tenant}-stranger"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
-                       check=True)
-        dest = env.tenants[tenant]["destination"]
-        env.write_policy(tenant, {**dest, "identity_file": str(stranger)})
-        return "refused identity_file"
+    @contextlib.contextmanager
+    def checking_credentials(self, env, tenant):
+        self.tenant(env, tenant)
+
+        def unauthorised_identity() -> str:
+            stranger = env.root / f"{tenant}-stranger"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(stranger)], check=True)
+            dest = env.tenants[tenant]["destination"]
+            env.write_policy(tenant, {**dest, "identity_file": str(stranger)})
+            return "refused identity_file"
+
+        yield unauthorised_identity
 
     @contextlib.contextmanager
     def stoppable(self, env, tenant, **overrides):
@@ -149,6 +161,7 @@ class SftpKind(FileKind):
 
 class S3Kind(Kind):
     name = "s3"
+    has_credentials = True
 
     @property
     def server(self):
@@ -187,14 +200,27 @@ class S3Kind(Kind):
         client, bucket, prefix = self._where(env, tenant)
         client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=content)
 
-    def break_credentials(self, env, tenant):
-        wrong = env.root / f"{tenant}-credentials"
-        wrong.write_text(f"[default]\naws_access_key_id = {self.server.access_key}\n"
-                         f"aws_secret_access_key = not-the-secret-key-0000000000000000\n")
-        wrong.chmod(0o600)
-        dest = env.tenants[tenant]["destination"]
-        env.write_policy(tenant, {**dest, "credentials_file": str(wrong)})
-        return "refused the credentials"
+    @contextlib.contextmanager
+    def checking_credentials(self, env, tenant):
+        # moto accepts any key unless told to check: a server of its own that checks.
+        base = env.root / "own-s3"
+        base.mkdir()
+        server, proc = start_s3(base)
+        try:
+            env.s3_tenant(tenant, checking_keys(server))
+
+            def wrong_secret_key() -> str:
+                wrong = env.root / f"{tenant}-credentials"
+                wrong.write_text(f"[default]\naws_access_key_id = {server.access_key}\n"
+                                 f"aws_secret_access_key = not-the-secret-key-000000000000\n")
+                wrong.chmod(0o600)
+                dest = env.tenants[tenant]["destination"]
+                env.write_policy(tenant, {**dest, "credentials_file": str(wrong)})
+                return "refused the credentials"
+
+            yield wrong_secret_key
+        finally:
+            stop(proc)
 
     @contextlib.contextmanager
     def stoppable(self, env, tenant, **overrides):
@@ -225,10 +251,32 @@ def pinned_kind(request) -> Kind:
     return request.param(request)
 
 
-@pytest.fixture(scope="module", params=kinds(lambda k: k.break_credentials
-                                              is not Kind.break_credentials))
+@pytest.fixture(scope="module", params=kinds(lambda k: k.has_credentials))
 def credentialed_kind(request) -> Kind:
     return request.param(request)
+
+
+def checking_keys(server: S3Server) -> S3Server:
+    """Make moto check credentials from now on (it accepts any by default), for an IAM user
+    with every right; the server as that user sees it, with a credentials file of its own."""
+    iam = boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1",
+                       aws_access_key_id=server.access_key,
+                       aws_secret_access_key=server.secret_key)
+    iam.create_user(UserName="bkp")
+    iam.put_user_policy(UserName="bkp", PolicyName="everything", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17",
+         "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="bkp")["AccessKey"]
+    # moto's switch: how many more requests go unchecked (none).
+    urllib.request.urlopen(urllib.request.Request(
+        f"{server.endpoint}/moto-api/reset-auth", data=b"0",
+        headers={"Content-Type": "text/plain"})).close()
+    checked = S3Server(server.endpoint, server.credentials_file.with_name("iam-credentials"),
+                       key["AccessKeyId"], key["SecretAccessKey"])
+    checked.credentials_file.write_text(f"[default]\naws_access_key_id = {checked.access_key}\n"
+                                        f"aws_secret_access_key = {checked.secret_key}\n")
+    checked.credentials_file.chmod(0o600)
+    return checked
 
 
 # ---------------------------------------------------------------- stopping a destination
@@ -473,13 +521,16 @@ def test_a_wrong_repository_password_is_named(kind, bkp_env):
 
 def test_a_credential_the_destination_refuses_is_named(credentialed_kind, bkp_env):
     env, kind = bkp_env, credentialed_kind
-    kind.tenant(env, "refused")
-    env.bkp_json("init", "refused")
-    words = kind.break_credentials(env, "refused")
-    report, _ = env.bkp_json("backup", "refused", expect=1)
-    assert words in report["runs"][0]["error"], report
-    report, _ = env.bkp_json("drill", "refused", expect=1)
-    assert words in report["drills"][0]["error"], report
+    with kind.checking_credentials(env, "refused") as refuse:
+        env.bkp_json("init", "refused")
+        env.bkp_json("backup", "refused")  # the right credential is accepted
+        words = refuse()
+        report, _ = env.bkp_json("backup", "refused", expect=1)
+        assert words in report["runs"][0]["error"], report
+        report, _ = env.bkp_json("drill", "refused", expect=1)
+        assert words in report["drills"][0]["error"], report
+        status, _ = env.bkp_json("status", "refused")
+        assert words in status["tenants"][0]["error"], status
 
 
 def test_a_changed_host_key_is_refused_with_4_and_nothing_touched(pinned_kind, bkp_env):
@@ -548,6 +599,7 @@ def test_a_destination_that_stops_mid_backup_fails_the_run(kind, bkp_env, big_so
         assert backup.poll() is None, backup.communicate()
         stop_destination()
         out, err = backup.communicate(timeout=600)
+    Path("/tmp/stops-debug.txt").write_text(out + "\n-----\n" + err)
     assert backup.returncode == 1, (backup.returncode, out, err)
     run = json.loads(out)["runs"][0]
     assert run["status"] == "failed" and run["result"] in ("failed", "interrupted"), run
