@@ -22,6 +22,7 @@ import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import boto3
 import pytest
@@ -44,6 +45,9 @@ class Kind:
     name: str
     pins_host_key = False  # sftp: a changed server key must be refused (4)
     has_credentials = False  # sftp, s3: the server checks who connects
+    # What the error of a backup whose destination stopped names, and the policy it needs.
+    stopped_cause = "unreachable"
+    stoppable_policy: ClassVar[dict] = {}
 
     def __init__(self, request: pytest.FixtureRequest):
         self.request = request
@@ -110,6 +114,7 @@ class FileKind(Kind):
 
 class LocalKind(FileKind):
     name = "local"
+    stopped_cause = "read-only"
 
     def tenant(self, env, tenant, **overrides):
         env.local_tenant(tenant, **overrides)
@@ -129,6 +134,7 @@ class SftpKind(FileKind):
     name = "sftp"
     pins_host_key = True
     has_credentials = True
+    stopped_cause = "cannot reach sftp destination"
 
     def tenant(self, env, tenant, **overrides):
         env.sftp_tenant(tenant, self.request.getfixturevalue("sshd"), **overrides)
@@ -162,6 +168,10 @@ class SftpKind(FileKind):
 class S3Kind(Kind):
     name = "s3"
     has_credentials = True
+    # restic 0.14 (and the minio client inside it) retries a vanished S3 endpoint for about
+    # six minutes before it gives up; the policy's timeout bounds that here.
+    stopped_cause = "did not finish within"
+    stoppable_policy: ClassVar[dict] = {"timeout_minutes": 1}
 
     @property
     def server(self):
@@ -590,7 +600,8 @@ def test_an_s3_bucket_in_another_region_is_refused_with_4_at_night(bkp_env, s3):
 
 def test_a_destination_that_stops_mid_backup_fails_the_run(kind, bkp_env, big_source):
     env = bkp_env
-    with kind.stoppable(env, "stops", sources=[str(big_source)]) as stop_destination:
+    with kind.stoppable(env, "stops", sources=[str(big_source)],
+                        **kind.stoppable_policy) as stop_destination:
         env.bkp_json("init", "stops")
         backup = popen_bkp(env, "backup", "stops", "--json")
         wait_until(lambda: backup.poll() is not None or (
@@ -599,11 +610,10 @@ def test_a_destination_that_stops_mid_backup_fails_the_run(kind, bkp_env, big_so
         assert backup.poll() is None, backup.communicate()
         stop_destination()
         out, err = backup.communicate(timeout=600)
-    Path("/tmp/stops-debug.txt").write_text(out + "\n-----\n" + err)
     assert backup.returncode == 1, (backup.returncode, out, err)
     run = json.loads(out)["runs"][0]
     assert run["status"] == "failed" and run["result"] in ("failed", "interrupted"), run
-    assert run["error"], run
+    assert kind.stopped_cause in run["error"], run
     assert "Traceback" not in err
     status, _ = env.bkp_json("status", "stops")
     tenant = status["tenants"][0]
@@ -616,3 +626,29 @@ def kind_has_packs(kind: Kind, env: BkpEnv, tenant: str) -> bool:
         return bool(kind.objects(env, tenant, "data"))
     return False
 
+
+
+def test_a_backup_disk_unmounted_mid_run_is_never_a_good_backup(bkp_env, big_source):
+    """restic re-creates the folders it misses: with the disk gone it writes the rest of the
+    snapshot into the bare mount point, beside no config and no keys, and exits 0."""
+    env = bkp_env
+    with small_filesystem(env.root / "backupdisk", size="512m") as disk:
+        repo = disk / "unmounted"
+        # A legal hold: no forget after the backup, which would stumble on the missing
+        # config and hide what the backup itself reports.
+        env.write_policy("unmounted", {"type": "local", "country": "NL", "path": str(repo)},
+                         sources=[str(big_source)], retention={"last": 3, "legal_hold": True})
+        env.bkp_json("init", "unmounted")
+        backup = popen_bkp(env, "backup", "unmounted", "--json")
+        wait_until(lambda: backup.poll() is not None or (
+            restic_doing("backup", "unmounted")
+            and any(p.is_file() for p in (repo / "data").rglob("*"))),
+            what="the backup to write its first pack")
+        assert backup.poll() is None, backup.communicate()
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+        out, err = backup.communicate(timeout=600)
+    assert backup.returncode == 1, (backup.returncode, out, err)
+    run = json.loads(out)["runs"][0]
+    assert run["status"] == "failed" and "unmounted" in run["error"], run
+    status, _ = env.bkp_json("status", "unmounted")
+    assert status["tenants"][0]["state"] == "failed", status
