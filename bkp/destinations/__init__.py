@@ -35,6 +35,10 @@ class Destination(Protocol):
     def prepare(self) -> None:
         """Create what restic init needs (directories); never touches an existing repository."""
 
+    def confirm_unchanged(self) -> None:
+        """After restic wrote: the repository is still the one the nightly preflight found
+        (raises OperationError when it is not)."""
+
     def repository(self) -> Repository: ...
 
     def usage_bytes(self) -> int | None: ...

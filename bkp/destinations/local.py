@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp import secrets
@@ -21,10 +21,21 @@ def _read_only(path: Path) -> bool:
         return False
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file this is (device, inode): the same path on another filesystem is not it."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 @dataclass
 class LocalDestination:
     policy: Policy
     home: Path
+    # The repository's config as the nightly preflight found it.
+    found: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
     @property
     def path(self) -> Path:
@@ -43,7 +54,20 @@ class LocalDestination:
             raise OperationError(f"destination {self.path} is on a read-only filesystem: the "
                                  f"backup disk is mounted read-only; remount it read-write, "
                                  f"then re-run")
+        if found.initialised:
+            self.found = _identity(self.path / "config")
         return found
+
+    def confirm_unchanged(self) -> None:
+        # restic re-creates the folders it misses: when the backup disk is unmounted under
+        # it, it writes the rest of the snapshot into the bare mount point, beside no config
+        # and no keys, and exits 0.
+        if self.found is not None and _identity(self.path / "config") != self.found:
+            raise OperationError(
+                f"the repository at {self.path} went away during the backup (backup disk "
+                f"unmounted or replaced?): the snapshot is not in it. What restic wrote "
+                f"afterwards lies in {self.path} outside the repository; remove that, mount "
+                f"the backup disk, then re-run")
 
     def prepare(self) -> None:
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)

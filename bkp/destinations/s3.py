@@ -108,6 +108,10 @@ class S3Destination:
         return Repository(url=url, options=(f"s3.region={self.dest.region}",), env=env,
                           **cache_options(self.home, self.policy.tenant), label=self.label)
 
+    def confirm_unchanged(self) -> None:
+        """Nothing to do: restic writes objects to the bucket by name; a vanished bucket
+        fails its writes."""
+
     def usage_bytes(self) -> int | None:
         client = self._client()
         total = 0

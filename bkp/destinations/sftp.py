@@ -234,6 +234,10 @@ class SftpDestination:
             label=self.label,
         )
 
+    def confirm_unchanged(self) -> None:
+        """Nothing to do: a repository on a server cannot be swapped under a running restic
+        without restic noticing."""
+
     def usage_bytes(self) -> int | None:
         return None
 

@@ -96,6 +96,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                                           progress=_progress(ctx, policy.tenant))
         except OperationError as exc:
             raise _diagnose(destination, preflight, exc) from None
+        destination.confirm_unchanged()
         fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,
                   "bytes_added": summary.bytes_added,
                   "bytes_processed": summary.bytes_processed}
