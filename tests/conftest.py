@@ -37,11 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20,
+                  log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            out = (log.read_text(errors="replace") if log else
+                   proc.stdout.read().decode(errors="replace") if proc.stdout else "")
             pytest.fail(f"{what} exited with {proc.returncode}: {out[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -100,9 +102,11 @@ def start_sshd(base: Path) -> tuple[SshServer, subprocess.Popen]:
         "StrictModes no", "UsePAM no", "Subsystem sftp internal-sftp",
         f"PidFile {base / 'sshd.pid'}", "LogLevel ERROR", "MaxStartups 100:30:200",
         "MaxSessions 100", ""]))
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_for_port(port, proc, "sshd")
+    log = base / "sshd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    wait_for_port(port, proc, "sshd", log=log)
     root = base / "srv"
     root.mkdir()
     return (SshServer("127.0.0.1", port, "root", host_key, base / "client_ed25519", root,
@@ -142,9 +146,13 @@ def start_s3(base: Path) -> tuple[S3Server, subprocess.Popen]:
     session's `s3` is one; a test that stops a server starts its own."""
     moto = require_tool("moto_server", str(Path(sys.executable).parent / "moto_server"))
     port = free_port()
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_for_port(port, proc, "moto_server")
+    # Its log goes to a file: a pipe nobody reads fills up after some hundred requests,
+    # and the server then hangs on its next log line.
+    log = base / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    wait_for_port(port, proc, "moto_server", log=log)
     server = S3Server(f"http://127.0.0.1:{port}", base / "credentials")
     server.credentials_file.write_text(
         f"[default]\naws_access_key_id = {server.access_key}\n"
