@@ -17,12 +17,15 @@ done
 
 # restic from the distribution; OpenSSH client for restic's sftp backend and the server for
 # the test fixtures; util-linux and e2fsprogs for the media path (losetup, lsblk, mkfs);
-# hdparm and nvme-cli for hardware erase commands.
+# hdparm and nvme-cli for hardware erase commands; the database clients for tenant dumps
+# (pg_dump, mariadb-dump) and the servers bkp starts itself as scratch servers in drills.
 packages=(restic openssh-client openssh-server python3 python3-venv ca-certificates
-          util-linux e2fsprogs hdparm nvme-cli)
+          util-linux e2fsprogs hdparm nvme-cli
+          postgresql-client-15 postgresql-15 mariadb-client mariadb-server)
 if [ "$dev" = 1 ]; then
-  # systemd-analyze verifies the units `bkp schedule --format systemd` renders.
-  packages+=(nwipe systemd)
+  # systemd-analyze verifies the units `bkp schedule --format systemd` renders; rclone serves
+  # restic's REST protocol (append-only too) in the tests.
+  packages+=(nwipe systemd rclone)
 fi
 
 missing=()
