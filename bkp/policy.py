@@ -106,6 +106,36 @@ def local_path_identity(path: str) -> str:
     return os.path.realpath(_path_identity(path))
 
 
+DEFAULT_DATABASE_PORTS = {"postgresql": 5432, "mariadb": 3306}
+
+
+@dataclass(frozen=True)
+class Database:
+    """One application database of the tenant, dumped consistently every night."""
+
+    type: str  # postgresql | mariadb
+    name: str
+    host: str  # an absolute socket path, or a host name or address
+    user: str
+    port: int | None = None
+    password_file: Path | None = None
+    sslmode: str | None = None
+    ca_file: Path | None = None
+
+    @property
+    def socket(self) -> bool:
+        return self.host.startswith("/")
+
+    @property
+    def tcp_port(self) -> int:
+        return self.port or DEFAULT_DATABASE_PORTS[self.type]
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `postgresql database zorgapp`."""
+        return f"{self.type} database {self.name}"
+
+
 @dataclass(frozen=True)
 class Retention:
     last: int = 0
@@ -161,6 +191,7 @@ class Policy:
     rpo_hours: float = 26
     timeout_minutes: int = 360  # project addition: a hung restic is killed after this
     monitoring: Monitoring = field(default_factory=Monitoring)
+    databases: tuple[Database, ...] = ()
     # The rules as written (canonical JSON of the YAML document): what a run is recorded
     # under, so that a change of the rules is on the record (bkp.evidence.policy_changes).
     document: str = field(default="{}", compare=False, repr=False)
@@ -620,11 +651,25 @@ def _article(word: Any) -> str:
     return "an" if word in ("s3", "sftp") else "a"
 
 
-def _get(data: Any, *keys: str) -> Any:
+def _database_entries(data: dict) -> list[tuple[int, dict]]:
+    databases = data.get("databases")
+    if not isinstance(databases, list):
+        return []
+    return [(i, d) for i, d in enumerate(databases) if isinstance(d, dict)]
+
+
+def _database_secret_paths(data: dict) -> list[KeyPath]:
+    return [("databases", i, "password_file") for i, _ in _database_entries(data)]
+
+
+def _get(data: Any, *keys: str | int) -> Any:
     for key in keys:
-        if not isinstance(data, dict):
+        if isinstance(data, list) and isinstance(key, int):
+            data = data[key] if 0 <= key < len(data) else None
+        elif isinstance(data, dict):
+            data = data.get(key)
+        else:
             return None
-        data = data.get(key)
     return data
 
 
@@ -893,7 +938,7 @@ def _accepted_host_key_type(key_type: str) -> bool:
 
 
 def _rule_secret_files_private(data: dict, file: Path) -> Iterator[_Finding]:
-    for path in SECRET_FILE_KEYS:
+    for path in (*SECRET_FILE_KEYS, *_database_secret_paths(data)):
         value = _get(data, *path)
         if isinstance(value, str) and value.startswith("/"):
             yield from _secret_file_findings(path, Path(value))
@@ -981,6 +1026,45 @@ def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
                        "destroy the backup too. Use s3 or sftp for tenant data")
 
 
+def _rule_databases_distinct(data: dict, file: Path) -> Iterator[_Finding]:
+    seen: dict[tuple, int] = {}
+    for index, database in _database_entries(data):
+        key = (database.get("type"), database.get("name"))
+        if not all(isinstance(k, str) for k in key):
+            continue
+        if key in seen:
+            yield _error(("databases", index, "name"),
+                         f"{key[0]} database {key[1]} is listed twice (also entry "
+                         f"{seen[key] + 1}): each database is dumped once")
+        else:
+            seen[key] = index
+
+
+def _rule_database_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
+    """A dump carries the tenant's personal data: over the network it travels under TLS;
+    a socket or loopback never leaves this machine."""
+    for index, database in _database_entries(data):
+        host = database.get("host")
+        if not isinstance(host, str) or host.startswith("/") or is_loopback(host.strip("[]")):
+            continue
+        if database.get("sslmode") in (None, "disable"):
+            yield _error(("databases", index, "sslmode"),
+                         f"{host} is reached over the network: the dump carries tenant data and "
+                         "must travel encrypted. Set sslmode: verify-full (with ca_file for a "
+                         "private CA), or use a socket")
+
+
+def _rule_database_clients_installed(data: dict, file: Path) -> Iterator[_Finding]:
+    """A missing pg_dump is found now, not at 02:00."""
+    from bkp.databases.clients import missing_client
+
+    kinds = {d.get("type"): i for i, d in reversed(_database_entries(data))}
+    for kind, index in kinds.items():
+        problem = missing_client(kind) if kind in DEFAULT_DATABASE_PORTS else None
+        if problem:
+            yield _error(("databases", index, "type"), problem)
+
+
 CROSS_FIELD_RULES = (
     _rule_tenant_id_in_full,
     _rule_values_are_one_line,
@@ -996,6 +1080,9 @@ CROSS_FIELD_RULES = (
     _rule_sensitive_not_kept_forever,
     _rule_repository_outside_sources,
     _rule_local_is_not_off_site,
+    _rule_databases_distinct,
+    _rule_database_transport_encrypted,
+    _rule_database_clients_installed,
 )
 
 
@@ -1007,6 +1094,14 @@ def _build_destination(values: dict) -> Destination:
         if key in values:
             values[key] = Path(values[key])
     return Destination(**values)
+
+
+def _build_database(values: dict) -> Database:
+    values = dict(values)
+    for key in ("password_file", "ca_file"):
+        if key in values:
+            values[key] = Path(values[key])
+    return Database(**values)
 
 
 def _build_policy(data: dict, file: Path) -> Policy:
@@ -1030,6 +1125,7 @@ def _build_policy(data: dict, file: Path) -> Policy:
         rpo_hours=float(data.get("rpo_hours", 26)),
         timeout_minutes=data.get("timeout_minutes", 360),
         monitoring=Monitoring(**data.get("monitoring", {})),
+        databases=tuple(_build_database(d) for d in data.get("databases", ())),
         document=json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                             default=str),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +98,7 @@ TAG_SCHEME_VERSION = "2"
 _TAG_KEY = re.compile(r"[a-z][a-z0-9_-]*")
 _ENCODED_VALUE = re.compile(r"(?:[A-Za-z0-9_.~-]|%[0-9A-Fa-f]{2})*")
 _LEGACY_KEYS = ("tenant", "purpose", "classification")
+_LISTED_KEYS = (*_LEGACY_KEYS, "kind", "database", "dump")
 
 
 class TagError(ValueError):
@@ -116,10 +117,30 @@ def format_tags(values: dict[str, str]) -> list[str]:
     return [f"{TAG_SCHEME}={TAG_SCHEME_VERSION}", *(tag(k, v) for k, v in values.items())]
 
 
-def tenant_tags(policy: Policy) -> list[str]:
+# What a snapshot holds. Snapshots written before kinds existed carry none: they are files.
+KIND_FILES = "files"
+KIND_DATABASE = "database"
+# A database dump's table list and row counts, kept beside the dump in the repository so
+# that a host rebuilt from nothing can still drill it (tags `dump=` the dump's snapshot id).
+KIND_INVENTORY = "inventory"
+
+
+def tenant_tags(policy: Policy, kind: str = KIND_FILES, **more: str) -> list[str]:
     """Tags that let the catalog be rebuilt from the repository alone."""
     return format_tags({"tenant": policy.tenant, "purpose": policy.purpose,
-                        "classification": policy.classification})
+                        "classification": policy.classification, "kind": kind, **more})
+
+
+def kind_selector(tenant: str, kind: str = KIND_FILES, **more: str) -> str:
+    """`--tag` value selecting one kind of a tenant's snapshots (AND of the tags)."""
+    return ",".join([tenant_tag(tenant), tag("kind", kind),
+                     *(tag(k, v) for k, v in more.items())])
+
+
+def snapshot_group(snapshot: dict) -> tuple[str, str | None]:
+    """(kind, database) of a listed snapshot: retention and "latest" apply per group."""
+    kind = snapshot.get("kind") or KIND_FILES
+    return kind, snapshot.get("database") if kind != KIND_FILES else None
 
 
 def tenant_tag(tenant: str) -> str:
@@ -209,6 +230,26 @@ def backup_argv(repo: Repository, policy: Policy, host: str,
     return [*args, "--", *policy.sources]
 
 
+def backup_stdin_argv(repo: Repository, policy: Policy, host: str, filename: str,
+                      kind: str, **more: str) -> list[str]:
+    """A snapshot of one stream (a database dump): restic reads stdin, nothing touches disk."""
+    args = [*global_args(repo), "backup", "--json", "--host", host, "--stdin",
+            "--stdin-filename", filename]
+    for value in tenant_tags(policy, kind, **more):
+        args += ["--tag", value]
+    return args
+
+
+def forget_ids_argv(repo: Repository, snapshot_ids: Sequence[str]) -> list[str]:
+    """Forget exactly these snapshots (bkp applied the keep rules per kind) and prune."""
+    return [*global_args(repo), "forget", "--prune", "--", *snapshot_ids]
+
+
+def dump_argv(repo: Repository, snapshot_id: str, filename: str) -> list[str]:
+    """One file of a snapshot to stdout (a database dump, an inventory)."""
+    return [*global_args(repo), "dump", "--", snapshot_id, filename]
+
+
 def forget_argv(repo: Repository, tenant: str, retention: Retention) -> list[str]:
     """forget + prune in one restic call; prune only runs when something was forgotten.
 
@@ -229,22 +270,29 @@ def snapshots_argv(repo: Repository, tenant: str | None = None) -> list[str]:
     return args
 
 
-def snapshot_selector(tenant: str, snapshot: str | None) -> list[str]:
-    """`latest` means the tenant's latest: a repository never holds another tenant, but the
-    tag keeps a mistaken shared repository from restoring someone else's data."""
-    return [snapshot or "latest", "--tag", tenant_tag(tenant)]
+def snapshot_selector(tenant: str, snapshot: str | None,
+                      kind: str | None = KIND_FILES) -> list[str]:
+    """`latest` means the tenant's latest file snapshot (not a database dump): a repository
+    never holds another tenant, but the tag keeps a mistaken shared repository from
+    restoring someone else's data. Snapshots older than kinds are found by
+    Restic.latest_files (restic has no tag negation)."""
+    if snapshot or kind is None:
+        return [snapshot or "latest", "--tag", tenant_tag(tenant)]
+    return ["latest", "--tag", kind_selector(tenant, kind)]
 
 
 def ls_argv(repo: Repository, tenant: str, snapshot: str | None,
-            lock: bool = True) -> list[str]:
+            lock: bool = True, kind: str | None = KIND_FILES) -> list[str]:
     # --no-lock lets the listing be read while a restore of the same snapshot holds its lock.
     unlocked = [] if lock else ["--no-lock"]
-    return [*global_args(repo), "ls", *unlocked, "--json", *snapshot_selector(tenant, snapshot)]
+    return [*global_args(repo), "ls", *unlocked, "--json",
+            *snapshot_selector(tenant, snapshot, kind)]
 
 
 def restore_argv(repo: Repository, tenant: str, snapshot: str | None, target: Path,
-                 includes: Sequence[str] = (), verify: bool = True) -> list[str]:
-    args = [*global_args(repo), "restore", *snapshot_selector(tenant, snapshot),
+                 includes: Sequence[str] = (), verify: bool = True,
+                 kind: str | None = KIND_FILES) -> list[str]:
+    args = [*global_args(repo), "restore", *snapshot_selector(tenant, snapshot, kind),
             "--target", str(target)]
     for path in includes:
         args += ["--include", path]
@@ -385,7 +433,7 @@ def _snapshot_values(tags: list[str]) -> dict:
         values = parse_tags(tags)
     except TagError:
         values = {}
-    return {key: values.get(key) for key in _LEGACY_KEYS}
+    return {key: values.get(key) for key in _LISTED_KEYS}
 
 
 @dataclass(frozen=True)
@@ -625,6 +673,9 @@ class Restic:
     tenant: str
     timeout: float | None = None
     calls: int = 0  # counted so the benchmark can report restic processes per tenant
+    # What "latest" means: the latest snapshot of this kind (None: of any kind, for bkp's
+    # own evidence repository, where a newer snapshot of any making must be seen).
+    latest_kind: str | None = KIND_FILES
 
     def run(self, argv: Sequence[str], action: str, *,
             on_stdout_line: Callable[[str], None] | None = None,
@@ -669,6 +720,56 @@ class Restic:
             raise self.failure(done, "backup").exception()
         return summary, 0
 
+    def backup_stream(self, policy: Policy, host: str, filename: str, kind: str,
+                      tags: dict[str, str], producer: Sequence[str],
+                      producer_env: Mapping[str, str], producer_secrets: Sequence[str] = (),
+                      on_chunk: Callable[[bytes], None] | None = None) -> runner.Piped:
+        """A snapshot of what `producer` writes (a database dump), streamed through bkp so
+        that a producer that fails kills restic before the end of its input: a truncated
+        stream never becomes a snapshot. Returns both processes; the caller judges."""
+        self.calls += 1
+        return runner.pipe(
+            producer, backup_stdin_argv(self.repo, policy, host, filename, kind, **tags),
+            producer_env=producer_env, consumer_env=self.repo.env.env,
+            secrets=[*self.repo.env.secrets, *producer_secrets], timeout=self.timeout,
+            on_chunk=on_chunk, drop_env_prefixes=("RESTIC_", "AWS_", "PG", "MYSQL_"))
+
+    def backup_bytes(self, policy: Policy, host: str, filename: str, kind: str,
+                     tags: dict[str, str], data: bytes) -> BackupSummary:
+        """A snapshot of a few bytes bkp made (a dump's inventory)."""
+        self.calls += 1
+        done = runner.run(backup_stdin_argv(self.repo, policy, host, filename, kind, **tags),
+                          env=self.repo.env.env, secrets=self.repo.env.secrets,
+                          timeout=self.timeout, stdin_data=data,
+                          drop_env_prefixes=("RESTIC_", "AWS_"))
+        if not done.ok:
+            raise self.failure(done, "backup").exception()
+        return parse_backup_output(done.stdout)
+
+    def forget_ids(self, snapshot_ids: Sequence[str]) -> None:
+        self.run(forget_ids_argv(self.repo, snapshot_ids), "forget/prune")
+
+    def dump(self, snapshot_id: str, filename: str, target: int) -> runner.Completed:
+        """One file of a snapshot into the open file descriptor `target`."""
+        self.calls += 1
+        return runner.run(dump_argv(self.repo, snapshot_id, filename), env=self.repo.env.env,
+                          secrets=self.repo.env.secrets, timeout=self.timeout,
+                          drop_env_prefixes=("RESTIC_", "AWS_"), stdout_file=target)
+
+    def dump_bytes(self, snapshot_id: str, filename: str) -> bytes:
+        """A small file of a snapshot (an inventory) as bytes."""
+        done = self.run(dump_argv(self.repo, snapshot_id, filename), "dump")
+        return done.stdout.encode("utf-8")
+
+    def latest_files(self) -> str:
+        """The id of the latest file snapshot, also where snapshots older than kinds carry no
+        kind tag (restic cannot select "no kind"); NoSnapshot when there is none."""
+        files = [s for s in self.snapshots() if snapshot_group(s)[0] == KIND_FILES]
+        if not files:
+            raise NoSnapshot("no snapshot found: is there a backup yet? (`bkp snapshots "
+                             "TENANT` lists them)")
+        return max(files, key=lambda s: _restic_time(s["time"]))["id"]
+
     def forget(self, retention: Retention) -> ForgetResult:
         done = self.run(forget_argv(self.repo, self.tenant, retention), "forget/prune")
         return parse_forget_output(done.stdout)
@@ -679,14 +780,20 @@ class Restic:
         self.run(unlock_argv(self.repo), "unlock")
 
     def ls(self, snapshot: str | None, lock: bool = True) -> Listing:
-        done = self.run(ls_argv(self.repo, self.tenant, snapshot, lock), "ls")
-        return parse_ls(done.stdout)
+        done = self.run(ls_argv(self.repo, self.tenant, snapshot, lock, self.latest_kind), "ls")
+        try:
+            return parse_ls(done.stdout)
+        except NoSnapshot:
+            if snapshot is not None or self.latest_kind is None:
+                raise
+            # No snapshot tagged kind=files: a repository written before kinds existed.
+            return self.ls(self.latest_files(), lock)
 
     def restore(self, snapshot: str | None, target: Path, includes: Sequence[str] = (),
                 verify: bool = True) -> runner.Completed:
         """Returns the finished process: verification errors are findings for the caller."""
         return self.run(restore_argv(self.repo, self.tenant, snapshot, target, includes,
-                                     verify), "restore", check=False)
+                                     verify, self.latest_kind), "restore", check=False)
 
     def check(self, subset: str | None) -> runner.Completed:
         return self.run(check_argv(self.repo, subset), "check", check=False)

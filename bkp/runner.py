@@ -8,6 +8,7 @@ last lines of output are kept for the error message.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ HEAD_LINES = 10
 # Environment variables whose values are never logged, whatever their content.
 SECRET_ENV_NAMES = frozenset({
     "RESTIC_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "B2_ACCOUNT_KEY",
+    "PGPASSWORD", "MYSQL_PWD",
 })
 
 _live: set[subprocess.Popen] = set()
@@ -87,13 +89,16 @@ def run(
     cwd: str | None = None,
     drop_env_prefixes: tuple[str, ...] = (),
     stop_when: Callable[[str], str | None] | None = None,
+    stdout_file: int | None = None,
 ) -> Completed:
     """Run argv to completion; never raises for a non-zero exit, only for a missing program.
 
     `env` is added to the environment of the child only. `on_stdout_line` sees each
     stdout line as it arrives (progress); stdout is also returned unless capture_stdout is
-    false (for commands that print gigabytes). `stop_when` sees each stderr line and returns
-    a reason to stop the child at once (a cause that retrying cannot fix), or None.
+    false (for commands that print gigabytes); with `stdout_file` (a file descriptor) stdout
+    goes there untouched (binary output such as a database dump). `stop_when` sees each
+    stderr line and returns a reason to stop the child at once (a cause that retrying
+    cannot fix), or None.
     """
     secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
                                            if k in SECRET_ENV_NAMES and v]
@@ -106,7 +111,7 @@ def run(
     proc = subprocess.Popen(
         list(argv),
         stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if stdout_file is None else stdout_file,
         stderr=subprocess.PIPE,
         env=child_env,
         cwd=cwd,
@@ -157,6 +162,8 @@ def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop
                 terminate(proc, grace=2.0)
 
     def read_stdout():
+        if proc.stdout is None:  # it goes to a file
+            return
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace")
             if capture_stdout:
@@ -241,3 +248,150 @@ def which(program: str) -> str | None:
     from shutil import which as _which
 
     return _which(program)
+
+
+@dataclass
+class Piped:
+    """Two processes joined by bkp: what the producer wrote went to the consumer, unless the
+    producer failed, in which case the consumer was killed before the end of its input."""
+
+    producer: Completed
+    consumer: Completed
+    bytes: int
+
+
+CHUNK = 1 << 20
+
+
+def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
+         producer_env: Mapping[str, str] | None = None,
+         consumer_env: Mapping[str, str] | None = None,
+         secrets: Iterable[str] = (), timeout: float | None = None,
+         on_chunk: Callable[[bytes], None] | None = None,
+         drop_env_prefixes: tuple[str, ...] = ()) -> Piped:
+    """Stream the producer's stdout into the consumer's stdin through bkp.
+
+    bkp sits in the middle so that the producer's exit status is known before the consumer
+    sees the end of its input: a consumer such as `restic backup --stdin` saves whatever
+    arrived when its input ends, so a producer that failed halfway (a dump that lost its
+    connection) must never let the input end normally. The consumer is then SIGKILLed,
+    never told to finish; `on_chunk` sees every chunk (to count what passes)."""
+    secrets = [s for s in secrets if s]
+    for env in (producer_env, consumer_env):
+        secrets += [v for k, v in (env or {}).items() if k in SECRET_ENV_NAMES and v]
+    log.info("run: %s | %s", redact(" ".join(producer_argv), secrets),
+             redact(" ".join(consumer_argv), secrets))
+    started = time.monotonic()
+    consumer = _start(consumer_argv, consumer_env, drop_env_prefixes, stdin=subprocess.PIPE)
+    try:
+        producer = _start(producer_argv, producer_env, drop_env_prefixes)
+    except BaseException:
+        _kill(consumer)
+        raise
+    expired = threading.Event()
+
+    def on_timeout() -> None:
+        expired.set()
+        _kill(consumer)
+        terminate(producer, grace=2.0)
+
+    watchdog = threading.Timer(timeout, on_timeout) if timeout else None
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
+    producer_tail: list[str] = []
+    stderr_reader = threading.Thread(target=_collect_lines, args=(producer.stderr, producer_tail),
+                                     daemon=True)
+    stderr_reader.start()
+    consumer_out: dict = {}
+    consumer_reader = threading.Thread(target=_consumer_output, args=(consumer, consumer_out),
+                                       daemon=True)
+    consumer_reader.start()
+    total = 0
+    try:
+        total = _copy(producer, consumer, on_chunk)
+        producer.wait()
+        stderr_reader.join(timeout=5)
+        if producer.returncode != 0 or expired.is_set():
+            _kill(consumer)  # before its input ends: nothing half is saved
+        else:
+            _close_quietly(consumer.stdin)
+        consumer.wait()
+    except BaseException:
+        _kill(consumer)
+        terminate(producer, grace=2.0)
+        raise
+    finally:
+        if watchdog:
+            watchdog.cancel()
+        with _live_lock:
+            _live.discard(producer)
+            _live.discard(consumer)
+    consumer_reader.join(timeout=5)
+    duration = time.monotonic() - started
+    timed_out = expired.is_set()
+    made = Completed(list(producer_argv), producer.returncode,
+                     "", redact("\n".join(producer_tail[-TAIL_LINES:]), secrets), duration,
+                     timed_out)
+    used = Completed(list(consumer_argv), consumer.returncode, consumer_out.get("stdout", ""),
+                     redact(consumer_out.get("stderr", ""), secrets), duration, timed_out)
+    return Piped(made, used, total)
+
+
+def _start(argv, env, drop_env_prefixes, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
+    child_env.update(env or {})
+    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=child_env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    with _live_lock:
+        _live.add(proc)
+    return proc
+
+
+def _copy(producer: subprocess.Popen, consumer: subprocess.Popen,
+          on_chunk: Callable[[bytes], None] | None) -> int:
+    total = 0
+    source, sink = producer.stdout.fileno(), consumer.stdin
+    while True:
+        chunk = os.read(source, CHUNK)
+        if not chunk:
+            return total
+        if on_chunk:
+            on_chunk(chunk)
+        try:
+            sink.write(chunk)
+        except (BrokenPipeError, ValueError, OSError):  # the consumer died (or was killed
+            # by the watchdog): its exit status says why
+            terminate(producer, grace=2.0)
+            return total
+        total += len(chunk)
+
+
+def _collect_lines(stream, lines: list[str]) -> None:
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if line:
+            lines.append(line)
+            del lines[:-(TAIL_LINES + HEAD_LINES)]
+
+
+def _consumer_output(proc: subprocess.Popen, out: dict) -> None:
+    tail: list[str] = []
+    reader = threading.Thread(target=_collect_lines, args=(proc.stderr, tail), daemon=True)
+    reader.start()
+    out["stdout"] = proc.stdout.read().decode("utf-8", "replace")
+    reader.join(timeout=5)
+    out["stderr"] = "\n".join(tail[-TAIL_LINES:])
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _close_quietly(proc.stdin)
+
+
+def _close_quietly(stream) -> None:
+    with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+        if stream:
+            stream.close()

@@ -95,6 +95,25 @@ def restic_password(policy: Policy) -> SecretEnv:
     raise PolicyError(f"{policy.tenant}: no password_file, password_command or password_env")
 
 
+# How each database client takes a password without the command line.
+DATABASE_PASSWORD_ENV = {"postgresql": "PGPASSWORD", "mariadb": "MYSQL_PWD"}
+
+
+def database_password(kind: str, password_file: Path | None) -> SecretEnv:
+    """A database role's password for its client's environment (none without a file: the
+    server authenticates a socket peer itself)."""
+    if password_file is None:
+        return SecretEnv()
+    check_private_file(password_file, "password_file")
+    try:
+        value = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"password_file {password_file} cannot be read: {exc}") from None
+    if not value or "\n" in value:
+        raise PolicyError(f"password_file {password_file} must hold the password on one line")
+    return SecretEnv({DATABASE_PASSWORD_ENV[kind]: value}, (value,))
+
+
 @dataclass(frozen=True)
 class S3Credentials:
     access_key: str

@@ -100,6 +100,27 @@ class RunsTable:
             clause, args, order_by="coalesce(ended_at, started_at) desc, id desc", limit=1))
         return rows[0] if rows else None
 
+    def add_database_dump(self, run_id: int, tenant: str, dump: dict) -> None:
+        """`dump`: name, type, status, snapshot_id, inventory_snapshot_id, bytes, tables
+        (JSON text), error, duration_s."""
+        self.db["database_dumps"].insert({"run_id": run_id, "tenant": tenant,
+                                          "dumped_at": utc_now(), **dump})
+
+    def database_dumps_of_run(self, run_id: int) -> list[dict]:
+        return list(self.db["database_dumps"].rows_where("run_id = ?", [run_id], order_by="id"))
+
+    def last_good_dumps(self, tenant: str) -> dict[tuple[str, str], dict]:
+        """(type, name) -> the latest dump that reached the repository."""
+        rows = self.db["database_dumps"].rows_where(
+            "tenant = ? and status = 'ok'", [tenant], order_by="id")
+        return {(row["type"], row["name"]): row for row in rows}
+
+    def recorded_dump(self, tenant: str, snapshot_id: str) -> dict | None:
+        """The dump row behind a snapshot (its inventory, when the repository lost it)."""
+        rows = list(self.db["database_dumps"].rows_where(
+            "tenant = ? and snapshot_id = ?", [tenant, snapshot_id], limit=1))
+        return rows[0] if rows else None
+
     def kept_snapshots(self, tenant: str) -> list[dict] | None:
         """The snapshots the tenant's last good backup left in the repository, when it
         recorded them (None: not known, e.g. a catalog rebuilt by sync)."""

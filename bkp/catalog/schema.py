@@ -16,7 +16,8 @@ LEGACY_TABLE = "_migrations"
 
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
-          "destructions", "certificates", "policy_versions", "policy_flags", "approvals")
+          "destructions", "certificates", "policy_versions", "policy_flags", "approvals",
+          "database_dumps")
 
 
 @migrations(name="0001_runs")
@@ -184,3 +185,18 @@ def _who_may_act(db: sqlite_utils.Database) -> None:
     }, pk="id", not_null={"kind", "subject", "requested_by", "requested_at", "expires_at",
                           "message", "status"})
     db["approvals"].create_index(["kind", "subject"])
+
+
+@migrations(name="0007_database_dumps")
+def _database_dumps(db: sqlite_utils.Database) -> None:
+    # One row per database per backup run: what was dumped, into which snapshot, and the
+    # tables and row counts it held at that moment (JSON) for the drills to compare with.
+    db["database_dumps"].create({
+        "id": int, "run_id": int, "tenant": str, "name": str, "type": str, "status": str,
+        "snapshot_id": str, "inventory_snapshot_id": str, "bytes": int, "tables": str,
+        "error": str, "duration_s": float, "dumped_at": str,
+    }, pk="id", not_null={"run_id", "tenant", "name", "type", "status", "dumped_at"},
+        foreign_keys=[("run_id", "runs")])
+    db["database_dumps"].create_index(["tenant", "name", "id"])
+    # The per-database findings of a drill (JSON list), beside the run's other findings.
+    db["runs"].add_column("databases", str)

@@ -559,24 +559,40 @@ def restic_command(state, tenant, args):
 @cli.command()
 @click.argument("tenant")
 @click.option("--target", required=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Where to restore; must be empty unless --force.")
+              help="Where to restore; must be empty unless --force. With --database: the "
+                   "file to write the dump to, which must not exist.")
 @click.option("--snapshot", metavar="ID", help="Snapshot id (default: the latest).")
 @click.option("--include", "includes", multiple=True, metavar="PATH",
               help="Restore only this path of the snapshot (repeatable).")
 @click.option("--force", is_flag=True, help="Restore into a non-empty target.")
+@click.option("--database", metavar="NAME", callback=checked_text(NAME_LIMIT),
+              help="Write the latest dump of this database (or --snapshot's) to the file "
+                   "--target, to load into a server.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
 @json_option
 @pass_state
-def restore(state, tenant, target, snapshot, includes, force, progress, as_json):
+def restore(state, tenant, target, snapshot, includes, force, database, progress, as_json):
     """Restore a tenant's snapshot into DIR, verified by restic while writing.
 
     This is access to personal data: who, which tenant, which snapshot and where to is
     recorded in the audit trail. A non-empty target is refused (exit 4) unless --force.
+    With --database, the database's dump is written to the file --target instead.
     """
-    from bkp.tenants.restore import restore_tenant
+    from bkp.tenants.restore import restore_database, restore_tenant
 
     policy = state.one_policy(tenant)
+    if database is not None:
+        if includes or force:
+            raise UsageError("--include and --force do not apply to --database: a dump is "
+                             "one file, written only where nothing exists")
+        result = restore_database(state.context(), policy, database, target,
+                                  snapshot=snapshot)
+        emit(result, as_json, lambda: click.echo(
+            f"wrote the dump of database {database} ({result['bytes']} bytes, snapshot "
+            f"{result['snapshot_id'][:8]} of {result['snapshot_time'][:19]}) to "
+            f"{result['target']}"))
+        return 0
     show = sys.stderr.isatty() if progress is None else progress
     result = restore_tenant(state.context(progress=show), policy, target, snapshot=snapshot,
                             includes=includes, force=force)
@@ -941,6 +957,13 @@ def _print_status(rows) -> None:
                        f"bkp policy acknowledge {r['tenant']})")
         if r.get("policy_changed_since_last_run"):
             click.echo(f"{'':<22}   policy edited since the last run; recorded at the next")
+        for database in r.get("databases") or ():
+            dump = database["last_good_dump"]
+            said = (f"last good dump {dump['time'][:19]}Z, snapshot {dump['snapshot_id'][:8]}, "
+                    f"{dump['tables']} tables, {dump['rows']} rows" if dump else "never dumped")
+            click.echo(f"{'':<22} {'' if database['rpo_ok'] else '! '}{database['type']} "
+                       f"database {database['name']}: {said}"
+                       f"{'' if database['rpo_ok'] else ' (LATE)'}")
 
 
 def _drill_word(row) -> str:

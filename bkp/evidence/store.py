@@ -92,7 +92,8 @@ def _copy_catalog(source: Path, target: Path) -> None:
 def _restic(ctx: Context, installation: Installation) -> tuple[Restic, object]:
     policy = evidence_policy(installation)
     destination = destination_for(policy, ctx.settings.home)
-    return Restic(destination.repository(), EVIDENCE_NAME, timeout=6 * 3600), destination
+    return (Restic(destination.repository(), EVIDENCE_NAME, timeout=6 * 3600, latest_kind=None),
+            destination)
 
 
 def backup_evidence(ctx: Context, installation: Installation) -> dict:

@@ -22,11 +22,21 @@ from bkp.context import (
     open_tenant_run,
     stopping,
 )
+from bkp.databases.dump import DatabaseDump, dump_database
 from bkp.destinations import destination_for
-from bkp.errors import BkpError, OperationError, SafetyError
+from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.policy import Policy
-from bkp.restic import DRY_RUN_SINCE, EXIT_PARTIAL, Restic, kept_by_rules, version
+from bkp.restic import (
+    DRY_RUN_SINCE,
+    EXIT_PARTIAL,
+    KIND_DATABASE,
+    KIND_FILES,
+    KIND_INVENTORY,
+    Restic,
+    version,
+)
 from bkp.results import BackupRun
+from bkp.tenants.retention import apply_retention
 
 
 def check_sources(policy: Policy) -> None:
@@ -75,9 +85,10 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                              restic_version=_restic_version())
     restic: Restic | None = None
     fields: dict = {}
-    started = datetime.now().astimezone()  # restic stamps the snapshot with its start
+    dumps: list[DatabaseDump] = []
     try:
-        check_sources(policy)
+        if not policy.databases:
+            check_sources(policy)  # nothing else to save: refuse before connecting
         destination = destination_for(policy, ctx.settings.home)
         preflight = destination.nightly_preflight()
         if not preflight.reachable:
@@ -91,67 +102,107 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                         timeout=policy.timeout_minutes * 60)
         if catalog.previous_run_interrupted(policy.tenant, run_id):
             restic.unlock_stale()  # the dead run's restic may have left its lock behind
+        made: list[dict] = []
+        files_error = _back_up_files(ctx, policy, destination, preflight, restic, fields, made)
+        dumps = _dump_databases(ctx, policy, restic, made)
+        destination.confirm_unchanged()
+        error = files_error or next((OperationError(d.error) for d in dumps
+                                     if d.status != "ok"), None)
+        if error is not None:
+            raise error
+        if not policy.retention.legal_hold:
+            fields.update(apply_retention(ctx, policy, restic, made))
+        fields["repository_bytes"] = _usage(destination)
+    except BkpError as exc:
+        return _close(ctx, policy, run_id, exc, fields, restic, dumps)
+    except KeyboardInterrupt:
+        interrupt()
+        _close(ctx, policy, run_id, OperationError("stopped by a signal"), fields, restic, dumps)
+        raise
+    except Exception as exc:  # an unforeseen error still closes the record honestly
+        error = OperationError(f"unexpected {exc.__class__.__name__}: {exc}")
+        _close(ctx, policy, run_id, error, fields, restic, dumps)
+        raise
+    return _close(ctx, policy, run_id, None, fields, restic, dumps)
+
+
+def _back_up_files(ctx: Context, policy: Policy, destination, preflight, restic: Restic,
+                   fields: dict, made: list[dict]) -> BkpError | None:
+    """The tenant's files. With databases, a failure here is returned, not raised: the
+    dumps are still made (a missing mount must not also cost the night's dumps)."""
+    started = datetime.now().astimezone()  # restic stamps the snapshot with its start
+    try:
+        check_sources(policy)
         try:
             summary, code = restic.backup(policy, socket.gethostname(),
                                           progress=_progress(ctx, policy.tenant))
         except OperationError as exc:
             raise _diagnose(destination, preflight, exc) from None
-        destination.confirm_unchanged()
-        fields = {"snapshot_id": summary.snapshot_id, "files": summary.files,
-                  "bytes_added": summary.bytes_added,
-                  "bytes_processed": summary.bytes_processed}
+        fields.update({"snapshot_id": summary.snapshot_id, "files": summary.files,
+                       "bytes_added": summary.bytes_added,
+                       "bytes_processed": summary.bytes_processed})
+        made.append({"id": summary.snapshot_id, "time": started.isoformat(),
+                     "kind": KIND_FILES})
         if code == EXIT_PARTIAL:
             shown = "; ".join(summary.errors[:3]) or "see restic's output"
             raise OperationError(
                 f"snapshot {summary.snapshot_id} saved but {len(summary.errors) or 'some'}"
                 f" file(s) could not be read: {shown}")
-        if not policy.retention.legal_hold:
-            fields.update(_apply_retention(ctx, policy, restic, summary.snapshot_id, started))
-        fields["repository_bytes"] = _usage(destination)
     except BkpError as exc:
-        return _close(ctx, policy, run_id, exc, fields, restic)
-    except KeyboardInterrupt:
-        interrupt()
-        _close(ctx, policy, run_id, OperationError("stopped by a signal"), fields, restic)
-        raise
-    except Exception as exc:  # an unforeseen error still closes the record honestly
-        error = OperationError(f"unexpected {exc.__class__.__name__}: {exc}")
-        _close(ctx, policy, run_id, error, fields, restic)
-        raise
-    return _close(ctx, policy, run_id, None, fields, restic)
+        if not policy.databases or isinstance(exc, (SafetyError, VerificationError)):
+            raise
+        return exc
+    return None
+
+
+def _dump_databases(ctx: Context, policy: Policy, restic: Restic,
+                    made: list[dict]) -> list[DatabaseDump]:
+    if not policy.databases:
+        return []
+    host = socket.gethostname()
+    dumps = []
+    for database in policy.databases:
+        if ctx.progress:
+            ctx.progress(f"{policy.tenant}: dumping {database.label}")
+        started = datetime.now().astimezone().isoformat()
+        dump = dump_database(restic, policy, database, host)
+        dumps.append(dump)
+        if dump.status == "ok":
+            made.append({"id": dump.snapshot_id, "time": started, "kind": KIND_DATABASE,
+                         "database": database.name})
+            made.append({"id": dump.inventory_snapshot_id, "time": started,
+                         "kind": KIND_INVENTORY, "database": database.name,
+                         "dump": dump.snapshot_id})
+        if stopping.is_set():
+            raise KeyboardInterrupt
+    return dumps
 
 
 def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fields: dict,
-           restic: Restic | None) -> Outcome:
+           restic: Restic | None, dumps: list[DatabaseDump] = ()) -> Outcome:
     status = "ok" if error is None else "interrupted" if stopping.is_set() else "failed"
     with ctx.catalog.transaction():  # the record and its event, or neither
+        for dump in dumps:
+            ctx.catalog.add_database_dump(run_id, policy.tenant, {
+                "name": dump.name, "type": dump.type, "status": dump.status,
+                "snapshot_id": dump.snapshot_id,
+                "inventory_snapshot_id": dump.inventory_snapshot_id, "bytes": dump.bytes,
+                "tables": json.dumps(dump.tables, sort_keys=True), "error": dump.error,
+                "duration_s": dump.duration_s})
         row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
                                     restic_calls=restic.calls if restic else 0, **fields)
         ctx.audit("backup", status, policy.tenant, run_id=run_id,
                   snapshot_id=row["snapshot_id"], files=row["files"],
-                  bytes_added=row["bytes_added"], error=row["error"])
+                  bytes_added=row["bytes_added"], error=row["error"],
+                  **({"databases": [d.to_json() for d in dumps]} if dumps else {}))
     data = BackupRun(tenant=policy.tenant, status="ok" if status == "ok" else "failed",
                      result=status, snapshot_id=row["snapshot_id"], files=row["files"],
                      bytes_added=row["bytes_added"], duration_s=row["duration_s"],
                      error=row["error"], run_id=run_id, snapshots_kept=row["snapshots_kept"],
-                     restic_calls=row["restic_calls"])
+                     restic_calls=row["restic_calls"],
+                     extra={"databases": [d.to_json() for d in dumps]} if policy.databases
+                     else {})
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
-
-
-def _apply_retention(ctx: Context, policy: Policy, restic: Restic, snapshot_id: str,
-                     started: datetime) -> dict:
-    """forget + prune, unless the snapshots the last night left plus tonight's would all be
-    kept by the rules: then restic would forget nothing, and one repository opening (a key
-    derivation, the index) is saved. Where bkp does not know them, forget runs and tells."""
-    known = ctx.catalog.kept_snapshots(policy.tenant)
-    if known is not None and snapshot_id:
-        candidate = [*known, {"id": snapshot_id, "time": started.isoformat()}]
-        rules = policy.retention.keep_rules()
-        if kept_by_rules(candidate, rules) == {s["id"] for s in candidate}:
-            return {"snapshots_kept": len(candidate), "kept_snapshots": json.dumps(candidate)}
-    result = restic.forget(policy.retention)
-    return {"snapshots_kept": result.kept,
-            "kept_snapshots": json.dumps(list(result.kept_snapshots))}
 
 
 def _diagnose(destination, preflight, error: BkpError) -> BkpError:

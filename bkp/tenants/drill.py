@@ -26,6 +26,7 @@ from croniter import croniter
 
 from bkp.catalog import as_json
 from bkp.context import Context, Outcome, interrupt, locked, open_tenant_run, stopping
+from bkp.databases.drill import drill_databases
 from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.files import file_sha256
@@ -65,6 +66,7 @@ class DrillResult:
     subset: str | None = None
     restore_s: float | None = None
     problems: list[Problem] = field(default_factory=list)
+    databases: list = field(default_factory=list)  # DatabaseDrill
 
 
 # ---------------------------------------------------------------- pure parts
@@ -266,6 +268,11 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
     if not check.ok:
         result.problems += tail_problems("check", check.stderr_tail)
 
+    result.databases = drill_databases(ctx, policy, restic, scratch / ".databases")
+    result.problems += [Problem("database", f"{d.type} database {d.name}: {what}", expected,
+                                found)
+                        for d in result.databases for what, expected, found in d.findings]
+
     limit = policy.drill.rto_minutes * 60
     if result.restore_s > limit:
         result.problems.append(Problem("rto", "", f"restore within {policy.drill.rto_minutes} "
@@ -309,7 +316,13 @@ def _restore_and_list(ctx: Context, policy: Policy, restic: Restic, scratch: Pat
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls") as pool:
         listing = pool.submit(restic.ls, None, False)
         restore = _restore(ctx, policy, restic, None, scratch)
-        return listing.result(), restore
+        listing = listing.result()
+    if not restore.ok and parse_restored_snapshot(restore.stdout) is None:
+        # "latest" selects kind=files; snapshots written before kinds carry no kind and
+        # were found by the listing's own fallback: restore that one.
+        shutil.rmtree(scratch, ignore_errors=True)
+        restore = _restore(ctx, policy, restic, listing.snapshot_id, scratch)
+    return listing, restore
 
 
 def _raise_if_operational(done, restic: Restic, policy: Policy, action: str) -> None:
@@ -337,7 +350,9 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             subset=result.subset, problems=as_json(problems),
             sample_checked=result.sample_checked, sample_skipped=result.sample_skipped,
             rto_minutes=policy.drill.rto_minutes, error=str(error) if error else None,
-            restic_calls=restic.calls if restic else 0)
+            restic_calls=restic.calls if restic else 0,
+            databases=as_json([d.to_json() for d in result.databases])
+            if policy.databases else None)
         # CLI.md's status is passed|failed; `result` says why a drill did not pass (found
         # problems, could not run, interrupted).
         data = DrillRun(
@@ -350,7 +365,9 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             sample_checked=result.sample_checked, sample_skipped=result.sample_skipped,
             restore_s=result.restore_s, rto_minutes=policy.drill.rto_minutes,
             error=str(error) if error else None, restic_version=row["restic_version"],
-            repository=restic.repo.label if restic else None)
+            repository=restic.repo.label if restic else None,
+            extra={"databases": [d.to_json() for d in result.databases]}
+            if policy.databases else {})
         report, digest = write_report(ctx, policy, data.to_json())
         data.report, data.report_sha256 = str(report), digest
         ctx.catalog.update_run(run_id, report=data.report)

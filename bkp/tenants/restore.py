@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -13,7 +14,7 @@ from bkp.context import Context
 from bkp.destinations import open_repository
 from bkp.errors import BkpError, SafetyError, UsageError, VerificationError
 from bkp.policy import Policy
-from bkp.restic import Listing
+from bkp.restic import KIND_DATABASE, Listing
 from bkp.tenants.drill import check_free_space, tail_problems
 
 SNAPSHOT_ID = re.compile(r"latest|[0-9a-f]{8,64}")
@@ -84,6 +85,65 @@ def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
                                 f"runbooks/restore-drill.md")
     return {"tenant": policy.tenant, "snapshot_id": listing.snapshot_id, "target": str(target),
             "files": files, "bytes": size, "snapshot_time": listing.time}
+
+
+def restore_database(ctx: Context, policy: Policy, name: str, target: Path, *,
+                     snapshot: str | None = None) -> dict:
+    """Write a database's dump (the latest, or `snapshot`) to the file `target`, which must
+    not exist: a dump is loaded by the operator, never written over something."""
+    target = target.absolute()
+    details = {"target": str(target), "snapshot": snapshot or "latest", "database": name}
+    check_snapshot_id(snapshot)
+    try:
+        if target.exists() or target.is_symlink():
+            raise SafetyError(f"restore target {target} exists; nothing was written. Name a "
+                              f"new file")
+        if not target.parent.is_dir():
+            raise UsageError(f"the folder of {target} does not exist")
+        with locks.tenant_lock(ctx.settings.locks, policy.tenant):
+            result = _restore_dump(ctx, policy, name, target, snapshot)
+    except BkpError as exc:
+        ctx.audit("restore", "refused" if isinstance(exc, SafetyError) else "failed",
+                  policy.tenant, **details, error=str(exc))
+        raise
+    ctx.audit("restore", "ok", policy.tenant, **details, snapshot_id=result["snapshot_id"],
+              bytes=result["bytes"])
+    return result
+
+
+def _restore_dump(ctx: Context, policy: Policy, name: str, target: Path,
+                  snapshot: str | None) -> dict:
+    restic = open_repository(policy, ctx.settings.home)
+    dump = _chosen_dump(restic.snapshots(), policy, name, snapshot)
+    filename = (dump.get("paths") or [""])[0]
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        done = restic.dump(dump["id"], filename, fd)
+    finally:
+        os.close(fd)
+    if not done.ok:
+        target.unlink(missing_ok=True)  # half a dump must not be mistaken for one
+        failure = restic.failure(done, "dump")
+        raise failure.exception()
+    return {"tenant": policy.tenant, "database": name, "snapshot_id": dump["id"],
+            "snapshot_time": dump["time"], "target": str(target),
+            "bytes": target.stat().st_size}
+
+
+def _chosen_dump(snapshots: list[dict], policy: Policy, name: str,
+                 snapshot: str | None) -> dict:
+    dumps = sorted((s for s in snapshots if s.get("kind") == KIND_DATABASE
+                    and s.get("database") == name), key=lambda s: s["time"])
+    if snapshot and snapshot != "latest":
+        dumps = [s for s in dumps if s["id"].startswith(snapshot)]
+    if dumps:
+        return dumps[-1]
+    known = ", ".join(d.name for d in policy.databases) or "none"
+    if snapshot and snapshot != "latest":
+        raise UsageError(f"snapshot {snapshot} is not a dump of database {name}; "
+                         f"`bkp snapshots {policy.tenant}` lists them")
+    raise UsageError(f"the repository holds no dump of database {name} (databases in the "
+                     f"policy: {known})")
 
 
 class _ProgressWhile:

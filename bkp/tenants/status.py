@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from bkp.catalog import HOST, Catalog, parse_time, process_alive
@@ -52,7 +53,25 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
            else {}),
         **drill_schedule_state(catalog, policy, now),
         **policy_state(catalog, policy),
+        **({"databases": database_state(catalog, policy, now)} if policy.databases else {}),
     }
+
+
+def database_state(catalog: Catalog, policy: Policy, now: datetime) -> list[dict]:
+    """Per database of the policy: its last good dump, and whether it is within the RPO."""
+    good = catalog.last_good_dumps(policy.tenant)
+    entries = []
+    for database in policy.databases:
+        row = good.get((database.type, database.name))
+        tables = json.loads(row["tables"]) if row and row["tables"] else {}
+        entries.append({
+            "name": database.name, "type": database.type,
+            "last_good_dump": None if row is None else {
+                "snapshot_id": row["snapshot_id"], "time": row["dumped_at"],
+                "bytes": row["bytes"], "tables": len(tables), "rows": sum(tables.values()),
+                "run_id": row["run_id"]},
+            "rpo_ok": rpo_ok(row["dumped_at"] if row else None, policy.rpo_hours, now)})
+    return entries
 
 
 def policy_state(catalog: Catalog, policy: Policy) -> dict:

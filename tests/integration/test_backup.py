@@ -28,7 +28,8 @@ def test_local_init_backup_and_plain_restic_sees_snapshot(bkp_env):
     snaps = json.loads(plain.stdout)
     assert [s["short_id"] for s in snaps] == [run["snapshot_id"][:8]]
     assert set(snaps[0]["tags"]) == {"bkp-tags=2", "tenant=zorg-local",
-                                     "purpose=zorgdossiers", "classification=sensitive"}
+                                     "purpose=zorgdossiers", "classification=sensitive",
+                                     "kind=files"}
 
     listed, _ = bkp_env.bkp_json("snapshots", "zorg-local")
     assert listed["snapshots"][0]["id"].startswith(run["snapshot_id"][:8])

@@ -197,6 +197,8 @@ def _schema_keys(node: dict, prefix: str = "") -> set[str]:
     for name, sub in node.get("properties", {}).items():
         keys.add(prefix + name)
         keys |= _schema_keys(sub, f"{prefix}{name}.")
+        if isinstance(sub.get("items"), dict):  # a list of mappings: `databases[].name`
+            keys |= _schema_keys(sub["items"], f"{prefix}{name}[].")
     return keys
 
 
@@ -205,7 +207,7 @@ def _documented_policy_keys() -> dict[str, list[str]]:
     for table in docs.tables(docs.REPO_ROOT / "docs" / "policy.md"):
         if table.header[:1] == ["key"]:
             for row in table.rows:
-                key = re.fullmatch(r"`([a-z_.]+)`", row[0])
+                key = re.fullmatch(r"`([a-z_.\[\]]+)`", row[0])
                 assert key, f"docs/policy.md: a key row without a `key`: {row}"
                 rows[key.group(1)] = row
     return rows
@@ -226,7 +228,10 @@ def test_documented_defaults_are_the_schema_defaults():
     for key, row in _documented_policy_keys().items():
         node = policy.schema()
         for part in key.split("."):
-            node = node["properties"][part]
+            name = part.removesuffix("[]")
+            node = node["properties"][name]
+            if part != name:
+                node = node["items"]
         shown = row[column].strip("`")
         expected = json.dumps(node["default"]) if "default" in node else "—"
         if shown != expected:

@@ -161,7 +161,16 @@ def test_a_comma_in_the_purpose_cannot_add_a_tenant_tag():
     assert "tenant=other" not in stored
     assert [tag for tag in stored if tag.startswith("tenant=")] == ["tenant=acme"]
     assert restic.parse_tags(stored) == {"tenant": "acme", "purpose": "zorg,tenant=other",
-                                         "classification": "sensitive"}
+                                         "classification": "sensitive", "kind": "files"}
+
+
+def test_a_dump_is_tagged_with_its_kind_and_database_and_latest_means_files():
+    tags = restic.tenant_tags(POLICY, restic.KIND_DATABASE, database="zorgapp")
+    assert {"kind=database", "database=zorgapp", "tenant=acme"} <= set(tags)
+    assert restic.snapshot_selector("acme", None) == ["latest", "--tag",
+                                                      "tenant=acme,kind=files"]
+    assert restic.snapshot_group({"kind": None}) == ("files", None)
+    assert restic.snapshot_group({"kind": "database", "database": "z"}) == ("database", "z")
 
 
 @pytest.mark.parametrize("purpose", [
@@ -212,11 +221,17 @@ def test_tags_without_a_value_or_of_someone_else_are_ignored():
 def test_selectors_match_both_schemes_of_the_tenant_tag():
     for argv in (restic.forget_argv(REPO, "acme", POLICY.retention),
                  restic.snapshots_argv(REPO, "acme"),
-                 restic.ls_argv(REPO, "acme", None),
-                 restic.restore_argv(REPO, "acme", None, Path("/tmp/t"))):
+                 restic.ls_argv(REPO, "acme", "1234abcd"),
+                 restic.restore_argv(REPO, "acme", "1234abcd", Path("/tmp/t"))):
         # one --tag flag with one tag: restic ANDs within a flag and ORs between flags
         assert argv.count("--tag") == 1
         assert argv[argv.index("--tag") + 1] == "tenant=acme"
+    # "latest" is the latest file snapshot (not a dump); snapshots older than kinds are
+    # found by Restic.latest_files when this selects none.
+    for argv in (restic.ls_argv(REPO, "acme", None),
+                 restic.restore_argv(REPO, "acme", None, Path("/tmp/t"))):
+        assert argv.count("--tag") == 1
+        assert argv[argv.index("--tag") + 1] == "tenant=acme,kind=files"
 
 
 def test_snapshot_list_names_each_snapshots_values_and_keeps_the_raw_tags():

@@ -1,0 +1,75 @@
+"""Retention per kind: `last: 3` keeps three file snapshots and three dumps of each database.
+
+restic's forget groups by host, paths or the whole tag set, and cannot exclude a tag: a
+tenant's dumps would compete with its file snapshots for the same `last` slots, and a
+changed purpose tag would start a group that is never forgotten. So bkp lists the
+snapshots, applies the keep rules to each (kind, database) group with restic's own
+algorithm (restic.kept_by_rules), and has restic forget exactly the others. An inventory
+lives as long as the dump it describes.
+
+A tenant that never had a dump keeps the single `forget --group-by ''` call it always had.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+
+from bkp.context import Context
+from bkp.policy import Policy
+from bkp.restic import KIND_FILES, KIND_INVENTORY, Restic, kept_by_rules, snapshot_group
+
+
+def kept_per_group(snapshots: Sequence[dict], rules: dict[str, int]) -> set[str]:
+    """Ids kept by the rules applied to each (kind, database) group; inventories follow
+    their dump (an inventory whose dump is gone goes too)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    inventories = []
+    for snapshot in snapshots:
+        if snapshot_group(snapshot)[0] == KIND_INVENTORY:
+            inventories.append(snapshot)
+        else:
+            groups[snapshot_group(snapshot)].append(snapshot)
+    kept: set[str] = set()
+    for members in groups.values():
+        kept |= kept_by_rules(members, rules)
+    short = {k[:8] for k in kept}
+    for inventory in inventories:
+        if (inventory.get("dump") or "")[:8] in short:
+            kept.add(inventory["id"])
+    return kept
+
+
+def _remembered(snapshot: dict) -> dict:
+    return {key: snapshot.get(key) for key in ("id", "time", "kind", "database", "dump")
+            if snapshot.get(key) is not None}
+
+
+def apply_retention(ctx: Context, policy: Policy, restic: Restic,
+                    made: Sequence[dict]) -> dict:
+    """forget + prune what the rules drop, unless everything the last night left plus
+    tonight's snapshots (`made`: id, time, kind, database, dump) would be kept: then nothing
+    is forgotten and no restic process is started. Returns the run's retention fields."""
+    rules = policy.retention.keep_rules()
+    known = ctx.catalog.kept_snapshots(policy.tenant)
+    if known is not None and made and all(s.get("id") for s in made):
+        candidate = [*known, *made]
+        if kept_per_group(candidate, rules) == {s["id"] for s in candidate}:
+            return _fields([_remembered(s) for s in candidate])
+    ever_dumped = policy.databases or any(
+        (s.get("kind") or KIND_FILES) != KIND_FILES for s in [*(known or []), *made])
+    if not ever_dumped:
+        result = restic.forget(policy.retention)
+        return _fields([{**s, "kind": KIND_FILES} for s in result.kept_snapshots])
+    listed = restic.snapshots()
+    kept = kept_per_group(listed, rules)
+    dropped = [s["id"] for s in listed if s["id"] not in kept]
+    if dropped:
+        restic.forget_ids(dropped)
+    return _fields([_remembered(s) for s in listed if s["id"] in kept])
+
+
+def _fields(kept: list[dict]) -> dict:
+    files = [s for s in kept if (s.get("kind") or KIND_FILES) == KIND_FILES]
+    return {"snapshots_kept": len(files), "kept_snapshots": json.dumps(kept)}
