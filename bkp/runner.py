@@ -11,12 +11,16 @@ import collections
 import contextlib
 import logging
 import os
+import pwd
+import queue
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("bkp.runner")
 
@@ -90,6 +94,8 @@ def run(
     drop_env_prefixes: tuple[str, ...] = (),
     stop_when: Callable[[str], str | None] | None = None,
     stdout_file: int | None = None,
+    user: str | None = None,
+    stdin_path: Path | None = None,
 ) -> Completed:
     """Run argv to completion; never raises for a non-zero exit, only for a missing program.
 
@@ -98,7 +104,9 @@ def run(
     false (for commands that print gigabytes); with `stdout_file` (a file descriptor) stdout
     goes there untouched (binary output such as a database dump). `stop_when` sees each
     stderr line and returns a reason to stop the child at once (a cause that retrying
-    cannot fix), or None.
+    cannot fix), or None. `user` runs the child as that system user (see `as_user`);
+    `stdin_path` is a file bkp opens and the child reads as its stdin (the child itself
+    may not be allowed to open it).
     """
     secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
                                            if k in SECRET_ENV_NAMES and v]
@@ -107,17 +115,25 @@ def run(
     # redirect a child to another repository.
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
     child_env.update(env or {})
+    identity = as_user(user, child_env)
     started = time.monotonic()
-    proc = subprocess.Popen(
-        list(argv),
-        stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE if stdout_file is None else stdout_file,
-        stderr=subprocess.PIPE,
-        env=child_env,
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
+    stdin_file = open(stdin_path, "rb") if stdin_path is not None else None  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=(stdin_file if stdin_file is not None else
+                   subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL),
+            stdout=subprocess.PIPE if stdout_file is None else stdout_file,
+            stderr=subprocess.PIPE,
+            env=child_env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            **identity,
+        )
+    finally:
+        if stdin_file is not None:
+            stdin_file.close()  # the child holds its own descriptor
     with _live_lock:
         _live.add(proc)
     try:
@@ -205,6 +221,151 @@ def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop
     return "".join(chunks), lines, timed_out, (stopped[0] if stopped else None)
 
 
+def as_user(user: str | None, env: dict[str, str]) -> dict:
+    """Popen arguments that run a child as the system user `user` (None: as bkp itself),
+    with only that user's group, and HOME/USER/LOGNAME set to match in `env`.
+
+    PostgreSQL refuses to run as root, and a scratch server that loads a tenant's dump
+    should not run as root anyway: a hostile dump then acts with that user's rights only."""
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise FileNotFoundError(f"system user {user!r} does not exist") from None
+    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    if os.geteuid() == entry.pw_uid:
+        return {}
+    # extra_groups=[] drops root's supplementary groups, which the child would otherwise keep.
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+class Service:
+    """A long-running child (a scratch database server) started by `start`."""
+
+    def __init__(self, proc: subprocess.Popen, argv: list[str], log_file: Path):
+        self.proc = proc
+        self.argv = argv
+        self.log_file = log_file
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 10.0, first: signal.Signals = signal.SIGTERM) -> int | None:
+        """Signal the service's process group (`first`, SIGTERM unless the service has a
+        quicker way out), SIGKILL after `grace` seconds; its exit code."""
+        terminate(self.proc, grace=grace, first=first)
+        with _live_lock:
+            _live.discard(self.proc)
+        return self.proc.returncode
+
+
+def start(argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None,
+          cwd: str | None = None, user: str | None = None,
+          drop_env_prefixes: tuple[str, ...] = ()) -> Service:
+    """Start a long-running child whose stdout and stderr go to `log_file` (a pipe nobody
+    reads would fill up and hang it). It dies with bkp (parent-death signal) and is
+    stopped by `terminate_all`; its caller stops it with `Service.stop`."""
+    log.info("start: %s", " ".join(argv))
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
+    child_env.update(env or {})
+    identity = as_user(user, child_env)
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
+                                start_new_session=True, preexec_fn=_die_with_parent,
+                                **identity)
+    with _live_lock:
+        _live.add(proc)
+    return Service(proc, list(argv), log_file)
+
+
+class Conversation:
+    """A child bkp talks to line by line (psql holding a transaction open), see `converse`."""
+
+    def __init__(self, proc: subprocess.Popen, secrets: list[str]):
+        self.proc = proc
+        self._secrets = secrets
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._errors: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _read_stdout(self) -> None:
+        for raw in self.proc.stdout:
+            self._lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self._lines.put(None)
+
+    def _read_stderr(self) -> None:
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line:
+                self._errors.append(line)
+
+    @property
+    def stderr_tail(self) -> str:
+        return redact("\n".join(self._errors), self._secrets)
+
+    def ended(self, timeout: float = 5.0) -> str:
+        """Wait (up to `timeout`) for a child that stopped answering to end; its stderr."""
+        with suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        self._stderr_reader.join(timeout=timeout)
+        return self.stderr_tail
+
+    def send(self, text: str) -> None:
+        with suppress(BrokenPipeError):  # the child ended; the next read_line says so
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+
+    def read_line(self, timeout: float) -> str | None:
+        """The child's next stdout line, or None when it ended or said nothing in time."""
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+@contextmanager
+def converse(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+             secrets: Iterable[str] = (), drop_env_prefixes: tuple[str, ...] = (),
+             grace: float = 10.0) -> Iterator[Conversation]:
+    """Start argv with pipes to talk to; on leaving, close its stdin, give it `grace`
+    seconds to end by itself, then stop its process group."""
+    secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
+                                           if k in SECRET_ENV_NAMES and v]
+    log.info("converse: %s", redact(" ".join(argv), secrets))
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
+    child_env.update(env or {})
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=child_env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    with _live_lock:
+        _live.add(proc)
+    try:
+        yield Conversation(proc, secrets)
+    finally:
+        with suppress(BrokenPipeError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            terminate(proc, grace=2.0)
+        with _live_lock:
+            _live.discard(proc)
+
+
 def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                 secrets: Iterable[str] = (), drop_env_prefixes: tuple[str, ...] = ()) -> int:
     """Run argv on the operator's terminal (stdin, stdout and stderr inherited, in bkp's
@@ -222,9 +383,11 @@ def interactive(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         signal.signal(signal.SIGINT, previous)
 
 
-def terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM the child's process group, then SIGKILL what is left after `grace` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def terminate(proc: subprocess.Popen, grace: float = 5.0,
+              first: signal.Signals = signal.SIGTERM) -> None:
+    """SIGTERM (or `first`) the child's process group, then SIGKILL what is left after
+    `grace` seconds."""
+    for sig in (first, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -42,6 +42,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Scratch database servers in drills run as this unprivileged system user (PostgreSQL
+# refuses root, and a tenant's dump should act with no rights beyond scratch files); bkp
+# creates it on first use too.
+if [ "$(id -u)" = 0 ] && ! getent passwd bkp-scratch >/dev/null; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+          --shell /usr/sbin/nologin bkp-scratch
+fi
+
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv

@@ -311,3 +311,270 @@ def ping_server():
 
     with serve_pings() as served:
         yield served
+
+
+# ------------------------------------------------------------------ database servers
+#
+# The tenant's "production" databases that bkp dumps from: a real PostgreSQL and a real
+# MariaDB, each with a read-only role that has a password, and a database `zorgapp` whose
+# values are what breaks naive dump parsers (commas, quotes, newlines, NULLs, binary).
+# PostgreSQL refuses root and cannot reach a 0700 pytest directory, so the data directory
+# and the socket live under /var/tmp (short socket path, at most 107 bytes) owned by the
+# distribution's service user; logs and the password file stay under `base`.
+
+@dataclass
+class DatabaseServer:
+    kind: str  # "postgresql" | "mariadb"
+    socket: Path  # PostgreSQL: the socket directory; MariaDB: the socket file
+    host: str
+    port: int
+    user: str  # the read-only role bkp dumps with
+    password_file: Path  # the password alone, mode 0600, as a policy names it
+    database: str
+    files: Path  # data directory and socket, removed by stop()
+    log: Path
+    proc: subprocess.Popen = field(repr=False)
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    def admin_argv(self, database: str | None = None) -> list[str]:
+        """The superuser's client over the socket (to write rows during a dump, make
+        databases): SQL goes on its stdin or after -c/-e."""
+        if self.kind == "postgresql":
+            return ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h",
+                    str(self.socket), "-p", str(self.port), "-U", "postgres", "-d",
+                    database or self.database]
+        return ["mariadb", "--no-defaults", f"--socket={self.socket}", "--user=root",
+                "--batch", "--skip-column-names", "--raw", database or self.database]
+
+    def admin(self, sql: str, database: str | None = None) -> str:
+        done = subprocess.run(self.admin_argv(database), input=sql, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def reader_env(self) -> dict[str, str]:
+        """The environment a client needs to connect as the read-only role over the socket
+        (the password in the client's own variable, never in argv)."""
+        if self.kind == "postgresql":
+            return {"PGHOST": str(self.socket), "PGPORT": str(self.port), "PGUSER": self.user,
+                    "PGDATABASE": self.database, "PGPASSWORD": self.password}
+        return {"MYSQL_PWD": self.password}
+
+    def reader_argv(self) -> list[str]:
+        """Connection options of the read-only role for mariadb/mariadb-dump."""
+        return ["--no-defaults", f"--socket={self.socket}", f"--user={self.user}"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.files, ignore_errors=True)
+
+
+def _service_dir(prefix: str, owner: str) -> Path:
+    import pwd
+    import tempfile
+
+    files = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    entry = pwd.getpwnam(owner)
+    os.chown(files, entry.pw_uid, entry.pw_gid)
+    return files
+
+
+def _password_file(base: Path, password: str) -> Path:
+    path = base / "db-password"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen, what: str, log: Path,
+                     timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}: "
+                        f"{log.read_text(errors='replace')[-2000:]}")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.05)
+    pytest.fail(f"{what} did not listen on {path} within {timeout}s")
+
+
+POSTGRESQL_SEED = r"""
+CREATE ROLE zorgapp_owner;
+CREATE ROLE bkp_reader LOGIN PASSWORD :'password';
+GRANT pg_read_all_data TO bkp_reader;
+CREATE DATABASE zorgapp OWNER zorgapp_owner;
+\connect zorgapp
+SET ROLE zorgapp_owner;
+CREATE TABLE patients (id serial PRIMARY KEY, bsn text NOT NULL, name text, notes text,
+                       photo bytea, born date);
+INSERT INTO patients (bsn, name, notes, photo, born)
+SELECT lpad((100000000 + i)::text, 9, '0'),
+       CASE i % 5 WHEN 0 THEN 'O''Brien, Jr.' WHEN 1 THEN 'de "Vries"' WHEN 2 THEN NULL
+                  WHEN 3 THEN E'line one\nline two\r\nline three' ELSE 'tab	and \ backslash' END,
+       CASE WHEN i % 3 = 0 THEN NULL ELSE 'allergies: (penicillin), ''x''; ),( ' || i END,
+       CASE WHEN i % 4 = 0 THEN NULL ELSE decode('00ff0a0d275c2c28', 'hex') END,
+       date '1950-01-01' + i
+FROM generate_series(1, 57) AS i;
+CREATE TABLE appointments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                           patient_id int REFERENCES patients(id), at timestamptz,
+                           reason text);
+INSERT INTO appointments (patient_id, at, reason)
+SELECT 1 + i % 57, timestamptz '2024-01-01 09:00+01' + i * interval '1 hour', 'controle, ' || i
+FROM generate_series(1, 123) AS i;
+CREATE TABLE empty_table (id int);
+CREATE TABLE measurements (taken date NOT NULL, value numeric) PARTITION BY RANGE (taken);
+CREATE TABLE measurements_2023 PARTITION OF measurements
+  FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+CREATE TABLE measurements_2024 PARTITION OF measurements
+  FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+INSERT INTO measurements SELECT date '2023-06-01' + i * 3, i FROM generate_series(1, 100) i;
+CREATE VIEW adults AS SELECT id, name FROM patients WHERE born < date '2000-01-01';
+CREATE MATERIALIZED VIEW patient_count AS SELECT count(*) FROM patients;
+CREATE SCHEMA archief;
+CREATE TABLE archief."Patiënten 2019" (id int, "weird ""name"" col" text);
+INSERT INTO archief."Patiënten 2019" VALUES (1, 'a'), (2, NULL), (3, E'\\x00?');
+"""
+
+
+def start_postgresql(base: Path) -> DatabaseServer:
+    """A real PostgreSQL as the `postgres` system user, on a private socket and a loopback
+    port, with database `zorgapp` and the read-only role `bkp_reader` (password in a file
+    under `base`). The superuser `postgres` has trust on the socket only (for the tests'
+    admin statements); `bkp_reader` always needs its password."""
+    bindir = Path("/usr/lib/postgresql")
+    versions = sorted((int(p.name) for p in bindir.iterdir() if p.name.isdigit()),
+                      reverse=True) if bindir.is_dir() else []
+    if not versions:
+        pytest.fail("PostgreSQL server is not installed: run scripts/install.sh --dev")
+    bindir = bindir / str(versions[0]) / "bin"
+    files = _service_dir("bkp-test-pg-", "postgres")
+    password = "reader-" + os.urandom(8).hex()
+    log = base / "postgresql.log"
+    initdb = subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(bindir / "initdb"), "-D", str(files / "data"),
+         "-U", "postgres", "-A", "scram-sha-256", "--auth-local=trust", "-E", "UTF8",
+         "--locale=C.UTF-8", "--no-sync", "--no-instructions"],
+        cwd=files, capture_output=True, text=True, timeout=120)
+    assert initdb.returncode == 0, initdb.stderr
+    # Only postgres on the socket without a password; everyone else with one.
+    (files / "data" / "pg_hba.conf").write_text(
+        "local all postgres trust\nlocal all all scram-sha-256\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n")
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", str(bindir / "postgres"), "-D",
+             str(files / "data"), "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
+             "-c", f"unix_socket_directories={files}", "-c", "fsync=off"],
+            cwd=files, stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_socket(files / f".s.PGSQL.{port}", proc, "PostgreSQL", log)
+    server = DatabaseServer("postgresql", files, "127.0.0.1", port, "bkp_reader",
+                            _password_file(base, password), "zorgapp", files, log, proc)
+    seed = subprocess.run([*server.admin_argv("postgres"), "-v", f"password={password}"],
+                          input=POSTGRESQL_SEED, capture_output=True, text=True, timeout=120)
+    if seed.returncode != 0:
+        server.stop()
+        pytest.fail(f"seeding PostgreSQL failed: {seed.stderr}")
+    return server
+
+
+MARIADB_SEED = r"""
+CREATE DATABASE zorgapp;
+CREATE USER bkp_reader@localhost IDENTIFIED BY '{password}';
+CREATE USER bkp_reader@'127.0.0.1' IDENTIFIED BY '{password}';
+GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON zorgapp.* TO bkp_reader@localhost;
+GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES ON zorgapp.* TO bkp_reader@'127.0.0.1';
+USE zorgapp;
+CREATE TABLE patients (id int AUTO_INCREMENT PRIMARY KEY, bsn char(9) NOT NULL,
+                       name varchar(200), notes text, photo blob, born date);
+INSERT INTO patients (bsn, name, notes, photo, born)
+SELECT LPAD(100000000 + seq, 9, '0'),
+       ELT(1 + seq % 6, 'O''Brien, Jr.', 'de "Vries"', NULL,
+           'line one\nline two\r\nline three', 'tab\tand \\ backslash', '\'),(\'x\',1),('),
+       IF(seq % 3 = 0, NULL, CONCAT('allergies: (penicillin), ''x''; ),( ', seq)),
+       IF(seq % 4 = 0, NULL, UNHEX('00FF0A0D275C2C28291A22')),
+       DATE_ADD('1950-01-01', INTERVAL seq DAY)
+FROM seq_1_to_57;
+CREATE TABLE appointments (id bigint AUTO_INCREMENT PRIMARY KEY, patient_id int,
+                           at datetime, reason varchar(200));
+INSERT INTO appointments (patient_id, at, reason)
+SELECT 1 + seq % 57, DATE_ADD('2024-01-01 09:00', INTERVAL seq HOUR), CONCAT('controle, ', seq)
+FROM seq_1_to_1234;
+CREATE TABLE empty_table (id int);
+CREATE TABLE `odd ``name`` table` (id int, doc json);
+INSERT INTO `odd ``name`` table` VALUES (1, '{{"a": "b,(c)"}}'), (2, NULL);
+CREATE TABLE audit_log (id int AUTO_INCREMENT PRIMARY KEY, note varchar(100));
+CREATE TABLE versioned (id int, v text) WITH SYSTEM VERSIONING;
+INSERT INTO versioned VALUES (1, 'old'), (2, 'two');
+UPDATE versioned SET v = 'new' WHERE id = 1;
+CREATE SEQUENCE invoice_numbers;
+CREATE VIEW adults AS SELECT id, name FROM patients WHERE born < '2000-01-01';
+DELIMITER ;;
+CREATE TRIGGER patients_audit AFTER INSERT ON patients FOR EACH ROW
+INSERT INTO audit_log (note) VALUES (CONCAT('new patient (', NEW.id, ')'));;
+CREATE PROCEDURE touch_patient(IN p int)
+BEGIN
+INSERT INTO audit_log (note) VALUES ('touched'), ('twice');
+END;;
+DELIMITER ;
+"""
+
+
+def start_mariadb(base: Path) -> DatabaseServer:
+    """A real MariaDB as the `mysql` system user, on a private socket and a loopback port,
+    with database `zorgapp` and the read-only user `bkp_reader` (password in a file under
+    `base`). root logs in over the socket by unix_socket authentication."""
+    require_tool("mariadbd", "/usr/sbin/mariadbd")
+    files = _service_dir("bkp-test-my-", "mysql")
+    password = "reader-" + os.urandom(8).hex()
+    log = base / "mariadb.log"
+    install = subprocess.run(
+        ["mariadb-install-db", "--no-defaults", "--user=mysql", "--skip-test-db",
+         f"--datadir={files / 'data'}"], cwd=files, capture_output=True, text=True,
+        timeout=120)
+    assert install.returncode == 0, install.stderr
+    port = free_port()
+    sock = files / "mariadb.sock"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={files / 'data'}",
+             f"--socket={sock}", f"--pid-file={files / 'mariadbd.pid'}",
+             "--bind-address=127.0.0.1", f"--port={port}", "--skip-name-resolve",
+             "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin"],
+            cwd=files, stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_socket(sock, proc, "MariaDB", log)
+    server = DatabaseServer("mariadb", sock, "127.0.0.1", port, "bkp_reader",
+                            _password_file(base, password), "zorgapp", files, log, proc)
+    seed = subprocess.run(server.admin_argv("mysql"), input=MARIADB_SEED.format(
+        password=password), capture_output=True, text=True, timeout=120)
+    if seed.returncode != 0:
+        server.stop()
+        pytest.fail(f"seeding MariaDB failed: {seed.stderr}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgresql(tmp_path_factory) -> DatabaseServer:
+    server = start_postgresql(tmp_path_factory.mktemp("postgresql"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory) -> DatabaseServer:
+    server = start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    yield server
+    server.stop()

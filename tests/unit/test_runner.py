@@ -56,3 +56,44 @@ def test_stdout_lines_are_streamed():
     seen = []
     runner.run(["sh", "-c", "echo a; echo b"], on_stdout_line=seen.append)
     assert seen == ["a", "b"]
+
+
+def test_a_child_runs_as_another_user_with_only_its_group(tmp_path):
+    done = runner.run(["id", "-u"], user="nobody")
+    assert done.ok and done.stdout.strip() == "65534"
+    groups = runner.run(["id", "-G"], user="nobody").stdout.split()
+    assert "0" not in groups  # root's groups are not kept
+
+
+def test_stdin_path_is_opened_by_bkp_not_by_the_child(tmp_path):
+    secret = tmp_path / "dump"  # under a 0700 pytest directory nobody cannot enter
+    secret.write_bytes(b"rows\n")
+    secret.chmod(0o600)
+    done = runner.run(["cat"], user="nobody", stdin_path=secret)
+    assert done.ok and done.stdout == "rows\n"
+
+
+def test_a_service_logs_to_a_file_and_dies_with_bkp_even_as_another_user(tmp_path):
+    log = tmp_path / "service.log"
+    script = (f"from bkp import runner; s = runner.start(['sh', '-c', 'echo up; exec sleep 300'],"
+              f" log_file=__import__('pathlib').Path({str(log)!r}), user='nobody');"
+              f"print(s.pid, flush=True); import time; time.sleep(300)")
+    import subprocess
+    import sys
+
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the service outlived its SIGKILLed owner"
+        time.sleep(0.05)
+    assert "up" in log.read_text()
+
+
+def test_a_service_is_stopped_with_its_process_group(tmp_path):
+    service = runner.start(["sh", "-c", "sleep 300 & wait"], log_file=tmp_path / "log")
+    assert service.running()
+    service.stop(grace=2)
+    assert not service.running()
