@@ -329,8 +329,9 @@ class Conversation:
             self.proc.stdin.write(text.encode())
             self.proc.stdin.flush()
 
-    def read_line(self, timeout: float) -> str | None:
-        """The child's next stdout line, or None when it ended or said nothing in time."""
+    def read_line(self, timeout: float | None) -> str | None:
+        """The child's next stdout line, or None when it ended or said nothing within
+        `timeout` seconds (None: wait as long as it runs)."""
         try:
             return self._lines.get(timeout=timeout)
         except queue.Empty:
