@@ -83,13 +83,23 @@ def test_a_service_logs_to_a_file_and_dies_with_bkp_even_as_another_user(tmp_pat
 
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pid = int(owner.stdout.readline())
+    deadline = time.monotonic() + 10
+    while "up" not in log.read_text():  # its output reached the file: it runs as the service
+        assert time.monotonic() < deadline, "the service wrote nothing to its log"
+        time.sleep(0.05)
     owner.kill()
     owner.wait()
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+    while alive():
         assert time.monotonic() < deadline, "the service outlived its SIGKILLed owner"
         time.sleep(0.05)
-    assert "up" in log.read_text()
 
 
 def test_a_service_is_stopped_with_its_process_group(tmp_path):
