@@ -98,7 +98,7 @@ TAG_SCHEME_VERSION = "2"
 _TAG_KEY = re.compile(r"[a-z][a-z0-9_-]*")
 _ENCODED_VALUE = re.compile(r"(?:[A-Za-z0-9_.~-]|%[0-9A-Fa-f]{2})*")
 _LEGACY_KEYS = ("tenant", "purpose", "classification")
-_LISTED_KEYS = (*_LEGACY_KEYS, "kind", "database", "dump")
+_LISTED_KEYS = (*_LEGACY_KEYS, "kind", "database", "database_type", "dump")
 
 
 class TagError(ValueError):
@@ -137,10 +137,13 @@ def kind_selector(tenant: str, kind: str = KIND_FILES, **more: str) -> str:
                      *(tag(k, v) for k, v in more.items())])
 
 
-def snapshot_group(snapshot: dict) -> tuple[str, str | None]:
-    """(kind, database) of a listed snapshot: retention and "latest" apply per group."""
+def snapshot_group(snapshot: dict) -> tuple[str, str | None, str | None]:
+    """(kind, database, database type) of a listed snapshot: retention and "latest" apply
+    per group (a PostgreSQL and a MariaDB database may share a name)."""
     kind = snapshot.get("kind") or KIND_FILES
-    return kind, snapshot.get("database") if kind != KIND_FILES else None
+    if kind == KIND_FILES:
+        return kind, None, None
+    return kind, snapshot.get("database"), snapshot.get("database_type")
 
 
 def tenant_tag(tenant: str) -> str:
@@ -723,7 +726,8 @@ class Restic:
     def backup_stream(self, policy: Policy, host: str, filename: str, kind: str,
                       tags: dict[str, str], producer: Sequence[str],
                       producer_env: Mapping[str, str], producer_secrets: Sequence[str] = (),
-                      on_chunk: Callable[[bytes], None] | None = None) -> runner.Piped:
+                      on_chunk: Callable[[bytes], None] | None = None,
+                      vet: Callable[[], str | None] | None = None) -> runner.Piped:
         """A snapshot of what `producer` writes (a database dump), streamed through bkp so
         that a producer that fails kills restic before the end of its input: a truncated
         stream never becomes a snapshot. Returns both processes; the caller judges."""
@@ -732,7 +736,7 @@ class Restic:
             producer, backup_stdin_argv(self.repo, policy, host, filename, kind, **tags),
             producer_env=producer_env, consumer_env=self.repo.env.env,
             secrets=[*self.repo.env.secrets, *producer_secrets], timeout=self.timeout,
-            on_chunk=on_chunk, drop_env_prefixes=("RESTIC_", "AWS_", "PG", "MYSQL_"))
+            on_chunk=on_chunk, vet=vet, drop_env_prefixes=("RESTIC_", "AWS_", "PG", "MYSQL_"))
 
     def backup_bytes(self, policy: Policy, host: str, filename: str, kind: str,
                      tags: dict[str, str], data: bytes) -> BackupSummary:

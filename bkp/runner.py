@@ -432,6 +432,7 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
          consumer_env: Mapping[str, str] | None = None,
          secrets: Iterable[str] = (), timeout: float | None = None,
          on_chunk: Callable[[bytes], None] | None = None,
+         vet: Callable[[], str | None] | None = None,
          drop_env_prefixes: tuple[str, ...] = ()) -> Piped:
     """Stream the producer's stdout into the consumer's stdin through bkp.
 
@@ -439,7 +440,9 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
     sees the end of its input: a consumer such as `restic backup --stdin` saves whatever
     arrived when its input ends, so a producer that failed halfway (a dump that lost its
     connection) must never let the input end normally. The consumer is then SIGKILLed,
-    never told to finish; `on_chunk` sees every chunk (to count what passes)."""
+    never told to finish; `on_chunk` sees every chunk (to count what passes), and `vet`,
+    asked once the producer ended well, may still refuse the stream (a reason) before the
+    consumer sees its end: a dump that exited 0 without its closing line."""
     secrets = [s for s in secrets if s]
     for env in (producer_env, consumer_env):
         secrets += [v for k, v in (env or {}).items() if k in SECRET_ENV_NAMES and v]
@@ -476,7 +479,8 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
         total = _copy(producer, consumer, on_chunk)
         producer.wait()
         stderr_reader.join(timeout=5)
-        if producer.returncode != 0 or expired.is_set():
+        refused = vet() if vet and producer.returncode == 0 and not expired.is_set() else None
+        if producer.returncode != 0 or expired.is_set() or refused:
             _kill(consumer)  # before its input ends: nothing half is saved
         else:
             _close_quietly(consumer.stdin)
@@ -496,7 +500,7 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
     timed_out = expired.is_set()
     made = Completed(list(producer_argv), producer.returncode,
                      "", redact("\n".join(producer_tail[-TAIL_LINES:]), secrets), duration,
-                     timed_out)
+                     timed_out, refused)
     used = Completed(list(consumer_argv), consumer.returncode, consumer_out.get("stdout", ""),
                      redact(consumer_out.get("stderr", ""), secrets), duration, timed_out)
     return Piped(made, used, total)

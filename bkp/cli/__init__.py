@@ -1246,6 +1246,9 @@ def main(argv: list[str] | None = None) -> None:
         _json_error(argv, str(exc), code)
     except KeyboardInterrupt:
         code = _interrupted(argv)
+    # The verdict is printed and recorded: a SIGTERM now must not print a traceback from
+    # the interpreter's shutdown, nor change an exit code that is already the truth.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code if isinstance(code, int) else 0)
 
 

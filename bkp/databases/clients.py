@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from bkp import runner
+from bkp.databases.inventory import PgConnection
 from bkp.errors import PolicyError
 from bkp.policy import Database
 from bkp.secrets import SecretEnv, database_password
@@ -61,18 +62,20 @@ def require_client(kind: str) -> str:
     return program
 
 
-def postgresql_env(database: Database) -> SecretEnv:
-    """libpq's environment for a connection: host or socket directory, port, role, TLS."""
-    env = {"PGHOST": database.host, "PGPORT": str(database.tcp_port),
-           "PGUSER": database.user, "PGDATABASE": database.name,
-           "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S), "PGAPPNAME": "bkp",
-           # The password is never asked for on a terminal nobody watches at night.
-           "PGPASSFILE": os.devnull}
-    if database.sslmode:
-        env["PGSSLMODE"] = database.sslmode
-    if database.ca_file:
-        env["PGSSLROOTCERT"] = str(database.ca_file)
-    return SecretEnv(env).merged(database_password("postgresql", database.password_file))
+def postgresql_connection(database: Database) -> PgConnection:
+    """How libpq clients (psql for the exported snapshot, pg_dump) reach the database."""
+    password = database_password("postgresql", database.password_file)
+    return PgConnection(database=database.name, host=database.host, port=database.tcp_port,
+                        user=database.user, password=password.env.get("PGPASSWORD"),
+                        sslmode=database.sslmode,
+                        sslrootcert=str(database.ca_file) if database.ca_file else None,
+                        connect_timeout_s=CONNECT_TIMEOUT_S)
+
+
+def postgresql_env(connection: PgConnection) -> SecretEnv:
+    """pg_dump's environment; a password is never asked for on a terminal nobody watches."""
+    env = {**connection.env(), "PGPASSFILE": os.devnull}
+    return SecretEnv(env, (connection.password,) if connection.password else ())
 
 
 def pg_dump_argv(database: Database, snapshot: str | None) -> list[str]:
@@ -93,8 +96,7 @@ def mariadb_env(database: Database) -> SecretEnv:
 def mariadb_connection_args(database: Database) -> list[str]:
     """Options every MariaDB client takes; --no-defaults (first) so that no option file
     (root's ~/.my.cnf) changes where bkp connects or as whom."""
-    args = ["--no-defaults", f"--user={database.user}",
-            f"--connect-timeout={CONNECT_TIMEOUT_S}"]
+    args = ["--no-defaults", f"--user={database.user}"]
     if database.socket:
         args.append(f"--socket={database.host}")
     else:
@@ -112,4 +114,5 @@ def mariadb_dump_argv(database: Database) -> list[str]:
     """One consistent transaction (InnoDB), with the code that lives in the database."""
     return [require_client("mariadb"), *mariadb_connection_args(database),
             "--single-transaction", "--routines", "--triggers", "--events",
-            "--hex-blob", "--", database.name]
+            # the read-only role has no PROCESS privilege, which tablespaces would need
+            "--no-tablespaces", "--hex-blob", "--", database.name]

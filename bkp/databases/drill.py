@@ -64,7 +64,8 @@ def _drill_one(ctx: Context, policy: Policy, restic: Restic, database: Database,
                listed: list[dict], scratch_dir: Path) -> DatabaseDrill:
     drill = DatabaseDrill(database.name, database.type)
     dumps = sorted((s for s in listed if s.get("kind") == KIND_DATABASE
-                    and s.get("database") == database.name), key=lambda s: s["time"])
+                    and s.get("database") == database.name
+                    and s.get("database_type") == database.type), key=lambda s: s["time"])
     if not dumps:
         drill.findings.append(("dump", "a dump in the repository", _missing_dump(ctx, policy,
                                                                                 database)))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bkp.databases import clients
+from bkp.databases.inventory import MariadbDumpCounter, exported_snapshot
 from bkp.errors import BkpError, OperationError
 from bkp.policy import Database, Policy
 from bkp.restic import KIND_DATABASE, KIND_INVENTORY, Restic, parse_backup_output
@@ -65,59 +65,75 @@ def dump_database(restic: Restic, policy: Policy, database: Database, host: str)
 def _dump(restic: Restic, policy: Policy, database: Database, host: str,
           result: DatabaseDump) -> None:
     counted_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    with _consistent_inventory(database) as (producer, env, on_chunk, inventory):
-        piped = restic.backup_stream(
-            policy, host, clients.dump_filename(database), KIND_DATABASE,
-            {"database": database.name}, producer, env.env, env.secrets, on_chunk)
-        if not piped.producer.ok:
-            raise OperationError(_client_error(piped.producer.stderr_tail, piped.producer))
-        if not piped.consumer.ok:
-            raise restic.failure(piped.consumer, "backup").exception()
-        summary = parse_backup_output(piped.consumer.stdout)
-        if not summary.snapshot_id:
-            raise OperationError("restic saved no snapshot of the dump")
-        result.snapshot_id, result.bytes = summary.snapshot_id, piped.bytes
-        result.tables = inventory()
+    if database.type == "postgresql":
+        piped, tables = _dump_postgresql(restic, policy, database, host)
+    else:
+        piped, tables = _dump_mariadb(restic, policy, database, host)
+    if not piped.producer.ok:
+        raise OperationError(_client_error(piped.producer))
+    if not piped.consumer.ok:
+        raise restic.failure(piped.consumer, "backup").exception()
+    summary = parse_backup_output(piped.consumer.stdout)
+    if not summary.snapshot_id:
+        raise OperationError("restic saved no snapshot of the dump")
+    result.snapshot_id, result.bytes = summary.snapshot_id, piped.bytes
+    result.tables = tables()
     saved = restic.backup_bytes(
         policy, host, clients.inventory_filename(database), KIND_INVENTORY,
-        {"database": database.name, "dump": result.snapshot_id},
+        {"database": database.name, "database_type": database.type,
+         "dump": result.snapshot_id},
         inventory_document(database, result, counted_at))
     result.inventory_snapshot_id = saved.snapshot_id
 
 
-@contextmanager
-def _consistent_inventory(database: Database) -> Iterator[tuple]:
-    """(producer argv, its environment, a tee for the stream, () -> the row counts).
-
-    PostgreSQL: the counts come from an exported snapshot held open while pg_dump reads the
-    same snapshot. MariaDB cannot share a snapshot: the rows are counted in the stream."""
-    from bkp.databases import scratch
-
-    if database.type == "postgresql":
-        env = clients.postgresql_env(database)
-        with scratch.exported_snapshot(env.env) as (snapshot_id, inventory):
-            yield (clients.pg_dump_argv(database, snapshot_id), env, None,
-                   lambda: dict(inventory.tables))
-        return
-    counter = scratch.MariadbDumpCounter()
-    yield (clients.mariadb_dump_argv(database), clients.mariadb_env(database), counter.feed,
-           lambda: dict(counter.inventory().tables))
+def _dump_tags(database: Database) -> dict[str, str]:
+    return {"database": database.name, "database_type": database.type}
 
 
-def _client_error(tail: str, done) -> str:
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+def _dump_postgresql(restic: Restic, policy: Policy, database: Database, host: str):
+    """pg_dump reads an exported snapshot; the same snapshot is counted meanwhile, in a
+    second server process, so the night does not read the database twice in a row."""
+    connection = clients.postgresql_connection(database)
+    env = clients.postgresql_env(connection)
+    with exported_snapshot(connection) as snapshot, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="count") as pool:
+        counted = pool.submit(snapshot.inventory, restic.timeout)
+        piped = restic.backup_stream(
+            policy, host, clients.dump_filename(database), KIND_DATABASE,
+            _dump_tags(database), clients.pg_dump_argv(database, snapshot.snapshot_id),
+            env.env, env.secrets)
+        try:
+            inventory = counted.result()
+        except BkpError:
+            if piped.producer.ok and piped.consumer.ok:
+                raise
+            inventory = None  # the dump's own failure says more
+    return piped, lambda: dict(inventory.tables) if inventory else {}
+
+
+def _dump_mariadb(restic: Restic, policy: Policy, database: Database, host: str):
+    """MariaDB cannot share a snapshot: the rows are counted in the dump stream itself."""
+    counter = MariadbDumpCounter()
+
+    def vet() -> str | None:
+        counter.close()
+        return None if counter.completed else (
+            "mariadb-dump ended without its closing line: the dump is incomplete")
+
+    env = clients.mariadb_env(database)
+    piped = restic.backup_stream(
+        policy, host, clients.dump_filename(database), KIND_DATABASE,
+        _dump_tags(database), clients.mariadb_dump_argv(database), env.env, env.secrets,
+        counter.feed, vet)
+    return piped, lambda: dict(counter.inventory.tables)
+
+
+def _client_error(done) -> str:
+    if done.stopped:
+        return f"the dump failed, no snapshot was saved: {done.stopped}"
+    lines = [ln.strip() for ln in done.stderr_tail.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "error" in ln.lower() or "fatal" in ln.lower()] or lines
     said = errors[-1] if errors else f"exit code {done.returncode}"
     if done.timed_out:
         said = "the dump did not finish within timeout_minutes"
     return f"the dump failed, no snapshot was saved: {said[:300]}"
-
-
-def dump_all(restic: Restic, policy: Policy, host: str,
-             progress: Callable[[str], None] | None = None) -> list[DatabaseDump]:
-    dumps = []
-    for database in policy.databases:
-        if progress:
-            progress(f"{policy.tenant}: dumping {database.label}")
-        dumps.append(dump_database(restic, policy, database, host))
-    return dumps

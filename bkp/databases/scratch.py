@@ -148,9 +148,16 @@ def _new_place(home: Path, kind: str, root: Path, owner: pwd.struct_passwd | Non
         except FileExistsError:
             place.record.unlink()
             continue
-        place.logs.mkdir(mode=0o700)
-        if owner is not None:
-            os.chown(place.files, owner.pw_uid, owner.pw_gid)
+        except BaseException:  # a signal between the record and the folder
+            place.record.unlink(missing_ok=True)
+            raise
+        try:
+            place.logs.mkdir(mode=0o700)
+            if owner is not None:
+                os.chown(place.files, owner.pw_uid, owner.pw_gid)
+        except BaseException:
+            _remove_place(place)
+            raise
         return place
 
 
@@ -434,13 +441,15 @@ def scratch_server(kind: str, home: Path, *, root: Path = SCRATCH_ROOT
         raise ValueError(f"unknown scratch server kind {kind!r}")
     owner = scratch_user()
     place = _new_place(home, kind, root, owner)
-    server = _SERVERS[kind](place, owner.pw_name if owner else None)
+    server = None
     try:
+        server = _SERVERS[kind](place, owner.pw_name if owner else None)
         server.start()
         yield server
     finally:
         try:
-            server.stop()
+            if server is not None:
+                server.stop()
         finally:
             _remove_place(place)
 

@@ -169,10 +169,10 @@ def _dump_databases(ctx: Context, policy: Policy, restic: Restic,
         dumps.append(dump)
         if dump.status == "ok":
             made.append({"id": dump.snapshot_id, "time": started, "kind": KIND_DATABASE,
-                         "database": database.name})
+                         "database": database.name, "database_type": database.type})
             made.append({"id": dump.inventory_snapshot_id, "time": started,
                          "kind": KIND_INVENTORY, "database": database.name,
-                         "dump": dump.snapshot_id})
+                         "database_type": database.type, "dump": dump.snapshot_id})
         if stopping.is_set():
             raise KeyboardInterrupt
     return dumps

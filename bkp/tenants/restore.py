@@ -132,10 +132,17 @@ def _restore_dump(ctx: Context, policy: Policy, name: str, target: Path,
 
 def _chosen_dump(snapshots: list[dict], policy: Policy, name: str,
                  snapshot: str | None) -> dict:
+    """`name` is NAME, or TYPE:NAME where a PostgreSQL and a MariaDB database share it."""
+    kind, _, bare = name.rpartition(":")
     dumps = sorted((s for s in snapshots if s.get("kind") == KIND_DATABASE
-                    and s.get("database") == name), key=lambda s: s["time"])
+                    and s.get("database") == bare and (not kind or s.get("database_type") == kind)),
+                   key=lambda s: s["time"])
     if snapshot and snapshot != "latest":
         dumps = [s for s in dumps if s["id"].startswith(snapshot)]
+    types = {s.get("database_type") for s in dumps}
+    if len(types) > 1:
+        raise UsageError(f"a postgresql and a mariadb database are both named {bare}: say "
+                         f"which, e.g. --database postgresql:{bare}")
     if dumps:
         return dumps[-1]
     known = ", ".join(d.name for d in policy.databases) or "none"

@@ -42,7 +42,8 @@ def kept_per_group(snapshots: Sequence[dict], rules: dict[str, int]) -> set[str]
 
 
 def _remembered(snapshot: dict) -> dict:
-    return {key: snapshot.get(key) for key in ("id", "time", "kind", "database", "dump")
+    return {key: snapshot.get(key)
+            for key in ("id", "time", "kind", "database", "database_type", "dump")
             if snapshot.get(key) is not None}
 
 

@@ -169,8 +169,9 @@ def test_a_dump_is_tagged_with_its_kind_and_database_and_latest_means_files():
     assert {"kind=database", "database=zorgapp", "tenant=acme"} <= set(tags)
     assert restic.snapshot_selector("acme", None) == ["latest", "--tag",
                                                       "tenant=acme,kind=files"]
-    assert restic.snapshot_group({"kind": None}) == ("files", None)
-    assert restic.snapshot_group({"kind": "database", "database": "z"}) == ("database", "z")
+    assert restic.snapshot_group({"kind": None}) == ("files", None, None)
+    assert restic.snapshot_group({"kind": "database", "database": "z",
+                                   "database_type": "mariadb"}) == ("database", "z", "mariadb")
 
 
 @pytest.mark.parametrize("purpose", [
