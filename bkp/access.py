@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import unicodedata
 from dataclasses import dataclass
 
 from bkp.errors import SafetyError
+from bkp.names import shown
 
 ROLES = ("operator", "validator", "auditor", "admin")
 NO_LOGIN_UID = 4294967295  # (uid_t)-1: the kernel's "no login session"
@@ -107,6 +109,15 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+def name_key(name: str) -> str:
+    """A name as a reader of the trail sees it: case, spaces, invisible formatting
+    characters (a zero-width space) and compatibility forms (a fullwidth A, a no-break
+    space) make no person different. Two names with one key are one person to a reader."""
+    folded = unicodedata.normalize("NFKC", name)
+    visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
+    return "".join(visible.casefold().split())
+
+
 def resolve_actor(operators: tuple[Operator, ...], given: str | None,
                   default_name: str) -> Actor:
     """The actor for this process. `given` is what --operator / BKP_OPERATOR said (None
@@ -116,13 +127,16 @@ def resolve_actor(operators: tuple[Operator, ...], given: str | None,
     if not operators:
         return Actor(os_user, via, given or default_name, registered=False)
     candidates = [o for o in operators if os_user in o.os_users]
-    by_name = {o.name: o for o in operators}
-    if given is not None and given in by_name:
-        person = by_name[given]
+    by_name = {name_key(o.name): o for o in operators}
+    if given is not None and name_key(given) in by_name:
+        # A label that reads as a registered person's name is that person: a reader of
+        # the trail cannot tell "alice  jansen" from Alice Jansen.
+        person = by_name[name_key(given)]
         if person not in candidates:
             raise SafetyError(
-                f"--operator {given}: you are logged in as OS user {os_user} (found by "
-                f"{via}), which is not registered to {given} in bkp.yaml; --operator may "
+                f"--operator {shown(given)} reads as {person.name}: you are logged in as "
+                f"OS user {os_user} (found by {via}), which is not registered to "
+                f"{person.name} in bkp.yaml; --operator may "
                 f"only name a person registered for this account"
                 + (f" ({', '.join(o.name for o in candidates)})" if candidates else ""))
         return _registered(os_user, via, person)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import functools
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from bkp import access
 from bkp import policy as policies
 from bkp.errors import PolicyError
+from bkp.names import shown
 
 DEFAULT_CONFIG = Path("/etc/bkp/bkp.yaml")
 # The evidence repository is worked on like a tenant's; this name can never be a tenant id
@@ -182,11 +185,16 @@ def _operator_findings(operators) -> list:
             continue
         name, key = person.get("name"), person.get("ssh_key")
         if isinstance(name, str):
-            if name in names:
-                findings.append(policies._error(("operators", index, "name"),
-                                                f"{name} is also operator {names[name] + 1}: "
-                                                f"each person once"))
-            names.setdefault(name, index)
+            problem = name_problem(name)
+            if problem:
+                findings.append(policies._error(("operators", index, "name"), problem))
+            elif access.name_key(name) in names:
+                first = names[access.name_key(name)]
+                findings.append(policies._error(
+                    ("operators", index, "name"),
+                    f"{shown(name)} reads as operator {first + 1}'s name: each person once, "
+                    f"told apart by more than case, spaces or invisible characters"))
+            names.setdefault(access.name_key(name), index)
         if isinstance(key, str):
             problem = ssh_key_problem(key)
             if problem:
@@ -200,6 +208,20 @@ def _operator_findings(operators) -> list:
                     f"person, so every person has their own key"))
             keys.setdefault(blob, index)
     return findings
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a person on every event; None when it can. Control
+    characters are the one-line rule's; here what would make one name read as another."""
+    if not name.strip():
+        return "is blank: a person's name is recorded on every event they act in"
+    if name != name.strip():
+        return f"{shown(name)} starts or ends with spaces; write the name as it is read"
+    hidden = next((c for c in name if unicodedata.category(c) == "Cf"), None)
+    if hidden is not None:
+        return (f"{shown(name)} contains an invisible formatting character (U+"
+                f"{ord(hidden):04X}): a name must read as what it is")
+    return None
 
 
 def ssh_key_problem(line: str) -> str | None:

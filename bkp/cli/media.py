@@ -505,14 +505,11 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
 
 
 def _read_signature(path: Path | None) -> bytes | None:
-    from bkp.errors import UsageError
-
     if path is None:
         return None
-    try:
-        return path.read_bytes()[:1 << 20]
-    except OSError as exc:
-        raise UsageError(f"cannot read the signature {path}: {exc.strerror or exc}") from exc
+    from bkp.evidence.approvals import read_signature
+
+    return read_signature(path)
 
 
 def _print_validation(result: dict) -> None:

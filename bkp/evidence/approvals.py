@@ -11,9 +11,12 @@ record, the audit trail and the certificate, so anyone can check it again later.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+import os
 import secrets
+import stat
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +33,44 @@ NAMESPACE = "bkp"  # ssh-keygen -n: a signature for bkp is never valid for anyth
 VALID_FOR = timedelta(days=7)
 MAX_SIGNATURE_BYTES = 64 * 1024
 ARMOR = "-----BEGIN SSH SIGNATURE-----"
+ARMOR_END = "-----END SSH SIGNATURE-----"
+
+
+def read_signature(path: Path) -> bytes:
+    """The signature file's bytes, at most MAX_SIGNATURE_BYTES + 1 of them. Only a regular
+    file: /dev/zero or a FIFO named by mistake (or on purpose) would never end, and a
+    huge file is not read into memory (UsageError, exit 2)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise UsageError(f"cannot read the signature {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise UsageError(f"the signature {path} is not a file: give the .sig file "
+                             f"`ssh-keygen -Y sign` wrote")
+        return file.read(MAX_SIGNATURE_BYTES + 1)
+
+
+def canonical_signature(signature: bytes) -> str:
+    """The signature as ssh-keygen writes it, and nothing else: whatever else a file holds
+    would otherwise travel into the record and the certificate as part of the approval
+    (SafetyError, exit 4)."""
+    refused = SafetyError("the signature file is not one SSH signature (`ssh-keygen -Y sign "
+                          f"-n {NAMESPACE}` writes one from {ARMOR} to {ARMOR_END}, and "
+                          f"nothing else)")
+    if len(signature) > MAX_SIGNATURE_BYTES:
+        raise refused
+    try:
+        lines = signature.decode("ascii").strip().splitlines()
+    except UnicodeDecodeError:
+        raise refused from None
+    if len(lines) < 3 or lines[0] != ARMOR or lines[-1] != ARMOR_END:
+        raise refused
+    try:
+        base64.b64decode("".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        raise refused from None
+    return "\n".join(lines) + "\n"
 
 
 def request(ctx: Context, kind: str, subject: str, tenant: str | None, what: str,
@@ -98,7 +139,8 @@ def approve(ctx: Context, subject: str, signature: bytes,
         ctx.audit("approve", "refused", row["tenant"], approval_id=row["id"],
                   kind=row["kind"], subject=subject, error=str(exc))
         raise
-    text = signature.decode("ascii")
+    text = canonical_signature(signature)
+    signature = text.encode("ascii")
     with ctx.catalog.transaction():
         closed = ctx.catalog.close_approval(
             row["id"], "approved", approved_by=signer.name,
@@ -117,10 +159,7 @@ def _check(row: dict, signature: bytes, operators):
     if expired(row):
         raise SafetyError(f"request {row['id']} expired at {row['expires_at'][:19]}Z; "
                           f"make the request again")
-    if len(signature) > MAX_SIGNATURE_BYTES or not signature.lstrip().startswith(
-            ARMOR.encode()):
-        raise SafetyError("the signature file is not an SSH signature (`ssh-keygen -Y sign "
-                          f"-n {NAMESPACE}` writes one starting with {ARMOR})")
+    signature = canonical_signature(signature).encode("ascii")
     rules = json.loads(row["details"] or "{}")
     signer = _signer(row["message"].encode(), signature, operators)
     excluded, excluded_os_user = rules.get("excluded_person"), rules.get("excluded_os_user")
