@@ -45,6 +45,9 @@ class Installation:
     healthcheck_url: str | None = None
     prometheus_textfile: Path | None = None
     operators: tuple = ()  # of access.Operator; empty: nobody registered
+    # bkp.yaml says `operators:` in so many words (an empty list turns access control off
+    # on purpose); without the key, a bkp that once knew operators refuses to act
+    operators_declared: bool = False
 
 
 @functools.cache
@@ -289,6 +292,7 @@ def _build(data: dict, file: Path) -> Installation:
         prometheus_textfile=Path(monitoring["prometheus_textfile"])
         if monitoring.get("prometheus_textfile") else None,
         operators=tuple(_operator(person) for person in data.get("operators") or ()),
+        operators_declared="operators" in data,
     )
 
 

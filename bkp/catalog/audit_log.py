@@ -37,6 +37,13 @@ class AuditLogTable:
         rows = list(self.db["audit_log"].rows_where(order_by="seq desc", limit=1))
         return rows[0] if rows else None
 
+    def last_event_of(self, actions: tuple[str, ...]) -> dict | None:
+        """The newest event whose action is one of `actions`."""
+        marks = ", ".join("?" for _ in actions)
+        rows = list(self.db["audit_log"].rows_where(f"action in ({marks})", list(actions),
+                                                    order_by="seq desc", limit=1))
+        return rows[0] if rows else None
+
     def record_keys(self) -> dict[str, set]:
         """What the records tables hold, by the detail key events name them with: the audit
         check finds an event whose record was removed behind an intact chain."""

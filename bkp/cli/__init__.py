@@ -111,8 +111,13 @@ class State:
         self.authorize(act)
         if self._work is None:
             from bkp.catalog import open_for_work
+            from bkp.evidence.operator_changes import record_operators
 
-            self._work = Context(self.settings, open_for_work(self.settings.home))
+            work = Context(self.settings, open_for_work(self.settings.home))
+            # who may act is on the record before anything else is (and a lost operators
+            # list stops every act here, exit 3)
+            record_operators(work, self.installation())
+            self._work = work
             for note in recover_dead_work(self._work):
                 say(f"note: {note}")
         show = say if progress else None
@@ -906,8 +911,11 @@ def _access(state) -> dict:
         operators = state.installation().operators
     except PolicyError as exc:
         return access_status((), None, f"bkp.yaml is invalid: {exc}")
+    from bkp.evidence.operator_changes import lost
+
+    problem = lost(state.reader(), state.installation())
     try:
-        return access_status(operators, state.actor(), None)
+        return access_status(operators, state.actor(), problem)
     except SafetyError as exc:
         return access_status(operators, None, str(exc))
 
