@@ -4,7 +4,9 @@ Every run records the fingerprint of the policy it ran under. When the fingerpri
 from the last one bkp acted under, the change becomes a `policy.changed` audit event naming
 the changed keys, and a change that weakens the tenant's protection (a legal hold lifted,
 `keep_until` moved earlier, fewer snapshots kept, another destination, a lower
-classification) is flagged in `bkp status` and the report until an admin acknowledges it.
+classification, a source no longer backed up) is flagged in `bkp status` and the report
+until an admin acknowledges it. `bkp restic` records the policy it runs under too: a hold
+lifted for one hand-run forget is on the record although no run saw it.
 Values of keys that name secrets are never written, only that they changed.
 """
 
@@ -80,12 +82,25 @@ def weakenings(old: dict, new: dict) -> list[str]:
         found.append("the classification was lowered from sensitive")
     for key in sorted(k for k in before if k.startswith("copies") and k not in after):
         found.append(f"{key} was removed")
+    for key in ("sources", "databases"):  # what is no longer backed up at all
+        gone = _items(before.get(key)) - _items(after.get(key))
+        if gone:
+            found.append(f"{key}: no longer backed up: {', '.join(sorted(gone))}")
     return found
 
 
+def _items(value) -> set[str]:
+    """A list of sources (paths) or databases (mappings) as comparable strings."""
+    if not isinstance(value, list):
+        return set()
+    return {item if isinstance(item, str) else json.dumps(item, sort_keys=True)
+            for item in value}
+
+
 def record_policy(ctx: Context, policy: Policy) -> str:
-    """Note the policy this run acts under; a change becomes an audit event (and a flag
-    when it weakens protection). Returns the fingerprint, for the run's record."""
+    """Note the policy this run (or hand-run restic command) acts under; a change becomes
+    an audit event (and a flag when it weakens protection). Returns the fingerprint, for
+    the run's record."""
     print_ = fingerprint(policy)
     with ctx.catalog.transaction():  # one version and one event per change, across processes
         last = ctx.catalog.latest_policy_version(policy.tenant)

@@ -141,6 +141,11 @@ def run_restic(ctx: Context, policy: Policy, args: Sequence[str]) -> int:
     except SafetyError as exc:
         ctx.audit("restic", "refused", policy.tenant, **details, error=str(exc))
         raise
+    # A hand-run forget under a hold lifted for the moment is acted under weaker rules as
+    # surely as a night's run: the policy it ran under is on the record first.
+    from bkp.evidence.policy_changes import record_policy
+
+    record_policy(ctx, policy)
     restic = open_repository(policy, ctx.settings.home)
     ctx.audit("restic", "started", policy.tenant, **details, deletes=deletes(args))
     code = restic.interactive(args)
