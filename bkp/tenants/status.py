@@ -93,7 +93,7 @@ def access_status(operators: tuple, actor, problem: str | None) -> dict:
         roles = {}
         for person in operators:
             roles[person.role] = roles.get(person.role, 0) + 1
-        note = (f"{len(operators)} operators registered ("
+        note = (f"{len(operators)} operator{'' if len(operators) == 1 else 's'} registered ("
                 + ", ".join(f"{n} {role}" for role, n in sorted(roles.items())) + ")")
     return {"operators_registered": len(operators), "note": note,
             "you": actor.as_json() if actor else None, "problem": problem,
