@@ -237,7 +237,7 @@ def test_operators_and_approvals(sandbox):
     try:
         done = sandbox.run([ONBOARDING, RUNBOOKS / "operators-and-approvals.md"])
         _assert_ran(done)
-        assert "1 operators registered (1 validator)" in done.stdout
+        assert "1 operator registered (1 validator)" in done.stdout
     finally:
         subprocess.run(["userdel", "-r", "victor"], capture_output=True, check=False)
 
