@@ -376,6 +376,7 @@ def approve(state, record_id, signature, show_message, as_json):
     from bkp.cli.media import _read_signature
 
     ctx = state.context(act="approve")
+    approvals.require_operators(state.installation().operators)  # said before the file
     row = approvals.approve(ctx, record_id, _read_signature(signature),
                             state.installation().operators)
     result = {"record_id": record_id, "approved_by": row["approved_by"], "status": "approved",

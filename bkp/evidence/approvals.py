@@ -125,10 +125,7 @@ def approve(ctx: Context, subject: str, signature: bytes,
             operators: tuple[access.Operator, ...]) -> dict:
     """Check the signature over the pending request of `subject` and record the approval.
     SafetyError (4, audited) when it is not a second registered person's own signature."""
-    if not operators:
-        raise SafetyError("no operators are registered in bkp.yaml: an approval is a "
-                          "registered person's signature, so there is nothing to approve "
-                          "with")
+    require_operators(operators)
     row = pending(ctx.catalog, subject)
     if row is None:
         raise UsageError(f"nothing waits for approval under record {subject}; `bkp status` "
@@ -153,6 +150,13 @@ def approve(ctx: Context, subject: str, signature: bytes,
                   role=signer.role, key_fingerprint=closed["key_fingerprint"],
                   signature_sha256=_sha256(signature))
     return closed
+
+
+def require_operators(operators) -> None:
+    if not operators:
+        raise SafetyError("no operators are registered in bkp.yaml: an approval is a "
+                          "registered person's signature, so there is nothing to approve "
+                          "with")
 
 
 def _check(row: dict, signature: bytes, operators):
