@@ -46,6 +46,9 @@ def installation(tmp_path_factory, servers):
                      retention={"last": 3})
     done = env.bkp("init", "zorg-db")
     assert done.returncode == 0, done.stderr
+    # One night before any test: xdist may run this module's tests on different workers,
+    # each with its own installation, so none may rely on another having run.
+    env.bkp_json("backup", "zorg-db")
     return env
 
 
