@@ -141,6 +141,7 @@ EVIDENCE_RULES = (
     policies._rule_transport_encrypted,
     policies._rule_secret_files_private,
     policies._rule_password_env_set,
+    policies._rule_rest_destination,
 )
 
 

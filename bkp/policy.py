@@ -28,12 +28,12 @@ from jsonschema.exceptions import ValidationError
 from bkp import eea
 from bkp.errors import PolicyError, UsageError
 from bkp.names import TENANT_ID_RULE, control_character, is_tenant_id, shown
-from bkp.secrets import secret_file_problem
+from bkp.secrets import ca_file_problem, secret_file_problem
 
 
 @dataclass(frozen=True)
 class Destination:
-    type: str  # s3 | sftp | local
+    type: str  # s3 | sftp | rest | local
     country: str
     # s3
     endpoint: str | None = None
@@ -50,10 +50,21 @@ class Destination:
     identity_file: Path | None = None
     # sftp and local
     path: str | None = None
+    # rest (credentials_file holds one line user:password)
+    url: str | None = None
+    ca_file: Path | None = None
+    append_only: bool = False
+    maintenance_url: str | None = None
+    maintenance_credentials_file: Path | None = None
 
     @property
     def off_site(self) -> bool:
         return self.type != "local"
+
+    @property
+    def maintenance_location(self) -> str | None:
+        """rest: where `bkp maintain` reaches an append_only repository (default: url)."""
+        return self.maintenance_url or self.url
 
     def repository_identity(self) -> tuple:
         """What makes two repositories the same place (for the no-sharing rule and locks).
@@ -66,6 +77,10 @@ class Destination:
         if self.type == "sftp":
             return ("sftp", _host_identity(self.host or ""), self.port,
                     _path_identity(self.path or "/"))
+        if self.type == "rest":
+            # http and https to one host and port are one server: the scheme decides only
+            # the default port.
+            return ("rest", *_endpoint_identity(self.url or ""))
         return ("local", local_path_identity(self.path) if self.path else "")
 
 
@@ -211,7 +226,10 @@ PASSWORD_KEYS = ("password_file", "password_command", "password_env")
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 SECRET_FILE_KEYS: tuple[KeyPath, ...] = (
     ("password_file",), ("destination", "credentials_file"), ("destination", "identity_file"),
+    ("destination", "maintenance_credentials_file"),
 )
+# URLs of a destination that carry tenant data (transport, EEA and no-inline-secret rules).
+DESTINATION_URL_KEYS = ("endpoint", "url", "maintenance_url")
 HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")  # plus every ecdsa-sha2-* curve
 SECRET_WORD = re.compile(
     r"(^|_)(password|passwd|passphrase|pass|pwd|secret|token|api_?key|private_?key|access_?key"
@@ -220,7 +238,7 @@ SECRET_WORD = re.compile(
 SECRET_REFERENCE_SUFFIX = re.compile(r"_(file|command|env|path|profile)$")
 INLINE_SECRET_ADVICE = ("secrets are never written into a policy: use password_file, "
                         "password_command or password_env for the repository password, and "
-                        "destination.credentials_file for S3 keys")
+                        "destination.credentials_file for S3 keys or a REST user:password")
 COUNTRY = re.compile(r"[A-Z]{2}")
 EEA_RULE = "tenant data must rest in the EEA (the EU states plus IS, LI, NO)"
 
@@ -735,7 +753,8 @@ def _rule_file_named_after_tenant(data: dict, file: Path) -> Iterator[_Finding]:
 def _rule_no_inline_secrets(data: dict, file: Path) -> Iterator[_Finding]:
     for path in _secret_key_paths(data, ()):
         yield _error(path, f"{path[-1]!r} looks like an inline secret: {INLINE_SECRET_ADVICE}")
-    for path in (("destination", "endpoint"), ("monitoring", "healthcheck_url")):
+    url_paths = [("destination", key) for key in DESTINATION_URL_KEYS]
+    for path in (*url_paths, ("monitoring", "healthcheck_url")):
         url = _get(data, *path)
         if isinstance(url, str) and _url_has_password(url):
             yield _error(path, f"the URL contains user:password@, an inline secret: "
@@ -814,7 +833,7 @@ def _rule_data_rests_in_eea(data: dict, file: Path) -> Iterator[_Finding]:
     if known_country and not eea.is_eea(known_country):
         yield _error(("destination", "country"),
                      f"{known_country} is outside the EEA: {EEA_RULE}")
-    for key in ("endpoint", "host"):
+    for key in (*DESTINATION_URL_KEYS, "host"):
         host = _host_of(destination, key)
         service = eea.refused_service(host)
         if service:
@@ -864,8 +883,8 @@ def _host_of(destination: dict, key: str) -> str | None:
 
 def _rule_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
     destination = _mapping(data.get("destination"))
-    for path, what in ((("destination", "endpoint"), "tenant data"),
-                       (("monitoring", "healthcheck_url"), "a ping")):
+    urls = [(("destination", key), "tenant data") for key in DESTINATION_URL_KEYS]
+    for path, what in (*urls, (("monitoring", "healthcheck_url"), "a ping")):
         url = _get(data, *path)
         # Another scheme is the schema pattern's finding.
         if isinstance(url, str) and url.startswith(("http://", "https://")):
@@ -944,10 +963,14 @@ def _rule_secret_files_private(data: dict, file: Path) -> Iterator[_Finding]:
             yield from _secret_file_findings(path, Path(value))
 
 
+# Present only where maintenance runs, by design: its absence from the nightly host is right.
+ELSEWHERE_SECRET_FILE_KEYS: tuple[KeyPath, ...] = (("destination", "maintenance_credentials_file"),)
+
+
 def _secret_file_findings(path: KeyPath, secret_file: Path) -> Iterator[_Finding]:
     # The run refuses exactly what is refused here, with the same words (bkp.secrets).
     problem = secret_file_problem(secret_file, _dotted(path[-1:]))
-    if problem is None:
+    if problem is None or (problem.absent and path in ELSEWHERE_SECRET_FILE_KEYS):
         return
     if problem.absent:
         yield _warning(path, f"{problem.message}: backups will fail until it does")
@@ -1019,11 +1042,72 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
+def _rule_rest_destination(data: dict, file: Path) -> Iterator[_Finding]:
+    destination = _mapping(data.get("destination"))
+    if destination.get("type") != "rest":
+        return
+    for key in ("url", "maintenance_url"):
+        url = destination.get(key)
+        if isinstance(url, str) and _url_names_user(url) and not _url_has_password(url):
+            yield _error(("destination", key),
+                         "the URL names a user (user@): the REST user and password live in "
+                         "credentials_file, as one line user:password")
+    ca_file = destination.get("ca_file")
+    if isinstance(ca_file, str) and ca_file.startswith("/"):
+        problem = ca_file_problem(Path(ca_file))
+        if problem and problem.absent:
+            yield _warning(("destination", "ca_file"),
+                           f"{problem.message}: backups will fail until it does")
+        elif problem:
+            yield _error(("destination", "ca_file"), problem.message)
+    yield from _maintenance_findings(destination, _get(data, "retention", "legal_hold") is True)
+
+
+def _maintenance_findings(destination: dict, legal_hold: bool) -> Iterator[_Finding]:
+    """An append-only destination is only worth its name when the credential that may delete
+    is another one than the nightly credential."""
+    append_only = destination.get("append_only") is True
+    for key in ("maintenance_url", "maintenance_credentials_file"):
+        if key in destination and not append_only:
+            yield _error(("destination", key),
+                         f"{key} serves only an append_only destination: set append_only: "
+                         f"true (the nightly credential cannot delete) or remove {key}")
+    nightly = destination.get("credentials_file")
+    deleting = destination.get("maintenance_credentials_file")
+    if append_only and deleting is None and not legal_hold:
+        yield _error(("destination", "maintenance_credentials_file"),
+                     "missing: an append_only destination needs the credential `bkp maintain` "
+                     "applies retention with (one that may delete); without it nothing is ever "
+                     "forgotten. Or set retention.legal_hold: true")
+    if (isinstance(nightly, str) and isinstance(deleting, str) and nightly.startswith("/")
+            and deleting.startswith("/") and _same_secret(nightly, deleting)):
+        yield _error(("destination", "maintenance_credentials_file"),
+                     "holds the nightly credential of credentials_file: the credential that "
+                     "may delete must be another one, kept only where maintenance runs")
+
+
+def _same_secret(first: str, second: str) -> bool:
+    """The same file, or two files holding the same credential."""
+    if local_path_identity(first) == local_path_identity(second):
+        return True
+    try:
+        return Path(first).read_bytes().strip() == Path(second).read_bytes().strip()
+    except OSError:
+        return False
+
+
+def _url_names_user(url: str) -> bool:
+    try:
+        return urlsplit(url).username is not None
+    except ValueError:
+        return False
+
+
 def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
     if _get(data, "destination", "type") == "local":
         yield _warning(("destination", "type"),
                        "a local destination is not off-site: what destroys this server can "
-                       "destroy the backup too. Use s3 or sftp for tenant data")
+                       "destroy the backup too. Use s3, sftp or rest for tenant data")
 
 
 def _rule_databases_distinct(data: dict, file: Path) -> Iterator[_Finding]:
@@ -1079,6 +1163,7 @@ CROSS_FIELD_RULES = (
     _rule_password_env_set,
     _rule_sensitive_not_kept_forever,
     _rule_repository_outside_sources,
+    _rule_rest_destination,
     _rule_local_is_not_off_site,
     _rule_databases_distinct,
     _rule_database_transport_encrypted,
@@ -1090,7 +1175,7 @@ CROSS_FIELD_RULES = (
 
 def _build_destination(values: dict) -> Destination:
     values = dict(values)
-    for key in ("credentials_file", "identity_file"):
+    for key in ("credentials_file", "identity_file", "ca_file", "maintenance_credentials_file"):
         if key in values:
             values[key] = Path(values[key])
     return Destination(**values)

@@ -3,7 +3,8 @@
 Builders are pure functions returning argv lists; `Restic` runs them through the runner and
 turns failures into one-line messages that say what to do. The password never appears in
 argv: it reaches restic through RESTIC_PASSWORD_FILE, RESTIC_PASSWORD_COMMAND or
-RESTIC_PASSWORD in restic's own environment.
+RESTIC_PASSWORD in restic's own environment. A repository location that carries a credential
+(a REST server's user:password) travels the same way, as RESTIC_REPOSITORY.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from bkp import names, runner
 from bkp.errors import BkpError, OperationError, PolicyError, SafetyError, VerificationError
@@ -35,12 +36,37 @@ EXIT_WRONG_PASSWORD = 12
 class Repository:
     """How to reach one tenant's repository: URL, extended options, child environment."""
 
-    url: str
+    url: str  # given as --repo; "" when the location is in `env` (it carries a credential)
     options: tuple[str, ...] = ()  # "-o key=value" pairs, never secrets
     env: SecretEnv = field(default_factory=SecretEnv)
     cache_dir: Path | None = None
     label: str = ""  # what an operator recognises: the URL without credentials
     no_cache: bool = False  # BKP_HOME cannot take restic's cache (a read-only copy)
+    cacert: Path | None = None  # the certificate a REST server's TLS certificate chains to
+
+    def __post_init__(self) -> None:
+        if not self.url and LOCATION_ENV not in self.env.env:
+            raise ValueError("a Repository needs a url or a location in its environment")
+
+
+LOCATION_ENV = "RESTIC_REPOSITORY"
+
+
+def rest_location(url: str, user: str, password: str) -> SecretEnv:
+    """restic's REST repository `rest:https://user:password@host:port/path/` for restic's
+    environment: it carries the password, so never --repo (argv is readable by every user
+    of the host). Every spelling restic or a server could echo is redacted; restic itself
+    prints the location as user:***@."""
+    parts = urlsplit(url)
+    userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    location = "rest:" + urlunsplit((parts.scheme, f"{userinfo}@{parts.netloc}",
+                                     parts.path.rstrip("/") + "/", "", ""))
+    hidden = [location, f"{userinfo}@"]
+    # A short password would be masked inside ordinary words of restic's messages, which bkp
+    # reads to tell the cause of a failure; restic never prints it outside the location.
+    if len(password) >= 8:
+        hidden += [password, quote(password, safe="")]
+    return SecretEnv({LOCATION_ENV: location}, tuple(dict.fromkeys(hidden)))
 
 
 @dataclass(frozen=True)
@@ -75,7 +101,9 @@ def version() -> Version:
 # ---------------------------------------------------------------- argv builders (pure)
 
 def global_args(repo: Repository) -> list[str]:
-    args = [RESTIC, "--repo", repo.url]
+    args = [RESTIC, "--repo", repo.url] if repo.url else [RESTIC]
+    if repo.cacert:
+        args += ["--cacert", str(repo.cacert)]
     for option in repo.options:
         args += ["--option", option]
     if repo.no_cache:
@@ -529,6 +557,12 @@ CAUSES: dict[str, Cause] = dict([
            "the SSH host key of the destination does not match the pinned host_key; OpenSSH "
            "refused before sending anything. Verify the server's key out of band before "
            "changing destination.host_key", SafetyError),
+    # Go's TLS client refuses during the handshake, before any request (and its credential)
+    # is sent: like a changed host key.
+    _cause("certificate", r"x509: |tls: failed to verify certificate",
+           "the TLS certificate of destination {repo} does not verify ({detail}); restic "
+           "refused before sending anything. Verify the server's certificate out of band "
+           "before changing destination.ca_file", SafetyError),
     _cause("read_only", r"read-only file system",
            "destination {repo} is read-only (restic could not write there: {detail}); "
            "remount it read-write or fix the server, then re-run"),
@@ -547,6 +581,9 @@ CAUSES: dict[str, Cause] = dict([
            "server, then re-run"),
     _cause("s3_auth", r"AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId",
            "the S3 endpoint refused the credentials ({detail}): check credentials_file"),
+    _cause("rest_auth", r"\b401 Unauthorized|HTTP response \(401\)",
+           "the REST server refused the credentials in credentials_file ({detail}): check "
+           "the user and password against the server's htpasswd"),
     _cause("no_bucket", r"NoSuchBucket|bucket does not exist",
            "the S3 bucket does not exist: create it, then run `bkp init {tenant}`"),
     _cause("permission", r"permission denied",

@@ -32,6 +32,7 @@ HEAD_LINES = 10
 SECRET_ENV_NAMES = frozenset({
     "RESTIC_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "B2_ACCOUNT_KEY",
     "PGPASSWORD", "MYSQL_PWD",
+    "RESTIC_REPOSITORY",  # a REST location carries user:password
 })
 
 _live: set[subprocess.Popen] = set()

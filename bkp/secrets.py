@@ -1,4 +1,4 @@
-"""Resolve repository passwords and S3 credentials without exposing them.
+"""Resolve repository passwords, S3 and REST credentials without exposing them.
 
 Nothing here returns a secret inside a string that could be logged; callers receive the
 values to put in a child's environment and the list of values to redact.
@@ -69,6 +69,43 @@ def secret_file_problem(path: Path, what: str) -> SecretFileProblem | None:
             f"{what} {path} is accessible by group or others (mode "
             f"{stat.S_IMODE(status.st_mode):04o}); run: chmod 600 {path}")
     return None
+
+
+def ca_file_problem(path: Path, what: str = "ca_file") -> SecretFileProblem | None:
+    """What is wrong with a certificate bkp trusts a server by, or None. It is no secret, but
+    whoever can change it decides which server gets the credential and the data: writable
+    by its owner only. The same words for `policy validate` and for the run."""
+    import ssl
+
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return SecretFileProblem(f"{what} {path} does not exist", absent=True)
+    except (OSError, ValueError) as exc:
+        return SecretFileProblem(f"{what} {path} cannot be checked: "
+                                 f"{getattr(exc, 'strerror', None) or exc}", absent=True)
+    if not stat.S_ISREG(status.st_mode):
+        return SecretFileProblem(f"{what} {path} is not a regular file")
+    if stat.S_IMODE(status.st_mode) & 0o022:
+        return SecretFileProblem(
+            f"{what} {path} is writable by group or others (mode "
+            f"{stat.S_IMODE(status.st_mode):04o}): whoever can change it decides which server "
+            f"bkp trusts; run: chmod 644 {path}")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except PermissionError:
+        return SecretFileProblem(f"{what} {path} cannot be read by this user", absent=True)
+    except (ssl.SSLError, OSError, ValueError):
+        return SecretFileProblem(f"{what} {path} holds no PEM certificate (-----BEGIN "
+                                 f"CERTIFICATE-----): give the server's CA or its self-signed "
+                                 f"certificate")
+    return None
+
+
+def check_ca_file(path: Path, what: str = "ca_file") -> None:
+    problem = ca_file_problem(path, what)
+    if problem:
+        raise PolicyError(problem.message)
 
 
 def check_private_file(path: Path, what: str) -> None:
@@ -150,3 +187,41 @@ def s3_credentials(path: Path, profile: str = "default") -> S3Credentials:
             f"aws_secret_access_key")
     return S3Credentials(key.strip(), secret.strip(),
                          (section.get("aws_session_token") or "").strip() or None)
+
+
+@dataclass(frozen=True)
+class RestCredentials:
+    """The user and password a REST server (rest-server, rclone serve restic) checks."""
+
+    user: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"RestCredentials(user={self.user!r})"
+
+
+def rest_credentials(path: Path, what: str = "credentials_file") -> RestCredentials:
+    """Read a file of one line `user:password` (the password may hold ':'); its content is
+    never quoted in a message."""
+    check_private_file(path, what)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{what} {path} is not UTF-8 text: it holds one line "
+                          f"user:password") from None
+    except OSError as exc:
+        raise PolicyError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise PolicyError(f"{what} {path} must hold exactly one line user:password (found "
+                          f"{len(lines)} non-empty lines)")
+    user, sep, password = lines[0].partition(":")
+    if not sep or not user or not password:
+        raise PolicyError(f"{what} {path} must hold one line user:password, with a user "
+                          f"before the first ':' and a password after it")
+    if any(ch.isspace() or ord(ch) < 32 for ch in user):
+        raise PolicyError(f"{what} {path}: the user before ':' contains a blank or a control "
+                          f"character")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in password):
+        raise PolicyError(f"{what} {path}: the password contains a control character")
+    return RestCredentials(user, password)

@@ -1,4 +1,5 @@
-"""Fixtures with real parts: restic, an OpenSSH sshd on a loopback port, moto's S3 server.
+"""Fixtures with real parts: restic, an OpenSSH sshd on a loopback port, moto's S3 server,
+rclone's restic REST server with TLS.
 
 A missing tool is a failure, never a skip: scripts/install.sh installs every one of them.
 """
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +170,75 @@ def s3(tmp_path_factory) -> S3Server:
     stop(proc)
 
 
+# ------------------------------------------------------------------ REST (rclone serve restic)
+
+@dataclass
+class RestServer:
+    url: str  # https://127.0.0.1:PORT; a tenant's repository is a path below it
+    credentials_file: Path  # user:password, mode 600
+    ca_file: Path  # the server's self-signed certificate
+    other_ca_file: Path  # a certificate of another server, for unknown-CA tests
+    root: Path  # the directory rclone serves: repositories lie under it
+    user: str = "bkp-nightly"
+    # Characters a URL must encode, so a mistake in building restic's location shows.
+    password: str = "Rest:pw@/#%20-never-printed-0815"
+    append_only: bool = False
+
+
+def self_signed_certificate(base: Path, name: str) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1 and localhost."""
+    cert, key = base / f"{name}.pem", base / f"{name}.key"
+    subprocess.run([require_tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30", "-subj",
+                    f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o600)
+    return cert, key
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    # The password on stdin: never in the argv of a process.
+    done = subprocess.run([require_tool("openssl"), "passwd", "-apr1", "-stdin"],
+                          input=password + "\n", capture_output=True, text=True, check=True)
+    return f"{user}:{done.stdout.strip()}\n"
+
+
+def start_rest(base: Path, append_only: bool = False) -> tuple[RestServer, subprocess.Popen]:
+    """`rclone serve restic` over TLS on a loopback port, checking an htpasswd file, with
+    the certificate and a credentials file under `base`. The session's `rest` is one; a test
+    that stops a server (or needs --append-only) starts its own."""
+    rclone = require_tool("rclone")
+    cert, key = self_signed_certificate(base, "rest-server")
+    other, _ = self_signed_certificate(base, "other-server")
+    root = base / "srv"
+    root.mkdir()
+    port = free_port()
+    server = RestServer(f"https://127.0.0.1:{port}", base / "rest-credentials", cert, other,
+                        root, append_only=append_only)
+    server.credentials_file.write_text(f"{server.user}:{server.password}\n")
+    server.credentials_file.chmod(0o600)
+    htpasswd = base / "htpasswd"
+    htpasswd.write_text(htpasswd_line(server.user, server.password))
+    (base / "rclone.conf").write_text("")
+    log = base / "rclone.log"  # a file: a pipe nobody reads would stop the server
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [rclone, "serve", "restic", str(root), "--addr", f"127.0.0.1:{port}",
+             "--cert", str(cert), "--key", str(key), "--htpasswd", str(htpasswd),
+             *(["--append-only"] if append_only else [])],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "RCLONE_CONFIG": str(base / "rclone.conf")})
+    wait_for_port(port, proc, "rclone serve restic", log=log)
+    return server, proc
+
+
+@pytest.fixture(scope="session")
+def rest(tmp_path_factory) -> RestServer:
+    server, proc = start_rest(tmp_path_factory.mktemp("rest"))
+    yield server
+    stop(proc)
+
+
 # ------------------------------------------------------------------ a bkp installation
 
 @dataclass
@@ -262,6 +333,12 @@ class BkpEnv:
             "region": region, "prefix": "bkp", "credentials_file": str(server.credentials_file)},
             **overrides)
 
+    def rest_tenant(self, tenant: str, server: RestServer, **overrides) -> Path:
+        return self.write_policy(tenant, {
+            "type": "rest", "country": "DE", "url": f"{server.url}/{self.root.name}/{tenant}",
+            "credentials_file": str(server.credentials_file), "ca_file": str(server.ca_file)},
+            **overrides)
+
     def restic_at(self, repo: Path, password_file: Path, *args: str) -> subprocess.CompletedProcess:
         """Plain restic against a local repository that is not a tenant's."""
         return subprocess.run(["restic", "-r", str(repo), *args], capture_output=True,
@@ -276,6 +353,14 @@ class BkpEnv:
         options: list[str] = []
         if dest["type"] == "local":
             repo = dest["path"]
+        elif dest["type"] == "rest":
+            user, password = Path(dest["credentials_file"]).read_text().strip().split(":", 1)
+            url = urllib.parse.urlsplit(dest["url"])
+            extra["RESTIC_REPOSITORY"] = (
+                f"rest:{url.scheme}://{urllib.parse.quote(user, safe='')}:"
+                f"{urllib.parse.quote(password, safe='')}@{url.netloc}{url.path}")
+            repo = None
+            options = ["--cacert", dest["ca_file"]] if dest.get("ca_file") else []
         elif dest["type"] == "s3":
             repo = f"s3:{dest['endpoint']}/{dest['bucket']}/{dest['prefix']}"
             extra.update(AWS_ACCESS_KEY_ID=S3Server.access_key,
@@ -285,7 +370,8 @@ class BkpEnv:
             config = self.home / "ssh" / tenant / "ssh_config"
             repo = f"sftp:bkp-{tenant}:{dest['path']}"
             options = ["-o", f"sftp.command=ssh -F {config} bkp-{tenant} -s sftp"]
-        return subprocess.run(["restic", "-r", repo, *options, *args], capture_output=True,
+        where = ["-r", repo] if repo else []
+        return subprocess.run(["restic", *where, *options, *args], capture_output=True,
                               text=True, env={**self.env(), **extra, **env}, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""Destinations: where a tenant's repository lives (local, sftp, s3).
+"""Destinations: where a tenant's repository lives (local, sftp, s3, rest).
 
 Each destination does a preflight before restic touches anything (is the server the one we
 pinned, is the bucket where the policy says), knows whether a repository already exists
@@ -58,6 +58,10 @@ def destination_for(policy: Policy, home: Path) -> Destination:
         from bkp.destinations.s3 import S3Destination
 
         return S3Destination(policy, home)
+    if kind == "rest":
+        from bkp.destinations.rest import RestDestination
+
+        return RestDestination(policy, home)
     raise ValueError(f"unknown destination type {kind!r}")
 
 

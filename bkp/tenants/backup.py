@@ -110,7 +110,9 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
                                      if d.status != "ok"), None)
         if error is not None:
             raise error
-        if not policy.retention.legal_hold:
+        # An append-only server refuses the deletions forget would make: retention there is
+        # applied separately, with the credential that may delete.
+        if not policy.retention.legal_hold and not policy.destination.append_only:
             fields.update(apply_retention(ctx, policy, restic, made))
         fields["repository_bytes"] = _usage(destination)
     except BkpError as exc:

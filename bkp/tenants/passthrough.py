@@ -120,6 +120,10 @@ def check_arguments(policy: Policy, args: Sequence[str]) -> None:
     if foreign:
         raise UsageError(f"{', '.join(foreign)}: bkp sets the repository and its password for "
                          f"tenant {policy.tenant}; give only the restic command and its options")
+    if any(a.split("=", 1)[0] == "--insecure-tls" for a in args):
+        raise SafetyError("--insecure-tls would send the destination's credential and the "
+                          "tenant's data to a server whose certificate is not checked; give "
+                          "the server's CA as destination.ca_file instead")
     if command_and_rest(args)[:1] == ["self-update"]:
         raise SafetyError("`restic self-update` would replace the restic every tenant uses with "
                           "a download outside the package manager; upgrade restic with the "

@@ -112,7 +112,8 @@ def test_example_policies_validate(bkp_env):
                        BKP_POLICIES=str(REPO_ROOT / "policies"))
     assert done.returncode == 0, done.stdout
     tenants = {p["tenant"]: p["valid"] for p in json.loads(done.stdout)["policies"]}
-    assert tenants == {"acme-zorg": True, "bakkerij-jansen": True, "huisarts-noord": True}
+    assert tenants == {"acme-zorg": True, "bakkerij-jansen": True, "huisarts-noord": True,
+                       "tandarts-oost": True}
 
 
 def restic_shim(folder: Path) -> Path:

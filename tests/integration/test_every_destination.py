@@ -1,10 +1,10 @@
 """One suite, every destination: the same scenarios through the real CLI against a local
-disk, a real OpenSSH sftp server and moto's S3 server on loopback (restic's own model: one
-suite run against every backend).
+disk, a real OpenSSH sftp server, moto's S3 server and rclone's restic REST server with TLS
+on loopback (restic's own model: one suite run against every backend).
 
 A destination kind is one entry in KINDS: a factory that places a tenant there, plus the
 little only that kind knows (where its objects lie and how to damage one, how it is put
-outside the EEA, how it stops). Adding `rest` is adding one class to KINDS.
+outside the EEA, how it stops). A kind is one class in KINDS.
 
 Expensive things are shared: one source tree for every tenant, and per kind one module-wide
 tenant that lives through init, four backups and retention, which the read-only scenarios
@@ -28,7 +28,15 @@ import boto3
 import pytest
 
 from tests.adversarial.test_home_faults import small_filesystem
-from tests.conftest import BkpEnv, S3Server, new_bkp_env, start_s3, start_sshd, stop
+from tests.conftest import (
+    BkpEnv,
+    S3Server,
+    new_bkp_env,
+    start_rest,
+    start_s3,
+    start_sshd,
+    stop,
+)
 from tests.helpers import big_file, popen_bkp, restic_doing, wait_until
 
 pytestmark = pytest.mark.integration
@@ -244,7 +252,53 @@ class S3Kind(Kind):
             stop(proc)
 
 
-KINDS = [LocalKind, SftpKind, S3Kind]
+class RestKind(FileKind):
+    """rclone serve restic keeps each repository as a directory under what it serves."""
+
+    name = "rest"
+    has_credentials = True
+    # restic 0.14 retries a vanished REST server with backoff for minutes, as it does S3;
+    # the policy's timeout bounds that here.
+    stopped_cause = "did not finish within"
+    stoppable_policy: ClassVar[dict] = {"timeout_minutes": 1}
+
+    def tenant(self, env, tenant, **overrides):
+        env.rest_tenant(tenant, self.request.getfixturevalue("rest"), **overrides)
+
+    def repo(self, env, tenant):
+        # The served root, then the URL's path (the env's folder name, the tenant).
+        url = env.tenants[tenant]["destination"]["url"]
+        server_root = Path(env.tenants[tenant]["destination"]["ca_file"]).parent / "srv"
+        return server_root / url.split("/", 3)[3]
+
+    @contextlib.contextmanager
+    def checking_credentials(self, env, tenant):
+        self.tenant(env, tenant)
+
+        def wrong_password() -> str:
+            wrong = env.root / f"{tenant}-rest-credentials"
+            user = env.tenants[tenant]["destination"]["credentials_file"]
+            wrong.write_text(Path(user).read_text().split(":", 1)[0] + ":not-the-password\n")
+            wrong.chmod(0o600)
+            dest = env.tenants[tenant]["destination"]
+            env.write_policy(tenant, {**dest, "credentials_file": str(wrong)})
+            return "refused the credentials"
+
+        yield wrong_password
+
+    @contextlib.contextmanager
+    def stoppable(self, env, tenant, **overrides):
+        base = env.root / "own-rest"
+        base.mkdir()
+        server, proc = start_rest(base)
+        try:
+            env.rest_tenant(tenant, server, **overrides)
+            yield proc.kill
+        finally:
+            stop(proc)
+
+
+KINDS = [LocalKind, SftpKind, S3Kind, RestKind]
 
 
 def kinds(only=lambda kind: True) -> list:

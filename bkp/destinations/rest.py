@@ -1,0 +1,178 @@
+"""A server speaking restic's REST protocol (rest-server, `rclone serve restic`) over https.
+
+The preflight talks HTTP itself before restic runs: the server's TLS certificate must chain
+to ca_file (or the system's CAs) before the credential is sent, as a pinned host key must
+match before an SSH login; a certificate that does not verify is refused (4) with nothing
+sent. The credential reaches restic only inside the repository location in its
+environment (bkp.restic.rest_location), never in argv.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bkp import secrets
+from bkp.destinations import Preflight, cache_options
+from bkp.errors import OperationError, SafetyError
+from bkp.policy import Policy
+from bkp.restic import Repository, rest_location
+
+CONNECT_TIMEOUT = 20
+# restic's repository layout: what usage_bytes adds up.
+OBJECT_TYPES = ("data", "index", "snapshots", "keys", "locks")
+# The REST protocol's listing with sizes (rest-server and rclone speak it).
+LIST_V2 = "application/vnd.x.restic.rest.v2"
+
+
+def repository_label(url: str) -> str:
+    """What an operator recognises, without a credential: rest:https://host:port/path."""
+    return f"rest:{url.rstrip('/')}"
+
+
+@dataclass
+class RestDestination:
+    policy: Policy
+    home: Path
+
+    @property
+    def dest(self):
+        return self.policy.destination
+
+    @property
+    def label(self) -> str:
+        return repository_label(self.dest.url)
+
+    def _credentials(self) -> secrets.RestCredentials:
+        return secrets.rest_credentials(Path(self.dest.credentials_file))
+
+    def _ca_file(self) -> Path | None:
+        if self.dest.ca_file is None:
+            return None
+        secrets.check_ca_file(Path(self.dest.ca_file))
+        return Path(self.dest.ca_file)
+
+    # -------------------------------------------------------------- HTTP side
+
+    def _connection(self) -> http.client.HTTPConnection:
+        parts = urlsplit(self.dest.url)
+        if parts.scheme == "http":  # the policy allows it only for a loopback host
+            return http.client.HTTPConnection(parts.hostname, parts.port,
+                                              timeout=CONNECT_TIMEOUT)
+        ca_file = self._ca_file()
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        return http.client.HTTPSConnection(parts.hostname, parts.port, context=context,
+                                           timeout=CONNECT_TIMEOUT)
+
+    def _request(self, method: str, name: str, accept: str | None = None
+                 ) -> tuple[int, bytes]:
+        return self._requests(method, [name], accept)[0]
+
+    def _requests(self, method: str, names: list[str], accept: str | None = None
+                  ) -> list[tuple[int, bytes]]:
+        """Requests for `names` inside the repository, on one connection; (status, body)
+        each. The credential is sent only on a connection whose certificate verified."""
+        creds = self._credentials()
+        token = base64.b64encode(f"{creds.user}:{creds.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}"}
+        if accept:
+            headers["Accept"] = accept
+        base = urlsplit(self.dest.url).path.rstrip("/")
+        connection = self._connection()
+        try:
+            answers = []
+            for name in names:
+                connection.request(method, f"{base}/{name}", headers=headers)
+                response = connection.getresponse()
+                answers.append((response.status, response.read()))
+            return answers
+        except ssl.SSLCertVerificationError as exc:
+            raise SafetyError(self._untrusted(exc)) from None
+        except ssl.SSLError as exc:
+            raise OperationError(f"TLS with REST server {self._where()} failed "
+                                 f"({exc.reason or exc}); is it serving https on that "
+                                 f"port?") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise OperationError(f"cannot reach REST destination {self._where()}: "
+                                 f"{_cause(exc)}; check the network and the server") from None
+        finally:
+            connection.close()
+
+    def _where(self) -> str:
+        parts = urlsplit(self.dest.url)
+        return parts.netloc
+
+    def _untrusted(self, exc: ssl.SSLCertVerificationError) -> str:
+        trusted = (f"ca_file {self.dest.ca_file}" if self.dest.ca_file else
+                   "the system's certificate authorities (no ca_file in the policy)")
+        return (f"the TLS certificate of REST server {self._where()} does not verify against "
+                f"{trusted}: {exc.verify_message or exc.reason}. Nothing was sent. Verify "
+                f"the server's certificate out of band before changing destination.ca_file")
+
+    def _refused(self, status: int) -> OperationError:
+        if status == 401:
+            return OperationError(f"REST server {self._where()} refused the credentials in "
+                                  f"credentials_file {self.dest.credentials_file} (HTTP 401); "
+                                  f"check the user and password against the server's "
+                                  f"htpasswd")
+        if status == 403:
+            return OperationError(f"REST server {self._where()} denied access to "
+                                  f"{self.label} (HTTP 403): the user may not use this "
+                                  f"repository path (private repositories?)")
+        return OperationError(f"REST server {self._where()} answered HTTP {status} for "
+                              f"{self.label}; check url and the server's log")
+
+    def preflight(self) -> Preflight:
+        status, _ = self._request("HEAD", "config")
+        if status == 200:
+            return Preflight(True, True)
+        if status == 404:
+            return Preflight(True, False)
+        raise self._refused(status)
+
+    def nightly_preflight(self) -> Preflight:
+        # One HEAD request: the certificate and the credential are checked before restic
+        # runs, every night (restic would retry a refused credential for minutes).
+        return self.preflight()
+
+    def prepare(self) -> None:
+        """Nothing to create: restic init asks the server to create the repository."""
+
+    def confirm_unchanged(self) -> None:
+        """Nothing to do: a repository on a server cannot be swapped under a running restic
+        without restic noticing."""
+
+    def usage_bytes(self) -> int | None:
+        total = 0
+        for status, body in self._requests("GET", [f"{kind}/" for kind in OBJECT_TYPES],
+                                           accept=LIST_V2):
+            if status != 200:
+                return None
+            try:
+                total += sum(int(item.get("size", 0)) for item in json.loads(body or b"[]"))
+            except (ValueError, TypeError, AttributeError):
+                return None  # a server speaking only the v1 listing: no sizes
+        return total
+
+    # -------------------------------------------------------------- restic side
+
+    def repository(self) -> Repository:
+        creds = self._credentials()
+        env = secrets.restic_password(self.policy).merged(
+            rest_location(self.dest.url, creds.user, creds.password))
+        return Repository(url="", env=env, cacert=self._ca_file(),
+                          **cache_options(self.home, self.policy.tenant), label=self.label)
+
+
+def _cause(exc: Exception) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT}s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
