@@ -1,10 +1,11 @@
 """restic argv builders and output parsing: pure, no process."""
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from bkp import restic
+from bkp import restic, runner
 from bkp.errors import OperationError, PolicyError
 from bkp.policy import Destination, Policy, Retention
 from bkp.runner import Completed
@@ -114,6 +115,18 @@ RESTIC_SAYS = [
     ("Fatal: wrong password or no key found", "wrong_password", 1),
     ("Host key verification failed.\nFatal: unable to open repository", "host_key", 4),
     ("Fatal: check flag --read-data-subset=n/t t must be at most 256", "unknown", 1),
+    # restic 0.14 against `rclone serve restic` with TLS: a wrong user:password, a
+    # certificate of an unknown CA, a server that is gone.
+    ("Fatal: unable to open config file: unexpected HTTP response (401): 401 Unauthorized\n"
+     "Is there a repository at the following location?\nrest:https://bkp:***@127.0.0.1:8443/t/",
+     "rest_auth", 1),
+    ("Fatal: create repository at rest:https://bkp:***@127.0.0.1:8443/t/ failed: Fatal: "
+     "server response unexpected: 401 Unauthorized (401)", "rest_auth", 1),
+    ("Fatal: create repository at rest:https://bkp:***@127.0.0.1:8443/t/ failed: Post "
+     "\"https://bkp:***@127.0.0.1:8443/t/?create=true\": x509: certificate signed by unknown "
+     "authority", "certificate", 4),
+    ("Fatal: unable to open config file: client.Head: Head \"https://bkp:***@127.0.0.1:8444/t/"
+     "config\": dial tcp 127.0.0.1:8444: connect: connection refused", "unreachable", 1),
 ]
 
 
@@ -250,3 +263,50 @@ def test_a_selector_is_refused_for_a_name_that_tags_would_encode():
     for name in ("acme,tenant=other", "a b", "acme\n"):
         with pytest.raises(PolicyError):
             restic.snapshots_argv(REPO, name)
+
+
+# ---------------------------------------------------------------- REST: the credential is no argv
+
+REST_PASSWORD = "Rest:pw@/#%20-never-printed"
+
+
+def rest_repository() -> restic.Repository:
+    env = restic.rest_location("https://[::1]:8443/acme/", "bkp", REST_PASSWORD)
+    return restic.Repository(url="", env=env, cacert=Path("/etc/bkp/ca/b.pem"),
+                             label="rest:https://[::1]:8443/acme")
+
+
+def test_a_rest_location_carries_its_credential_encoded_in_restics_environment():
+    env = rest_repository().env
+    assert env.env == {"RESTIC_REPOSITORY":
+                       "rest:https://bkp:Rest%3Apw%40%2F%23%2520-never-printed@[::1]:8443/acme/"}
+    parsed = urlsplit(env.env["RESTIC_REPOSITORY"].removeprefix("rest:"))
+    assert (unquote(parsed.username), unquote(parsed.password)) == ("bkp", REST_PASSWORD)
+    assert parsed.path == "/acme/" and parsed.port == 8443
+    for secret in (REST_PASSWORD, "Rest%3Apw%40%2F%23%2520-never-printed"):
+        assert secret in env.secrets
+
+
+def test_a_rest_repository_is_never_named_in_argv_and_its_ca_is():
+    repo = rest_repository()
+    for argv in (restic.init_argv(repo), restic.snapshots_argv(repo, "acme"),
+                 restic.backup_argv(repo, POLICY, "host")):
+        assert "--repo" not in argv and "-r" not in argv
+        assert argv[1:3] == ["--cacert", "/etc/bkp/ca/b.pem"]
+        assert not any("never-printed" in a or "[::1]" in a for a in argv)
+
+
+def test_a_repository_needs_a_location():
+    with pytest.raises(ValueError):
+        restic.Repository(url="")
+
+
+def test_restic_messages_about_a_rest_location_are_redacted():
+    repo = rest_repository()
+    location = repo.env.env["RESTIC_REPOSITORY"]
+    text = runner.redact(f"Fatal: at {location} or {REST_PASSWORD} failed", repo.env.secrets)
+    assert "never-printed" not in text and "Rest" not in text
+    done = Completed(["restic"], 1, "", f"Fatal: create repository at {location} failed: "
+                                         "x509: certificate signed by unknown authority", 0.1)
+    failure = restic.classify(done, repo, "acme", "init")
+    assert failure.exit_code == 4 and "rest:https://[::1]:8443/acme" in failure.message
