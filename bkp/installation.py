@@ -149,7 +149,9 @@ def _evidence_document(data: dict) -> dict:
     evidence = data.get("evidence")
     if not isinstance(evidence, dict):
         return {}
-    return {key: value for key, value in evidence.items()}
+    # The evidence repository keeps everything: an append-only one needs no credential
+    # that may delete.
+    return {**evidence, "retention": {"legal_hold": True}}
 
 
 def _findings(data: dict, file: Path) -> list:

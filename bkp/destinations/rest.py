@@ -98,7 +98,7 @@ class RestDestination:
             raise OperationError(f"TLS with REST server {self._where()} failed "
                                  f"({exc.reason or exc}); is it serving https on that "
                                  f"port?") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             raise OperationError(f"cannot reach REST destination {self._where()}: "
                                  f"{_cause(exc)}; check the network and the server") from None
         finally:

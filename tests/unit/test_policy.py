@@ -839,7 +839,9 @@ def test_schema_has_the_contract_key_names():
     destination = document["properties"]["destination"]["properties"]
     assert {"type", "country", "endpoint", "bucket", "region", "prefix", "credentials_file",
             "credentials_profile", "host", "port", "user", "path", "host_key",
-            "identity_file"} == set(destination)
+            "identity_file", "url", "ca_file", "append_only", "maintenance_url",
+            "maintenance_credentials_file"} == set(destination)
+    assert destination["type"]["enum"] == ["s3", "sftp", "local", "rest"]
     retention = document["properties"]["retention"]["properties"]
     assert set(retention) == {"last", "hourly", "daily", "weekly", "monthly", "yearly",
                               "legal_hold"}

@@ -104,7 +104,9 @@ def test_keys_of_other_types_are_named_as_theirs(tmp_path):
 @pytest.mark.parametrize("url, words", [
     ("http://backup02.offsite.example.de:8000/x", "plain http to backup02.offsite.example.de"),
     ("ftp://backup02.offsite.example.de/x", "must be an http(s) URL"),
-    ("https://backup02.offsite.example.de/x?user=a", "without query or fragment"),
+    ("https://backup02.offsite.example.de/x?user=a", "without blanks, query or fragment"),
+    ("https://backup02.offsite.example.de/x y", "without blanks, query or fragment"),
+    ("https://backup02.offsite.example.de/\u00e9", "printable ASCII"),
     ("https://bkp:hunter2hunter2@backup02.offsite.example.de/x", "user:password@"),
     ("https://bkp@backup02.offsite.example.de/x", "names a user"),
     ("https://mybackup.blob.core.windows.net/x", "Azure"),
