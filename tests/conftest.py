@@ -203,18 +203,19 @@ def htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{done.stdout.strip()}\n"
 
 
-def start_rest(base: Path, append_only: bool = False) -> tuple[RestServer, subprocess.Popen]:
+def start_rest(base: Path, append_only: bool = False,
+               tls: bool = True) -> tuple[RestServer, subprocess.Popen]:
     """`rclone serve restic` over TLS on a loopback port, checking an htpasswd file, with
     the certificate and a credentials file under `base`. The session's `rest` is one; a test
-    that stops a server (or needs --append-only) starts its own."""
+    that stops a server (or needs --append-only, or plain http) starts its own."""
     rclone = require_tool("rclone")
     cert, key = self_signed_certificate(base, "rest-server")
     other, _ = self_signed_certificate(base, "other-server")
     root = base / "srv"
     root.mkdir()
     port = free_port()
-    server = RestServer(f"https://127.0.0.1:{port}", base / "rest-credentials", cert, other,
-                        root, append_only=append_only)
+    server = RestServer(f"{'https' if tls else 'http'}://127.0.0.1:{port}",
+                        base / "rest-credentials", cert, other, root, append_only=append_only)
     server.credentials_file.write_text(f"{server.user}:{server.password}\n")
     server.credentials_file.chmod(0o600)
     htpasswd = base / "htpasswd"
@@ -224,7 +225,8 @@ def start_rest(base: Path, append_only: bool = False) -> tuple[RestServer, subpr
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [rclone, "serve", "restic", str(root), "--addr", f"127.0.0.1:{port}",
-             "--cert", str(cert), "--key", str(key), "--htpasswd", str(htpasswd),
+             *(["--cert", str(cert), "--key", str(key)] if tls else []),
+             "--htpasswd", str(htpasswd),
              *(["--append-only"] if append_only else [])],
             stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "RCLONE_CONFIG": str(base / "rclone.conf")})

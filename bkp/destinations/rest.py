@@ -175,4 +175,8 @@ def _cause(exc: Exception) -> str:
         return f"no answer within {CONNECT_TIMEOUT}s"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if isinstance(exc, ValueError):
+        # http.client quotes a header it cannot send, and the Authorization header holds
+        # the credential: never its words.
+        return "the request could not be sent (check url)"
     return str(exc) or type(exc).__name__

@@ -216,3 +216,26 @@ def test_nightly_runs_on_an_append_only_server_keep_every_snapshot(bkp_env,
     done = env.bkp("restic", "immutable", "--", "forget", ids[0])
     assert done.returncode != 0, done.stdout + done.stderr
     assert len(objects(repository(server, env, "immutable") / "snapshots")) == 3
+
+
+def test_plain_http_to_a_loopback_rest_server_works(bkp_env, tmp_path_factory):
+    env = bkp_env
+    server, proc = start_rest(tmp_path_factory.mktemp("plain-http"), tls=False)
+    try:
+        env.rest_tenant("loopback", server)
+        dest = {k: v for k, v in env.tenants["loopback"]["destination"].items()
+                if k != "ca_file"}
+        assert dest["url"].startswith("http://127.0.0.1:")
+        env.write_policy("loopback", dest)
+        report, _ = env.bkp_json("init", "loopback")
+        assert report["tenants"][0]["status"] == "initialised", report
+        report, _ = env.bkp_json("backup", "loopback")
+        assert report["runs"][0]["status"] == "ok", report
+        stored = objects(repository(server, env, "loopback"))
+        assert "config" in stored
+        # The server's own listing (REST v2, with sizes) adds up to what lies on its disk.
+        status, _ = env.bkp_json("status", "loopback")
+        assert status["tenants"][0]["repository_bytes"] == sum(
+            size for name, size in stored.items() if name != "config"), status
+    finally:
+        stop(proc)
