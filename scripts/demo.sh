@@ -56,9 +56,54 @@ rpo_hours: 26
 YAML
 }
 
+# A demo PostgreSQL with an application database (patients and appointments), so that the
+# night dumps it and the drill loads the dump into a scratch server and compares its rows.
+start_demo_postgresql() {
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  local data="$demo/postgres" sockets="$demo/pg"
+  local password="$demo/secrets/zorgapp.db"
+  [ -f "$password" ] || (umask 077; head -c 18 /dev/urandom | base64 > "$password")
+  mkdir -p "$sockets" && chown postgres: "$sockets"
+  if [ ! -d "$data" ]; then
+    install -d -o postgres -m 700 "$data"
+    runuser -u postgres -- "$bin/initdb" -D "$data" --auth-local=peer --auth-host=reject >/dev/null
+    sed -i '1i local all bkp_reader scram-sha-256' "$data/pg_hba.conf"
+  fi
+  if ! runuser -u postgres -- "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    runuser -u postgres -- "$bin/pg_ctl" -D "$data" -w -l "$data/server.log" \
+      -o "-c listen_addresses='' -c unix_socket_directories=$sockets -p 5499" start >/dev/null
+  fi
+  local psql=(runuser -u postgres -- psql -X -q -h "$sockets" -p 5499 -v ON_ERROR_STOP=1)
+  if ! "${psql[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='zorgapp'" | grep -q 1; then
+    "${psql[@]}" -d postgres -c "CREATE DATABASE zorgapp"
+    "${psql[@]}" -d zorgapp -c "CREATE TABLE patients (id serial PRIMARY KEY, bsn text, name text);
+      INSERT INTO patients (bsn, name) SELECT lpad(i::text, 9, '0'), 'patient ' || i FROM generate_series(1, 500) i;
+      CREATE TABLE appointments (id serial PRIMARY KEY, patient int REFERENCES patients, at timestamptz);
+      INSERT INTO appointments (patient, at) SELECT 1 + i % 500, now() + i * interval '1 hour' FROM generate_series(1, 2000) i;"
+  fi
+  # The read-only role bkp dumps with; its password lives only in the secrets file.
+  "${psql[@]}" -d postgres -c "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bkp_reader') THEN CREATE ROLE bkp_reader LOGIN; END IF; END\$\$;
+    GRANT pg_read_all_data TO bkp_reader;" >/dev/null
+  # on stdin, never in argv (base64: no quote to escape)
+  "${psql[@]}" -d postgres -f - >/dev/null <<SQL
+ALTER ROLE bkp_reader PASSWORD '$(cat "$password")';
+SQL
+  cat >> "$BKP_POLICIES/demo-zorg.yaml" <<YAML
+databases:
+  - type: postgresql
+    name: zorgapp
+    host: $sockets
+    port: 5499
+    user: bkp_reader
+    password_file: $password
+YAML
+}
+
 make_tenant demo-zorg sensitive zorgdossiers
 make_tenant demo-bakkerij normal salarisadministratie
 make_tenant demo-huisarts sensitive identiteitsverificatie
+echo "== demo PostgreSQL with demo-zorg's application database"
+start_demo_postgresql
 
 echo "== validating policies in $BKP_POLICIES"
 "$bkp" policy validate

@@ -502,6 +502,10 @@ def _print_runs(outcomes) -> None:
         else:
             click.echo(f"{d['tenant']:<24} {(d.get('result') or d['status']).upper():<7} "
                        f"{d.get('error')}")
+        for db in d.get("databases") or ():
+            said = (f"dump {db['snapshot_id'][:8]}  {db['tables']} tables  {db['rows']} rows  "
+                    f"{db['bytes']} bytes" if db["status"] == "ok" else f"FAILED {db['error']}")
+            click.echo(f"{'':<24}   {db['type']} database {db['name']}: {said}")
 
 
 @cli.command()
@@ -659,6 +663,10 @@ def _print_drills(outcomes) -> None:
         click.echo(f"{d['tenant']:<24} drill {d.get('result', d['status']).upper():<8} snapshot "
                    f"{(d.get('snapshot_id') or '-')[:8]}  {d.get('files_checked') or 0} files "
                    f"checked  {d.get('duration_s') or 0:.1f}s  report {d.get('report')}")
+        for db in d.get("databases") or ():
+            load = f"  loaded in {db['load_s']:.1f}s" if db.get("load_s") is not None else ""
+            click.echo(f"{'':<24}   {db['type']} database {db['name']}: "
+                       f"{db['status'].upper()}  {db['tables']} tables  {db['rows']} rows{load}")
         for p in d.get("problems") or []:
             click.echo(f"    {p['message']}")
         if d.get("error"):

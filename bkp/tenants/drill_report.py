@@ -50,6 +50,7 @@ def render_report(policy: Policy, data: dict, operator: str, written: str) -> st
         f"4. Checked the repository, reading pack subset {data.get('subset_read') or '-'} "
         f"(the subsets rotate so a year of drills reads every pack).",
         f"5. Compared the restore time with the RTO of {policy.drill.rto_minutes} minutes.",
+        *_database_steps(data.get("databases")),
         "",
         "## Result",
         "",
@@ -61,6 +62,21 @@ def render_report(policy: Policy, data: dict, operator: str, written: str) -> st
     else:
         lines.append("No problems found. The scratch copy was removed after the checks.")
     return "\n".join(lines) + "\n"
+
+
+def _database_steps(databases: list | None) -> list[str]:
+    """Per database: the dump loaded into a scratch server, and what it held."""
+    if not databases:
+        return []
+    lines = ["6. Loaded each database's latest dump into a scratch server and compared its "
+             "tables and row counts with those recorded when the dump was made:", "",
+             "| database | type | dump | result | tables | rows | load |",
+             "|---|---|---|---|---|---|---|"]
+    for db in databases:
+        load = f"{db['load_s']:.1f} s" if db.get("load_s") is not None else "-"
+        lines.append(f"| {db['name']} | {db['type']} | {(db.get('snapshot_id') or '-')[:8]} | "
+                     f"{db['status']} | {db['tables']} | {db['rows']} | {load} |")
+    return lines
 
 
 def write_report(ctx: Context, policy: Policy, data: dict) -> tuple[Path, str]:
