@@ -124,7 +124,8 @@ def assert_tags_round_trip(policy: Policy) -> None:
     assert stored == tags, "restic would split, trim or drop a tag"
     assert [t for t in stored if t.startswith("tenant=")] == [f"tenant={policy.tenant}"]
     assert restic.parse_tags(stored) == {"tenant": policy.tenant, "purpose": policy.purpose,
-                                         "classification": policy.classification}
+                                         "classification": policy.classification,
+                                         "kind": "files"}
 
 
 @SETTINGS
