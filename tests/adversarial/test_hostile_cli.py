@@ -93,7 +93,7 @@ def test_a_comma_in_the_purpose_adds_no_tag_to_the_snapshot(hostile_tenant):
     assert [t for t in tags if t.startswith("classification=")] == [
         "classification=sensitive"]
     assert restic.parse_tags(tags) == {"tenant": "acme", "purpose": HOSTILE_PURPOSE,
-                                       "classification": "sensitive"}
+                                       "classification": "sensitive", "kind": "files"}
     # and restic's own selector for the injected tenant finds nothing
     done = env.restic("acme", "snapshots", "--json", "--tag", "tenant=other")
     assert json.loads(done.stdout) == []
