@@ -299,7 +299,8 @@ def shim_env(env: dict[str, str], folder: Path) -> dict[str, str]:
 
 
 SUBCOMMANDS = {"backup", "forget", "prune", "unlock", "snapshots", "init", "version", "check",
-               "stats", "cat", "list", "restore", "ls", "key", "tag", "rebuild-index"}
+               "stats", "cat", "list", "restore", "ls", "key", "tag", "rebuild-index",
+               "dump"}
 _WITH_VALUE = {"--repo", "-r", "--option", "-o", "--cache-dir", "--password-file",
                "--password-command"}
 
@@ -334,6 +335,7 @@ def timeline(log: Path, started_ns: int, ended_ns: int) -> dict:
         "outside_restic_s": (ended_ns - started_ns - inside) / 1e9,
         "before_first_s": (calls[0][0] - started_ns) / 1e9, "between_s": gaps / 1e9,
         "after_last_s": (ended_ns - calls[-1][1]) / 1e9,
+        "seconds_per_process": [round((e - s) / 1e9, 3) for s, e, _ in calls],
     }
 
 
