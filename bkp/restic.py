@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -796,6 +797,21 @@ class Restic:
         return runner.run(dump_argv(self.repo, snapshot_id, filename), env=self.repo.env.env,
                           secrets=self.repo.env.secrets, timeout=self.timeout,
                           drop_env_prefixes=("RESTIC_", "AWS_"), stdout_file=target)
+
+    def dump_to_file(self, snapshot_id: str, filename: str, target: Path, *,
+                     exclusive: bool) -> None:
+        """One file of a snapshot written to `target` (mode 600; `exclusive`: never over an
+        existing file). Half a file is removed: it must not be mistaken for the whole."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+        flags |= os.O_EXCL if exclusive else os.O_TRUNC
+        fd = os.open(target, flags, 0o600)
+        try:
+            done = self.dump(snapshot_id, filename, fd)
+        finally:
+            os.close(fd)
+        if not done.ok:
+            target.unlink(missing_ok=True)
+            raise self.failure(done, "dump").exception()
 
     def dump_bytes(self, snapshot_id: str, filename: str) -> bytes:
         """A small file of a snapshot (an inventory) as bytes."""

@@ -33,7 +33,7 @@ class DatabaseDump:
     tables: dict[str, int] = field(default_factory=dict)
     inventory_snapshot_id: str | None = None
     duration_s: float | None = None
-    exit_code: int = 1
+    failure: BkpError | None = None  # what failed, with its exit code (a changed key is 4)
 
     def to_json(self) -> dict:
         return {"name": self.name, "type": self.type, "status": self.status,
@@ -55,9 +55,10 @@ def dump_database(restic: Restic, policy: Policy, database: Database, host: str)
     started = time.monotonic()
     try:
         _dump(restic, policy, database, host, result)
-        result.status, result.exit_code = "ok", 0
+        result.status = "ok"
     except BkpError as exc:
-        result.error, result.exit_code = f"{database.label}: {exc}", exc.exit_code
+        result.error = f"{database.label}: {exc}"
+        result.failure = type(exc)(result.error)
     result.duration_s = round(time.monotonic() - started, 3)
     return result
 

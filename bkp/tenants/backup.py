@@ -106,8 +106,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         files_error = _back_up_files(ctx, policy, destination, preflight, restic, fields, made)
         dumps = _dump_databases(ctx, policy, restic, made)
         destination.confirm_unchanged()
-        error = files_error or next((OperationError(d.error) for d in dumps
-                                     if d.status != "ok"), None)
+        error = files_error or next((d.failure for d in dumps if d.failure), None)
         if error is not None:
             raise error
         # An append-only server refuses the deletions forget would make: retention there is

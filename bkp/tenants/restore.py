@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import threading
@@ -115,16 +114,7 @@ def _restore_dump(ctx: Context, policy: Policy, name: str, target: Path,
                   snapshot: str | None) -> dict:
     restic = open_repository(policy, ctx.settings.home)
     dump = _chosen_dump(restic.snapshots(), policy, name, snapshot)
-    filename = (dump.get("paths") or [""])[0]
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        done = restic.dump(dump["id"], filename, fd)
-    finally:
-        os.close(fd)
-    if not done.ok:
-        target.unlink(missing_ok=True)  # half a dump must not be mistaken for one
-        failure = restic.failure(done, "dump")
-        raise failure.exception()
+    restic.dump_to_file(dump["id"], (dump.get("paths") or [""])[0], target, exclusive=True)
     return {"tenant": policy.tenant, "database": name, "snapshot_id": dump["id"],
             "snapshot_time": dump["time"], "target": str(target),
             "bytes": target.stat().st_size}

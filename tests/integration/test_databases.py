@@ -212,7 +212,6 @@ def test_no_password_in_any_command_line_during_the_dump(installation, servers):
                     continue
                 if "pg_dump" in argv or "mariadb-dump" in argv:
                     seen.append(argv)
-                    assert not any(p in argv for p in passwords), argv
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -223,6 +222,7 @@ def test_no_password_in_any_command_line_during_the_dump(installation, servers):
         watcher.join()
     assert run["runs"][0]["status"] == "ok"
     assert seen, "the watcher never saw a dump client: it could not have failed"
+    assert not [argv for argv in seen if any(p in argv for p in passwords)]
     catalog = (env.home / "catalog.db").read_bytes()
     assert not any(p.encode() in catalog for p in passwords)
 
