@@ -56,6 +56,14 @@ class Destination:
     append_only: bool = False
     maintenance_url: str | None = None
     maintenance_credentials_file: Path | None = None
+    # s3: the bucket has S3 Object Lock with a default retention (checked by the preflight)
+    object_lock: bool = False
+
+    @property
+    def immutable(self) -> bool:
+        """Whether the nightly credential should be unable to delete: what every drill
+        proves with a canary."""
+        return self.append_only or self.object_lock
 
     @property
     def off_site(self) -> bool:
@@ -166,6 +174,20 @@ class Retention:
         rules = {"last": self.last, "hourly": self.hourly, "daily": self.daily,
                  "weekly": self.weekly, "monthly": self.monthly, "yearly": self.yearly}
         return {k: v for k, v in rules.items() if v > 0}
+
+    def promised_days(self, rpo_hours: float) -> int:
+        """How far back the keep rules promise restore points, in days: the age of the
+        oldest snapshot they keep when every night succeeded (`last` counts nights, one
+        per RPO). An S3 Object Lock must protect at least this long, or a stolen nightly
+        credential could delete restore points the policy promises. A legal hold without
+        rules promises everything: a year, the longest a lock is asked to reach here."""
+        spans = {"last": rpo_hours / 24, "hourly": 1 / 24, "daily": 1, "weekly": 7,
+                 "monthly": 31, "yearly": 366}
+        days = max((count * spans[rule] for rule, count in self.keep_rules().items()),
+                   default=0)
+        if self.legal_hold and not days:
+            days = 365
+        return max(1, math.ceil(days))
 
 
 @dataclass(frozen=True)

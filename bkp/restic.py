@@ -272,6 +272,45 @@ def backup_stdin_argv(repo: Repository, policy: Policy, host: str, filename: str
     return args
 
 
+# ---------------------------------------------------------------- the immutability canary
+# A tiny snapshot bkp writes into an append-only or object-locked repository so that every
+# drill can try to delete something with the nightly credential. It carries no tenant tag:
+# everything that selects a tenant's snapshots (listings, "latest", retention, catalog
+# sync, reports) never sees it, and it never holds tenant data.
+CANARY_TAG = "bkp-canary"
+KIND_CANARY = "canary"
+CANARY_FILENAME = "bkp-canary"
+CANARY_CONTENT = (b"bkp immutability canary: written by bkp so that each restore drill can "
+                  b"prove the nightly credential cannot delete backups. No tenant data.\n")
+
+
+def canary_argv(repo: Repository, host: str) -> list[str]:
+    return [*global_args(repo), "backup", "--json", "--host", host, "--stdin",
+            "--stdin-filename", CANARY_FILENAME, "--tag", f"{TAG_SCHEME}={TAG_SCHEME_VERSION}",
+            "--tag", CANARY_TAG, "--tag", tag("kind", KIND_CANARY)]
+
+
+def canaries_argv(repo: Repository) -> list[str]:
+    return [*global_args(repo), "snapshots", "--json", "--tag", CANARY_TAG]
+
+
+def forget_one_argv(repo: Repository, snapshot_id: str) -> list[str]:
+    """Forget one snapshot without pruning: the deletion of its snapshot file is the test."""
+    return [*global_args(repo), "forget", "--", snapshot_id]
+
+
+# What a server or a filesystem says when it refuses a deletion (rest-server and rclone
+# answer 403; S3 AccessDenied; a read-only sftp path "permission denied").
+DELETION_REFUSED = re.compile(
+    r"Remove\(<snapshot/[0-9a-f]+>\).*(403|Forbidden|AccessDenied|permission denied|"
+    r"read-only)|unable to remove .* from the repository", re.I)
+
+
+def deletion_refused(line: str) -> str | None:
+    """For the runner: restic retries a refused deletion for a minute; stop at the first."""
+    return "deletion_refused" if DELETION_REFUSED.search(line) else None
+
+
 def forget_ids_argv(repo: Repository, snapshot_ids: Sequence[str]) -> list[str]:
     """Forget exactly these snapshots (bkp applied the keep rules per kind) and prune."""
     return [*global_args(repo), "forget", "--prune", "--", *snapshot_ids]
@@ -826,6 +865,32 @@ class Restic:
             raise NoSnapshot("no snapshot found: is there a backup yet? (`bkp snapshots "
                              "TENANT` lists them)")
         return max(files, key=lambda s: _restic_time(s["time"]))["id"]
+
+    def canaries(self) -> list[dict]:
+        """The immutability canaries in the repository (usually one)."""
+        done = self.run(canaries_argv(self.repo), "snapshots")
+        return [s for s in parse_snapshots(done.stdout) if CANARY_TAG in s["tags"]]
+
+    def write_canary(self, host: str) -> str:
+        """A new canary snapshot of a few bytes bkp made; its id."""
+        self.calls += 1
+        done = runner.run(canary_argv(self.repo, host), env=self.repo.env.env,
+                          secrets=self.repo.env.secrets, timeout=self.timeout,
+                          stdin_data=CANARY_CONTENT, drop_env_prefixes=("RESTIC_", "AWS_"))
+        if not done.ok:
+            raise self.failure(done, "backup").exception()
+        summary = parse_backup_output(done.stdout)
+        if not summary.snapshot_id:
+            raise OperationError("restic wrote the canary but named no snapshot id")
+        return summary.snapshot_id
+
+    def try_forget(self, snapshot_id: str) -> runner.Completed:
+        """Try to delete one snapshot as the nightly run could; stopped at the first
+        refusal (restic would retry it for a minute). The caller judges by looking."""
+        self.calls += 1
+        return runner.run(forget_one_argv(self.repo, snapshot_id), env=self.repo.env.env,
+                          secrets=self.repo.env.secrets, timeout=self.timeout,
+                          drop_env_prefixes=("RESTIC_", "AWS_"), stop_when=deletion_refused)
 
     def forget(self, retention: Retention) -> ForgetResult:
         done = self.run(forget_argv(self.repo, self.tenant, retention), "forget/prune")

@@ -200,3 +200,10 @@ def _database_dumps(db: sqlite_utils.Database) -> None:
     db["database_dumps"].create_index(["tenant", "name", "id"])
     # The per-database findings of a drill (JSON list), beside the run's other findings.
     db["runs"].add_column("databases", str)
+
+
+@migrations(name="0010_immutability_proof")
+def _immutability_proof(db: sqlite_utils.Database) -> None:
+    # A drill of an append-only or object-locked destination: the canary it tried to delete
+    # with the nightly credential, how, and whether the deletion was refused (JSON).
+    db["runs"].add_column("immutability", str)

@@ -3,6 +3,7 @@ policy's region), then restic's s3 backend with credentials in its environment o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from bkp.destinations import Preflight, cache_options
 from bkp.errors import OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
+
+log = logging.getLogger("bkp")
+# restic sends Content-MD5 with every upload since 0.13.0 (restic issue 2202, PR 3246);
+# S3 refuses a PutObject into a bucket with Object Lock without it (or a checksum header).
+OBJECT_LOCK_RESTIC = (0, 13)
+LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 
 
 def bucket_region(location_constraint: str | None) -> str:
@@ -76,7 +83,101 @@ class S3Destination:
                 f"bucket {self.dest.bucket} stands in region {actual}, the policy says "
                 f"{self.dest.region}: refusing to write (data must rest where the policy "
                 f"says). Fix the policy or use a bucket in {self.dest.region}")
-        return Preflight(True, self._object_exists(client, self._key("config")))
+        detail = self._check_object_lock(client) if self.dest.object_lock else ""
+        return Preflight(True, self._object_exists(client, self._key("config")), detail)
+
+    # -------------------------------------------------------------- Object Lock
+
+    def _check_object_lock(self, client) -> str:
+        """The bucket keeps every object version for at least the days the keep rules
+        promise restore points (Policy.retention.promised_days), in COMPLIANCE mode
+        (GOVERNANCE: a warning), and the installed restic can write there. Refused (4)
+        otherwise: a backup the policy calls undeletable must be undeletable."""
+        from bkp.restic import version
+
+        installed = version()
+        if not installed.at_least(*OBJECT_LOCK_RESTIC):
+            raise SafetyError(
+                f"destination.object_lock: restic {installed} cannot write to a bucket with "
+                f"S3 Object Lock (it sends no Content-MD5); restic "
+                f"{'.'.join(map(str, OBJECT_LOCK_RESTIC))}.0 or newer is needed")
+        mode, days = self._default_retention(client)
+        need = self.policy.retention.promised_days(self.policy.rpo_hours)
+        where = f"bucket {self.dest.bucket}"
+        if mode not in LOCK_MODES:
+            raise SafetyError(f"{where} has S3 Object Lock without a default retention "
+                              f"(mode {mode or 'none'}): objects restic writes would not be "
+                              f"locked. Set a default retention in COMPLIANCE mode of at "
+                              f"least {need} days")
+        if days < need:
+            raise SafetyError(f"{where} keeps objects locked for {days} days ({mode}), the "
+                              f"keep rules promise restore points {need} days back: a "
+                              f"stolen nightly credential could delete those older than "
+                              f"{days} days. Set the default retention to at least {need} "
+                              f"days")
+        if mode == "GOVERNANCE":
+            warning = (f"{where} locks objects in GOVERNANCE mode, which a credential with "
+                       f"s3:BypassGovernanceRetention can lift; COMPLIANCE mode cannot be "
+                       f"lifted by anyone")
+            log.warning("warning: %s", warning)
+            return warning
+        return ""
+
+    def _default_retention(self, client) -> tuple[str | None, int]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = client.get_object_lock_configuration(Bucket=self.dest.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ObjectLockConfigurationNotFoundError":
+                raise SafetyError(
+                    f"destination.object_lock is true but bucket {self.dest.bucket} has no "
+                    f"S3 Object Lock: its objects can be deleted by whoever holds a "
+                    f"credential. Object Lock can only be chosen when a bucket is created: "
+                    f"create a new bucket with Object Lock and a default retention in "
+                    f"COMPLIANCE mode") from None
+            raise OperationError(f"cannot read the Object Lock configuration of bucket "
+                                 f"{self.dest.bucket}: {code}") from None
+        except BotoCoreError as exc:
+            raise OperationError(f"cannot reach S3 endpoint {self.dest.endpoint}: {exc}") \
+                from None
+        config = answer.get("ObjectLockConfiguration") or {}
+        if config.get("ObjectLockEnabled") != "Enabled":
+            raise SafetyError(f"destination.object_lock is true but bucket "
+                              f"{self.dest.bucket} does not have S3 Object Lock enabled")
+        retention = (config.get("Rule") or {}).get("DefaultRetention") or {}
+        days = int(retention.get("Days") or 0) + 365 * int(retention.get("Years") or 0)
+        return retention.get("Mode"), days
+
+    def try_delete_snapshot_version(self, snapshot_id: str) -> tuple[bool, str]:
+        """Try to destroy a snapshot object for good, with the nightly credential: every
+        version of it, each by its version id. (refused, what S3 said)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client()
+        key = self._key(f"snapshots/{snapshot_id}")
+        try:
+            listed = client.list_object_versions(Bucket=self.dest.bucket, Prefix=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise OperationError(f"cannot list the versions of {key}: {exc}") from None
+        versions = [v for v in listed.get("Versions", []) if v.get("Key") == key]
+        if not versions:
+            raise OperationError(f"the canary object {key} has no version to delete")
+        codes = []
+        for item in versions:
+            try:
+                client.delete_object(Bucket=self.dest.bucket, Key=key,
+                                     VersionId=item["VersionId"])
+                codes.append("deleted")
+            except ClientError as exc:
+                codes.append(exc.response.get("Error", {}).get("Code", "refused"))
+            except BotoCoreError as exc:
+                raise OperationError(f"cannot reach S3 endpoint {self.dest.endpoint}: "
+                                     f"{exc}") from None
+        refused = all(code in ("AccessDenied", "InvalidRequest", "MethodNotAllowed")
+                      for code in codes)
+        return refused, f"DeleteObject {key} by version id: {', '.join(codes)}"
 
     def nightly_preflight(self) -> Preflight:
         # The bucket's region is checked every night: data must never go where it moved.

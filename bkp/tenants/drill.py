@@ -7,7 +7,9 @@ A drill checks four things and names every problem it finds:
    snapshot's listing (every file present, sizes equal);
 3. a sample of files against the live source, where the source has not changed since the
    snapshot (same size and mtime): a different SHA-256 there is corruption, not change;
-4. the time the restore took against the policy's RTO.
+4. the time the restore took against the policy's RTO;
+5. on an append-only or object-locked destination, that the nightly credential cannot
+   delete (bkp.tenants.canary).
 Scratch space is removed afterwards, whatever happened.
 """
 
@@ -33,6 +35,7 @@ from bkp.files import file_sha256
 from bkp.policy import Policy
 from bkp.restic import Listing, Node, NoSnapshot, Restic, parse_restored_snapshot, version
 from bkp.results import DrillRun
+from bkp.tenants.canary import Immutability, prove_immutability
 
 SCRATCH_MARGIN = 64 << 20
 # restic reads `--read-data-subset n/t` for t up to 256: a daily drill shares groups.
@@ -67,6 +70,7 @@ class DrillResult:
     restore_s: float | None = None
     problems: list[Problem] = field(default_factory=list)
     databases: list = field(default_factory=list)  # DatabaseDrill
+    immutability: Immutability | None = None
 
 
 # ---------------------------------------------------------------- pure parts
@@ -278,6 +282,13 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
         result.problems.append(Problem("rto", "", f"restore within {policy.drill.rto_minutes} "
                                                   f"min", f"{result.restore_s / 60:.1f} min"))
 
+    if policy.destination.immutable:
+        _progress(ctx, policy, "proving that the nightly credential cannot delete")
+        result.immutability = prove_immutability(policy, ctx.settings.home, restic)
+        if not result.immutability.proven:
+            result.problems.append(Problem("immutability", "", "the deletion refused",
+                                           result.immutability.problem_text()))
+
 
 def _list_and_restore(ctx: Context, policy: Policy, restic: Restic, scratch: Path):
     estimate = ctx.catalog.last_backup_size(policy.tenant)
@@ -352,7 +363,9 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             rto_minutes=policy.drill.rto_minutes, error=str(error) if error else None,
             restic_calls=restic.calls if restic else 0,
             databases=as_json([d.to_json() for d in result.databases])
-            if policy.databases else None)
+            if policy.databases else None,
+            immutability=as_json(result.immutability.to_json())
+            if result.immutability else None)
         # CLI.md's status is passed|failed; `result` says why a drill did not pass (found
         # problems, could not run, interrupted).
         data = DrillRun(
@@ -366,15 +379,21 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             restore_s=result.restore_s, rto_minutes=policy.drill.rto_minutes,
             error=str(error) if error else None, restic_version=row["restic_version"],
             repository=restic.repo.label if restic else None,
-            extra={"databases": [d.to_json() for d in result.databases]}
-            if policy.databases else {})
+            extra={**({"databases": [d.to_json() for d in result.databases]}
+                       if policy.databases else {}),
+                   **({"immutability": result.immutability.to_json()
+                       if result.immutability else None}
+                      if policy.destination.immutable else {})})
         report, digest = write_report(ctx, policy, data.to_json())
         data.report, data.report_sha256 = str(report), digest
         ctx.catalog.update_run(run_id, report=data.report)
         ctx.audit("drill", status, policy.tenant, run_id=run_id,
                   snapshot_id=result.snapshot_id, files_checked=result.files_checked,
                   subset=result.subset, problems=len(problems), error=data.error,
-                  report=data.report, report_sha256=digest)
+                  report=data.report, report_sha256=digest,
+                  **({"immutability": result.immutability.deletion
+                      if result.immutability else None}
+                     if policy.destination.immutable else {}))
     return Outcome(policy.tenant, code, data)
 
 

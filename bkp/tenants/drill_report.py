@@ -51,6 +51,7 @@ def render_report(policy: Policy, data: dict, operator: str, written: str) -> st
         f"(the subsets rotate so a year of drills reads every pack).",
         f"5. Compared the restore time with the RTO of {policy.drill.rto_minutes} minutes.",
         *_database_steps(data.get("databases")),
+        *_immutability_step(data.get("immutability"), "immutability" in data),
         "",
         "## Result",
         "",
@@ -77,6 +78,21 @@ def _database_steps(databases: list | None) -> list[str]:
         lines.append(f"| {db['name']} | {db['type']} | {(db.get('snapshot_id') or '-')[:8]} | "
                      f"{db['status']} | {db['tables']} | {db['rows']} | {load} |")
     return lines
+
+
+def _immutability_step(proof: dict | None, asked: bool) -> list[str]:
+    """An append-only or object-locked destination: the deletion tried, and its answer."""
+    if not asked:
+        return []
+    if proof is None:
+        return ["7. Tried to delete the canary snapshot with the nightly credential: not "
+                "reached."]
+    said = ("REFUSED: the nightly credential cannot delete backups" if
+            proof["deletion"] == "refused" else
+            "SUCCEEDED: the backups are deletable by the nightly credential")
+    return [f"7. Tried to delete the canary snapshot {proof['canary'][:8]} (a few bytes bkp "
+            f"wrote, no tenant data) with the nightly credential, by {proof['method']}: "
+            f"{said} ({proof['detail']})."]
 
 
 def write_report(ctx: Context, policy: Policy, data: dict) -> tuple[Path, str]:
