@@ -87,6 +87,18 @@ class DrillRun(TenantResult):
 
 
 @dataclass
+class MaintainEntry(TenantResult):
+    """`bkp maintain`: retention applied on an append-only destination."""
+
+    snapshots_kept: int | None = None  # file snapshots kept (as backup runs count them)
+    snapshots_forgotten: int | None = None  # snapshots of every kind forgotten and pruned
+    repository: str | None = None  # the maintenance location, without credential
+    run_id: int | None = None
+    duration_s: float | None = None
+    restic_calls: int | None = None
+
+
+@dataclass
 class SyncEntry(TenantResult):
     snapshots: int | None = None
     added: int = 0

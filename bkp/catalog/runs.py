@@ -126,10 +126,18 @@ class RunsTable:
         recorded them (None: not known, e.g. a catalog rebuilt by sync)."""
         import json
 
-        row = self.last_run(tenant, "backup", status="ok")
+        row = self.last_listing(tenant)
         if row is None or not row.get("kept_snapshots"):
             return None
         return json.loads(row["kept_snapshots"])
+
+    def last_listing(self, tenant: str) -> dict | None:
+        """The last good backup or maintenance run: the latest record of which snapshots
+        the repository holds (a maintenance run forgets some on an append-only one)."""
+        rows = list(self.db["runs"].rows_where(
+            "tenant = ? and kind in ('backup', 'maintain') and status = 'ok'", [tenant],
+            order_by="coalesce(ended_at, started_at) desc, id desc", limit=1))
+        return rows[0] if rows else None
 
     def known_snapshots(self, tenant: str) -> set[str]:
         """Short ids (8 hex) of the snapshots the catalog knows for a tenant (restic 0.14

@@ -207,3 +207,6 @@ def _immutability_proof(db: sqlite_utils.Database) -> None:
     # A drill of an append-only or object-locked destination: the canary it tried to delete
     # with the nightly credential, how, and whether the deletion was refused (JSON).
     db["runs"].add_column("immutability", str)
+    # Append-only destinations: how many snapshots the keep rules would drop, waiting for
+    # `bkp maintain` (a nightly backup counts them, a maintenance run sets 0).
+    db["runs"].add_column("maintenance_pending", int)

@@ -657,6 +657,52 @@ def drill(state, tenants, all_, due, progress, as_json):
     return highest_exit(outcomes)
 
 
+@cli.command()
+@click.argument("tenants", nargs=-1, metavar="TENANT...")
+@click.option("--all", "all_", is_flag=True,
+              help="Every tenant with an append_only destination.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal).")
+@json_option
+@pass_state
+def maintain(state, tenants, all_, progress, as_json):
+    """Apply retention (forget + prune) on append-only destinations.
+
+    Nightly runs never forget on an append_only destination: the server refuses their
+    credential every deletion. This command reaches the repository through maintenance_url
+    with maintenance_credentials_file, a credential that may delete and lives only on the
+    host where maintenance runs, and applies the same keep rules. A tenant without an
+    append_only destination or without that credential here is refused (exit 3).
+    """
+    from bkp.context import highest_exit, run_per_tenant
+    from bkp.results import MaintainEntry
+    from bkp.tenants.maintain import maintain_tenant
+
+    policies, broken = state.select(tenants, all_, MaintainEntry)
+    if all_:
+        policies = [p for p in policies if p.destination.append_only]
+    show = sys.stderr.isatty() if progress is None else progress
+    ctx = state.context(progress=show)
+    outcomes = broken + run_per_tenant(policies, lambda p: maintain_tenant(ctx, p),
+                                       result=MaintainEntry)
+
+    def human():
+        if not outcomes:
+            click.echo("no tenant with an append_only destination")
+        for o in outcomes:
+            d = o.data
+            if d["status"] == "ok" and d.get("result") != "legal_hold":
+                click.echo(f"{d['tenant']:<24} ok      kept {d['snapshots_kept']} file "
+                           f"snapshots, forgot {d['snapshots_forgotten']} snapshots  "
+                           f"{d['repository']}")
+            else:
+                click.echo(f"{d['tenant']:<24} {(d.get('result') or d['status']).upper():<7} "
+                           f"{d.get('error')}")
+
+    emit({"tenants": [o.data for o in outcomes]}, as_json, human)
+    return highest_exit(outcomes)
+
+
 def _print_drills(outcomes) -> None:
     for o in outcomes:
         d = o.data
@@ -799,9 +845,12 @@ def _print_evidence(data: dict) -> None:
 @click.option("--output", "-o", metavar="PATH", type=click.Path(path_type=Path),
               help="Write instead of printing, mode 0600: the cron file, or for systemd a "
                    "directory that gets bkp.service and bkp.timer.")
+@click.option("--maintenance", is_flag=True,
+              help="Only the weekly `bkp maintain --all` job (bkp-maintain.service and "
+                   ".timer), for the host that holds the maintenance credentials.")
 @pass_state
 def schedule(state, fmt, every, scheduler, healthcheck_url, prometheus_textfile,
-             environment_file, output):
+             environment_file, output, maintenance):
     """Print (or write) the crontab line or systemd units that drive `bkp run`.
 
     The systemd service may write only to BKP_HOME, the local destinations of the current
@@ -809,13 +858,18 @@ def schedule(state, fmt, every, scheduler, healthcheck_url, prometheus_textfile,
     Tenants whose password comes from password_env need that variable where bkp runs: with
     systemd give --environment-file; cron cannot carry it (use password_file).
     """
-    from bkp.tenants.schedule import render_cron, render_systemd, write_schedule
+    from bkp.tenants import schedule as plans
 
     inst = _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,
                                       prometheus_textfile, environment_file)
-    text = render_cron(inst) if fmt == "cron" else render_systemd(inst)
+    if maintenance:
+        text = (plans.render_maintenance_cron(inst) if fmt == "cron"
+                else plans.render_maintenance_systemd(inst))
+    else:
+        text = plans.render_cron(inst) if fmt == "cron" else plans.render_systemd(inst)
     if output:
-        for path in write_schedule(text, fmt, output):
+        unit = "bkp-maintain" if maintenance else "bkp"
+        for path in plans.write_schedule(text, fmt, output, unit):
             say(f"wrote {path} (mode 0600)")
         return 0
     if any(key == "BKP_HEALTHCHECK_URL" for key, _ in inst.environment):
@@ -974,6 +1028,8 @@ def _print_status(rows) -> None:
                        f"bkp policy acknowledge {r['tenant']})")
         if r.get("policy_changed_since_last_run"):
             click.echo(f"{'':<22}   policy edited since the last run; recorded at the next")
+        if r.get("maintenance"):
+            click.echo(f"{'':<22}   {_maintenance_text(r['maintenance'])}")
         for database in r.get("databases") or ():
             dump = database["last_good_dump"]
             said = (f"last good dump {dump['time'][:19]}Z, snapshot {dump['snapshot_id'][:8]}, "
@@ -981,6 +1037,17 @@ def _print_status(rows) -> None:
             click.echo(f"{'':<22} {'' if database['rpo_ok'] else '! '}{database['type']} "
                        f"database {database['name']}: {said}"
                        f"{'' if database['rpo_ok'] else ' (LATE)'}")
+
+
+def _maintenance_text(state: dict) -> str:
+    pending = state.get("pending")
+    waiting = ("snapshots waiting for maintenance: not counted yet" if pending is None else
+               f"{pending} snapshot{'' if pending == 1 else 's'} waiting for maintenance "
+               f"(beyond the keep rules)")
+    last = state.get("last")
+    when = (f"last `bkp maintain` {last['time'][:19]}Z {last['status']}" if last else
+            "never maintained")
+    return f"append-only: {waiting}; {when}"
 
 
 def _drill_word(row) -> str:

@@ -40,17 +40,31 @@ def repository_label(url: str) -> str:
 class RestDestination:
     policy: Policy
     home: Path
+    # `bkp maintain`: the repository through maintenance_url with the credential that may
+    # delete (an append-only destination's other door), instead of the nightly one.
+    maintenance: bool = False
 
     @property
     def dest(self):
         return self.policy.destination
 
     @property
+    def url(self) -> str:
+        return self.dest.maintenance_location if self.maintenance else self.dest.url
+
+    @property
+    def credentials_file(self) -> Path:
+        return Path(self.dest.maintenance_credentials_file if self.maintenance
+                    else self.dest.credentials_file)
+
+    @property
     def label(self) -> str:
-        return repository_label(self.dest.url)
+        return repository_label(self.url)
 
     def _credentials(self) -> secrets.RestCredentials:
-        return secrets.rest_credentials(Path(self.dest.credentials_file))
+        return secrets.rest_credentials(
+            self.credentials_file,
+            "maintenance_credentials_file" if self.maintenance else "credentials_file")
 
     def _ca_file(self) -> Path | None:
         if self.dest.ca_file is None:
@@ -61,7 +75,7 @@ class RestDestination:
     # -------------------------------------------------------------- HTTP side
 
     def _connection(self) -> http.client.HTTPConnection:
-        parts = urlsplit(self.dest.url)
+        parts = urlsplit(self.url)
         if parts.scheme == "http":  # the policy allows it only for a loopback host
             return http.client.HTTPConnection(parts.hostname, parts.port,
                                               timeout=CONNECT_TIMEOUT)
@@ -83,7 +97,7 @@ class RestDestination:
         headers = {"Authorization": f"Basic {token}"}
         if accept:
             headers["Accept"] = accept
-        base = urlsplit(self.dest.url).path.rstrip("/")
+        base = urlsplit(self.url).path.rstrip("/")
         connection = self._connection()
         try:
             answers = []
@@ -105,7 +119,7 @@ class RestDestination:
             connection.close()
 
     def _where(self) -> str:
-        parts = urlsplit(self.dest.url)
+        parts = urlsplit(self.url)
         return parts.netloc
 
     def _untrusted(self, exc: ssl.SSLCertVerificationError) -> str:
@@ -117,8 +131,10 @@ class RestDestination:
 
     def _refused(self, status: int) -> OperationError:
         if status == 401:
+            which = ("maintenance_credentials_file" if self.maintenance
+                     else "credentials_file")
             return OperationError(f"REST server {self._where()} refused the credentials in "
-                                  f"credentials_file {self.dest.credentials_file} (HTTP 401); "
+                                  f"{which} {self.credentials_file} (HTTP 401); "
                                   f"check the user and password against the server's "
                                   f"htpasswd")
         if status == 403:
@@ -165,7 +181,7 @@ class RestDestination:
     def repository(self) -> Repository:
         creds = self._credentials()
         env = secrets.restic_password(self.policy).merged(
-            rest_location(self.dest.url, creds.user, creds.password))
+            rest_location(self.url, creds.user, creds.password))
         return Repository(url="", env=env, cacert=self._ca_file(),
                           **cache_options(self.home, self.policy.tenant), label=self.label)
 

@@ -36,7 +36,7 @@ from bkp.restic import (
     version,
 )
 from bkp.results import BackupRun
-from bkp.tenants.retention import apply_retention
+from bkp.tenants.retention import apply_retention, pending_retention
 
 
 def check_sources(policy: Policy) -> None:
@@ -110,8 +110,10 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         if error is not None:
             raise error
         # An append-only server refuses the deletions forget would make: retention there is
-        # applied separately, with the credential that may delete.
-        if not policy.retention.legal_hold and not policy.destination.append_only:
+        # applied by `bkp maintain`, with the credential that may delete.
+        if policy.destination.append_only and not policy.retention.legal_hold:
+            fields.update(pending_retention(ctx, policy, restic, made))
+        elif not policy.retention.legal_hold:
             fields.update(apply_retention(ctx, policy, restic, made))
         fields["repository_bytes"] = _usage(destination)
     except BkpError as exc:

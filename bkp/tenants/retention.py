@@ -57,20 +57,48 @@ def apply_retention(ctx: Context, policy: Policy, restic: Restic,
     if known is not None and made and all(s.get("id") for s in made):
         candidate = [*known, *made]
         if kept_per_group(candidate, rules) == {s["id"] for s in candidate}:
-            return _fields([_remembered(s) for s in candidate])
+            return kept_fields([_remembered(s) for s in candidate])
     ever_dumped = policy.databases or any(
         (s.get("kind") or KIND_FILES) != KIND_FILES for s in [*(known or []), *made])
     if not ever_dumped:
         result = restic.forget(policy.retention)
-        return _fields([{**s, "kind": KIND_FILES} for s in result.kept_snapshots])
+        return kept_fields([{**s, "kind": KIND_FILES} for s in result.kept_snapshots])
     listed = restic.snapshots()
     kept = kept_per_group(listed, rules)
     dropped = [s["id"] for s in listed if s["id"] not in kept]
     if dropped:
         restic.forget_ids(dropped)
-    return _fields([_remembered(s) for s in listed if s["id"] in kept])
+    return kept_fields([_remembered(s) for s in listed if s["id"] in kept])
 
 
-def _fields(kept: list[dict]) -> dict:
+def pending_retention(ctx: Context, policy: Policy, restic: Restic,
+                      made: Sequence[dict]) -> dict:
+    """On an append-only destination nothing is forgotten at night: the run records every
+    snapshot the repository holds and how many of them the keep rules would drop, which
+    wait for `bkp maintain` (shown by `bkp status`). No restic process when the last
+    record plus tonight's snapshots say it."""
+    known = ctx.catalog.kept_snapshots(policy.tenant)
+    if known is not None and made and all(s.get("id") for s in made):
+        present = [*known, *made]
+    else:
+        present = [_remembered(s) for s in restic.snapshots()]
+    kept = kept_per_group(present, policy.retention.keep_rules())
+    return {**kept_fields(present),
+            "maintenance_pending": sum(1 for s in present if s["id"] not in kept)}
+
+
+def forget_beyond_rules(policy: Policy, restic: Restic) -> tuple[list[dict], list[str]]:
+    """`bkp maintain`: the snapshots the keep rules keep, and forget + prune of the others,
+    grouped per kind as every night does elsewhere. The immutability canary carries no
+    tenant tag, so it is never listed here and never forgotten."""
+    listed = restic.snapshots()
+    kept = kept_per_group(listed, policy.retention.keep_rules())
+    dropped = [s["id"] for s in listed if s["id"] not in kept]
+    if dropped:
+        restic.forget_ids(dropped)
+    return [_remembered(s) for s in listed if s["id"] in kept], dropped
+
+
+def kept_fields(kept: list[dict]) -> dict:
     files = [s for s in kept if (s.get("kind") or KIND_FILES) == KIND_FILES]
     return {"snapshots_kept": len(files), "kept_snapshots": json.dumps(kept)}

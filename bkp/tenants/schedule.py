@@ -215,16 +215,51 @@ def _normalised(path: Path) -> str:
     return "/" + os.path.normpath("/" + str(path)).lstrip("/")
 
 
-def render_systemd(inst: Installation) -> str:
+# `bkp maintain --all` (retention on append-only destinations) runs where the credential
+# that may delete lives, usually another host than the nightly one: its own job, weekly.
+MAINTENANCE_CRON = "30 4 * * 0"
+MAINTENANCE_CALENDAR = "Sun *-*-* 04:30:00"
+
+
+def render_maintenance_cron(inst: Installation) -> str:
+    check_installation(inst)
+    env = " ".join(f"{key}={cron_word(value)}" for key, value in _environment(inst))
+    command = (f"{env} {cron_word(str(inst.bkp))} maintain --all "
+               f">>{cron_word(str(inst.log))} 2>&1")
+    if len(command) > CRON_MAX_COMMAND:
+        raise PolicyError(f"the cron command would be {len(command)} characters, too long: "
+                          f"cron reads at most {CRON_MAX_COMMAND + 1} and silently cuts the "
+                          "rest. Use shorter paths, or --format systemd")
+    return "\n".join([
+        "# bkp maintenance: retention (forget + prune) on the append-only destinations, with",
+        "# the credential that may delete; only on the maintenance host. Weekly.",
+        "# Install: bkp schedule --maintenance > /etc/cron.d/bkp-maintain",
+        f"{MAINTENANCE_CRON} root {command}",
+        "",
+    ])
+
+
+def render_maintenance_systemd(inst: Installation) -> str:
+    return render_systemd(inst, unit="bkp-maintain", args="maintain --all",
+                          description="bkp: retention on append-only destinations",
+                          calendar=MAINTENANCE_CALENDAR,
+                          timer_description="Weekly bkp maintenance of append-only "
+                                            "destinations")
+
+
+def render_systemd(inst: Installation, unit: str = "bkp", args: str = "run",
+                   description: str = "bkp: due backups and restore drills",
+                   calendar: str | None = None,
+                   timer_description: str = "Check for due bkp backups and drills") -> str:
     check_installation(inst)
     home = _normalised(inst.home)
     writable = [systemd_word(home)] + [
         systemd_word(f"-{path}") for path in dict.fromkeys(_normalised(p) for p in inst.writable)
         if path != home]
     service = "\n".join([
-        "# /etc/systemd/system/bkp.service",
+        f"# /etc/systemd/system/{unit}.service",
         "[Unit]",
-        "Description=bkp: due backups and restore drills",
+        f"Description={description}",
         "Wants=network-online.target",
         "After=network-online.target",
         "",
@@ -233,7 +268,7 @@ def render_systemd(inst: Installation) -> str:
         *[f"Environment={systemd_word(f'{key}={value}')}" for key, value in _environment(inst)],
         *([f"EnvironmentFile={systemd_word(str(inst.environment_file))}"]
           if inst.environment_file else []),
-        f"ExecStart={systemd_word(str(inst.bkp))} run",
+        f"ExecStart={systemd_word(str(inst.bkp))} {args}",
         "Nice=10",
         "IOSchedulingClass=best-effort",
         "IOSchedulingPriority=7",
@@ -267,34 +302,35 @@ def render_systemd(inst: Installation) -> str:
         "",
     ])
     timer = "\n".join([
-        "# /etc/systemd/system/bkp.timer",
+        f"# /etc/systemd/system/{unit}.timer",
         "[Unit]",
-        "Description=Check for due bkp backups and drills",
+        f"Description={timer_description}",
         "",
         "[Timer]",
-        f"OnCalendar=*:0/{inst.every_minutes}",
+        f"OnCalendar={calendar or f'*:0/{inst.every_minutes}'}",
         "Persistent=true",
         "RandomizedDelaySec=60",
         "",
         "[Install]",
         "WantedBy=timers.target",
         "",
-        "# enable with: systemctl daemon-reload && systemctl enable --now bkp.timer",
+        f"# enable with: systemctl daemon-reload && systemctl enable --now {unit}.timer",
         "",
     ])
     return service + "\n" + timer
 
 
-def write_schedule(text: str, fmt: str, output: Path) -> list[Path]:
+def write_schedule(text: str, fmt: str, output: Path, unit: str = "bkp") -> list[Path]:
     """Write the rendered schedule with mode 0600 (it may hold a ping URL): the cron file
-    itself, or bkp.service and bkp.timer in a directory for systemd."""
+    itself, or UNIT.service and UNIT.timer in a directory for systemd."""
     if fmt == "cron":
         files = [(output, text)]
     else:
-        service, timer = text.split("\n# /etc/systemd/system/bkp.timer\n", 1)
+        header = f"# /etc/systemd/system/{unit}.timer\n"
+        service, timer = text.split("\n" + header, 1)
         output.mkdir(parents=True, exist_ok=True)
-        files = [(output / "bkp.service", service),
-                 (output / "bkp.timer", "# /etc/systemd/system/bkp.timer\n" + timer)]
+        files = [(output / f"{unit}.service", service),
+                 (output / f"{unit}.timer", header + timer)]
     for path, content in files:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:

@@ -54,7 +54,21 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         **drill_schedule_state(catalog, policy, now),
         **policy_state(catalog, policy),
         **({"databases": database_state(catalog, policy, now)} if policy.databases else {}),
+        **({"maintenance": maintenance_state(catalog, policy)}
+           if policy.destination.append_only else {}),
     }
+
+
+def maintenance_state(catalog: Catalog, policy: Policy) -> dict:
+    """An append-only destination: how many snapshots beyond the keep rules wait for
+    `bkp maintain` (as the last backup or maintenance run counted them), and the last
+    maintenance run."""
+    listing = catalog.last_listing(policy.tenant)
+    last = _last_run(catalog, policy.tenant, "maintain")
+    return {"pending": listing.get("maintenance_pending") if listing else None,
+            "last": None if last is None else {
+                "time": last["ended_at"] or last["started_at"], "status": last["status"],
+                "error": last["error"], "run_id": last["id"]}}
 
 
 def database_state(catalog: Catalog, policy: Policy, now: datetime) -> list[dict]:

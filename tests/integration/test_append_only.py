@@ -108,3 +108,139 @@ def test_a_destination_that_claims_append_only_but_deletes_fails_the_drill(bkp_e
     done = env.bkp("drill", "pretender", "--json")
     assert done.returncode == 5, done.stdout
     assert json.loads(done.stdout)["drills"][0]["immutability"]["canary_written"] is True
+
+
+def start_maintenance_server(server: RestServer, base: Path) -> tuple[str, Path, object]:
+    """A second `rclone serve restic`, without --append-only, on the same directory and
+    certificate: the door `bkp maintain` uses, open only to the maintenance credential."""
+    import os
+    import subprocess
+
+    from tests.conftest import free_port, require_tool, wait_for_port
+
+    port = free_port()
+    htpasswd = base / "htpasswd-admin"
+    htpasswd.write_text(htpasswd_line(ADMIN_USER, ADMIN_PASSWORD))
+    (base / "rclone-admin.conf").write_text("")
+    log = base / "rclone-admin.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [require_tool("rclone"), "serve", "restic", str(server.root), "--addr",
+             f"127.0.0.1:{port}", "--cert", str(server.ca_file), "--key",
+             str(server.ca_file.with_suffix(".key")), "--htpasswd", str(htpasswd)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "RCLONE_CONFIG": str(base / "rclone-admin.conf")})
+    wait_for_port(port, proc, "rclone serve restic (maintenance)", log=log)
+    return f"https://127.0.0.1:{port}", log, proc
+
+
+def admin_credentials(env: BkpEnv, tenant: str) -> Path:
+    path = env.secrets / f"{tenant}.rest-admin"
+    path.write_text(f"{ADMIN_USER}:{ADMIN_PASSWORD}\n")
+    path.chmod(0o600)
+    return path
+
+
+def every_command_line_until(proc) -> list[str]:
+    """Every process argument list seen on the host while `proc` runs (what ps shows)."""
+    from tests.integration.test_rest_destination import command_lines
+
+    seen: set[str] = set()
+    while proc.poll() is None:
+        seen.update(command_lines())
+    return sorted(seen)
+
+
+def test_maintain_applies_retention_through_the_deleting_server(
+        bkp_env, append_only_server, tmp_path_factory):
+    from tests.e2e.test_cli import restic_shim
+    from tests.integration.test_rest_destination import spellings
+
+    env, server = bkp_env, append_only_server
+    url, _, proc = start_maintenance_server(server, tmp_path_factory.mktemp("maintenance"))
+    try:
+        append_only_tenant(env, "maintained", server, retention={"last": 1})
+        dest = env.tenants["maintained"]["destination"]
+        env.write_policy("maintained", {
+            **dest, "maintenance_url": f"{url}/{env.root.name}/maintained",
+            "maintenance_credentials_file": str(admin_credentials(env, "maintained"))},
+            retention={"last": 1})
+        env.bkp_json("init", "maintained")
+        ids = []
+        for night in range(3):
+            (env.root / "data" / "maintained" / f"night-{night}.txt").write_text(f"{night}\n")
+            report, _ = env.bkp_json("backup", "maintained")
+            ids.append(report["runs"][0]["snapshot_id"][:8])
+        status, _ = env.bkp_json("status", "maintained")
+        row = status["tenants"][0]
+        assert row["maintenance"] == {"pending": 2, "last": None}, row
+        assert row["snapshot_count"] == 3, row
+        drilled, _ = env.bkp_json("drill", "maintained")
+        canary = drilled["drills"][0]["immutability"]["canary"]
+        assert len(snapshot_files(server, env, "maintained")) == 4
+
+        shim_dir = env.root / "shim"
+        shim_dir.mkdir()
+        argv_log = restic_shim(shim_dir)
+        watched = subprocess_bkp(env, shim_dir, "maintain", "maintained", "--json")
+        running = every_command_line_until(watched)
+        out, err = watched.communicate(timeout=600)
+        assert watched.returncode == 0, out + err
+        entry = json.loads(out)["tenants"][0]
+        assert entry["status"] == "ok" and entry["snapshots_kept"] == 1, entry
+        assert entry["snapshots_forgotten"] == 2, entry
+        assert entry["repository"] == f"rest:{url}/{env.root.name}/maintained"
+        # Only the newest snapshot and the canary are left: retention went through the
+        # second server, and the canary is never forgotten.
+        listed, _ = env.bkp_json("snapshots", "maintained")
+        assert [s["id"][:8] for s in listed["snapshots"]] == [ids[-1]]
+        assert canary in snapshot_files(server, env, "maintained")
+        assert len(snapshot_files(server, env, "maintained")) == 2
+
+        status, _ = env.bkp_json("status", "maintained")
+        maintenance = status["tenants"][0]["maintenance"]
+        assert maintenance["pending"] == 0 and maintenance["last"]["status"] == "ok", status
+        report, _ = env.bkp_json("drill", "maintained")  # the proof still holds after
+        assert report["drills"][0]["immutability"]["deletion"] == "refused"
+
+        argv = argv_log.read_text()
+        assert "forget" in argv
+        catalog = (env.home / "catalog.db").read_bytes()
+        events = sqlite3.connect(env.home / "catalog.db").execute(
+            "select group_concat(details) from audit_log where action = 'maintain'"
+        ).fetchone()[0]
+        assert "snapshots_forgotten" in events
+        said = out + err
+        for secret in [*spellings(server), ADMIN_PASSWORD]:
+            assert secret not in argv, "a password in restic's argv"
+            assert not any(secret in line for line in running), "a password in a process"
+            assert secret not in said and secret.encode() not in catalog
+        assert any("maintain" in line for line in running)
+    finally:
+        stop(proc)
+
+
+def subprocess_bkp(env: BkpEnv, shim_dir: Path, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "bkp", *args],
+                            env=env.env(PATH=f"{shim_dir}:{env.env()['PATH']}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_maintain_refuses_tenants_it_cannot_maintain(bkp_env, rest, append_only_server):
+    env = bkp_env
+    env.rest_tenant("ordinary", rest)
+    append_only_tenant(env, "elsewhere", append_only_server)  # its credential is not here
+    for tenant, words in (("ordinary", "has no append_only destination"),
+                          ("elsewhere", "is not on this host")):
+        done = env.bkp("maintain", tenant, "--json")
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        entry = json.loads(done.stdout)["tenants"][0]
+        assert entry["status"] == "failed" and words in entry["error"], entry
+        assert "Traceback" not in done.stderr
+    # --all takes only the append-only tenants (and says why this one cannot be done)
+    done = env.bkp("maintain", "--all", "--json")
+    assert done.returncode == 3
+    assert [t["tenant"] for t in json.loads(done.stdout)["tenants"]] == ["elsewhere"]
