@@ -33,6 +33,9 @@ class Sandbox:
     root: Path
     port: int
     device: str = "/dev/sdX"  # the disk a media page wipes: a loop device in the sandbox
+    # The append-only REST server's two doors (rclone serve restic on loopback ports).
+    append_port: int = 8000
+    maintain_port: int = 8001
 
     def substitutions(self) -> dict[str, str]:
         """What a page says -> what the sandbox uses. Only whole path prefixes and names."""
@@ -53,6 +56,11 @@ class Sandbox:
             "2222": str(self.port),
             "user: bkp": "user: root",
             "/dev/sdX": self.device,
+            # The append-only server (off-site host) is this machine, its doors free ports.
+            "/etc/rclone-restic": f"{root}/etc/rclone-restic",
+            "backup02.offsite.example.de": "localhost",
+            "8000": str(self.append_port),
+            "8001": str(self.maintain_port),
             # The record id the operator reads off sanitize's output: the sandbox's first.
             "certificate 17": "certificate 1",
         }
@@ -164,6 +172,20 @@ def test_onboarding(sandbox):
 @pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md"])
 def test_runbook_on_an_onboarded_host(sandbox, page):
     _assert_ran(sandbox.run([ONBOARDING, RUNBOOKS / page]))
+
+
+def test_append_only_server_second_site_and_maintenance(sandbox):
+    sandbox.append_port, sandbox.maintain_port = free_port(), free_port()
+    try:
+        _assert_ran(sandbox.run([RUNBOOKS / "append-only-server.md",
+                                 RUNBOOKS / "second-site.md",
+                                 RUNBOOKS / "maintenance-host.md"]))
+    finally:  # the doors the pages start by hand, should a step fail before stopping them
+        for pid_file in (sandbox.root / "tmp").glob("rest-*.pid"):
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False,
+                           capture_output=True)
+    assert (sandbox.root / "etc/cron.d/bkp-maintain").exists()
+    assert list((sandbox.root / "srv/restic/acme-zorg/snapshots").iterdir())
 
 
 @pytest.fixture
