@@ -244,3 +244,100 @@ def test_maintain_refuses_tenants_it_cannot_maintain(bkp_env, rest, append_only_
     done = env.bkp("maintain", "--all", "--json")
     assert done.returncode == 3
     assert [t["tenant"] for t in json.loads(done.stdout)["tenants"]] == ["elsewhere"]
+
+
+# ------------------------------------------------------------------ S3 Object Lock (moto)
+
+def locked_bucket(s3, env: BkpEnv, tenant: str, mode: str | None, days: int = 0,
+                  years: int = 0, lock: bool = True) -> str:
+    """A bucket with Object Lock (and a default retention when `mode`), for `tenant`."""
+    name = f"{env.root.name[:20]}-{tenant}".lower().replace("_", "-")
+    client = s3.client()
+    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock,
+                         CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+    if mode:
+        period = {"Days": days} if days else {"Years": years}
+        client.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": mode, **period}}})
+    return name
+
+
+def object_lock_tenant(env: BkpEnv, s3, tenant: str, bucket: str, **overrides) -> None:
+    env.s3_tenant(tenant, s3, bucket=bucket, create=False, **overrides)
+    env.write_policy(tenant, {**env.tenants[tenant]["destination"], "object_lock": True},
+                     **overrides)
+
+
+@pytest.mark.parametrize(("mode", "days", "lock", "words"), [
+    (None, 0, False, "has no S3 Object Lock"),
+    (None, 0, True, "without a default retention"),
+    ("COMPLIANCE", 3, True, "keeps objects locked for 3 days (COMPLIANCE), the keep rules "
+                            "promise restore points 28 days back"),
+    ("GOVERNANCE", 5, True, "keeps objects locked for 5 days (GOVERNANCE)"),
+])
+def test_object_lock_preflight_refuses_a_bucket_that_does_not_lock_long_enough(
+        bkp_env, s3, mode, days, lock, words):
+    env = bkp_env
+    tenant = f"lock-{(mode or 'none').lower()}-{int(lock)}"
+    bucket = locked_bucket(s3, env, tenant, mode, days=days, lock=lock)
+    object_lock_tenant(env, s3, tenant, bucket, retention={"last": 3, "daily": 7, "weekly": 4})
+    for command in ("init", "backup"):
+        done = env.bkp(command, tenant, "--json")
+        assert done.returncode == 4, (command, done.stdout, done.stderr)
+        assert words in done.stdout, done.stdout
+        assert "Traceback" not in done.stderr
+    assert "Contents" not in s3.client().list_objects_v2(Bucket=bucket)  # nothing written
+
+
+def test_an_object_locked_bucket_takes_backups_and_refuses_the_canary_version_delete(
+        bkp_env, s3):
+    env = bkp_env
+    bucket = locked_bucket(s3, env, "vault", "COMPLIANCE", days=30)
+    object_lock_tenant(env, s3, "vault", bucket)  # last 3, daily 7: 7 days needed
+    env.bkp_json("init", "vault")
+    report, _ = env.bkp_json("backup", "vault")
+    kept = report["runs"][0]["snapshot_id"][:8]
+    report, _ = env.bkp_json("drill", "vault")
+    drill = report["drills"][0]
+    assert drill["status"] == "passed", drill
+    proof = drill["immutability"]
+    assert proof["deletion"] == "refused", proof
+    assert proof["method"] == "DeleteObject with the version id"
+    assert "AccessDenied" in proof["detail"], proof
+    key = f"bkp/snapshots/{proof['canary']}"
+    versions = s3.client().list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    assert [v["Key"] for v in versions] == [key]  # the version is still there
+    listed, _ = env.bkp_json("snapshots", "vault")
+    assert [s["id"][:8] for s in listed["snapshots"]] == [kept]  # the canary is not listed
+
+
+def test_governance_mode_is_accepted_with_a_warning(bkp_env, s3):
+    env = bkp_env
+    bucket = locked_bucket(s3, env, "governed", "GOVERNANCE", years=1)
+    object_lock_tenant(env, s3, "governed", bucket)
+    done = env.bkp("init", "governed", "--json")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "GOVERNANCE mode, which a credential with s3:BypassGovernanceRetention can lift" \
+        in done.stderr, done.stderr
+
+
+def test_object_lock_with_a_restic_too_old_to_send_content_md5_is_refused(bkp_env, s3):
+    env = bkp_env
+    shim_dir = env.root / "old-restic"
+    shim_dir.mkdir()
+    import shutil
+
+    # restic 0.12 reports itself so, and is otherwise the real one: bkp must refuse by the
+    # version it reads, before a single upload.
+    shim = shim_dir / "restic"
+    shim.write_text('#!/bin/sh\nif [ "$1" = version ]; then echo "restic 0.12.1 compiled '
+                    'with go1.16 on linux/amd64"; exit 0; fi\n'
+                    f'exec {shutil.which("restic")} "$@"\n')
+    shim.chmod(0o755)
+    bucket = locked_bucket(s3, env, "oldrestic", "COMPLIANCE", days=30)
+    object_lock_tenant(env, s3, "oldrestic", bucket)
+    done = env.bkp("init", "oldrestic", "--json", PATH=f"{shim_dir}:{env.env()['PATH']}")
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "restic 0.12.1 cannot write to a bucket with S3 Object Lock" in done.stdout
+    assert "restic 0.13.0 or newer is needed" in done.stdout
