@@ -1,0 +1,85 @@
+"""Pure parts of append-only destinations and Object Lock: the days a lock must cover, the
+maintenance job's rendering, and which tenants `bkp maintain` refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bkp.policy import Destination, Policy, Retention
+from bkp.restic import DELETION_REFUSED, Repository, canary_argv, snapshots_argv
+from bkp.secrets import SecretEnv
+from bkp.tenants.maintain import maintenance_refusal
+from bkp.tenants.schedule import (
+    Installation,
+    render_maintenance_cron,
+    render_maintenance_systemd,
+    write_schedule,
+)
+
+
+@pytest.mark.parametrize(("retention", "rpo", "days"), [
+    (Retention(last=3, daily=7, weekly=4), 26, 28),
+    (Retention(daily=14), 26, 14),
+    (Retention(monthly=12), 26, 372),
+    (Retention(yearly=2), 26, 732),
+    (Retention(last=10), 26, 11),  # ten nights of 26 hours
+    (Retention(hourly=12), 26, 1),
+    (Retention(legal_hold=True), 26, 365),
+])
+def test_the_days_an_object_lock_must_cover_are_the_oldest_promised_restore_point(
+        retention, rpo, days):
+    assert retention.promised_days(rpo) == days
+
+
+def policy(**destination) -> Policy:
+    return Policy(tenant="acme", file=Path("/etc/bkp/policies/acme.yaml"), purpose="p",
+                  classification="normal", sources=("/srv",),
+                  destination=Destination(**{"type": "rest", "country": "DE",
+                                             "url": "https://h:8000/acme",
+                                             "credentials_file": Path("/x"), **destination}))
+
+
+def test_maintain_refuses_what_it_cannot_maintain(tmp_path):
+    assert "has no append_only destination" in str(maintenance_refusal(policy()))
+    missing = policy(append_only=True, maintenance_credentials_file=tmp_path / "absent")
+    assert "is not on this host" in str(maintenance_refusal(missing))
+    (tmp_path / "here").write_text("u:p\n")
+    here = policy(append_only=True, maintenance_credentials_file=tmp_path / "here")
+    assert maintenance_refusal(here) is None
+    assert maintenance_refusal(missing).exit_code == 3
+
+
+def test_the_canary_carries_no_tenant_tag_so_no_tenant_selector_finds_it():
+    repo = Repository(url="/r", env=SecretEnv({"RESTIC_PASSWORD_FILE": "/k"}))
+    argv = canary_argv(repo, "host")
+    tags = [argv[i + 1] for i, a in enumerate(argv) if a == "--tag"]
+    assert "bkp-canary" in tags and "kind=canary" in tags
+    assert not any(t.startswith("tenant=") for t in tags)
+    assert "tenant=acme" in snapshots_argv(repo, "acme")
+
+
+@pytest.mark.parametrize(("line", "refused"), [
+    ("Remove(<snapshot/0123abcd>) returned error, retrying after 552ms: blob not removed, "
+     "server response: 403 Forbidden (403)", True),
+    ("Remove(<snapshot/0123abcd>) returned error, retrying after 1s: client.Do: dial tcp: "
+     "connection refused", False),
+    ("Remove(<lock/0123abcd>) returned error: 403 Forbidden", False),
+])
+def test_only_a_refused_snapshot_deletion_stops_restic_early(line, refused):
+    assert bool(DELETION_REFUSED.search(line)) is refused
+
+
+def test_the_maintenance_job_renders_for_cron_and_systemd(tmp_path):
+    inst = Installation(Path("/opt/bkp/.venv/bin/bkp"), Path("/etc/bkp/policies"),
+                        Path("/var/lib/bkp"))
+    cron = render_maintenance_cron(inst)
+    assert "30 4 * * 0 root" in cron and "maintain --all" in cron and " run " not in cron
+    units = render_maintenance_systemd(inst)
+    assert "# /etc/systemd/system/bkp-maintain.service" in units
+    assert 'ExecStart="/opt/bkp/.venv/bin/bkp" maintain --all' in units
+    assert "OnCalendar=Sun *-*-* 04:30:00" in units
+    written = write_schedule(units, "systemd", tmp_path / "units", "bkp-maintain")
+    assert sorted(p.name for p in written) == ["bkp-maintain.service", "bkp-maintain.timer"]
+    assert "[Timer]" in (tmp_path / "units" / "bkp-maintain.timer").read_text()
