@@ -840,7 +840,7 @@ def test_schema_has_the_contract_key_names():
     assert {"type", "country", "endpoint", "bucket", "region", "prefix", "credentials_file",
             "credentials_profile", "host", "port", "user", "path", "host_key",
             "identity_file", "url", "ca_file", "append_only", "maintenance_url",
-            "maintenance_credentials_file"} == set(destination)
+            "maintenance_credentials_file", "object_lock"} == set(destination)
     assert destination["type"]["enum"] == ["s3", "sftp", "local", "rest"]
     retention = document["properties"]["retention"]["properties"]
     assert set(retention) == {"last", "hourly", "daily", "weekly", "monthly", "yearly",
