@@ -69,6 +69,9 @@ def test_an_append_only_drill_proves_the_nightly_credential_cannot_delete(
     listed, _ = env.bkp_json("snapshots", "immutable")
     assert sorted(s["id"][:8] for s in listed["snapshots"]) == sorted(ids)
     assert drill["snapshot_id"][:8] == ids[-1]  # the canary never becomes "latest"
+    synced, _ = env.bkp_json("catalog", "sync", "immutable")
+    assert synced["tenants"][0]["snapshots"] == 3, synced  # nor a backup in the catalog
+    assert synced["tenants"][0]["latest"]["id"][:8] == ids[-1], synced
 
     again, _ = env.bkp_json("drill", "immutable")
     second = again["drills"][0]
