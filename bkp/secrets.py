@@ -42,12 +42,34 @@ class SecretFileProblem:
     absent: bool = False
 
 
-def is_private(status: os.stat_result) -> bool:
-    """The one rule for who may read or change a secret file: its owner only.
+# The group a Kubernetes manifest of `bkp schedule --format kubernetes` gives its pod as
+# fsGroup (a numeric gid). Set by the manifest, never needed on a host.
+SECRET_GROUP_ENV = "BKP_SECRET_GROUP"
+POD_SECRET_MODE = 0o440
 
-    Every check of a secret file comes here, so a new rule (e.g. a Kubernetes secret volume
-    mounted 0400/0440 for a matching fsGroup) is added in this one place."""
-    return stat.S_IMODE(status.st_mode) & 0o077 == 0
+
+def is_private(status: os.stat_result) -> bool:
+    """The one rule for who may read or change a secret file: its owner only, or exactly
+    what a Kubernetes Secret volume of bkp's own manifest looks like inside the pod.
+
+    Every check of a secret file comes here. Kubernetes mounts a Secret file of a pod with
+    an fsGroup as root:FSGROUP with mode 0440 whatever defaultMode says (0400): the group
+    is the pod's own, no other process is in it. That is accepted only when the manifest
+    declared that group (BKP_SECRET_GROUP), the file is in it, owned by root or by this
+    user, mode exactly 0440, and this process is in the group; nothing looser."""
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077 == 0:
+        return True
+    return mode == POD_SECRET_MODE and _in_pod_secret_group(status)
+
+
+def _in_pod_secret_group(status: os.stat_result) -> bool:
+    declared = os.environ.get(SECRET_GROUP_ENV, "")
+    if not declared.isdigit() or declared.startswith("0"):
+        return False  # unset, not a gid, or group root (never a pod's fsGroup in bkp's manifest)
+    gid = int(declared)
+    return (status.st_gid == gid and status.st_uid in (0, os.geteuid())
+            and gid in (os.getegid(), *os.getgroups()))
 
 
 def secret_file_problem(path: Path, what: str) -> SecretFileProblem | None:
