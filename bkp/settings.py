@@ -5,11 +5,17 @@ from __future__ import annotations
 import getpass
 import os
 import pwd
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_POLICIES = Path("/etc/bkp/policies")
 DEFAULT_HOME = Path("/var/lib/bkp")
+# The host name restic records on each snapshot and finds the parent snapshot by. A pod's
+# host name changes every night (a full rescan each time without a parent): the Kubernetes
+# manifests set this to the tenant id. Only the snapshot's host: restic's locks keep the
+# real host name, so two pods never take each other's live lock for a dead one.
+SNAPSHOT_HOST_ENV = "BKP_SNAPSHOT_HOST"
 
 
 def os_user() -> str:
@@ -17,6 +23,14 @@ def os_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
+
+
+def snapshot_host() -> str:
+    """`--host` of every backup: BKP_SNAPSHOT_HOST when set, else this machine's name."""
+    given = os.environ.get(SNAPSHOT_HOST_ENV, "").strip()
+    if given and given.isprintable():
+        return given
+    return socket.gethostname()
 
 
 def default_operator() -> str:

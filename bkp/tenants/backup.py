@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from datetime import datetime
 
 from bkp.context import (
@@ -36,6 +35,7 @@ from bkp.restic import (
     version,
 )
 from bkp.results import BackupRun
+from bkp.settings import snapshot_host
 from bkp.tenants.retention import apply_retention, pending_retention
 
 
@@ -69,7 +69,7 @@ def preview_backup(ctx: Context, policy: Policy) -> Outcome:
             return Outcome(policy.tenant, 0, BackupRun(
                 policy.tenant, "ok", result="dry-run", restic_calls=restic.calls,
                 error=f"restic {version()} has no backup --dry-run: only the checks ran"))
-        summary, _ = restic.backup(policy, socket.gethostname(), dry_run=True)
+        summary, _ = restic.backup(policy, snapshot_host(), dry_run=True)
     except BkpError as exc:
         return Outcome(policy.tenant, exc.exit_code, BackupRun.failure(policy.tenant, str(exc)))
     return Outcome(policy.tenant, 0, BackupRun(
@@ -137,7 +137,7 @@ def _back_up_files(ctx: Context, policy: Policy, destination, preflight, restic:
     try:
         check_sources(policy)
         try:
-            summary, code = restic.backup(policy, socket.gethostname(),
+            summary, code = restic.backup(policy, snapshot_host(),
                                           progress=_progress(ctx, policy.tenant))
         except OperationError as exc:
             raise _diagnose(destination, preflight, exc) from None
@@ -162,7 +162,7 @@ def _dump_databases(ctx: Context, policy: Policy, restic: Restic,
                     made: list[dict]) -> list[DatabaseDump]:
     if not policy.databases:
         return []
-    host = socket.gethostname()
+    host = snapshot_host()
     dumps = []
     for database in policy.databases:
         if ctx.progress:

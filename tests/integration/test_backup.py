@@ -176,3 +176,21 @@ def test_an_unchanged_night_skips_forget_only_when_it_would_forget_nothing(bkp_e
     assert calls == [2, 1, 1, 2]
     snapshots = json.loads(bkp_env.restic("lean", "snapshots", "--json").stdout)
     assert len(snapshots) == 3 and report["runs"][0]["snapshots_kept"] == 3
+
+
+def test_a_pod_finds_its_parent_snapshot_by_the_stable_snapshot_host(bkp_env, tmp_path):
+    # A pod's host name changes every night and its BKP_HOME starts empty: the manifest's
+    # BKP_SNAPSHOT_HOST (the tenant id) is what restic records and finds the parent by.
+    bkp_env.local_tenant("zorg-pod")
+    bkp_env.bkp_json("init", "zorg-pod")
+    ids = []
+    for night in ("night-1", "night-2"):
+        pod_home = tmp_path / night
+        pod_home.mkdir(mode=0o700)
+        runs, _ = bkp_env.bkp_json("backup", "zorg-pod", BKP_HOME=str(pod_home),
+                                   BKP_SNAPSHOT_HOST="zorg-pod")
+        ids.append(runs["runs"][0]["snapshot_id"])
+    snaps = {s["short_id"]: s for s in json.loads(bkp_env.restic("zorg-pod", "snapshots",
+                                                           "--json").stdout)}
+    assert {s["hostname"] for s in snaps.values()} == {"zorg-pod"}
+    assert snaps[ids[1][:8]]["parent"].startswith(ids[0])  # not a full rescan
