@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,27 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class ClusterTenant:
+    """Where one tenant's data is in a Kubernetes cluster (`kubernetes.tenants.TENANT`)."""
+
+    sources: dict  # a Kubernetes volume source: {nfs: ...}, {persistentVolumeClaim: ...}, ...
+    sources_root: str | None = None  # the policy path at the volume's root
+    repository: dict | None = None  # a local destination's volume
+    run_as_user: int | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """`kubernetes` in bkp.yaml: what `bkp schedule --format kubernetes` renders with."""
+
+    image: str | None = None
+    namespace: str = "bkp"
+    run_as_user: int = 10001  # the image's bkp user
+    catalog_claim: str = "bkp-catalog"
+    tenants: dict = field(default_factory=dict)  # tenant id -> ClusterTenant
+
+
+@dataclass(frozen=True)
 class Installation:
     file: Path | None = None  # None: no bkp.yaml (everything optional)
     organization: str | None = None
@@ -48,6 +69,7 @@ class Installation:
     # bkp.yaml says `operators:` in so many words (an empty list turns access control off
     # on purpose); without the key, a bkp that once knew operators refuses to act
     operators_declared: bool = False
+    cluster: Cluster = field(default_factory=Cluster)
 
 
 @functools.cache
@@ -104,6 +126,7 @@ def schema() -> dict:
                     },
                 },
             },
+            "kubernetes": cluster_schema(),
             "monitoring": {
                 "description": "Monitoring of `bkp run`, instead of options in the schedule.",
                 "type": "object", "additionalProperties": False,
@@ -114,6 +137,82 @@ def schema() -> dict:
                         "description": "node_exporter textfile to write after each run.",
                         "type": "string", "pattern": "^/",
                         "x-pattern-message": "must be an absolute path"},
+                },
+            },
+        },
+    }
+
+
+# Kubernetes names: a DNS-1123 label (namespaces, claims) and an image reference.
+DNS_LABEL = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+ABSOLUTE = {"type": "string", "pattern": "^/", "x-pattern-message": "must be an absolute path"}
+
+
+def _volume_schema(what: str) -> dict:
+    """The Kubernetes volume sources bkp mounts: the fields it passes on as written."""
+    text = {"type": "string", "minLength": 1}
+    return {
+        "description": f"{what}: exactly one Kubernetes volume source, as in a Pod's "
+                       "`volumes` entry without its name.",
+        "type": "object", "minProperties": 1, "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "nfs": {"type": "object", "additionalProperties": False,
+                    "required": ["server", "path"],
+                    "properties": {"server": text, "path": ABSOLUTE}},
+            "persistentVolumeClaim": {"type": "object", "additionalProperties": False,
+                                      "required": ["claimName"],
+                                      "properties": {"claimName": {
+                                          "type": "string", "pattern": DNS_LABEL}}},
+            "hostPath": {"type": "object", "additionalProperties": False,
+                         "required": ["path"],
+                         "properties": {"path": ABSOLUTE,
+                                        "type": {"enum": ["Directory", "DirectoryOrCreate"]}}},
+            "csi": {"type": "object", "additionalProperties": False, "required": ["driver"],
+                    "properties": {"driver": text, "volumeAttributes": {
+                        "type": "object", "additionalProperties": {"type": "string"}}}},
+        },
+    }
+
+
+def cluster_schema() -> dict:
+    user = {"type": "integer", "minimum": 0, "maximum": 2147483647}
+    return {
+        "description": "For `bkp schedule --format kubernetes`: one CronJob per tenant and "
+                       "task on a cluster.",
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "image": {"description": "The bkp image (default for --image).",
+                      "type": "string", "pattern": r"^[a-z0-9][^\s]*$",
+                      "x-pattern-message": "must be an image reference without blanks"},
+            "namespace": {"description": "The namespace (default for --namespace; bkp).",
+                          "type": "string", "pattern": DNS_LABEL,
+                          "x-pattern-message": "must be a Kubernetes namespace name"},
+            "run_as_user": {**user, "description": "The uid the jobs run as (default 10001, "
+                            "the image's bkp user); 0: root with only the capabilities "
+                            "reading the data needs."},
+            "catalog_claim": {"description": "The PersistentVolumeClaim of the central "
+                                             "catalog (the gatherer's BKP_HOME; default "
+                                             "bkp-catalog).",
+                              "type": "string", "pattern": DNS_LABEL,
+                              "x-pattern-message": "must be a Kubernetes name"},
+            "tenants": {
+                "description": "Per tenant: the volume its sources are on.",
+                "type": "object",
+                "propertyNames": {"pattern": "^[a-z0-9][a-z0-9-]{1,62}$"},
+                "additionalProperties": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["sources"],
+                    "properties": {
+                        "sources": _volume_schema("The volume holding the tenant's sources "
+                                                  "(mounted read-only)"),
+                        "sources_root": {**ABSOLUTE, "description": "The policy path that "
+                                         "is the volume's root (default: the sources' "
+                                         "common directory)."},
+                        "repository": _volume_schema("A local destination's volume"),
+                        "run_as_user": {**user, "description": "This tenant's uid, instead "
+                                        "of kubernetes.run_as_user."},
+                    },
                 },
             },
         },
@@ -265,7 +364,7 @@ def validate(path: Path) -> policies.PolicyReport:
         return report  # an empty file: no settings
     if not isinstance(data, dict):
         report.errors = [policies.Problem(
-            "", "bkp.yaml is a mapping of keys (organization, evidence, operators, "
+            "", "bkp.yaml is a mapping of keys (organization, evidence, operators, kubernetes, "
                 "monitoring)", document.line_of(()))]
         return report
     findings = [policies._error(p, "written twice: the later value silently replaces the "
@@ -296,7 +395,20 @@ def _build(data: dict, file: Path) -> Installation:
         if monitoring.get("prometheus_textfile") else None,
         operators=tuple(_operator(person) for person in data.get("operators") or ()),
         operators_declared="operators" in data,
+        cluster=_cluster(data.get("kubernetes") or {}),
     )
+
+
+def _cluster(data: dict) -> Cluster:
+    defaults = Cluster()
+    return Cluster(
+        image=data.get("image"), namespace=data.get("namespace", defaults.namespace),
+        run_as_user=data.get("run_as_user", defaults.run_as_user),
+        catalog_claim=data.get("catalog_claim", defaults.catalog_claim),
+        tenants={tenant: ClusterTenant(
+            sources=entry["sources"], sources_root=entry.get("sources_root"),
+            repository=entry.get("repository"), run_as_user=entry.get("run_as_user"))
+            for tenant, entry in (data.get("tenants") or {}).items()})
 
 
 def _operator(person: dict):

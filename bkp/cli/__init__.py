@@ -828,8 +828,10 @@ def _print_evidence(data: dict) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["cron", "systemd"]), default="cron",
-              show_default=True, help="A crontab line, or a hardened systemd service + timer.")
+@click.option("--format", "fmt", type=click.Choice(["cron", "systemd", "kubernetes"]),
+              default="cron", show_default=True,
+              help="A crontab line, a hardened systemd service + timer, or Kubernetes "
+                   "CronJobs (one per tenant and task).")
 @click.option("--every", default=15, show_default=True, type=click.IntRange(1, 59),
               help="Minutes between checks for due work.")
 @click.option("--scheduler", default="scheduler", show_default=True, metavar="NAME",
@@ -844,13 +846,21 @@ def _print_evidence(data: dict) -> None:
                    "variables of password_env tenants (mode 0600).")
 @click.option("--output", "-o", metavar="PATH", type=click.Path(path_type=Path),
               help="Write instead of printing, mode 0600: the cron file, or for systemd a "
-                   "directory that gets bkp.service and bkp.timer.")
+                   "directory that gets bkp.service and bkp.timer, or the manifests.")
 @click.option("--maintenance", is_flag=True,
               help="Only the weekly `bkp maintain --all` job (bkp-maintain.service and "
                    ".timer), for the host that holds the maintenance credentials.")
+@click.option("--image", metavar="IMAGE",
+              help="kubernetes: the bkp image (default: kubernetes.image in bkp.yaml).")
+@click.option("--namespace", metavar="NS",
+              help="kubernetes: the namespace (default: kubernetes.namespace in bkp.yaml, "
+                   "else bkp).")
+@click.option("--spread", metavar="HH:MM-HH:MM",
+              help="kubernetes: move each plain daily backup time to a minute of this window "
+                   "derived from the tenant id, so the jobs do not all start at once.")
 @pass_state
 def schedule(state, fmt, every, scheduler, healthcheck_url, prometheus_textfile,
-             environment_file, output, maintenance):
+             environment_file, output, maintenance, image, namespace, spread):
     """Print (or write) the crontab line or systemd units that drive `bkp run`.
 
     The systemd service may write only to BKP_HOME, the local destinations of the current
@@ -860,6 +870,13 @@ def schedule(state, fmt, every, scheduler, healthcheck_url, prometheus_textfile,
     """
     from bkp.tenants import schedule as plans
 
+    if fmt == "kubernetes":
+        if maintenance:
+            raise UsageError("--maintenance goes with cron or systemd: the Kubernetes "
+                             "manifests always hold each append-only tenant's maintenance job")
+        return _schedule_kubernetes(state, image, namespace, spread, output)
+    if image or namespace or spread:
+        raise UsageError("--image, --namespace and --spread go with --format kubernetes")
     inst = _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,
                                       prometheus_textfile, environment_file)
     if maintenance:
@@ -877,6 +894,56 @@ def schedule(state, fmt, every, scheduler, healthcheck_url, prometheus_textfile,
             "--output (or put the URL in bkp.yaml)")
     click.echo(text, nl=False)
     return 0
+
+
+def _schedule_kubernetes(state, image, namespace, spread, output) -> int:
+    """The CronJobs of every valid policy and the gatherer; an invalid policy, or one the
+    cluster cannot run, gets no CronJob and makes the exit 3 (like `bkp run`)."""
+    import re
+
+    from bkp import installation, names
+    from bkp.tenants import kubernetes
+    from bkp.tenants.schedule import local_zone
+
+    settings = state.installation()
+    cluster = settings.cluster
+    image = image or cluster.image
+    if not image:
+        raise UsageError("no image: give --image IMAGE or kubernetes.image in bkp.yaml "
+                         "(build it from the Dockerfile, see runbooks/kubernetes.md)")
+    if not re.fullmatch(r"[a-z0-9][^\s]*", image) or not image.isprintable():
+        raise UsageError(f"--image {names.shown(image)} is not an image reference")
+    namespace = namespace or cluster.namespace
+    if not re.fullmatch(installation.DNS_LABEL, namespace):
+        raise UsageError(f"--namespace {names.shown(namespace)} is not a Kubernetes "
+                         f"namespace name (a-z, 0-9 and '-', at most 63)")
+    window = None
+    if spread is not None:
+        window = kubernetes.parse_window(spread)
+        if window is None:
+            raise UsageError(f"--spread {names.shown(spread)} is not a window HH:MM-HH:MM "
+                             f"(e.g. 22:00-05:00)")
+    policies, broken = state.select((), True)
+    config, named = installation.config_path(state.settings.config)
+    zone = getattr(local_zone(), "key", None)
+    options = kubernetes.Options(
+        image=image, namespace=namespace, spread=window, time_zone=zone,
+        config_text=config.read_text(encoding="utf-8") if (named or config.exists())
+        else None)
+    rendering = kubernetes.render(policies, cluster, options)
+    text = kubernetes.to_yaml(rendering, options)
+    if output:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        say(f"wrote {output} (mode 0600)")
+    else:
+        click.echo(text, nl=False)
+    for outcome in broken:
+        say(f"{outcome.tenant}: {outcome.data['error']}; no CronJob")
+    for _, problem in rendering.problems:
+        say(problem)
+    return 3 if broken or rendering.problems else 0
 
 
 def _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,
