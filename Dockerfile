@@ -2,6 +2,9 @@
 # the README and CI use. Policies, secrets and state are volumes:
 #   docker run --rm -v /etc/bkp:/etc/bkp:ro -v /var/lib/bkp:/var/lib/bkp \
 #              -v /srv/tenants:/srv/tenants:ro bkp run
+# On Kubernetes (runbooks/kubernetes.md) the same image runs one tenant per job, as uid
+# 10001 with a read-only root file system: `bkp schedule --format kubernetes` renders the
+# CronJobs, which mount BKP_HOME, the policy, the Secret files and the sources themselves.
 FROM debian:12-slim
 
 ENV DEBIAN_FRONTEND=noninteractive \

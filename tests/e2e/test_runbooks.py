@@ -169,7 +169,8 @@ def test_onboarding(sandbox):
     assert list((sandbox.root / "srv/backup/acme-zorg/snapshots").iterdir())
 
 
-@pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md"])
+@pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md",
+                                  "kubernetes.md"])
 def test_runbook_on_an_onboarded_host(sandbox, page):
     _assert_ran(sandbox.run([ONBOARDING, RUNBOOKS / page]))
 
