@@ -252,3 +252,16 @@ def test_no_image_is_a_usage_error(bkp_env):
     bkp_env.local_tenant("zorg-local")
     done = bkp_env.bkp("schedule", "--format", "kubernetes")
     assert done.returncode == 2 and "no image" in done.stderr
+
+
+def test_a_wrong_volume_in_bkp_yaml_is_an_invalid_configuration(fleet):
+    env, _tenants, config = fleet
+    text = yaml.safe_load(config.read_text())
+    text["kubernetes"]["tenants"]["zorg-sftp"]["sources"] = {
+        "nfs": {"server": "nfs01"}, "hostPath": {"path": "/srv"}}
+    config.write_text(yaml.safe_dump(text))
+    for args in (("policy", "validate"), ("schedule", "--format", "kubernetes")):
+        done = env.bkp(*args, BKP_CONFIG=str(config))
+        assert done.returncode == 3, (args, done.stderr)
+        assert "kubernetes.tenants.zorg-sftp.sources" in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
