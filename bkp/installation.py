@@ -59,6 +59,21 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class Results:
+    """`results` in bkp.yaml: where jobs in pods leave their signed results (the inbox) and
+    the directory of the tenants' result keys (TENANT.result.key, TENANT.result.pub)."""
+
+    inbox: policies.Destination
+    keys: Path
+
+    def private_key(self, tenant: str) -> Path:
+        return self.keys / f"{tenant}.result.key"
+
+    def public_key(self, tenant: str) -> Path:
+        return self.keys / f"{tenant}.result.pub"
+
+
+@dataclass(frozen=True)
 class Installation:
     file: Path | None = None  # None: no bkp.yaml (everything optional)
     organization: str | None = None
@@ -70,6 +85,7 @@ class Installation:
     # on purpose); without the key, a bkp that once knew operators refuses to act
     operators_declared: bool = False
     cluster: Cluster = field(default_factory=Cluster)
+    results: Results | None = None
 
 
 @functools.cache
@@ -127,6 +143,22 @@ def schema() -> dict:
                 },
             },
             "kubernetes": cluster_schema(),
+            "results": {
+                "description": "The results inbox: jobs in pods (`bkp schedule --format "
+                               "kubernetes`) leave each run's signed result there, and `bkp "
+                               "catalog sync --all` ingests them into this catalog.",
+                "type": "object", "additionalProperties": False,
+                "required": ["inbox", "keys"],
+                "properties": {
+                    "inbox": {"description": "Where the results go: a destination of type "
+                                             "s3 (an EEA bucket) or local (a shared "
+                                             "directory), with a destination's keys and "
+                                             "rules.", "type": "object"},
+                    "keys": {**ABSOLUTE, "description": "Directory of the tenants' result "
+                             "keys: TENANT.result.key (private, into the tenant's Secret) "
+                             "and TENANT.result.pub (`bkp catalog result-keys`)."},
+                },
+            },
             "monitoring": {
                 "description": "Monitoring of `bkp run`, instead of options in the schedule.",
                 "type": "object", "additionalProperties": False,
@@ -268,6 +300,7 @@ def _findings(data: dict, file: Path) -> list:
                 ("evidence", "destination", "type"),
                 "a local evidence destination is not off-site: losing this server loses bkp's "
                 "records too. Use sftp, s3 or rest"))
+    findings += _inbox_findings(data, file)
     findings += _operator_findings(data.get("operators"))
     monitoring = data.get("monitoring")
     if isinstance(monitoring, dict):
@@ -277,6 +310,35 @@ def _findings(data: dict, file: Path) -> list:
     findings += policies._rule_values_are_one_line(
         {key: value for key, value in data.items() if key != "evidence"}, file)
     return findings
+
+
+INBOX_TYPES = ("s3", "local")
+
+
+def _inbox_findings(data: dict, file: Path) -> list:
+    """The inbox is a destination like a tenant's (EEA, encrypted transport, private
+    credentials); results hold no tenant data, but they are evidence."""
+    results = data.get("results")
+    if not isinstance(results, dict) or not isinstance(results.get("inbox"), dict):
+        return []
+    stand_in = {"destination": results["inbox"]}
+    findings = []
+    for error in _destination_validator().iter_errors(stand_in):
+        findings += [_under_results(f) for f in policies._explain(error, stand_in)]
+    for rule in (policies._rule_values_are_one_line, policies._rule_no_inline_secrets,
+                 policies._rule_data_rests_in_eea, policies._rule_transport_encrypted,
+                 policies._rule_secret_files_private):
+        findings += [_under_results(f) for f in rule(stand_in, file)]
+    kind = results["inbox"].get("type")
+    if kind not in INBOX_TYPES and isinstance(kind, str):
+        findings.append(policies._error(("results", "inbox", "type"),
+                                        f"a results inbox is s3 or local, not {kind}"))
+    return findings
+
+
+def _under_results(finding):
+    path = finding.path[1:] if finding.path[:1] == ("destination",) else finding.path
+    return policies._Finding(("results", "inbox", *path), finding.message, finding.warning)
 
 
 def _operator_findings(operators) -> list:
@@ -396,6 +458,8 @@ def _build(data: dict, file: Path) -> Installation:
         operators=tuple(_operator(person) for person in data.get("operators") or ()),
         operators_declared="operators" in data,
         cluster=_cluster(data.get("kubernetes") or {}),
+        results=Results(inbox=policies._build_destination(data["results"]["inbox"]),
+                        keys=Path(data["results"]["keys"])) if data.get("results") else None,
     )
 
 

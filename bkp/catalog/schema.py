@@ -17,7 +17,7 @@ LEGACY_TABLE = "_migrations"
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
           "destructions", "certificates", "policy_versions", "policy_flags", "approvals",
-          "database_dumps")
+          "database_dumps", "inbox")
 
 
 @migrations(name="0001_runs")
@@ -210,3 +210,14 @@ def _immutability_proof(db: sqlite_utils.Database) -> None:
     # Append-only destinations: how many snapshots the keep rules would drop, waiting for
     # `bkp maintain` (a nightly backup counts them, a maintenance run sets 0).
     db["runs"].add_column("maintenance_pending", int)
+
+
+@migrations(name="0012_results_inbox")
+def _results_inbox(db: sqlite_utils.Database) -> None:
+    # Each object of the results inbox the gatherer has seen, once: ingested (with the runs
+    # it became) or rejected (with why). A result read twice is recorded once.
+    db["inbox"].create({
+        "name": str, "result_id": str, "tenant": str, "kind": str, "status": str,
+        "reason": str, "signed_by": str, "run_ids": str, "seen_at": str,
+    }, pk="name", not_null={"status", "seen_at"})
+    db["inbox"].create_index(["result_id"], unique=True)

@@ -468,11 +468,47 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
         return highest_exit(outcomes)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
+    mark = _result_mark(state, ctx, policies)
     outcomes = broken + run_per_tenant(
         policies, lambda p: pinged(p, lambda: backup_tenant(ctx, p)), jobs, result=BackupRun)
+    _send_result(ctx, mark, "backup")
     _alerts_follow(state, ctx)
     emit({"runs": [o.data for o in outcomes]}, as_json, lambda: _print_runs(outcomes))
     return highest_exit(outcomes)
+
+
+def _result_mark(state, ctx, policies):
+    """In a pod (BKP_RESULT_KEY set by the manifest): what signs this job's result, and
+    where its records begin. None on a host."""
+    from bkp.evidence.pod_results import RESULT_KEY_ENV, mark_before_work
+
+    key = os.environ.get(RESULT_KEY_ENV)
+    if not key:
+        return None
+    results = state.installation().results
+    if results is None:
+        raise PolicyError(f"{RESULT_KEY_ENV} is set but bkp.yaml names no results inbox "
+                          f"(results.inbox): nowhere to leave the result")
+    if len(policies) != 1:
+        raise UsageError(f"{RESULT_KEY_ENV} signs for one tenant: name exactly one")
+    return mark_before_work(ctx.catalog, policies[0].tenant, Path(key), results)
+
+
+def _send_result(ctx, mark, kind: str) -> None:
+    """The job's signed result into the inbox. A result that cannot be left there does not
+    change the job's exit code: the gatherer still finds the snapshot in the repository."""
+    import socket
+
+    from bkp.evidence.pod_results import send_result
+
+    if mark is None:
+        return
+    try:
+        name = send_result(ctx.catalog, mark, kind, socket.gethostname())
+    except BkpError as exc:
+        say(f"warning: the result was not left in the inbox: {exc}")
+        return
+    say(f"result {name} left in the inbox")
 
 
 def _alerts_follow(state, ctx) -> None:
@@ -644,8 +680,10 @@ def drill(state, tenants, all_, due, progress, as_json):
         now = datetime.now(UTC)
         due_tenants = {d.tenant for d in plan(ctx, policies, now) if d.kind == "drill" and d.due}
         policies = [p for p in policies if p.tenant in due_tenants]
+    mark = _result_mark(state, ctx, policies)
     outcomes = broken + run_per_tenant(policies, lambda p: drill_tenant(ctx, p),
                                        result=DrillRun)
+    _send_result(ctx, mark, "drill")
     _alerts_follow(state, ctx)
 
     def human():
@@ -1315,11 +1353,27 @@ def catalog_sync(state, tenants, all_, as_json):
     from bkp.results import SyncEntry
 
     policies, broken = state.select(tenants, all_, SyncEntry)
+    results = state.installation().results if all_ else None
     ctx = state.context()
+    ingest = None
+    if results is not None:
+        from bkp.evidence.ingest import ingest_inbox
+
+        ingest = ingest_inbox(ctx, results, {p.tenant for p in policies})
     outcomes = broken + run_per_tenant(policies, lambda p: sync_tenant(ctx, p),
                                        result=SyncEntry)
+    document = {"tenants": [o.data for o in outcomes]}
+    if ingest is not None:
+        document["results"] = ingest.to_json()
 
     def human():
+        if ingest is not None:
+            click.echo(f"results inbox: {len(ingest.ingested)} ingested, {ingest.already} "
+                       f"ingested before, {len(ingest.rejected)} rejected")
+            for item in ingest.rejected:
+                click.echo(f"  REJECTED {item['object']}: {item['reason']}")
+            if ingest.error:
+                click.echo(f"  FAILED {ingest.error}")
         for o in outcomes:
             d = o.data
             if d["status"] == "ok":
@@ -1331,8 +1385,51 @@ def catalog_sync(state, tenants, all_, as_json):
             else:
                 click.echo(f"{d['tenant']:<24} FAILED  {d['error']}")
 
-    emit({"tenants": [o.data for o in outcomes]}, as_json, human)
-    return highest_exit(outcomes)
+    emit(document, as_json, human)
+    return max(highest_exit(outcomes), ingest.exit_code if ingest else 0)
+
+
+@catalog.command("result-keys")
+@tenants_argument
+@all_option
+@json_option
+@pass_state
+def catalog_result_keys(state, tenants, all_, as_json):
+    """Create the tenants' result keys (results.keys in bkp.yaml) where missing.
+
+    TENANT.result.key (private, mode 0600) goes into the tenant's Secret: a job in a pod signs
+    its result with it. TENANT.result.pub stays with the gatherer, which accepts a result only
+    with a valid signature of its tenant's key. An existing key is never replaced.
+    """
+    from bkp.evidence.pod_results import create_key, fingerprint, load_public
+
+    results = state.installation().results
+    if results is None:
+        raise PolicyError("bkp.yaml names no results (results.inbox, results.keys)")
+    policies, broken = state.select(tenants, all_)
+    rows, ctx = [], None
+    for policy in policies:
+        private, public = results.private_key(policy.tenant), results.public_key(policy.tenant)
+        if private.exists() or public.exists():
+            raw = load_public(public)
+            rows.append({"tenant": policy.tenant, "status": "exists",
+                         "fingerprint": fingerprint(raw) if raw else None})
+            continue
+        rows.append({"tenant": policy.tenant, "status": "created",
+                     "fingerprint": create_key(private, public)})
+        ctx = ctx or state.context()
+        ctx.audit("result_key.created", "ok", policy.tenant,
+                  fingerprint=rows[-1]["fingerprint"])
+    rows += [{"tenant": o.tenant, "status": "invalid", "error": o.data["error"]}
+             for o in broken]
+
+    def human():
+        for row in rows:
+            click.echo(f"{row['tenant']:<24} {row['status']:<8} "
+                       f"{row.get('fingerprint') or row.get('error', '')}")
+
+    emit({"tenants": rows}, as_json, human)
+    return 3 if broken else 0
 
 
 @catalog.command("init")

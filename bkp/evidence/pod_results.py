@@ -1,0 +1,227 @@
+"""A job's result as a signed document: what a pod leaves in the results inbox.
+
+A pod keeps no state (its BKP_HOME is an emptyDir): what it did (the run rows, its audit
+events, a drill's report) leaves the pod as one JSON document signed with the tenant's own
+result key (Ed25519) from its Secret. The central gatherer verifies it with the tenant's public
+key before a single fact enters the catalog, so a pod can only ever speak for its own tenant:
+another tenant's key, a changed byte or no signature at all is rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bkp.errors import PolicyError
+from bkp.secrets import check_private_file
+
+FORMAT = "bkp-result/1"
+RESULT_KEY_ENV = "BKP_RESULT_KEY"  # set by the manifest: the pod's own tenant's key
+KINDS = ("backup", "drill")
+
+
+def canonical(document: dict) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+# ---------------------------------------------------------------- keys
+
+def create_key(private: Path, public: Path) -> str:
+    """A new Ed25519 key pair: the private half 0600 (it goes into the tenant's Secret), the
+    public half 0644 (the gatherer's). Returns the public key's fingerprint."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    temporary = public.with_name(public.name + ".part")
+    temporary.write_text(base64.b64encode(raw).decode() + "\n")
+    temporary.chmod(0o644)
+    os.replace(temporary, public)
+    return fingerprint(raw)
+
+
+def fingerprint(raw: bytes) -> str:
+    return "SHA256:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def load_private(path: Path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    check_private_file(path, RESULT_KEY_ENV)
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PolicyError(f"{RESULT_KEY_ENV} {path} is not a result key (an Ed25519 private "
+                          f"key from `bkp catalog result-keys`): {type(exc).__name__}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PolicyError(f"{RESULT_KEY_ENV} {path} is not an Ed25519 key")
+    return key
+
+
+def load_public(path: Path) -> bytes | None:
+    """The raw public key, or None when there is none (the result is then rejected)."""
+    try:
+        raw = base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return raw if len(raw) == 32 else None
+
+
+# ---------------------------------------------------------------- writing
+
+def result_document(tenant: str, kind: str, runs: list[dict], events: list[dict],
+                    reports: dict[str, str], host: str) -> dict:
+    written = datetime.now(UTC)
+    return {"format": FORMAT, "id": uuid.uuid4().hex, "tenant": tenant, "kind": kind,
+            "written_at": written.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "host": host,
+            "runs": runs, "events": events, "reports": reports}
+
+
+def object_name(document: dict) -> str:
+    """Sorts in the order written: `20261124T221503123456Z-TENANT-KIND-ID12.json`."""
+    stamp = datetime.strptime(document["written_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return (f"{stamp.strftime('%Y%m%dT%H%M%S%f')}Z-{document['tenant']}-{document['kind']}-"
+            f"{document['id'][:12]}.json")
+
+
+def sign(document: dict, key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    signed = {"document": document,
+              "signature": base64.b64encode(key.sign(canonical(document))).decode(),
+              "signed_by": fingerprint(raw)}
+    return json.dumps(signed, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8")
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class Verified:
+    document: dict
+    signed_by: str
+
+
+class Rejected(Exception):
+    """A result that does not prove who wrote it, or speaks for another tenant."""
+
+
+def verify(name: str, data: bytes, public_key_of) -> Verified:
+    """The document of a result object, or Rejected with the reason. `public_key_of(tenant)`
+    gives the tenant's raw public key or None."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from bkp.destinations.inbox import MAX_RESULT_BYTES
+
+    if len(data) > MAX_RESULT_BYTES:
+        raise Rejected(f"larger than {MAX_RESULT_BYTES} bytes: not a result")
+    try:
+        signed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise Rejected("not a JSON document") from None
+    if not isinstance(signed, dict) or not isinstance(signed.get("document"), dict):
+        raise Rejected("not a signed result (no document)")
+    document = signed["document"]
+    tenant = document.get("tenant")
+    if not isinstance(signed.get("signature"), str):
+        raise Rejected(f"unsigned: no signature by {tenant!s}'s result key")
+    raw = public_key_of(tenant) if isinstance(tenant, str) else None
+    if raw is None:
+        raise Rejected(f"no result key is known for tenant {tenant!s}")
+    try:
+        signature = base64.b64decode(signed["signature"], validate=True)
+        Ed25519PublicKey.from_public_bytes(raw).verify(signature, canonical(document))
+    except (ValueError, InvalidSignature):
+        raise Rejected(f"the signature is not {tenant}'s: the result was changed, or signed "
+                       f"with another key") from None
+    problem = _shape_problem(name, document)
+    if problem:
+        raise Rejected(problem)
+    return Verified(document, fingerprint(raw))
+
+
+def _shape_problem(name: str, document: dict) -> str | None:
+    tenant = document["tenant"]
+    if document.get("format") != FORMAT:
+        return f"format {document.get('format')!r} is not {FORMAT}"
+    if document.get("kind") not in KINDS or not isinstance(document.get("id"), str):
+        return "not a backup or drill result"
+    if f"-{tenant}-{document['kind']}-" not in name:
+        return f"the object's name does not name tenant {tenant}'s {document['kind']}"
+    for key in ("runs", "events"):
+        items = document.get(key)
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return f"{key} is not a list of records"
+        other = next((i.get("tenant") for i in items if i.get("tenant") != tenant), None)
+        if other is not None or any("tenant" not in i for i in items):
+            return f"speaks for another tenant ({other!s}): a pod speaks for its own only"
+    if not isinstance(document.get("reports", {}), dict):
+        return "reports is not a mapping"
+    return None
+
+
+# ---------------------------------------------------------------- the pod's side
+
+@dataclass(frozen=True)
+class Mark:
+    """Where this command's records begin in the pod's catalog, and what signs them."""
+
+    tenant: str
+    key: object
+    results: object  # installation.Results
+    last_seq: int
+    last_run_id: int
+
+
+def mark_before_work(catalog, tenant: str, key_path: Path, results) -> Mark:
+    last = catalog.last_audit_event()
+    runs = catalog.runs(tenant, limit=1)
+    return Mark(tenant, load_private(key_path), results, last["seq"] if last else 0,
+                runs[0]["id"] if runs else 0)
+
+
+def send_result(catalog, mark: Mark, kind: str, host: str) -> str:
+    """Sign what this command recorded for the tenant and leave it in the inbox; the
+    object's name. OperationError when the inbox cannot take it."""
+    from bkp.destinations.inbox import open_inbox
+
+    runs = [run for run in catalog.runs(mark.tenant, kind) if run["id"] > mark.last_run_id]
+    events = [event for event in catalog.audit_events(tenant=mark.tenant)
+              if event["seq"] > mark.last_seq]
+    reports = {}
+    for run in runs:
+        if run.get("report"):
+            # Unreadable: the run row still carries the drill's verdict.
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                reports[Path(run["report"]).name] = Path(run["report"]).read_text(
+                    encoding="utf-8")
+    document = result_document(
+        mark.tenant, kind, [_portable(run) for run in sorted(runs, key=lambda r: r["id"])],
+        [_portable(event) for event in events], reports, host)
+    name = object_name(document)
+    open_inbox(mark.results.inbox).put(name, sign(document, mark.key))
+    return name
+
+
+def _portable(row: dict) -> dict:
+    return {key: value for key, value in row.items()
+            if key not in ("pid", "pid_start", "prev_hash", "hash")}
