@@ -56,6 +56,7 @@ class Cluster:
     run_as_user: int = 10001  # the image's bkp user
     catalog_claim: str = "bkp-catalog"
     tenants: dict = field(default_factory=dict)  # tenant id -> ClusterTenant
+    inbox: dict | None = None  # the volume of a shared-directory results inbox
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ def cluster_schema() -> dict:
                                              "bkp-catalog).",
                               "type": "string", "pattern": DNS_LABEL,
                               "x-pattern-message": "must be a Kubernetes name"},
+            "inbox": _volume_schema("The volume of a local (shared-directory) results "
+                                    "inbox, mounted at results.inbox.path"),
             "tenants": {
                 "description": "Per tenant: the volume its sources are on.",
                 "type": "object",
@@ -469,6 +472,7 @@ def _cluster(data: dict) -> Cluster:
         image=data.get("image"), namespace=data.get("namespace", defaults.namespace),
         run_as_user=data.get("run_as_user", defaults.run_as_user),
         catalog_claim=data.get("catalog_claim", defaults.catalog_claim),
+        inbox=data.get("inbox"),
         tenants={tenant: ClusterTenant(
             sources=entry["sources"], sources_root=entry.get("sources_root"),
             repository=entry.get("repository"), run_as_user=entry.get("run_as_user"))

@@ -6,6 +6,7 @@ commands so that `bkp --help` starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -964,10 +965,16 @@ def _schedule_kubernetes(state, image, namespace, spread, output) -> int:
     policies, broken = state.select((), True)
     config, named = installation.config_path(state.settings.config)
     zone = getattr(local_zone(), "key", None)
+    results = settings.results
+    if results is not None and results.inbox.type == "local" and cluster.inbox is None:
+        raise PolicyError(f"the results inbox {results.inbox.path} is a directory: pods reach "
+                          f"it only through a shared volume; add kubernetes.inbox to bkp.yaml "
+                          f"(e.g. {{nfs: {{server: ..., path: ...}}}}), or use an s3 inbox")
     options = kubernetes.Options(
         image=image, namespace=namespace, spread=window, time_zone=zone,
         config_text=config.read_text(encoding="utf-8") if (named or config.exists())
-        else None)
+        else None, results=results, inbox_volume=cluster.inbox,
+        result_keys=_public_result_keys(results, policies))
     rendering = kubernetes.render(policies, cluster, options)
     text = kubernetes.to_yaml(rendering, options)
     if output:
@@ -982,6 +989,16 @@ def _schedule_kubernetes(state, image, namespace, spread, output) -> int:
     for _, problem in rendering.problems:
         say(problem)
     return 3 if broken or rendering.problems else 0
+
+
+def _public_result_keys(results, policies) -> dict[str, str]:
+    if results is None:
+        return {}
+    keys = {}
+    for policy in policies:
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # missing: the tenant's problem
+            keys[policy.tenant] = results.public_key(policy.tenant).read_text(encoding="ascii")
+    return keys
 
 
 def _installation_for_schedule(state, fmt, every, scheduler, healthcheck_url,

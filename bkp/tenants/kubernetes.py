@@ -70,6 +70,9 @@ class Options:
     time_zone: str | None = None
     config_text: str | None = None  # bkp.yaml, when the installation has one
     gather_schedule: str = "30 6 * * *"
+    results: object = None  # installation.Results: jobs leave signed results in its inbox
+    inbox_volume: dict | None = None  # kubernetes.inbox: a shared-directory inbox's volume
+    result_keys: dict = field(default_factory=dict)  # tenant -> public key text (gatherer)
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def _normal(path: str) -> str:
     return posixpath.normpath(path)
 
 
-def plan_tenant(policy: Policy, cluster: Cluster) -> TenantPlan | str:
+def plan_tenant(policy: Policy, cluster: Cluster, results=None) -> TenantPlan | str:
     """The tenant's plan, or why the cluster cannot run it as its policy says."""
     import json
 
@@ -221,6 +224,14 @@ def plan_tenant(policy: Policy, cluster: Cluster) -> TenantPlan | str:
                 f"pod: give the database's host name (with sslmode verify-full)")
     document = json.loads(policy.document or "{}")
     nightly = [_normal(p) for p in _named_files(document, SECRET_FILE_KEYS)]
+    if results is not None:
+        key = results.private_key(tenant)
+        if not key.exists():
+            return (f"has no result key {key} to sign its jobs' results with: run `bkp "
+                    f"catalog result-keys {tenant}`")
+        nightly.append(_normal(str(key)))
+        if results.inbox.type == "s3":
+            nightly.append(_normal(str(results.inbox.credentials_file)))
     deleting = [_normal(p) for p in _named_files(document, MAINTENANCE_FILE_KEYS)]
     sources = _mounted_sources([_normal(s) for s in policy.sources], setup)
     if isinstance(sources, str):
@@ -370,8 +381,28 @@ def tenant_pod(plan: TenantPlan, task: str, options: Options) -> dict:
     if policy.destination.type == "local" and plan.setup.repository:
         volumes.append({"name": "repository", **plan.setup.repository})
         mounts.append({"name": "repository", "mountPath": _normal(policy.destination.path)})
-    return _pod(plan.run_as_user, task, options, policy.tenant, [task, policy.tenant],
-                volumes, mounts, RESOURCES)
+    signed = options.results is not None and task in ("backup", "drill")
+    if signed:
+        _inbox_mount(options, volumes, mounts, read_only=False)
+    pod = _pod(plan.run_as_user, task, options, policy.tenant, [task, policy.tenant],
+               volumes, mounts, RESOURCES)
+    if signed:
+        pod["containers"][0]["env"].append({
+            "name": "BKP_RESULT_KEY", "value": _normal(str(options.results.private_key(
+                policy.tenant)))})
+    return pod
+
+
+def _inbox_mount(options: Options, volumes: list[dict], mounts: list[dict],
+                 read_only: bool) -> None:
+    """A shared-directory inbox is a volume of its own (kubernetes.inbox); an s3 inbox needs
+    only its credentials, which are among the Secret's files."""
+    results = options.results
+    if results.inbox.type != "local":
+        return
+    volumes.append({"name": "inbox", **options.inbox_volume})
+    mounts.append({"name": "inbox", "mountPath": _normal(results.inbox.path),
+                   **({"readOnly": True} if read_only else {})})
 
 
 def _pod(user: int, task: str, options: Options, tenant: str | None, args: list[str],
@@ -457,7 +488,11 @@ def gatherer_cronjob(plans: list[TenantPlan], cluster: Cluster, options: Options
     mounts.append({"name": "policies", "mountPath": POD_POLICIES, "readOnly": True})
     seen: set[str] = set()
     for index, plan in enumerate(plans):
-        files = tuple(f for f in plan.files if f.path not in seen)  # one host file, one mount
+        # One host file, one mount; never a tenant's private result key (the gatherer
+        # verifies with the public keys only).
+        own_key = (_normal(str(options.results.private_key(plan.policy.tenant)))
+                   if options.results is not None else None)
+        files = tuple(f for f in plan.files if f.path not in seen and f.path != own_key)
         seen |= {f.path for f in files}
         if files:
             volume, secret_mounts = _secret_volume(f"secrets-{index}", plan.secret, files)
@@ -467,6 +502,12 @@ def gatherer_cronjob(plans: list[TenantPlan], cluster: Cluster, options: Options
             volumes.append({"name": f"repository-{index}", **plan.setup.repository})
             mounts.append({"name": f"repository-{index}",
                            "mountPath": _normal(plan.policy.destination.path)})
+    if options.results is not None:
+        volumes.append({"name": "result-keys", "configMap": {
+            "name": "bkp-result-keys", "defaultMode": 0o444}})
+        mounts.append({"name": "result-keys", "mountPath": _normal(str(options.results.keys)),
+                       "readOnly": True})
+        _inbox_mount(options, volumes, mounts, read_only=True)
     pod = _pod(user, "gather", options, None, ["catalog", "sync", "--all"], volumes, mounts,
                GATHER_RESOURCES)
     return _cronjob("bkp-gatherer", "gatherer", options.gather_schedule, GATHER_DEADLINE, pod,
@@ -497,7 +538,7 @@ def render(policies: list[Policy], cluster: Cluster, options: Options) -> Render
     rendering = Rendering()
     plans = []
     for policy in policies:
-        plan = plan_tenant(policy, cluster)
+        plan = plan_tenant(policy, cluster, options.results)
         if isinstance(plan, str):
             rendering.problems.append((policy.tenant, f"{policy.tenant} {plan}; no CronJob"))
         else:
@@ -508,6 +549,12 @@ def render(policies: list[Policy], cluster: Cluster, options: Options) -> Render
                                     "metadata": _metadata("bkp-config", options, "config"),
                                     "data": {"bkp.yaml": options.config_text}})
     rendering.manifests += configmaps
+    if options.results is not None and plans:
+        rendering.manifests.append({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _metadata("bkp-result-keys", options, "result-keys"),
+            "data": {f"{p.policy.tenant}.result.pub": options.result_keys.get(
+                p.policy.tenant, "") for p in plans}})
     for plan in plans:
         rendering.manifests += tenant_cronjobs(plan, options)
         rendering.secrets.append((plan.policy.tenant, plan.secret, plan.files))

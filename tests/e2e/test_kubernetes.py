@@ -265,3 +265,60 @@ def test_a_wrong_volume_in_bkp_yaml_is_an_invalid_configuration(fleet):
         assert done.returncode == 3, (args, done.stderr)
         assert "kubernetes.tenants.zorg-sftp.sources" in done.stdout + done.stderr
         assert "Traceback" not in done.stderr
+
+
+def with_results(env, config: Path, where: dict, **cluster) -> dict:
+    text = yaml.safe_load(config.read_text())
+    text["results"] = {"inbox": where, "keys": str(env.root / "result-keys")}
+    text["kubernetes"].update(cluster)
+    config.write_text(yaml.safe_dump(text))
+    env.bkp_json("catalog", "result-keys", "--all", BKP_CONFIG=str(config))
+    return text
+
+
+def test_jobs_sign_their_results_and_the_gatherer_holds_public_keys_only(fleet, tmp_path):
+    env, tenants, config = fleet
+    inbox_credentials = secret_file(env, "inbox.s3", "[default]\naws_access_key_id = AKIAIN\n"
+                                                     "aws_secret_access_key = SECRET-VALUE-in\n")
+    with_results(env, config, {"type": "s3", "country": "NL",
+                               "endpoint": "https://s3.nl-ams.example.eu", "bucket": "inbox",
+                               "region": "nl-ams", "credentials_file": str(inbox_credentials)})
+    done = env.bkp("schedule", "--format", "kubernetes", BKP_CONFIG=str(config))
+    assert done.returncode == 0, done.stderr
+    manifests = tmp_path / "signed.yaml"
+    manifests.write_text(done.stdout)
+    checked = validate(manifests)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SECRET-VALUE" not in done.stdout and "PRIVATE KEY" not in done.stdout
+    jobs = cronjobs(done.stdout)
+    key = str(env.root / "result-keys" / "zorg-sftp.result.key")
+    for task in ("backup", "drill"):
+        job = jobs[f"bkp-{task}-zorg-sftp"]
+        assert env_of(job)["BKP_RESULT_KEY"] == key
+        assert mounts(job)[key]["readOnly"] and str(inbox_credentials) in mounts(job)
+    assert "BKP_RESULT_KEY" not in env_of(jobs["bkp-maintain-zorg-rest"])
+    gatherer = mounts(jobs["bkp-gatherer"])
+    assert not [path for path in gatherer if path.endswith(".result.key")]
+    assert gatherer[str(env.root / "result-keys")]["readOnly"]
+    public = next(doc for doc in yaml.safe_load_all(done.stdout)
+                  if doc and doc["metadata"]["name"] == "bkp-result-keys")
+    assert set(public["data"]) == {f"{t}.result.pub" for t in tenants}
+    assert all(len(text.strip()) == 44 for text in public["data"].values())
+
+
+def test_a_shared_directory_inbox_needs_its_volume_and_a_tenant_its_key(fleet, tmp_path):
+    env, _tenants, config = fleet
+    inbox = {"type": "local", "country": "NL", "path": str(env.root / "inbox")}
+    with_results(env, config, inbox)
+    done = env.bkp("schedule", "--format", "kubernetes", BKP_CONFIG=str(config))
+    assert done.returncode == 3 and "add kubernetes.inbox to bkp.yaml" in done.stderr
+    with_results(env, config, inbox, inbox={"nfs": {"server": "nfs01", "path": "/inbox"}})
+    (env.root / "result-keys" / "zorg-s3.result.key").unlink()
+    done = env.bkp("schedule", "--format", "kubernetes", BKP_CONFIG=str(config))
+    assert done.returncode == 3 and "zorg-s3 has no result key" in done.stderr
+    jobs = cronjobs(done.stdout)
+    assert "bkp-backup-zorg-s3" not in jobs
+    assert mounts(jobs["bkp-backup-zorg-sftp"])[str(env.root / "inbox")]
+    manifests = tmp_path / "local-inbox.yaml"
+    manifests.write_text(done.stdout)
+    assert validate(manifests).returncode == 0
