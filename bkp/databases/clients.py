@@ -55,6 +55,30 @@ def missing_client(kind: str) -> str | None:
             f"the Debian package {package} (scripts/install.sh does)")
 
 
+# sockaddr_un.sun_path holds 108 bytes with the closing NUL. The MariaDB client cuts a
+# longer path without a word and then connects to whatever the cut path names.
+SOCKET_PATH_LIMIT = 107
+
+
+def socket_file(database: Database) -> str | None:
+    """The unix socket the client will connect to, or None over TCP. PostgreSQL's host is
+    the socket's directory; the file in it is named after the port."""
+    if not database.socket:
+        return None
+    if database.type == "postgresql":
+        return f"{database.host.rstrip('/')}/.s.PGSQL.{database.tcp_port}"
+    return database.host
+
+
+def require_reachable_socket_path(database: Database) -> None:
+    """A socket path the kernel cannot hold is a policy error, said before connecting."""
+    path = socket_file(database)
+    if path is not None and len(path.encode()) > SOCKET_PATH_LIMIT:
+        raise PolicyError(f"the socket path {path[:60]}… is {len(path.encode())} bytes long; "
+                          f"a unix socket path holds at most {SOCKET_PATH_LIMIT}: give host "
+                          f"a shorter path")
+
+
 def require_client(kind: str) -> str:
     program = dump_program(kind)
     if program is None:

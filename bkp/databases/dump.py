@@ -66,6 +66,7 @@ def dump_database(restic: Restic, policy: Policy, database: Database, host: str)
 def _dump(restic: Restic, policy: Policy, database: Database, host: str,
           result: DatabaseDump) -> None:
     counted_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    clients.require_reachable_socket_path(database)
     if database.type == "postgresql":
         piped, tables = _dump_postgresql(restic, policy, database, host)
     else:
