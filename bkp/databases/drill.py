@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp.context import Context
-from bkp.errors import BkpError, VerificationError
+from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.policy import Database, Policy
 from bkp.restic import KIND_DATABASE, KIND_INVENTORY, Restic
 
@@ -85,6 +85,9 @@ def _drill_one(ctx: Context, policy: Policy, restic: Restic, database: Database,
     except VerificationError as exc:
         drill.findings.append(("dump", "a readable dump", str(exc)[:500]))
         return drill
+    except OperationError as exc:  # a full disk, a lost destination: the drill cannot run
+        raise OperationError(f"{database.label}: could not write its dump to "
+                             f"{scratch_dir}: {_one_line(exc)}") from None
     found = _load_and_count(ctx, database, path, drill)
     path.unlink(missing_ok=True)
     if found is None:
@@ -133,6 +136,13 @@ def _load_and_count(ctx: Context, database: Database, path: Path,
             server.load(path, database.name)
             drill.load_s = round(time.monotonic() - started, 3)
             return dict(server.inventory(database.name).tables)
-    except VerificationError as exc:  # an OperationError (no scratch server) is no finding
+    except VerificationError as exc:
         drill.findings.append(("load", "the dump loads", str(exc)[:500]))
         return None
+    except OperationError as exc:  # no scratch server, a full disk: no finding, no verdict
+        raise OperationError(f"{database.label}: the drill could not load its dump: "
+                             f"{_one_line(exc)}") from None
+
+
+def _one_line(exc: Exception) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

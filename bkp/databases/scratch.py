@@ -7,10 +7,12 @@ Where things live, and why:
   SIGKILLed drill leaves can be found and removed by the next one (`remove_leftovers`).
 - `$BKP_HOME/scratch/<kind>-<token>/` (root, 0700) keeps the server's log.
 - `/var/tmp/bkp-scratch-<token>/` (owned by the scratch user, 0700) holds the data
-  directory and the unix socket. PostgreSQL refuses to run as root, and the scratch user
-  cannot pass through a 0700 `$BKP_HOME`; /var/tmp is on disk (a dump may be larger than a
-  tmpfs /tmp) and short enough for the 107-byte limit of a socket path. Nothing listens on
-  the network: the socket's directory is private to the scratch user (and root).
+  directory and the unix socket (`BKP_SCRATCH_ROOT` names another folder than /var/tmp,
+  e.g. a larger disk: a loaded dump takes more room than the dump). PostgreSQL refuses
+  to run as root, and the scratch user cannot pass through a 0700 `$BKP_HOME`; /var/tmp
+  is on disk (a dump may be larger than a tmpfs /tmp) and short enough for the 107-byte
+  limit of a socket path. Nothing listens on the network: the socket's directory is
+  private to the scratch user (and root).
 
 Both servers, and every client that reads a dump (pg_restore, mariadb), run as the system
 user `bkp-scratch` (created on first use, and by scripts/install.sh): a dump is the
@@ -70,6 +72,7 @@ log = logging.getLogger("bkp.databases.scratch")
 KINDS = ("postgresql", "mariadb")
 SCRATCH_USER = "bkp-scratch"
 SCRATCH_ROOT = Path("/var/tmp")
+SCRATCH_ROOT_ENV = "BKP_SCRATCH_ROOT"
 FILES_PREFIX = "bkp-scratch-"
 POSTGRESQL_LIB = Path("/usr/lib/postgresql")
 START_TIMEOUT_S = 120
@@ -85,6 +88,17 @@ class ScratchServer(Protocol):
     def load(self, dump: Path, database: str) -> float:
         """Create `database`, load the dump file into it; seconds taken. A dump that does
         not load is a VerificationError (exit 5) with the client's error."""
+
+    def _raise_if_environment(self, said: str) -> None:
+        """A load that failed for want of disk space, or because the scratch server itself
+        stopped, says nothing about the dump: the drill could not run (exit 1)."""
+        log_tail = self.service.log_tail() if self.service else ""
+        problem = _no_space(self.place, said, log_tail)
+        if problem:
+            raise OperationError(problem)
+        if self.service is not None and not self.service.running():
+            raise OperationError(f"the scratch server stopped during the load"
+                                 f"{_last_server_error(log_tail)}")
 
     def inventory(self, database: str) -> Inventory:
         """Exact row counts of every base table of `database`."""
@@ -206,6 +220,44 @@ def _wait_until(ready, service: runner.Service, what: str, timeout: float) -> No
         delay = min(delay * 2, 0.25)
 
 
+def scratch_root() -> Path:
+    """Where scratch servers keep their data: $BKP_SCRATCH_ROOT, else /var/tmp."""
+    chosen = os.environ.get(SCRATCH_ROOT_ENV)
+    return Path(chosen) if chosen and chosen.startswith("/") else SCRATCH_ROOT
+
+
+# What the clients and servers say when their disk is full (ENOSPC, PostgreSQL's "could not
+# extend file", InnoDB's "table is full", MariaDB's errno 28).
+_NO_SPACE = re.compile(r"No space left on device|could not extend file|is full|Disk full|"
+                       r"[Ee]rr(?:code|no):? 28\b")
+# Below this much free space a failed load is blamed on the disk, whatever the client said
+# (a server that ran out of room for its WAL dies, and the client sees a lost connection).
+SPACE_FLOOR = 16 << 20
+
+
+def _no_space(place: _Place, *texts: str) -> str | None:
+    """A sentence when the scratch server's disk is full, else None: an operational failure
+    of the drill (exit 1), never a finding about the dump."""
+    try:
+        free = shutil.disk_usage(place.files).free
+    except OSError:
+        free = None
+    if (free is None or free >= SPACE_FLOOR) and not any(_NO_SPACE.search(t) for t in texts):
+        return None
+    shown = f"{free >> 20} MiB free" if free is not None else "its free space unknown"
+    return (f"no space left for the scratch server in {place.files.parent} ({shown}): free "
+            f"space there or set {SCRATCH_ROOT_ENV} to a folder on a larger disk")
+
+
+def _last_server_error(log_tail: str) -> str:
+    """The server's last PANIC or FATAL line without quoted values (a server log may echo
+    a statement, and with it the tenant's data), as ": ..." or nothing."""
+    lines = [ln for ln in log_tail.splitlines() if re.search(r"PANIC|FATAL|\[ERROR\]", ln)]
+    if not lines:
+        return ""
+    return ": " + re.sub(r"(['\"]).*?\1", r"\1…\1", lines[-1].strip())[:300]
+
+
 def _failure(text: str, client: str) -> str:
     """A client's error without the tenant's data. Only the client's own error lines are
     kept (mariadb echoes the failing statement, pg_restore the command and its context), and
@@ -267,7 +319,8 @@ class ScratchPostgreSQL:
                           user=self.user, cwd=str(self.place.files),
                           drop_env_prefixes=("PG", "LC_", "LANG"), timeout=START_TIMEOUT_S)
         if not done.ok:
-            raise OperationError(f"scratch PostgreSQL: initdb failed: {done.stderr_tail}")
+            raise OperationError(_no_space(self.place, done.stderr_tail) or
+                                 f"scratch PostgreSQL: initdb failed: {done.stderr_tail}")
         # Speed over durability: the cluster is thrown away after the drill.
         settings = {"listen_addresses": "", "unix_socket_directories": str(self.place.files),
                     "unix_socket_permissions": "0700", "fsync": "off",
@@ -281,7 +334,11 @@ class ScratchPostgreSQL:
                                     user=self.user, cwd=str(self.place.files),
                                     drop_env_prefixes=("PG",))
         self.place.write_record(self.service.pid)
-        _wait_until(self._ready, self.service, "scratch PostgreSQL", START_TIMEOUT_S)
+        try:
+            _wait_until(self._ready, self.service, "scratch PostgreSQL", START_TIMEOUT_S)
+        except OperationError as exc:
+            raise OperationError(_no_space(self.place, self.service.log_tail()) or
+                                 str(exc)) from None
 
     def _ready(self) -> bool:
         # The postmaster writes "ready" as the 8th line of its pid file once it accepts
@@ -311,10 +368,22 @@ class ScratchPostgreSQL:
                              "--exit-on-error", "-d", database],
                             database=database, stdin_path=dump)
         if not done.ok:
+            self._raise_if_environment(done.stderr_tail)
             reason = _failure(done.stderr_tail, "pg_restore") or "pg_restore failed"
             raise VerificationError(f"the dump of PostgreSQL database {database} does not "
                                     f"load: {reason}")
         return time.monotonic() - started
+
+    def _raise_if_environment(self, said: str) -> None:
+        """A load that failed for want of disk space, or because the scratch server itself
+        stopped, says nothing about the dump: the drill could not run (exit 1)."""
+        log_tail = self.service.log_tail() if self.service else ""
+        problem = _no_space(self.place, said, log_tail)
+        if problem:
+            raise OperationError(problem)
+        if self.service is not None and not self.service.running():
+            raise OperationError(f"the scratch server stopped during the load"
+                                 f"{_last_server_error(log_tail)}")
 
     def inventory(self, database: str) -> Inventory:
         done = self._client([str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v",
@@ -363,7 +432,8 @@ class ScratchMariaDB:
                           user=self.user, cwd=str(self.place.files),
                           drop_env_prefixes=("MYSQL", "MARIADB"), timeout=START_TIMEOUT_S)
         if not done.ok:
-            raise OperationError(f"scratch MariaDB: mariadb-install-db failed: "
+            raise OperationError(_no_space(self.place, done.stderr_tail) or
+                                 f"scratch MariaDB: mariadb-install-db failed: "
                                  f"{done.stderr_tail}")
         argv = ["mariadbd", "--no-defaults", f"--datadir={self.place.data}",
                 f"--socket={self.socket}", f"--pid-file={self.place.files / 'mariadbd.pid'}",
@@ -377,7 +447,11 @@ class ScratchMariaDB:
                                     user=self.user, cwd=str(self.place.files),
                                     drop_env_prefixes=("MYSQL", "MARIADB"))
         self.place.write_record(self.service.pid)
-        _wait_until(self._ready, self.service, "scratch MariaDB", START_TIMEOUT_S)
+        try:
+            _wait_until(self._ready, self.service, "scratch MariaDB", START_TIMEOUT_S)
+        except OperationError as exc:
+            raise OperationError(_no_space(self.place, self.service.log_tail()) or
+                                 str(exc)) from None
 
     def _ready(self) -> bool:
         # mariadbd creates its socket once it accepts connections.
@@ -400,10 +474,22 @@ class ScratchMariaDB:
                                  f"{created.stderr_tail}")
         done = self._client(database=database, stdin_path=dump)
         if not done.ok:
+            self._raise_if_environment(done.stderr_tail)
             reason = _failure(done.stderr_tail, "mariadb") or "mariadb failed"
             raise VerificationError(f"the dump of MariaDB database {database} does not load: "
                                     f"{reason}")
         return time.monotonic() - started
+
+    def _raise_if_environment(self, said: str) -> None:
+        """A load that failed for want of disk space, or because the scratch server itself
+        stopped, says nothing about the dump: the drill could not run (exit 1)."""
+        log_tail = self.service.log_tail() if self.service else ""
+        problem = _no_space(self.place, said, log_tail)
+        if problem:
+            raise OperationError(problem)
+        if self.service is not None and not self.service.running():
+            raise OperationError(f"the scratch server stopped during the load"
+                                 f"{_last_server_error(log_tail)}")
 
     def inventory(self, database: str) -> Inventory:
         what = f"scratch MariaDB database {database}"
@@ -433,14 +519,14 @@ _SERVERS = {"postgresql": ScratchPostgreSQL, "mariadb": ScratchMariaDB}
 
 
 @contextmanager
-def scratch_server(kind: str, home: Path, *, root: Path = SCRATCH_ROOT
+def scratch_server(kind: str, home: Path, *, root: Path | None = None
                    ) -> Iterator[ScratchServer]:
     """Start a throwaway `kind` server, yield it, and stop and remove it whatever happens
     (an exception, KeyboardInterrupt, SIGTERM turned into an exception by the caller)."""
     if kind not in _SERVERS:
         raise ValueError(f"unknown scratch server kind {kind!r}")
     owner = scratch_user()
-    place = _new_place(home, kind, root, owner)
+    place = _new_place(home, kind, root or scratch_root(), owner)
     server = None
     try:
         server = _SERVERS[kind](place, owner.pw_name if owner else None)

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.integration
 
 
 def entry(server: DatabaseServer, name: str | None = None, **overrides) -> dict:
-    found = {"type": server.kind, "name": server.database if name is None else name, "host": str(server.socket),
-             "user": server.user, "password_file": str(server.password_file)}
+    found = {"type": server.kind, "name": server.database if name is None else name,
+             "host": str(server.socket), "user": server.user,
+             "password_file": str(server.password_file)}
     if server.kind == "postgresql":
         found["port"] = server.port
     found.update(overrides)
@@ -289,6 +290,7 @@ def test_a_database_dropped_mid_dump_fails_naming_it(bkp_env, postgresql):
 def test_a_server_stopped_mid_dump_fails_naming_the_database(bkp_env, tmp_path):
     from tests.conftest import start_mariadb
 
+    (tmp_path / "own-mariadb").mkdir()
     server = start_mariadb(tmp_path / "own-mariadb")
     try:
         server.admin(BIG_MARIA)
@@ -322,13 +324,12 @@ def test_bkp_stopped_during_the_dump_leaves_no_snapshot_and_an_honest_record(
         time.sleep(0.05)
     assert processes(database.encode(), b"pg_dump") == []
     assert [k for k in dumps_of(bkp_env, name) if k[1] == database] == []
-    # The next command closes a SIGKILLed run as interrupted; a SIGTERMed one closed itself.
-    bkp_env.bkp("status", name)
-    [row] = [r for r in runs(bkp_env) if r["kind"] == "backup"]
-    assert row["status"] == "interrupted", row
-    # And the next night works.
+    # The next night works, and the run before it is on record as interrupted (a SIGTERMed
+    # run closed itself so; the next command that acts closes a SIGKILLed one).
     run, _ = bkp_env.bkp_json("backup", name)
     assert run["runs"][0]["databases"][0]["status"] == "ok"
+    first = next(r for r in runs(bkp_env) if r["kind"] == "backup")
+    assert first["status"] == "interrupted", first
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -391,19 +392,17 @@ def fill(path: Path, leave: int = 0) -> None:
 
 def test_a_full_bkp_home_during_the_drill_is_an_operational_failure(
         tmp_path, postgresql):
-    database = pg_database(postgresql, "adv_full_home", BIG_PG)
-    with small_filesystem(tmp_path / "root", "64m") as root:
+    database = pg_database(postgresql, "adv_full_home", BIG_PG.replace("250000", "600000"))
+    with small_filesystem(tmp_path / "root", "480m") as root:
         env = new_bkp_env(root)
         name = tenant(env, "zorg-fullhome", [entry(postgresql, database)])
         run, _ = env.bkp_json("backup", name)
-        assert run["runs"][0]["databases"][0]["bytes"] > 8 << 20
-        fill(root, leave=4 << 20)  # room for the catalog, not for the dump
+        assert run["runs"][0]["databases"][0]["bytes"] > 120 << 20
+        # Room for the file drill (its 64 MiB margin) and the catalog, not for the dump.
+        fill(root, leave=72 << 20)
         done = env.bkp("drill", name, "--json")
         os.unlink(root / "filler")
-        assert done.returncode == 1, (done.stdout, done.stderr)
-        assert "Traceback" not in done.stderr
-        said = one_sentence(done.stderr)
-        assert "space" in said and database in said, said
+        _assert_drill_could_not_run(done, database)
 
 
 def test_a_full_scratch_disk_during_the_load_is_an_operational_failure(
@@ -411,16 +410,25 @@ def test_a_full_scratch_disk_during_the_load_is_an_operational_failure(
     database = pg_database(postgresql, "adv_full_scratch", BIG_PG)
     name = tenant(bkp_env, "zorg-fullscratch", [entry(postgresql, database)])
     bkp_env.bkp_json("backup", name)
-    with small_filesystem(tmp_path / "scratch-root", "80m") as root:
+    # Where the scratch user can reach it (not under pytest's 0700 folders), like /var/tmp.
+    with small_filesystem(Path(f"/var/tmp/bkp-adv-scratch-{os.getpid()}"), "80m") as root:
         os.chmod(root, 0o1777)
         done = bkp_env.bkp("drill", name, "--json", BKP_SCRATCH_ROOT=str(root))
         left = [p.name for p in root.iterdir()]
+    _assert_drill_could_not_run(done, database)
+    assert left == []
+
+
+def _assert_drill_could_not_run(done: subprocess.CompletedProcess, database: str) -> None:
+    """Exit 1 with one sentence naming the space and the database: a full disk is the
+    drill's own trouble, not damage in the backup (never 5, never 0)."""
+    assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1, (done.stdout, done.stderr)
-    said = one_sentence(done.stderr)
-    assert "space" in said and database in said, said
     drill = json.loads(done.stdout)["drills"][0]
     assert drill["status"] == "failed" and drill["result"] == "error", drill
-    assert left == []
+    assert drill["problems"] == [], drill
+    said = drill["error"]
+    assert "\n" not in said and "space" in said and database in said, said
 
 
 # ---------------------------------------------------------------- forged inventories
