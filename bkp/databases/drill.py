@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp.context import Context
+from bkp.databases.inventory import Inventory
 from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.policy import Database, Policy
 from bkp.restic import KIND_DATABASE, KIND_INVENTORY, Restic
@@ -71,10 +73,10 @@ def _drill_one(ctx: Context, policy: Policy, restic: Restic, database: Database,
         return drill
     dump = dumps[-1]
     drill.snapshot_id = dump["id"]
-    expected = _recorded_inventory(ctx, policy, restic, listed, dump)
-    if expected is None:
+    expected, problem = _recorded_inventory(ctx, policy, restic, listed, dump)
+    if problem:
         drill.findings.append(("inventory", "the tables and rows recorded at dump time",
-                               "no inventory in the repository or the catalog"))
+                               problem))
     if ctx.progress:
         ctx.progress(f"{policy.tenant}: loading {database.label} (snapshot "
                      f"{dump['id'][:8]}) into a scratch server")
@@ -109,21 +111,59 @@ def _missing_dump(ctx: Context, policy: Policy, database: Database) -> str:
 
 
 def _recorded_inventory(ctx: Context, policy: Policy, restic: Restic, listed: list[dict],
-                        dump: dict) -> dict[str, int] | None:
+                        dump: dict) -> tuple[dict[str, int] | None, str | None]:
+    """The tables and rows recorded when `dump` was made, and what is wrong with that record
+    (None when nothing): the repository's inventory snapshot, checked against the catalog's
+    copy when both exist; either alone when the other was lost (a host rebuilt from nothing
+    has only the repository). Without any, the sentence names the cause."""
     short = dump["id"][:8]
-    for snapshot in listed:
-        if snapshot.get("kind") == KIND_INVENTORY and (snapshot.get("dump") or "")[:8] == short:
-            filename = (snapshot.get("paths") or [""])[0]
-            try:
-                document = json.loads(restic.dump_bytes(snapshot["id"], filename))
-                return {str(k): int(v) for k, v in document["tables"].items()}
-            except (BkpError, ValueError, KeyError, TypeError, AttributeError):
-                break  # unreadable: the catalog's copy may still say
+    stored, stored_problem = _stored_inventory(restic, listed, short)
     recorded = ctx.catalog.recorded_dump(policy.tenant, dump["id"]) or \
         ctx.catalog.recorded_dump(policy.tenant, short)
-    if recorded and recorded.get("tables"):
-        return json.loads(recorded["tables"])
-    return None
+    copy = None
+    if recorded and recorded.get("status") == "ok" and recorded.get("tables") is not None:
+        with suppress(ValueError, TypeError):
+            copy = {str(k): int(v) for k, v in json.loads(recorded["tables"]).items()}
+    if stored is not None and copy is not None and stored != copy:
+        differ = "; ".join(f"{t}: {want} in the repository, {got} in the catalog"
+                           for t, want, got in compare_inventories(stored, copy))
+        return stored, (f"the inventory in the repository and the catalog's copy differ "
+                        f"({differ[:400]}): one of them was altered")
+    if stored is not None or copy is not None:
+        return (stored if stored is not None else copy), None
+    if stored_problem:
+        return None, stored_problem
+    if recorded and recorded.get("error"):
+        return None, (f"no counts: backup run {recorded['run_id']} saved the dump but "
+                      f"recorded this error: {recorded['error'][:400]}")
+    if recorded:
+        return None, (f"the inventory snapshot "
+                      f"{(recorded.get('inventory_snapshot_id') or '?')[:8]} of backup run "
+                      f"{recorded['run_id']} is not in the repository and the catalog holds "
+                      f"no copy: it was deleted or lost")
+    return None, ("no inventory in the repository and no record of this dump in the "
+                  "catalog: the inventory snapshot was deleted, or bkp did not make this dump")
+
+
+def _stored_inventory(restic: Restic, listed: list[dict],
+                      short: str) -> tuple[dict[str, int] | None, str | None]:
+    """The inventory snapshot beside the dump: (tables, None), (None, why unusable), or
+    (None, None) when there is none."""
+    snapshot = next((s for s in listed if s.get("kind") == KIND_INVENTORY
+                     and (s.get("dump") or "")[:8] == short), None)
+    if snapshot is None:
+        return None, None
+    filename = (snapshot.get("paths") or [""])[0]
+    try:
+        document = json.loads(restic.dump_bytes(snapshot["id"], filename))
+        if isinstance(document, dict) and document.get("tables") is None \
+                and document.get("error"):
+            return None, (f"no counts: when the dump was made bkp could not count its "
+                          f"tables: {str(document['error'])[:400]}")
+        return Inventory.from_json(document).tables, None
+    except (BkpError, ValueError) as exc:
+        return None, (f"the inventory snapshot {snapshot['id'][:8]} cannot be read: "
+                      f"{str(exc)[:300]}")
 
 
 def _load_and_count(ctx: Context, database: Database, path: Path,

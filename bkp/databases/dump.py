@@ -42,10 +42,16 @@ class DatabaseDump:
                 "duration_s": self.duration_s}
 
 
-def inventory_document(database: Database, dump: DatabaseDump, counted_at: str) -> bytes:
-    return json.dumps({"database": database.name, "type": database.type,
-                       "dump_snapshot_id": dump.snapshot_id, "counted_at": counted_at,
-                       "tables": dump.tables}, sort_keys=True, indent=1).encode("utf-8")
+def inventory_document(database: Database, dump: DatabaseDump, counted_at: str,
+                       problem: str | None = None) -> bytes:
+    """What the drill compares with. Without counts (`problem`), the document says why, so
+    that a drill of this dump names the cause instead of a missing inventory."""
+    document = {"database": database.name, "type": database.type,
+                "dump_snapshot_id": dump.snapshot_id, "counted_at": counted_at,
+                "tables": None if problem else dump.tables}
+    if problem:
+        document["error"] = problem
+    return json.dumps(document, sort_keys=True, indent=1).encode("utf-8")
 
 
 def dump_database(restic: Restic, policy: Policy, database: Database, host: str) -> DatabaseDump:
@@ -68,9 +74,9 @@ def _dump(restic: Restic, policy: Policy, database: Database, host: str,
     counted_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     clients.require_reachable_socket_path(database)
     if database.type == "postgresql":
-        piped, tables = _dump_postgresql(restic, policy, database, host)
+        piped, counted = _dump_postgresql(restic, policy, database, host)
     else:
-        piped, tables = _dump_mariadb(restic, policy, database, host)
+        piped, counted = _dump_mariadb(restic, policy, database, host)
     if not piped.producer.ok:
         raise OperationError(_client_error(piped.producer))
     if not piped.consumer.ok:
@@ -79,13 +85,20 @@ def _dump(restic: Restic, policy: Policy, database: Database, host: str,
     if not summary.snapshot_id:
         raise OperationError("restic saved no snapshot of the dump")
     result.snapshot_id, result.bytes = summary.snapshot_id, piped.bytes
-    result.tables = tables()
+    tables, problem = counted()
+    result.tables = tables or {}
     saved = restic.backup_bytes(
         policy, host, clients.inventory_filename(database), KIND_INVENTORY,
         {"database": database.name, "database_type": database.type,
          "dump": result.snapshot_id},
-        inventory_document(database, result, counted_at))
+        inventory_document(database, result, counted_at, problem))
     result.inventory_snapshot_id = saved.snapshot_id
+    if problem:
+        # The dump is kept (it may be the only one of the night), but not called good:
+        # no drill can prove what it holds.
+        raise OperationError(f"the dump was saved as snapshot {result.snapshot_id[:8]}, but "
+                             f"its tables could not be counted, so no drill can prove it: "
+                             f"{problem}")
 
 
 def _dump_tags(database: Database) -> dict[str, str]:
@@ -105,12 +118,10 @@ def _dump_postgresql(restic: Restic, policy: Policy, database: Database, host: s
             _dump_tags(database), clients.pg_dump_argv(database, snapshot.snapshot_id),
             env.env, env.secrets)
         try:
-            inventory = counted.result()
-        except BkpError:
-            if piped.producer.ok and piped.consumer.ok:
-                raise
-            inventory = None  # the dump's own failure says more
-    return piped, lambda: dict(inventory.tables) if inventory else {}
+            inventory, problem = counted.result(), None
+        except BkpError as exc:
+            inventory, problem = None, _one_line(exc)
+    return piped, lambda: (dict(inventory.tables) if inventory else None, problem)
 
 
 def _dump_mariadb(restic: Restic, policy: Policy, database: Database, host: str):
@@ -127,7 +138,11 @@ def _dump_mariadb(restic: Restic, policy: Policy, database: Database, host: str)
         policy, host, clients.dump_filename(database), KIND_DATABASE,
         _dump_tags(database), clients.mariadb_dump_argv(database), env.env, env.secrets,
         counter.feed, vet)
-    return piped, lambda: dict(counter.inventory.tables)
+    return piped, lambda: (dict(counter.inventory.tables), counter.problem())
+
+
+def _one_line(exc: Exception) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _client_error(done) -> str:

@@ -102,6 +102,13 @@ def parse_inventory_json(text: str, what: str) -> Inventory:
     return Inventory(tables)
 
 
+# The tenant's application owns its database and may create functions and operators in it;
+# a role setting that puts its schema before pg_catalog would let them answer bkp's count
+# query (a `public.query_to_xml` that says 999 rows). A connection option outranks role
+# and database settings; pg_dump and pg_restore set their own search_path all the same.
+SAFE_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+
+
 @dataclass(frozen=True)
 class PgConnection:
     """How libpq clients (psql, pg_dump) reach a live database. The password is read from
@@ -122,7 +129,8 @@ class PgConnection:
                   "PGPORT": str(self.port) if self.port else None, "PGUSER": self.user,
                   "PGPASSWORD": self.password, "PGSSLMODE": self.sslmode,
                   "PGSSLROOTCERT": self.sslrootcert,
-                  "PGCONNECT_TIMEOUT": str(self.connect_timeout_s), "PGAPPNAME": "bkp"}
+                  "PGCONNECT_TIMEOUT": str(self.connect_timeout_s), "PGAPPNAME": "bkp",
+                  "PGOPTIONS": SAFE_SEARCH_PATH}
         return {k: v for k, v in values.items() if v}
 
 
@@ -225,6 +233,10 @@ _INSERT = re.compile(rb"(?:INSERT(?: IGNORE)? INTO|REPLACE INTO) (" + _NAME + rb
 _CREATE_TABLE = re.compile(rb"CREATE TABLE (?:IF NOT EXISTS )?(" + _NAME + rb") \(")
 _NESTED = re.compile(rb"\([^)]*\(")
 _DUMP_COMPLETED = b"-- Dump completed"
+_DATA_HEADS = (b"INSERT INTO ", b"INSERT IGNORE INTO ", b"REPLACE INTO ")
+# A statement head with the longest names (64 characters, each up to 4 bytes, doubled
+# quotes) and a column list is far shorter than this.
+_LONGEST_HEAD = 1 << 16
 
 
 def _unquote(name: bytes) -> str:
@@ -248,6 +260,7 @@ class MariadbDumpCounter:
     def __init__(self) -> None:
         self.tables: dict[str, int] = {}
         self.completed = False  # mariadb-dump's closing line was seen
+        self.unread: list[str] = []  # heads of data statements the counter could not read
         self._pending = bytearray()
         self._in_code = False
         self._table: str | None = None  # inside this table's INSERT statement
@@ -260,22 +273,32 @@ class MariadbDumpCounter:
         if newline >= 0:
             end = len(self._pending) - len(chunk) + newline
             region = bytes(self._pending[:end + 1])
-            del self._pending[:end + 1]
-            self._region(region)
+            done = self._region(region, final=False)
+            del self._pending[:done]
 
     def close(self) -> Inventory:
         """The inventory of everything fed; a last line without its newline counts too."""
         if self._pending:
-            self._region(bytes(self._pending) + b"\n")
+            self._region(bytes(self._pending) + b"\n", final=True)
         self._pending.clear()
         return self.inventory
+
+    def problem(self) -> str | None:
+        """Why the counts cannot be trusted, or None: a data statement the counter could not
+        read would leave its rows uncounted, and a drill would then blame the dump."""
+        if not self.unread:
+            return None
+        return (f"{len(self.unread)} data statement(s) of mariadb-dump could not be read to "
+                f"count their rows (the first begins {self.unread[0]!r})")
 
     @property
     def inventory(self) -> Inventory:
         return Inventory(dict(self.tables))
 
-    def _region(self, region: bytes) -> None:
-        """Complete lines: statement heads line by line, INSERT values in bulk."""
+    def _region(self, region: bytes, final: bool) -> int:
+        """Complete lines: statement heads line by line, INSERT values in bulk. Returns how
+        much was used: a statement head whose quoted name goes on past the region (a table
+        name may hold a newline) waits for the next chunk."""
         pos, size = 0, len(region)
         while pos < size:
             if self._table is not None:
@@ -283,25 +306,34 @@ class MariadbDumpCounter:
                 continue
             newline = region.index(b"\n", pos)
             line = region[pos:newline]
-            pos = newline + 1
             head = line[:1]
             if head == b"D" and line.startswith(b"DELIMITER "):
                 self._in_code = line.strip() != b"DELIMITER ;"
             elif self._in_code:
-                continue
-            elif head in (b"I", b"R"):
-                found = _INSERT.match(line)
-                if found:
+                pass
+            elif head in (b"I", b"R") and line.startswith(_DATA_HEADS):
+                # Matched on the region, not the line: a quoted name may span lines.
+                found = _INSERT.match(region, pos)
+                if found is None and not final and size - pos < _LONGEST_HEAD:
+                    return pos  # the rest of the head is in the next chunk
+                if found is None:
+                    self.unread.append(line[:60].decode("utf-8", "replace"))
+                else:
                     self._table = _unquote(found.group(1))
                     self.tables.setdefault(self._table, 0)
                     self._depth, self._in_string = 0, False
-                    pos -= len(line) + 1 - found.end()  # the values start on this line
-            elif head == b"C":
-                found = _CREATE_TABLE.match(line)
+                    pos = found.end()  # the values start right after VALUES
+                    continue
+            elif head == b"C" and line.startswith(b"CREATE TABLE "):
+                found = _CREATE_TABLE.match(region, pos)
+                if found is None and not final and size - pos < _LONGEST_HEAD:
+                    return pos
                 if found:
                     self.tables.setdefault(_unquote(found.group(1)), 0)
             elif head == b"-" and line.startswith(_DUMP_COMPLETED):
                 self.completed = True
+            pos = newline + 1
+        return pos
 
     def _values(self, region: bytes, pos: int) -> int:
         """Count tuples from `pos` up to the end of the INSERT or of the region; the

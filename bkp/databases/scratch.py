@@ -46,6 +46,7 @@ from typing import Protocol
 from bkp import runner
 from bkp.databases.inventory import (
     MARIADB_TABLES_QUERY,
+    SAFE_SEARCH_PATH,
     ExportedSnapshot,
     Inventory,
     MariadbDumpCounter,
@@ -304,7 +305,8 @@ class ScratchPostgreSQL:
 
     def _client_env(self, database: str = "postgres") -> dict[str, str]:
         return {"PGHOST": str(self.place.files), "PGUSER": self.superuser,
-                "PGDATABASE": database, "PGAPPNAME": "bkp-drill"}
+                "PGDATABASE": database, "PGAPPNAME": "bkp-drill",
+                "PGOPTIONS": SAFE_SEARCH_PATH}  # a loaded dump's functions count nothing
 
     def _client(self, argv: list[str], *, database: str = "postgres",
                 stdin_path: Path | None = None) -> runner.Completed:

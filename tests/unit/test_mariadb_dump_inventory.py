@@ -110,3 +110,23 @@ def test_a_truncated_stream_is_not_completed():
     counter.feed(cut)
     counter.close()
     assert not counter.completed
+
+
+def test_a_table_name_with_a_newline_is_counted_across_lines_and_chunks():
+    data = (b"CREATE TABLE `new\nline` (\n  `i` int\n);\n"
+            b"INSERT INTO `new\nline` (`col\nname`) VALUES (1),(2),(3);\n"
+            b"INSERT INTO `back``quote` VALUES (1);\n-- Dump completed\n")
+    for size in (1, 5, 7, 1 << 20):
+        counter = MariadbDumpCounter()
+        for start in range(0, len(data), size):
+            counter.feed(data[start:start + size])
+        assert counter.close().tables == {"new\nline": 3, "back`quote": 1}, size
+        assert counter.problem() is None
+
+
+def test_a_data_statement_the_counter_cannot_read_is_said_not_skipped():
+    counter = MariadbDumpCounter()
+    counter.feed(b"INSERT INTO `t` VALUES (1);\nINSERT INTO t_unquoted VALUES (1);\n")
+    counter.close()
+    assert counter.tables == {"t": 1}
+    assert "could not be read" in (counter.problem() or "")
