@@ -422,7 +422,7 @@ class Piped:
 
     producer: Completed
     consumer: Completed
-    bytes: int
+    bytes: int | None  # None: not relayed through bkp
 
 
 CHUNK = 1 << 20
@@ -435,26 +435,45 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
          on_chunk: Callable[[bytes], None] | None = None,
          vet: Callable[[], str | None] | None = None,
          drop_env_prefixes: tuple[str, ...] = ()) -> Piped:
-    """Stream the producer's stdout into the consumer's stdin through bkp.
+    """Stream the producer's stdout into the consumer's stdin, the end of the stream in
+    bkp's hands.
 
-    bkp sits in the middle so that the producer's exit status is known before the consumer
-    sees the end of its input: a consumer such as `restic backup --stdin` saves whatever
-    arrived when its input ends, so a producer that failed halfway (a dump that lost its
-    connection) must never let the input end normally. The consumer is then SIGKILLed,
-    never told to finish; `on_chunk` sees every chunk (to count what passes), and `vet`,
-    asked once the producer ended well, may still refuse the stream (a reason) before the
-    consumer sees its end: a dump that exited 0 without its closing line."""
+    A consumer such as `restic backup --stdin` saves whatever arrived when its input ends,
+    so a producer that failed halfway (a dump that lost its connection) must never let the
+    input end normally: bkp holds the input open until the producer's exit status is known,
+    and SIGKILLs the consumer, never told to finish, when the producer failed. Without
+    `on_chunk` the producer writes straight into the pipe the consumer reads (no copy
+    through Python), and bkp keeps a second write end of that pipe open: the consumer sees
+    no end of input when the producer exits, only when bkp closes its end after judging.
+    With `on_chunk` (to count what passes) bkp relays every chunk itself. `vet`, asked once
+    the producer ended well, may still refuse the stream (a reason) before the consumer sees
+    its end: a dump that exited 0 without its closing line. Piped.bytes is None when
+    nothing was relayed (the consumer knows the size)."""
     secrets = [s for s in secrets if s]
     for env in (producer_env, consumer_env):
         secrets += [v for k, v in (env or {}).items() if k in SECRET_ENV_NAMES and v]
     log.info("run: %s | %s", redact(" ".join(producer_argv), secrets),
              redact(" ".join(consumer_argv), secrets))
     started = time.monotonic()
-    consumer = _start(consumer_argv, consumer_env, drop_env_prefixes, stdin=subprocess.PIPE)
+    relay = on_chunk is not None
+    held: int | None = None  # bkp's write end of the consumer's input (direct mode)
+    if relay:
+        consumer = _start(consumer_argv, consumer_env, drop_env_prefixes, stdin=subprocess.PIPE)
+    else:
+        read_end, held = os.pipe()
+        try:
+            consumer = _start(consumer_argv, consumer_env, drop_env_prefixes, stdin=read_end)
+        except BaseException:
+            os.close(held)
+            raise
+        finally:
+            os.close(read_end)
     try:
-        producer = _start(producer_argv, producer_env, drop_env_prefixes)
+        producer = _start(producer_argv, producer_env, drop_env_prefixes,
+                          stdout=subprocess.PIPE if relay else held)
     except BaseException:
         _kill(consumer)
+        _close_fd(held)
         raise
     expired = threading.Event()
 
@@ -475,19 +494,24 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
     consumer_reader = threading.Thread(target=_consumer_output, args=(consumer, consumer_out),
                                        daemon=True)
     consumer_reader.start()
-    total = 0
+    total: int | None = None
     try:
-        total = _copy(producer, consumer, on_chunk)
+        if relay:
+            total = _copy(producer, consumer, on_chunk)
         producer.wait()
         stderr_reader.join(timeout=5)
         refused = vet() if vet and producer.returncode == 0 and not expired.is_set() else None
-        if producer.returncode != 0 or expired.is_set() or refused:
+        failed = producer.returncode != 0 or expired.is_set() or refused
+        if failed:
             _kill(consumer)  # before its input ends: nothing half is saved
-        else:
+        fd, held = held, None
+        _close_fd(fd)  # without a kill, the consumer now sees the end of its input
+        if not failed:
             _close_quietly(consumer.stdin)
         consumer.wait()
     except BaseException:
         _kill(consumer)
+        _close_fd(held)
         terminate(producer, grace=2.0)
         raise
     finally:
@@ -507,10 +531,11 @@ def pipe(producer_argv: Sequence[str], consumer_argv: Sequence[str], *,
     return Piped(made, used, total)
 
 
-def _start(argv, env, drop_env_prefixes, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+def _start(argv, env, drop_env_prefixes, stdin=subprocess.DEVNULL,
+           stdout=subprocess.PIPE) -> subprocess.Popen:
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env_prefixes)}
     child_env.update(env or {})
-    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=stdout,
                             stderr=subprocess.PIPE, env=child_env, start_new_session=True,
                             preexec_fn=_die_with_parent)
     with _live_lock:
@@ -558,6 +583,12 @@ def _kill(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     _close_quietly(proc.stdin)
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _close_quietly(stream) -> None:

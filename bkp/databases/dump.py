@@ -84,7 +84,8 @@ def _dump(restic: Restic, policy: Policy, database: Database, host: str,
     summary = parse_backup_output(piped.consumer.stdout)
     if not summary.snapshot_id:
         raise OperationError("restic saved no snapshot of the dump")
-    result.snapshot_id, result.bytes = summary.snapshot_id, piped.bytes
+    result.snapshot_id = summary.snapshot_id
+    result.bytes = piped.bytes if piped.bytes is not None else summary.bytes_processed
     tables, problem = counted()
     result.tables = tables or {}
     saved = restic.backup_bytes(
