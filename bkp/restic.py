@@ -26,6 +26,10 @@ from bkp.secrets import SecretEnv
 
 RESTIC = "restic"
 DRY_RUN_SINCE = (0, 13)  # `backup --dry-run`
+# Every restic repository is encrypted; there is no switch to turn it off. What the
+# evidence report names as encryption at rest.
+ENCRYPTION = ("restic repository encryption: AES-256 in counter mode with Poly1305-AES "
+              "authentication, key derived from the repository password with scrypt")
 # restic ≥ 0.17 documents these exit codes; 0.14 uses 1 for all of them and we read stderr.
 EXIT_PARTIAL = 3
 EXIT_NO_REPOSITORY = 10

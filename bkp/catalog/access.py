@@ -15,6 +15,11 @@ class AccessTables:
             "tenant = ?", [tenant], order_by="id desc", limit=1))
         return rows[0] if rows else None
 
+    def policy_versions(self, tenant: str) -> list[dict]:
+        """Every version of a tenant's policy bkp acted under, oldest first."""
+        return list(self.db["policy_versions"].rows_where("tenant = ?", [tenant],
+                                                          order_by="id"))
+
     def add_policy_version(self, tenant: str, fingerprint: str, document: str,
                            operator: str) -> int:
         with self.transaction():

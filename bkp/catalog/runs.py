@@ -164,6 +164,14 @@ class RunsTable:
                 added += 1
         return added
 
+    def tenant_runs(self, tenant: str, kinds: tuple[str, ...] = ("backup", "drill")
+                    ) -> list[dict]:
+        """Every run of a tenant of these kinds, oldest first by id (the evidence report
+        orders them by time itself: synced rows carry the repository's times)."""
+        marks = ", ".join("?" for _ in kinds)
+        return list(self.db["runs"].rows_where(f"tenant = ? and kind in ({marks})",
+                                               [tenant, *kinds], order_by="id"))
+
     def runs_of_process(self, pid: int) -> list[dict]:
         return list(self.db["runs"].rows_where(
             "host = ? and pid = ? and pid_start = ?", [HOST, pid, process_start_ticks(pid)],

@@ -221,3 +221,13 @@ def _results_inbox(db: sqlite_utils.Database) -> None:
         "reason": str, "signed_by": str, "run_ids": str, "seen_at": str,
     }, pk="name", not_null={"status", "seen_at"})
     db["inbox"].create_index(["result_id"], unique=True)
+
+
+@migrations(name="0013_run_observations")
+def _run_observations(db: sqlite_utils.Database) -> None:
+    # What a backup run saw of where its data went (transport, pinned host key, the
+    # bucket's own region, TLS; JSON): the evidence report judges off-site and encryption
+    # from these, not from the policy text. A run rebuilt by `catalog sync` has none.
+    db["runs"].add_column("observations", str)
+    # A drill's restore time (restore and listing check), the figure compared with the RTO.
+    db["runs"].add_column("restore_s", float)

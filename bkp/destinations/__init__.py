@@ -43,6 +43,10 @@ class Destination(Protocol):
 
     def usage_bytes(self) -> int | None: ...
 
+    def observed(self) -> dict:
+        """What a run saw of where its data went (type, off_site, transport, the pinned
+        host key, the bucket's own region, TLS): evidence for the report, no secret."""
+
 
 def destination_for(policy: Policy, home: Path) -> Destination:
     kind = policy.destination.type

@@ -77,6 +77,11 @@ class LocalDestination:
                           **cache_options(self.home, self.policy.tenant),
                           label=str(self.path))
 
+    def observed(self) -> dict:
+        """What a run saw of where its data went: a path on this host, no network."""
+        return {"type": "local", "off_site": False, "transport": "none",
+                "location": str(self.path)}
+
     def usage_bytes(self) -> int | None:
         if not self.path.is_dir():
             return None

@@ -164,6 +164,15 @@ class RestDestination:
         """Nothing to do: a repository on a server cannot be swapped under a running restic
         without restic noticing."""
 
+    def observed(self) -> dict:
+        """What the preflight's request saw: https with the server's certificate checked
+        (against ca_file or the system's CAs), or plain http to a loopback host."""
+        parts = urlsplit(self.dest.url)
+        return {"type": "rest", "off_site": True, "transport": parts.scheme,
+                "tls_verified": parts.scheme == "https", "host": parts.hostname,
+                "port": parts.port, "ca_file": self.dest.ca_file is not None,
+                "append_only": self.dest.append_only}
+
     def usage_bytes(self) -> int | None:
         total = 0
         for status, body in self._requests("GET", [f"{kind}/" for kind in OBJECT_TYPES],

@@ -4,8 +4,9 @@ policy's region), then restic's s3 backend with credentials in its environment o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bkp import secrets
 from bkp.destinations import Preflight, cache_options
@@ -29,6 +30,8 @@ def bucket_region(location_constraint: str | None) -> str:
 class S3Destination:
     policy: Policy
     home: Path
+    # The bucket's region as S3 itself reported it in the last preflight.
+    region_found: str | None = field(default=None, init=False, repr=False)
 
     @property
     def dest(self):
@@ -83,6 +86,7 @@ class S3Destination:
                 f"bucket {self.dest.bucket} stands in region {actual}, the policy says "
                 f"{self.dest.region}: refusing to write (data must rest where the policy "
                 f"says). Fix the policy or use a bucket in {self.dest.region}")
+        self.region_found = actual
         detail = self._check_object_lock(client) if self.dest.object_lock else ""
         return Preflight(True, self._object_exists(client, self._key("config")), detail)
 
@@ -208,6 +212,16 @@ class S3Destination:
             url += f"/{self.prefix}"
         return Repository(url=url, options=(f"s3.region={self.dest.region}",), env=env,
                           **cache_options(self.home, self.policy.tenant), label=self.label)
+
+    def observed(self) -> dict:
+        """What the preflight saw: the bucket's own region (asked from S3, not taken from
+        the policy) and whether the endpoint was reached over TLS."""
+        parts = urlsplit(self.dest.endpoint)
+        return {"type": "s3", "off_site": True,
+                "transport": "https" if parts.scheme == "https" else parts.scheme,
+                "tls_verified": parts.scheme == "https", "host": parts.hostname,
+                "bucket": self.dest.bucket,
+                "bucket_region": self.region_found}
 
     def confirm_unchanged(self) -> None:
         """Nothing to do: restic writes objects to the bucket by name; a vanished bucket

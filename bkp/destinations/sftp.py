@@ -238,6 +238,16 @@ class SftpDestination:
         """Nothing to do: a repository on a server cannot be swapped under a running restic
         without restic noticing."""
 
+    def observed(self) -> dict:
+        """What a run that got through saw: SSH to this host, which proved it holds the
+        pinned key (OpenSSH with StrictHostKeyChecking=yes and a known_hosts holding only
+        that key refuses any other before anything is sent)."""
+        key_type, key_b64 = self.dest.host_key.split()[:2]
+        return {"type": "sftp", "off_site": True, "transport": "ssh",
+                "host": self.dest.host, "port": self.dest.port,
+                "host_key": f"{key_type} {fingerprint(key_b64)}",
+                "host_key_enforced": True}
+
     def usage_bytes(self) -> int | None:
         return None
 

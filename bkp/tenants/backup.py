@@ -12,6 +12,7 @@ import json
 import os
 from datetime import datetime
 
+from bkp.catalog import as_json
 from bkp.context import (
     Context,
     Outcome,
@@ -27,6 +28,7 @@ from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.policy import Policy
 from bkp.restic import (
     DRY_RUN_SINCE,
+    ENCRYPTION,
     EXIT_PARTIAL,
     KIND_DATABASE,
     KIND_FILES,
@@ -93,6 +95,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         preflight = destination.nightly_preflight()
         if not preflight.reachable:
             raise OperationError(f"destination not reachable: {preflight.detail}")
+        fields["observations"] = _observations(policy, destination)
         if preflight.initialised is False:
             raise OperationError(
                 f"no repository at {destination.repository().label}: run "
@@ -220,6 +223,12 @@ def _diagnose(destination, preflight, error: BkpError) -> BkpError:
     except BkpError as found:
         return found
     return error
+
+
+def _observations(policy: Policy, destination) -> str:
+    """What this run saw of where the data goes, for the evidence report (JSON)."""
+    return as_json({**destination.observed(), "country": policy.destination.country,
+                    "encryption_at_rest": ENCRYPTION})
 
 
 def _usage(destination) -> int | None:

@@ -361,7 +361,7 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
             subset=result.subset, problems=as_json(problems),
             sample_checked=result.sample_checked, sample_skipped=result.sample_skipped,
             rto_minutes=policy.drill.rto_minutes, error=str(error) if error else None,
-            restic_calls=restic.calls if restic else 0,
+            restore_s=result.restore_s, restic_calls=restic.calls if restic else 0,
             databases=as_json([d.to_json() for d in result.databases])
             if policy.databases else None,
             immutability=as_json(result.immutability.to_json())
