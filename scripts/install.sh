@@ -24,8 +24,9 @@ packages=(restic openssh-client openssh-server python3 python3-venv ca-certifica
           postgresql-client-15 postgresql-15 mariadb-client mariadb-server)
 if [ "$dev" = 1 ]; then
   # systemd-analyze verifies the units `bkp schedule --format systemd` renders; rclone serves
-  # restic's REST protocol (append-only too) in the tests.
-  packages+=(nwipe systemd rclone)
+  # restic's REST protocol (append-only too) in the tests; chromium renders the evidence
+  # report's HTML headless in the tests (a real browser: not blank, nothing fetched).
+  packages+=(nwipe systemd rclone chromium)
 fi
 
 missing=()

@@ -1483,6 +1483,10 @@ from bkp.cli.media import register as _register_media  # noqa: E402 (needs the g
 
 _register_media(cli, pass_state, emit, json_option)
 
+from bkp.cli.report import register as _register_report  # noqa: E402
+
+_register_report(cli, pass_state, emit, json_option)
+
 
 # ---------------------------------------------------------------- entry point
 
