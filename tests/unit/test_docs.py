@@ -58,6 +58,7 @@ def _check_options(command: click.Command, words: list[str], path: str) -> list[
 def check_invocation(args: list[str]) -> list[str]:
     """Problems of one documented `bkp ARGS`: commands that do not exist, unknown options."""
     from bkp.cli.media import CertificateGroup
+    from bkp.cli.report import ReportGroup
 
     command: click.Command = cli
     path = "bkp"
@@ -76,6 +77,8 @@ def check_invocation(args: list[str]) -> list[str]:
             command, path, words = command.commands[word], f"{path} {word}", words[1:]
         elif isinstance(command, CertificateGroup):
             command, path = command.commands["show"], f"{path} show"
+        elif isinstance(command, ReportGroup):  # `bkp report TENANT...`
+            command, path = command.commands["make"], f"{path} make"
         else:
             return [*problems, f"`{path}` has no command {word!r}"]
     return problems + _check_options(command, words, path)
@@ -108,6 +111,8 @@ def test_every_documented_command_and_option_exists():
 def test_the_checker_refuses_what_does_not_exist():
     assert check_invocation(["backup", "--all"]) == []
     assert check_invocation(["certificate", "17", "--format", "pdf"]) == []
+    assert check_invocation(["report", "acme-zorg", "--format", "pdf", "-o", "x.pdf"]) == []
+    assert check_invocation(["report", "--from", "2026-01-01", "--colour"])
     assert check_invocation(["--policies", "/x", "init", "$T"]) == []
     assert check_invocation(["backups", "--all"])
     assert check_invocation(["audit", "verfy"])
