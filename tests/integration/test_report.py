@@ -276,3 +276,18 @@ def test_pdf_text_carries_the_same_content(fleet):
         assert f"Tenant {tenant}" in text
     assert "Fleet overview" in text and "NOT MET" in text
     assert "offsite-eea" in text and "BIO 8.13.04" in text
+
+
+def test_s3_runs_observe_the_buckets_own_region_and_plain_http(bkp_env, s3):
+    env = bkp_env
+    env.s3_tenant("s3-zorg", s3)
+    env.bkp_json("init", "s3-zorg")
+    env.bkp_json("backup", "s3-zorg")
+    env.bkp_json("certificate", "key", "create")
+    verdicts = controls(make(env), "s3-zorg")
+    offsite = verdicts["offsite-eea"]
+    assert offsite["status"] == "met", offsite
+    assert offsite["evidence"][0]["observed"]["bucket_region"] == "eu-central-1"
+    # the test S3 server speaks plain http on loopback: in transit unencrypted, and said so
+    assert verdicts["encrypted"]["status"] == "not_met"
+    assert "http to 127.0.0.1" in verdicts["encrypted"]["reason"]
