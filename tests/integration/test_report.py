@@ -147,6 +147,8 @@ def test_each_format_verifies_and_any_change_is_exit_5(fleet):
     assert edited != text
     assert changed("edited.json", edited.encode())[0] == 5
     assert changed("truncated.json", text.encode()[: len(text) // 2])[0] == 5
+    code, result = changed("resigned.json", resigned_by_another_key(edited))
+    assert code == 5 and "not by a trusted key" in result["problems"][0], result
 
     page = files["html"].read_bytes()
     outside = page.replace(b"NOT MET", b"met", 1)  # the table, not the embedded JSON
@@ -174,6 +176,15 @@ def test_each_format_verifies_and_any_change_is_exit_5(fleet):
     assert changed("flipped.pdf", pdf[:middle] + bytes([pdf[middle] ^ 1]) + pdf[middle + 1:]
                    )[0] == 5
     assert changed("short.pdf", pdf[:-100])[0] == 5
+
+
+def resigned_by_another_key(text: str) -> bytes:
+    """An edited report signed again, correctly, by a key that is not the installation's."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bkp.evidence.report_files import json_bytes, sign_document
+
+    return json_bytes(sign_document(json.loads(text), Ed25519PrivateKey.generate()))
 
 
 def incremental_update(pdf: bytes) -> bytes:
