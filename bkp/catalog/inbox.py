@@ -15,7 +15,7 @@ RESULT_RUN_COLUMNS = (
     "operator", "restic_version", "restic_calls", "files_checked", "bytes_restored", "subset",
     "problems", "sample_checked", "sample_skipped", "rto_minutes", "kept_snapshots",
     "policy_fingerprint", "clock_synchronized", "databases", "immutability",
-    "maintenance_pending",
+    "maintenance_pending", "observations", "restore_s",
 )
 
 
