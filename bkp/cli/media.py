@@ -90,16 +90,20 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @click.option("--asset-tag", callback=checked_text(NAME_LIMIT))
     @click.option("--tenant", help="The tenant whose data it held.")
     @click.option("--host", help="The server it came from.", callback=checked_text(NAME_LIMIT))
+    @click.option("--classification", type=click.Choice(("normal", "sensitive")),
+                  help="Classification of the data it held; sensitive media need Purge "
+                       "or destruction to leave (default: from its tenant's policy).")
     @json_option
     @pass_state
     def media_register(state, serial, type_, vendor, model, capacity, asset_tag, tenant, host,
-                       as_json):
-        """Add a data carrier to the register (before it can be sanitized or destroyed)."""
+                       classification, as_json):
+        """Add a data carrier to the register (before it can be sanitized or destroyed).
+        The asset tag is the organisation's property number on certificates."""
         from bkp.media.register import register_medium
 
         medium = register_medium(media_context(state), serial, type_, vendor=vendor,
                                  model=model, capacity=capacity, asset_tag=asset_tag,
-                                 tenant=tenant, host=host)
+                                 tenant=tenant, host=host, classification=classification)
         emit({"medium": medium}, as_json,
              lambda: click.echo(f"registered {medium['serial']} ({medium['type']})"))
         return 0
@@ -193,9 +197,20 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
     @click.option("--classification", help="Classification of the data it held (default: "
                                            "from the tenant's policy).")
     @click.option("--backed-up/--not-backed-up", default=None,
-                  help="Whether its data was backed up (default: from the catalog).")
-    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up.",
+                  help="Whether its data was backed up (default: from the catalog). "
+                       "Sensitive data not known to be backed up is refused unless "
+                       "--not-backed-up comes with --backup-note.")
+    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up, or "
+                                                        "why losing it is acceptable.",
                   callback=checked_text(TEXT_LIMIT))
+    @click.option("--accept-clear", metavar="REASON", callback=checked_text(TEXT_LIMIT),
+                  help="Accept a Clear method (zero, random, dod3) for a sensitive medium "
+                       "that goes to reuse, return or recycle; the reason is recorded and "
+                       "printed on the certificate.")
+    @click.option("--remove-hpa", is_flag=True,
+                  help="Remove a hidden area (ATA HPA or DCO) before the erase; recorded "
+                       "with the real and reported sizes. Without it a hidden area is "
+                       "refused.")
     @click.option("--notes", metavar="TEXT", help="Notes printed on the certificate.",
                   callback=checked_text(TEXT_LIMIT))
     @click.option("--yes", is_flag=True, help="Unattended: do not ask for the serial.")
@@ -206,8 +221,8 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
     @json_option
     @pass_state
     def sanitize(state, device, serial, method, verify, witness, organization,
-                 destination_after, classification, backed_up, backup_note, notes, yes,
-                 dry_run, progress, as_json):
+                 destination_after, classification, backed_up, backup_note, accept_clear,
+                 remove_hpa, notes, yes, dry_run, progress, as_json):
         """Wipe DEVICE (a block device or a disk-image file), verify, record and certify.
 
         Refuses (exit 4, nothing written) an unregistered serial, a device reporting
@@ -222,13 +237,17 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
             device=device, serial=serial, method=method, verify=verify, witness=witness,
             organization=organization, destination_after=destination_after,
             classification=classification, backed_up=backed_up, backup_note=backup_note,
-            notes=notes, confirmed=yes)
+            notes=notes, confirmed=yes, accept_clear=accept_clear, remove_hpa=remove_hpa)
         if dry_run:
             outcome = check_only(state.read_context(), request)
             emit(outcome.data, as_json, lambda: _print_dry_run(outcome.data))
             return outcome.exit_code
-        outcome = run_sanitize(media_context(state, progress=progress, act="sanitize"), request,
-                               confirm=_ask_serial)
+        ctx = media_context(state, progress=progress, act="sanitize")
+        installation = state.installation()
+        request.organization = organization or installation.organization
+        request.performer = installation.person(ctx.settings.operator, request.organization)
+        request.witness_details = installation.person(witness, request.organization)
+        outcome = run_sanitize(ctx, request, confirm=_ask_serial)
         data = outcome.data
         if data.get("certificate"):
             data["evidence"] = push_evidence(state)

@@ -10,6 +10,7 @@ from bkp import names
 from bkp.context import Context
 from bkp.errors import OperationError, UsageError
 
+CLASSIFICATIONS = ("normal", "sensitive")
 EXPORT_COLUMNS = ("serial", "type", "vendor", "model", "capacity", "asset_tag", "tenant",
                   "host", "state", "state_since", "registered_at", "registered_by")
 
@@ -30,8 +31,10 @@ def check_serial(serial: str) -> str:
 def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None = None,
                     model: str | None = None, capacity: int | None = None,
                     asset_tag: str | None = None, tenant: str | None = None,
-                    host: str | None = None) -> dict:
+                    host: str | None = None, classification: str | None = None) -> dict:
     serial = check_serial(serial)
+    if classification not in (None, *CLASSIFICATIONS):
+        raise UsageError(f"--classification must be one of {', '.join(CLASSIFICATIONS)}")
     if tenant is not None and not names.is_tenant_id(tenant):
         raise UsageError(f"--tenant {names.shown(tenant)} is not a tenant id: "
                          f"{names.TENANT_ID_RULE}")
@@ -40,6 +43,7 @@ def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None
     medium = cat.add_medium(ctx.catalog, {
         "serial": serial, "type": type_, "vendor": vendor, "model": model,
         "capacity": capacity, "asset_tag": asset_tag, "tenant": tenant, "host": host,
+        "classification": classification,
     }, ctx.settings.operator)
     if medium is None:
         existing = cat.get_medium(ctx.catalog, serial)
@@ -47,7 +51,8 @@ def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None
                              f"{existing['state']} since {existing['state_since']}); see "
                              f"`bkp media show {serial}`")
     ctx.audit("media.register", "registered", tenant, serial=serial, type=type_,
-              vendor=vendor, model=model, capacity=capacity, asset_tag=asset_tag, host=host)
+              vendor=vendor, model=model, capacity=capacity, asset_tag=asset_tag, host=host,
+              classification=classification)
     return medium
 
 
