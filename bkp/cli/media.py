@@ -112,13 +112,18 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @click.option("--state", "state_", type=click.Choice(MEDIA_STATES), help="Only this state.")
     @click.option("--tenant", help="Only media of this tenant.")
     @click.option("--csv", "as_csv", is_flag=True, help="CSV for auditors (as media export).")
+    @click.option("--awaiting-validation", is_flag=True,
+                  help="Only media whose latest record waits for a second person's "
+                       "validation (bkp certificate validate).")
     @json_option
     @pass_state
-    def media_list(state, state_, tenant, as_csv, as_json):
-        """The register with each medium's current state."""
+    def media_list(state, state_, tenant, as_csv, awaiting_validation, as_json):
+        """The register with each medium's current state, its latest record and whether
+        that record waits for validation."""
         from bkp.media.register import list_media, media_csv
 
-        media_rows = list_media(state.read_context(), state=state_, tenant=tenant)
+        media_rows = list_media(state.read_context(), state=state_, tenant=tenant,
+                                awaiting_validation=awaiting_validation)
         if as_csv and not as_json:
             click.echo(media_csv(media_rows), nl=False)
             return 0
@@ -170,11 +175,18 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
 
 def _print_media(media_rows) -> None:
     click.echo(f"{'SERIAL':<24} {'TYPE':<8} {'STATE':<11} {'SINCE':<20} {'TENANT':<16} "
-               f"{'HOST':<16} MODEL")
+               f"{'HOST':<16} {'RECORD':<7} {'VALIDATION':<18} MODEL")
     for m in media_rows:
         click.echo(f"{m['serial']:<24} {m['type']:<8} {m['state']:<11} "
                    f"{m['state_since'][:19]:<20} {m.get('tenant') or '-':<16} "
-                   f"{m.get('host') or '-':<16} {m.get('model') or '-'}")
+                   f"{m.get('host') or '-':<16} {m.get('record_id') or '-':<7} "
+                   f"{(m.get('validation') or '-').replace('_', ' '):<18} "
+                   f"{m.get('model') or '-'}")
+    waiting = [m for m in media_rows if m.get("validation") in ("awaiting",
+                                                                "pending_signature")]
+    if waiting:
+        click.echo(f"{len(waiting)} record{'s' if len(waiting) != 1 else ''} awaiting "
+                   f"validation: bkp certificate validate RECORD_ID --title TITLE --approve")
 
 
 # ---------------------------------------------------------------- sanitize
@@ -312,14 +324,30 @@ def _register_destroy(cli, pass_state, emit, json_option) -> None:
                   help="Photos, the destruction service's certificate (repeatable).")
     @organization_option
     @click.option("--notes", metavar="TEXT", callback=checked_text(TEXT_LIMIT))
+    @click.option("--service", metavar="NAME", callback=checked_text(NAME_LIMIT),
+                  help="The destruction service that destroyed it (or your own team).")
+    @click.option("--location", metavar="PLACE", callback=checked_text(NAME_LIMIT),
+                  help="Where it was destroyed.")
+    @click.option("--service-certificate", metavar="NUMBER", callback=checked_text(NAME_LIMIT),
+                  help="The number of the destruction service's own certificate.")
+    @click.option("--destroyed-on", metavar="DATE",
+                  help="The day of the destruction, YYYY-MM-DD (default: today).")
     @json_option
     @pass_state
-    def destroy(state, serial, method, witness, evidence, organization, notes, as_json):
+    def destroy(state, serial, method, witness, evidence, organization, notes, service,
+                location, service_certificate, destroyed_on, as_json):
         """Record the physical destruction of a medium, with its evidence; certify it."""
         from bkp.media.destroy import destroy as record_destruction
 
-        data = record_destruction(media_context(state, act="destroy"), serial, method, witness,
-                                  list(evidence), organization=organization, notes=notes)
+        ctx = media_context(state, act="destroy")
+        installation = state.installation()
+        organization = organization or installation.organization
+        people = {"performer": installation.person(ctx.settings.operator, organization),
+                  "witness": installation.person(witness, organization)}
+        data = record_destruction(ctx, serial, method, witness, list(evidence),
+                                  organization=organization, notes=notes, service=service,
+                                  location=location, service_certificate=service_certificate,
+                                  destroyed_on=destroyed_on, people=people)
 
         def human():
             click.echo(f"{data['serial']}: destroyed by {method}, witness {witness}, record "
@@ -484,10 +512,12 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         if decision is None:
             raise click.UsageError("say --approve or --reject")
         ctx = state.context(act="validate")
-        result = validate_record(ctx, state.actor(), state.installation().operators,
+        installation = state.installation()
+        result = validate_record(ctx, state.actor(), installation.operators,
                                  record_id, validator=validator, title=title,
                                  decision=decision, comment=comment,
-                                 signature=_read_signature(signature))
+                                 signature=_read_signature(signature),
+                                 person=installation.person)
         emit(result, as_json, lambda: _print_validation(result))
         return 0
 
@@ -576,3 +606,12 @@ def _print_verification(file: Path, report: dict) -> None:
                    f"intact trail")
     else:
         click.echo("  audit trail not checked")
+    validation = report.get("validation") or {}
+    if validation.get("state") == "not_validated":
+        click.echo("  NOT VALIDATED: no second person has validated this record")
+    elif validation.get("state"):
+        checked = " (its audit event checked)" if validation.get("checked") else ""
+        click.echo(f"  {validation['state']} by {validation.get('validator')}{checked}")
+    latest = validation.get("latest_certificate_id")
+    if latest and latest != report["certificate_id"]:
+        click.echo(f"  a later certificate of this record exists: {latest}")

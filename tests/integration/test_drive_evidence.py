@@ -21,15 +21,29 @@ import pytest
 from bkp import catalog as cat
 from bkp.media import devices
 from bkp.media.sanitize import SanitizeRequest, dry_run, sanitize
-from tests.integration.test_sanitize import (  # noqa: F401 (fixtures)
+from tests.integration.test_sanitize import (
     MIB,
-    ctx,
-    loops,
+    LoopDevices,
+    make_context,
     register,
     sha256_of,
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    context = make_context(tmp_path)
+    yield context
+    context.catalog.close()
+
+
+@pytest.fixture
+def loops(tmp_path):
+    made = LoopDevices(tmp_path)
+    yield made
+    made.cleanup()
 
 FAKE_HDPARM = r'''
 import os, sys
