@@ -372,6 +372,8 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         bkp certificate RECORD_ID [--format text|json|pdf] [--output FILE]
         bkp certificate verify FILE [--public-key FILE] [--no-audit]
         bkp certificate public-key [--all] [--output FILE]
+        bkp certificate validate RECORD_ID --title TITLE --approve|--reject
+        bkp certificate batch --since DATE [--output FILE]
         bkp certificate key create | rotate
         """
 
@@ -519,6 +521,39 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
                                  signature=_read_signature(signature),
                                  person=installation.person)
         emit(result, as_json, lambda: _print_validation(result))
+        return 0
+
+    @certificate.command("batch")
+    @click.option("--since", required=True, metavar="DATE",
+                  help="First day of the batch (YYYY-MM-DD).")
+    @click.option("--until", metavar="DATE", help="Last day of the batch (default: today).")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write the signed PDF to FILE.")
+    @json_option
+    @pass_state
+    def certificate_batch(state, since, until, output, as_json):
+        """One summary PDF for a decommission batch: every medium sanitized or destroyed in
+        the period with its record, certificate id, hash and validation state, signed with
+        the installation's key. With --json, the listing instead."""
+        from bkp.evidence.batch import batch_summary, parse_day, signed_pdf
+
+        ctx = state.read_context()
+        summary = batch_summary(ctx, parse_day(since, "--since"),
+                                parse_day(until, "--until") if until else None)
+        if as_json:
+            emit(summary, True)
+            return 0
+        if not output and sys.stdout.isatty():
+            raise click.UsageError("a PDF is not for the terminal: give --output FILE")
+        content = signed_pdf(ctx, summary, state.installation().organization)
+        if output:
+            output.write_bytes(content)
+            say(f"wrote {output}: {summary['count']} media, {summary['not_validated']} not "
+                f"validated")
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
         return 0
 
     @certificate_key.command("create")

@@ -283,3 +283,36 @@ def test_export_lists_each_records_evidence_and_defuses_formulas(bench):
     for cells in rows:
         for value in cells.values():
             assert (value or "x")[0] not in "=+-@", value
+
+
+def test_a_batch_summary_lists_every_medium_with_certificate_and_hash(bench):
+    from datetime import UTC, datetime
+
+    from bkp.evidence import pdf_signature
+
+    today = datetime.now(UTC).date().isoformat()
+    done = []
+    for serial in ("BATCH-0001", "BATCH-0002"):
+        bench.json("media", "register", "--serial", serial, "--type", "hdd")
+        done.append(wipe(bench, image_file(bench.root / f"{serial}.img", 2 * MIB), serial))
+    bench.json("certificate", "validate", str(done[0]["record_id"]), "--validator",
+               "Karin Visser", "--title", "Security officer", "--approve")
+    listing = bench.json("certificate", "batch", "--since", today)
+    assert [m["serial"] for m in listing["media"]] == ["BATCH-0001", "BATCH-0002"]
+    assert [m["validation"] for m in listing["media"]] == ["validated", "not validated"]
+    assert listing["not_validated"] == 1
+
+    out = bench.root / "batch.pdf"
+    made = bench.bkp("certificate", "batch", "--since", today, "--output", str(out))
+    assert made.returncode == 0, made.stderr
+    text = "".join(page.extract_text() for page in pypdf.PdfReader(str(out)).pages)
+    for line in listing["media"]:
+        assert line["serial"] in text and line["hash"] in text
+        assert str(line["certificate_id"]) in text
+    check = pdf_signature.check_signature(out.read_bytes())
+    assert check.intact and not check.problems
+
+    later = bench.bkp("certificate", "batch", "--since", "2999-01-01", "--output", str(out))
+    assert later.returncode == 1 and "nothing to sum up" in later.stderr
+    bad = bench.bkp("certificate", "batch", "--since", "yesterday")
+    assert bad.returncode == 2 and "is not a date" in bad.stderr
