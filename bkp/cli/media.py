@@ -305,10 +305,20 @@ def _print_sanitization(data: dict) -> None:
     click.echo(f"  verification ({v['mode']}): sha256 {v['hash'] or '-'}, "
                f"{v['mismatches'] or 0} mismatched blocks, {v['io_errors'] or 0} I/O errors")
     click.echo(f"  {data['serial_check']}")
+    found = (data.get("drive") or {}).get("markers")
+    if found:
+        click.echo(f"  drive evidence: {found['gone']} of {found['count']} random markers gone"
+                   + (f"; promise kept: {found['promise']}" if found.get("promise_kept")
+                      else ""))
+    if data.get("accept_clear"):
+        click.echo(f"  Clear accepted for sensitive data: {data['accept_clear']}")
     if data.get("error"):
         click.echo(f"  error: {data['error']}")
     if data.get("certificate"):
         click.echo(f"  certificate {data['certificate']['id']}: {data['certificate']['pdf']}")
+        if data["result"] == "erased":
+            click.echo(f"  NOT VALIDATED yet: a second person validates it with `bkp "
+                       f"certificate validate {data['record_id']} --title TITLE --approve`")
 
 
 # ---------------------------------------------------------------- destroy

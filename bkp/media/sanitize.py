@@ -708,6 +708,8 @@ def _result_json(row: dict, certificate: dict | None) -> dict:
     return {
         "record_id": row["id"], "serial": row["serial"], "device": row["device"],
         "method": row["method"], "category": row["category"], "result": row["result"],
+        "technique": row.get("technique"), "accept_clear": row.get("accept_clear"),
+        "drive": json.loads(row["drive_evidence"]) if row.get("drive_evidence") else None,
         "bytes": row["size"], "bytes_written": row["bytes_written"],
         "verification": {"mode": row["verify_mode"], "hash": row["hash"],
                          "bytes_read": row["bytes_verified"], "mismatches": row["mismatches"],

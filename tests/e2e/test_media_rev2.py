@@ -316,3 +316,19 @@ def test_a_batch_summary_lists_every_medium_with_certificate_and_hash(bench):
     assert later.returncode == 1 and "nothing to sum up" in later.stderr
     bad = bench.bkp("certificate", "batch", "--since", "yesterday")
     assert bad.returncode == 2 and "is not a date" in bad.stderr
+
+
+def test_a_record_from_before_the_rev2_fields_validates_and_verifies(bench):
+    disk = image_file(bench.root / "OLD-0001.img", 2 * MIB)
+    bench.json("media", "register", "--serial", "OLD-0001", "--type", "hdd")
+    data = wipe(bench, disk, "OLD-0001")
+    with bench.db() as db:  # as a record made before these columns existed reads now
+        db.execute("update sanitizations set people = null, technique = null, tool = null, "
+                   "accept_clear = null, categorization = null, drive_evidence = null, "
+                   "verification_result = null where id = ?", (data["record_id"],))
+    result = bench.json("certificate", "validate", str(data["record_id"]), "--validator",
+                        "Karin Visser", "--title", "Security officer", "--approve")
+    for issued in (data["certificate"], result["certificate"]):
+        assert bench.json("certificate", "verify", issued["pdf"])["valid"]
+    text = bench.bkp("certificate", str(data["record_id"])).stdout
+    assert "validated by Karin Visser" in text and "OLD-0001" in text
