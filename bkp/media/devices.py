@@ -536,6 +536,23 @@ def parse_nvme_sanitize_log(text: str) -> tuple[int, int]:
     return int(data.get("sprog", 0)), int(data.get("sstat", 0)) & 0x7
 
 
+def parse_nvme_sanitize_action(text: str) -> int | None:
+    """The action of the sanitize the log describes (SCDW10 bits 2:0: 2 block erase, 3
+    overwrite, 4 crypto erase), where nvme-cli shows it; None otherwise."""
+    data = json.loads(text)
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())),
+                                                                 dict):
+        data = next(iter(data.values()))
+    for key in ("scdw10", "cdw10_info", "SCDW10"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, int):
+            return value & 0x7
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value, 0) & 0x7
+    return None
+
+
 def parse_ata_sanitize_status(text: str) -> str:
     """'in progress', 'completed', 'failed' or 'unknown' from `hdparm --sanitize-status`."""
     lowered = text.lower()

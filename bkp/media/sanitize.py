@@ -225,6 +225,12 @@ CLEAR_ALLOWED_AFTER = ("destroy", "storage")
 def check_classification_rules(medium: dict, request: SanitizeRequest,
                                classification: str | None, backup: dict | None) -> None:
     """Refuse (4) what the classification of the data does not allow; pure."""
+    if classification is None and medium.get("tenant"):
+        # a bench without the tenant's policy must not read as "not sensitive"
+        raise SafetyError(
+            f"the classification of tenant {medium['tenant']}'s data on medium "
+            f"{medium['serial']} is unknown (its policy cannot be read here): give "
+            f"--classification normal or sensitive, as its policy says")
     if classification != "sensitive":
         return
     category = METHODS[request.method][0]
@@ -372,6 +378,10 @@ def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = N
 
 
 def _validate_request(request: SanitizeRequest) -> None:
+    if request.classification is not None:
+        request.classification = request.classification.strip().lower()
+        if request.classification not in ("normal", "sensitive"):
+            raise UsageError("--classification must be normal or sensitive")
     if request.verify not in VERIFY_MODES:
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
     if request.destination_after not in DESTINATIONS_AFTER:
@@ -542,7 +552,8 @@ def drive_status(facts: devices.DeviceFacts, hardware: list[list[str]]) -> dict 
             return {"sanitize_log": "unreadable"}
         return {"sanitize_status": {0: "never sanitized", 1: "completed", 2: "in progress",
                                     3: "failed"}.get(status, f"status {status}"),
-                "sanitize_progress": progress}
+                "sanitize_progress": progress,
+                "sanitize_action": devices.parse_nvme_sanitize_action(done.stdout)}
     return None
 
 
@@ -550,6 +561,10 @@ def _hardware_erase(ctx: Context, plan: Preflight, state: dict,
                     handles: wipe.Handles | None = None) -> str:
     drive = state["drive"]
     drive["status_before"] = drive_status(plan.facts, plan.hardware)
+    asked = [int(word.split("=", 1)[1]) for argv in plan.hardware for word in argv
+             if word.startswith("--sanact=")]
+    if asked:
+        drive["sanitize_action_requested"] = asked[0]
     marker_plan = markers.plan(plan.facts.size)
     if handles is not None:
         markers.write(handles, marker_plan)
@@ -600,6 +615,15 @@ def _drive_problems(drive: dict) -> list[str]:
                         "the SECURITY ERASE UNIT")
     if after.get("sanitize") == "failed" or after.get("sanitize_status") == "failed":
         problems.append("the drive reports its sanitize operation failed")
+    if drive.get("sanitize_action_requested") and after.get("sanitize_action") is not None \
+            and after["sanitize_action"] != drive["sanitize_action_requested"]:
+        problems.append(f"the drive's sanitize log describes another sanitize (action "
+                        f"{after['sanitize_action']}) than the one bkp started (action "
+                        f"{drive['sanitize_action_requested']}): a stale log, not this erase")
+    if drive.get("sanitize_action_requested") and after.get("sanitize_status") not in (
+            None, "completed"):
+        problems.append(f"the drive's sanitize log says {after['sanitize_status']} after "
+                        f"the sanitize, not completed")
     return problems
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from bkp import access
 from bkp import catalog as cat
 from bkp.access import Actor
 from bkp.context import Context
@@ -39,7 +40,9 @@ def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int
         raise SafetyError(f"record {record_id} is already validated")
     performer, performer_os_user = record["operator"], _os_user_of(ctx, record_id)
     name = _validator_name(actor, validator)
-    if name == performer or (actor.controlled and actor.os_user == performer_os_user):
+    # a name that reads as the performer's (case, spaces, invisible characters) is theirs
+    same = performer is not None and access.name_key(name) == access.name_key(performer)
+    if same or (actor.controlled and actor.os_user == performer_os_user):
         raise SafetyError(f"{name} performed record {record_id} and cannot validate it: "
                           f"validation is a second person's decision")
     details = {"title": title, "decision": decision, "comment": comment, "signer": name,

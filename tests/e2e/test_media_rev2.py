@@ -171,6 +171,9 @@ def test_validation_by_a_second_person_is_on_the_certificate_and_verified(bench)
     self_check = bench.bkp("certificate", "validate", record, "--validator",
                            "Jeroen de Vries", "--title", "Engineer", "--approve")
     assert self_check.returncode == 4 and "cannot validate it" in self_check.stderr
+    lookalike = bench.bkp("certificate", "validate", record, "--validator",
+                          "jeroen  de vries", "--title", "Engineer", "--approve")
+    assert lookalike.returncode == 4 and "cannot validate it" in lookalike.stderr
 
     result = bench.json("certificate", "validate", record, "--validator", "Karin Visser",
                         "--title", "Security officer", "--approve", "--comment",
@@ -332,3 +335,25 @@ def test_a_record_from_before_the_rev2_fields_validates_and_verifies(bench):
         assert bench.json("certificate", "verify", issued["pdf"])["valid"]
     text = bench.bkp("certificate", str(data["record_id"])).stdout
     assert "validated by Karin Visser" in text and "OLD-0001" in text
+
+
+def test_sensitive_wins_and_an_unknown_tenant_classification_is_refused(bench):
+    disk = image_file(bench.root / "UNK-0001.img", 2 * MIB)
+    before = sha256_of(disk)
+    bench.json("media", "register", "--serial", "UNK-0001", "--type", "hdd", "--tenant",
+               "gone-tenant")
+    unknown = bench.bkp("sanitize", str(disk), "--serial", "UNK-0001", "--yes")
+    assert unknown.returncode == 4 and "is unknown" in unknown.stderr
+    # the registered classification cannot be talked down on the command line
+    bench.json("media", "register", "--serial", "UNK-0002", "--type", "hdd",
+               "--classification", "sensitive")
+    talked = bench.bkp("sanitize", str(disk), "--serial", "UNK-0002", "--yes",
+                       "--classification", "normal", "--backed-up")
+    assert talked.returncode == 4 and "is a NIST Clear method" in talked.stderr
+    odd = bench.bkp("sanitize", str(disk), "--serial", "UNK-0001", "--yes",
+                    "--classification", "secret")
+    assert odd.returncode == 2
+    assert sha256_of(disk) == before
+    done = bench.json("sanitize", str(disk), "--serial", "UNK-0001", "--yes",
+                      "--classification", "Normal")
+    assert done["result"] == "erased"

@@ -116,10 +116,22 @@ if args[:1] == ["list-ns"]:
     ids = [int(n) for n in read("namespaces", "1").split(",")]
     print(json.dumps({"nsid_list": [{"nsid": n} for n in ids]})); sys.exit(0)
 if args[:1] == ["sanitize"]:
-    open(os.path.join(state, "sanitized"), "w").write("yes"); sys.exit(0)
+    open(os.path.join(state, "sanitized"), "w").write("yes")
+    action = next(a.split("=")[1] for a in args if a.startswith("--sanact="))
+    open(os.path.join(state, "last_sanact"), "w").write(action)
+    if read("erase") == "zeros":
+        device = read("device")
+        size = int(open(f"/sys/class/block/{os.path.basename(device)}/size").read()) * 512
+        fd = os.open(device, os.O_WRONLY)
+        for offset in range(0, size, 1 << 20):
+            os.pwrite(fd, bytes(min(1 << 20, size - offset)), offset)
+        os.fsync(fd); os.close(fd)
+    sys.exit(0)
 if args[:1] == ["sanitize-log"]:
     done = read("sanitized") == "yes"
-    print(json.dumps({"nvme0": {"sprog": 65535, "sstat": 1 if done else 0}})); sys.exit(0)
+    action = int(read("log_action", read("last_sanact", "0")))
+    print(json.dumps({"nvme0": {"sprog": 65535, "sstat": 1 if done else 0,
+                                "scdw10": action}})); sys.exit(0)
 if args[:1] == ["format"]:
     sys.exit(0)
 print(f"fake nvme: unexpected {args}", file=sys.stderr); sys.exit(2)
@@ -274,6 +286,28 @@ def test_an_nvme_sanitize_that_did_nothing_is_exit_5(ctx, tmp_path, monkeypatch,
     drive = certificate_of(outcome)["drive"]
     assert drive["status_after"]["sanitize_status"] == "completed"
     assert drive["namespaces"]["covered"] is True
+
+
+def test_an_nvme_sanitize_that_erases_is_certified_and_a_stale_log_is_not(
+        ctx, tmp_path, monkeypatch, loops):
+    fake = FakeDrive(tmp_path, monkeypatch, "nvme")
+    device, _ = loops.new(16 * MIB)
+    fake.set(erase="zeros", device=device)
+    register(ctx, "NVME-0003")
+    outcome = sanitize(ctx, request(device, "NVME-0003", method="nvme-sanitize"))
+    assert outcome.exit_code == 0, outcome.data
+    drive = certificate_of(outcome)["drive"]
+    assert drive["markers"]["gone"] == 64
+    assert drive["status_after"]["sanitize_action"] == drive["sanitize_action_requested"] == 2
+    assert certificate_of(outcome)["technique"] == "block erase"
+
+    # the log still describes an earlier crypto erase: not evidence of this one
+    (fake.state / "sanitized").unlink()
+    fake.set(log_action=4)
+    register(ctx, "NVME-0004")
+    stale = sanitize(ctx, request(device, "NVME-0004", method="nvme-sanitize"))
+    assert stale.exit_code == 5
+    assert "a stale log, not this erase" in stale.data["error"]
 
 
 def test_an_nvme_format_with_other_namespaces_is_refused(ctx, tmp_path, monkeypatch, loops):

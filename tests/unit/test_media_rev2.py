@@ -213,3 +213,11 @@ def test_formula_cells_are_defused(value):
 def test_plain_cells_stay():
     assert _csv_safe("WD-WCC4N1234567") == "WD-WCC4N1234567"
     assert _csv_safe(-5) == -5 and _csv_safe(None) is None
+
+
+def test_a_tenants_medium_of_unknown_classification_is_refused():
+    request = SanitizeRequest(device="/dev/sdx", serial="S", method="ata-sanitize",
+                              destination_after="destroy")
+    with pytest.raises(SafetyError, match="classification of tenant acme's data"):
+        check_classification_rules({"serial": "S", "tenant": "acme"}, request, None, None)
+    check_classification_rules({"serial": "S"}, request, None, None)  # no tenant named
