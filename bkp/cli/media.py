@@ -206,8 +206,9 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
     @click.option("--destination", "destination_after", type=click.Choice(DESTINATIONS),
                   default="reuse", show_default=True,
                   help="Where the medium goes afterwards.")
-    @click.option("--classification", help="Classification of the data it held (default: "
-                                           "from the tenant's policy).")
+    @click.option("--classification", metavar="normal|sensitive",
+                  help="Classification of the data it held (default: from the medium's "
+                       "registration and the tenant's policy; sensitive wins).")
     @click.option("--backed-up/--not-backed-up", default=None,
                   help="Whether its data was backed up (default: from the catalog). "
                        "Sensitive data not known to be backed up is refused unless "
