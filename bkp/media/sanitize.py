@@ -355,10 +355,16 @@ def dry_run(ctx: Context, request: SanitizeRequest) -> Outcome:
         "passes": list(SOFTWARE_METHODS.get(request.method, ())),
         "hardware_commands": [" ".join(argv) for argv in plan.hardware or []],
         "verify": request.verify, "destination_after": request.destination_after,
+        "technique": plan.technique, "classification": plan.classification,
+        "drive": plan.drive or None,
         "would": "sanitize", "error": None,
         "checks": ["registered serial", "device identity and capacity",
                    "not bkp's own state", "not mounted, swapped, held or open elsewhere",
-                   "not the disk of the running system"]})
+                   "not the disk of the running system",
+                   "classification rules (Clear, backup)",
+                   *(["no hidden area (HPA/DCO)"] if "hidden_area" in plan.drive else []),
+                   *(["other NVMe namespaces covered"] if "namespaces" in plan.drive
+                     else [])]})
 
 
 def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = None,
