@@ -87,6 +87,45 @@ class Installation:
     operators_declared: bool = False
     cluster: Cluster = field(default_factory=Cluster)
     results: Results | None = None
+    location: str | None = None  # the organisation's site, printed with its people
+    people: tuple = ()  # of Person: who performs, witnesses, validates, with their details
+
+    def person(self, name: str | None, organization: str | None = None) -> dict | None:
+        """A person's details for a record (NIST SP 800-88 Rev. 2: name, title,
+        organisation, location, contact), from `people`, else `operators`, else the name
+        alone with the organisation's own details. None for no name."""
+        if not name:
+            return None
+        key = access.name_key(name)
+        found = next((p for p in self.people if access.name_key(p.name) == key), None)
+        operator = next((o for o in self.operators if access.name_key(o.name) == key), None)
+        details = {"name": name, "title": None, "organization": None, "location": None,
+                   "contact": None}
+        if operator is not None:
+            details.update(title=operator.title, contact=operator.contact)
+        if found is not None:
+            details.update({k: v for k, v in found.as_json().items() if v is not None
+                            and k != "name"})
+        details["organization"] = details["organization"] or organization or \
+            self.organization
+        details["location"] = details["location"] or self.location
+        return details
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone named on sanitization records (bkp.yaml `people`): performers, witnesses,
+    validators, a destruction service's staff."""
+
+    name: str
+    title: str | None = None
+    organization: str | None = None
+    location: str | None = None
+    contact: str | None = None
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "title": self.title, "organization": self.organization,
+                "location": self.location, "contact": self.contact}
 
 
 @functools.cache
@@ -103,6 +142,32 @@ def schema() -> dict:
         "properties": {
             "organization": {"description": "The organisation, printed on certificates and "
                                             "reports.", "type": "string", "minLength": 1},
+            "location": {"description": "Where the organisation performs sanitization (the "
+                                        "bench's site and address), printed on "
+                                        "certificates with its people.",
+                         "type": "string", "minLength": 1},
+            "people": {
+                "description": "People named on sanitization and destruction records "
+                               "(NIST SP 800-88 Rev. 2): performers, witnesses, "
+                               "validators, destruction services. Looked up by name, so "
+                               "operators do not retype their details.",
+                "type": "array",
+                "items": {
+                    "type": "object", "additionalProperties": False, "required": ["name"],
+                    "properties": {
+                        "name": {"description": "The name as given to --witness, "
+                                                "--validator or BKP_OPERATOR.",
+                                 "type": "string", "minLength": 1, "maxLength": 80},
+                        "title": {"description": "Job title.", "type": "string"},
+                        "organization": {"description": "Their organisation (default: "
+                                                        "`organization`).",
+                                         "type": "string"},
+                        "location": {"description": "Where they work (default: "
+                                                    "`location`).", "type": "string"},
+                        "contact": {"description": "Phone or e-mail.", "type": "string"},
+                    },
+                },
+            },
             "evidence": {
                 "description": "The off-site home of bkp's own records (`bkp evidence "
                                "backup`): a restic repository at an EEA destination.",
@@ -305,6 +370,7 @@ def _findings(data: dict, file: Path) -> list:
                 "records too. Use sftp, s3 or rest"))
     findings += _inbox_findings(data, file)
     findings += _operator_findings(data.get("operators"))
+    findings += _people_findings(data.get("people"))
     monitoring = data.get("monitoring")
     if isinstance(monitoring, dict):
         findings += policies._rule_no_inline_secrets({"monitoring": monitoring}, file)
@@ -377,6 +443,27 @@ def _operator_findings(operators) -> list:
                     f"the same key as operator {keys[blob] + 1}: an approval must prove one "
                     f"person, so every person has their own key"))
             keys.setdefault(blob, index)
+    return findings
+
+
+def _people_findings(people) -> list:
+    """A name looked up twice would give one person another's details."""
+    if not isinstance(people, list):
+        return []
+    findings, names = [], {}
+    for index, person in enumerate(people):
+        name = person.get("name") if isinstance(person, dict) else None
+        if not isinstance(name, str):
+            continue
+        problem = name_problem(name)
+        if problem:
+            findings.append(policies._error(("people", index, "name"), problem))
+        elif access.name_key(name) in names:
+            findings.append(policies._error(
+                ("people", index, "name"),
+                f"{shown(name)} reads as person {names[access.name_key(name)] + 1}'s name: "
+                f"each person once"))
+        names.setdefault(access.name_key(name), index)
     return findings
 
 
@@ -463,6 +550,8 @@ def _build(data: dict, file: Path) -> Installation:
         cluster=_cluster(data.get("kubernetes") or {}),
         results=Results(inbox=policies._build_destination(data["results"]["inbox"]),
                         keys=Path(data["results"]["keys"])) if data.get("results") else None,
+        location=data.get("location"),
+        people=tuple(Person(**person) for person in data.get("people") or ()),
     )
 
 

@@ -172,3 +172,22 @@ def all_destructions(catalog: Catalog) -> list[dict]:
 
 def all_certificates(catalog: Catalog) -> list[dict]:
     return list(catalog.db["certificates"].rows_where(order_by="id"))
+
+
+def latest_records(catalog: Catalog) -> dict[str, dict]:
+    """Each medium's latest sanitization or destruction record with its result, latest
+    certificate and hash: serial -> {"id", "kind", "result", "hash", "certificate_id",
+    "method", "technique", "category"}."""
+    rows = catalog.db.query("""
+        select r.id, r.kind, r.serial,
+               coalesce(s.result, case when d.id is not null then 'destroyed' end) as result,
+               coalesce(s.hash, d.hash) as hash, coalesce(s.method, d.method) as method,
+               coalesce(s.technique, d.technique) as technique,
+               coalesce(s.category, d.category) as category,
+               (select max(c.id) from certificates c where c.record_id = r.id)
+                   as certificate_id
+        from records r
+        left join sanitizations s on s.id = r.id
+        left join destructions d on d.id = r.id
+        where r.id = (select max(id) from records where serial = r.serial)""")
+    return {row["serial"]: row for row in rows}

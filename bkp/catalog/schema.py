@@ -231,3 +231,20 @@ def _run_observations(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("observations", str)
     # A drill's restore time (restore and listing check), the figure compared with the RTO.
     db["runs"].add_column("restore_s", float)
+
+@migrations(name="0014_sanitization_rev2")
+def _sanitization_rev2(db: sqlite_utils.Database) -> None:
+    # NIST SP 800-88 Rev. 2 and IEEE 2883: the classification a medium was registered with,
+    # each person's details as they were when the record was made (JSON), the technique,
+    # the outside tool and its version, a Clear accepted for a sensitive medium (the
+    # reason), and what the drive itself said and showed (JSON: markers, sanitize status,
+    # HPA/DCO, namespaces).
+    db["media"].add_column("classification", str)
+    for column in ("people", "technique", "tool", "accept_clear", "categorization",
+                   "drive_evidence", "verification_result"):
+        db["sanitizations"].add_column(column, str)
+    # A destruction's service, where it happened, the service's own certificate number and
+    # the day of the destruction (not only when it was recorded).
+    for column in ("people", "technique", "service", "location", "service_certificate",
+                   "destroyed_on"):
+        db["destructions"].add_column(column, str)

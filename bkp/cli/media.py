@@ -90,16 +90,20 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @click.option("--asset-tag", callback=checked_text(NAME_LIMIT))
     @click.option("--tenant", help="The tenant whose data it held.")
     @click.option("--host", help="The server it came from.", callback=checked_text(NAME_LIMIT))
+    @click.option("--classification", type=click.Choice(("normal", "sensitive")),
+                  help="Classification of the data it held; sensitive media need Purge "
+                       "or destruction to leave (default: from its tenant's policy).")
     @json_option
     @pass_state
     def media_register(state, serial, type_, vendor, model, capacity, asset_tag, tenant, host,
-                       as_json):
-        """Add a data carrier to the register (before it can be sanitized or destroyed)."""
+                       classification, as_json):
+        """Add a data carrier to the register (before it can be sanitized or destroyed).
+        The asset tag is the organisation's property number on certificates."""
         from bkp.media.register import register_medium
 
         medium = register_medium(media_context(state), serial, type_, vendor=vendor,
                                  model=model, capacity=capacity, asset_tag=asset_tag,
-                                 tenant=tenant, host=host)
+                                 tenant=tenant, host=host, classification=classification)
         emit({"medium": medium}, as_json,
              lambda: click.echo(f"registered {medium['serial']} ({medium['type']})"))
         return 0
@@ -108,13 +112,18 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
     @click.option("--state", "state_", type=click.Choice(MEDIA_STATES), help="Only this state.")
     @click.option("--tenant", help="Only media of this tenant.")
     @click.option("--csv", "as_csv", is_flag=True, help="CSV for auditors (as media export).")
+    @click.option("--awaiting-validation", is_flag=True,
+                  help="Only media whose latest record waits for a second person's "
+                       "validation (bkp certificate validate).")
     @json_option
     @pass_state
-    def media_list(state, state_, tenant, as_csv, as_json):
-        """The register with each medium's current state."""
+    def media_list(state, state_, tenant, as_csv, awaiting_validation, as_json):
+        """The register with each medium's current state, its latest record and whether
+        that record waits for validation."""
         from bkp.media.register import list_media, media_csv
 
-        media_rows = list_media(state.read_context(), state=state_, tenant=tenant)
+        media_rows = list_media(state.read_context(), state=state_, tenant=tenant,
+                                awaiting_validation=awaiting_validation)
         if as_csv and not as_json:
             click.echo(media_csv(media_rows), nl=False)
             return 0
@@ -166,11 +175,18 @@ def _register_media(cli, pass_state, emit, json_option) -> None:
 
 def _print_media(media_rows) -> None:
     click.echo(f"{'SERIAL':<24} {'TYPE':<8} {'STATE':<11} {'SINCE':<20} {'TENANT':<16} "
-               f"{'HOST':<16} MODEL")
+               f"{'HOST':<16} {'RECORD':<7} {'VALIDATION':<18} MODEL")
     for m in media_rows:
         click.echo(f"{m['serial']:<24} {m['type']:<8} {m['state']:<11} "
                    f"{m['state_since'][:19]:<20} {m.get('tenant') or '-':<16} "
-                   f"{m.get('host') or '-':<16} {m.get('model') or '-'}")
+                   f"{m.get('host') or '-':<16} {m.get('record_id') or '-':<7} "
+                   f"{(m.get('validation') or '-').replace('_', ' '):<18} "
+                   f"{m.get('model') or '-'}")
+    waiting = [m for m in media_rows if m.get("validation") in ("awaiting",
+                                                                "pending_signature")]
+    if waiting:
+        click.echo(f"{len(waiting)} record{'s' if len(waiting) != 1 else ''} awaiting "
+                   f"validation: bkp certificate validate RECORD_ID --title TITLE --approve")
 
 
 # ---------------------------------------------------------------- sanitize
@@ -190,12 +206,24 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
     @click.option("--destination", "destination_after", type=click.Choice(DESTINATIONS),
                   default="reuse", show_default=True,
                   help="Where the medium goes afterwards.")
-    @click.option("--classification", help="Classification of the data it held (default: "
-                                           "from the tenant's policy).")
+    @click.option("--classification", metavar="normal|sensitive",
+                  help="Classification of the data it held (default: from the medium's "
+                       "registration and the tenant's policy; sensitive wins).")
     @click.option("--backed-up/--not-backed-up", default=None,
-                  help="Whether its data was backed up (default: from the catalog).")
-    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up.",
+                  help="Whether its data was backed up (default: from the catalog). "
+                       "Sensitive data not known to be backed up is refused unless "
+                       "--not-backed-up comes with --backup-note.")
+    @click.option("--backup-note", metavar="TEXT", help="Where the data was backed up, or "
+                                                        "why losing it is acceptable.",
                   callback=checked_text(TEXT_LIMIT))
+    @click.option("--accept-clear", metavar="REASON", callback=checked_text(TEXT_LIMIT),
+                  help="Accept a Clear method (zero, random, dod3) for a sensitive medium "
+                       "that goes to reuse, return or recycle; the reason is recorded and "
+                       "printed on the certificate.")
+    @click.option("--remove-hpa", is_flag=True,
+                  help="Remove a hidden area (ATA HPA or DCO) before the erase; recorded "
+                       "with the real and reported sizes. Without it a hidden area is "
+                       "refused.")
     @click.option("--notes", metavar="TEXT", help="Notes printed on the certificate.",
                   callback=checked_text(TEXT_LIMIT))
     @click.option("--yes", is_flag=True, help="Unattended: do not ask for the serial.")
@@ -206,8 +234,8 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
     @json_option
     @pass_state
     def sanitize(state, device, serial, method, verify, witness, organization,
-                 destination_after, classification, backed_up, backup_note, notes, yes,
-                 dry_run, progress, as_json):
+                 destination_after, classification, backed_up, backup_note, accept_clear,
+                 remove_hpa, notes, yes, dry_run, progress, as_json):
         """Wipe DEVICE (a block device or a disk-image file), verify, record and certify.
 
         Refuses (exit 4, nothing written) an unregistered serial, a device reporting
@@ -222,13 +250,17 @@ def _register_sanitize(cli, pass_state, emit, json_option) -> None:
             device=device, serial=serial, method=method, verify=verify, witness=witness,
             organization=organization, destination_after=destination_after,
             classification=classification, backed_up=backed_up, backup_note=backup_note,
-            notes=notes, confirmed=yes)
+            notes=notes, confirmed=yes, accept_clear=accept_clear, remove_hpa=remove_hpa)
         if dry_run:
             outcome = check_only(state.read_context(), request)
             emit(outcome.data, as_json, lambda: _print_dry_run(outcome.data))
             return outcome.exit_code
-        outcome = run_sanitize(media_context(state, progress=progress, act="sanitize"), request,
-                               confirm=_ask_serial)
+        ctx = media_context(state, progress=progress, act="sanitize")
+        installation = state.installation()
+        request.organization = organization or installation.organization
+        request.performer = installation.person(ctx.settings.operator, request.organization)
+        request.witness_details = installation.person(witness, request.organization)
+        outcome = run_sanitize(ctx, request, confirm=_ask_serial)
         data = outcome.data
         if data.get("certificate"):
             data["evidence"] = push_evidence(state)
@@ -274,10 +306,20 @@ def _print_sanitization(data: dict) -> None:
     click.echo(f"  verification ({v['mode']}): sha256 {v['hash'] or '-'}, "
                f"{v['mismatches'] or 0} mismatched blocks, {v['io_errors'] or 0} I/O errors")
     click.echo(f"  {data['serial_check']}")
+    found = (data.get("drive") or {}).get("markers")
+    if found:
+        click.echo(f"  drive evidence: {found['gone']} of {found['count']} random markers gone"
+                   + (f"; promise kept: {found['promise']}" if found.get("promise_kept")
+                      else ""))
+    if data.get("accept_clear"):
+        click.echo(f"  Clear accepted for sensitive data: {data['accept_clear']}")
     if data.get("error"):
         click.echo(f"  error: {data['error']}")
     if data.get("certificate"):
         click.echo(f"  certificate {data['certificate']['id']}: {data['certificate']['pdf']}")
+        if data["result"] == "erased":
+            click.echo(f"  NOT VALIDATED yet: a second person validates it with `bkp "
+                       f"certificate validate {data['record_id']} --title TITLE --approve`")
 
 
 # ---------------------------------------------------------------- destroy
@@ -293,14 +335,30 @@ def _register_destroy(cli, pass_state, emit, json_option) -> None:
                   help="Photos, the destruction service's certificate (repeatable).")
     @organization_option
     @click.option("--notes", metavar="TEXT", callback=checked_text(TEXT_LIMIT))
+    @click.option("--service", metavar="NAME", callback=checked_text(NAME_LIMIT),
+                  help="The destruction service that destroyed it (or your own team).")
+    @click.option("--location", metavar="PLACE", callback=checked_text(NAME_LIMIT),
+                  help="Where it was destroyed.")
+    @click.option("--service-certificate", metavar="NUMBER", callback=checked_text(NAME_LIMIT),
+                  help="The number of the destruction service's own certificate.")
+    @click.option("--destroyed-on", metavar="DATE",
+                  help="The day of the destruction, YYYY-MM-DD (default: today).")
     @json_option
     @pass_state
-    def destroy(state, serial, method, witness, evidence, organization, notes, as_json):
+    def destroy(state, serial, method, witness, evidence, organization, notes, service,
+                location, service_certificate, destroyed_on, as_json):
         """Record the physical destruction of a medium, with its evidence; certify it."""
         from bkp.media.destroy import destroy as record_destruction
 
-        data = record_destruction(media_context(state, act="destroy"), serial, method, witness,
-                                  list(evidence), organization=organization, notes=notes)
+        ctx = media_context(state, act="destroy")
+        installation = state.installation()
+        organization = organization or installation.organization
+        people = {"performer": installation.person(ctx.settings.operator, organization),
+                  "witness": installation.person(witness, organization)}
+        data = record_destruction(ctx, serial, method, witness, list(evidence),
+                                  organization=organization, notes=notes, service=service,
+                                  location=location, service_certificate=service_certificate,
+                                  destroyed_on=destroyed_on, people=people)
 
         def human():
             click.echo(f"{data['serial']}: destroyed by {method}, witness {witness}, record "
@@ -325,6 +383,8 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         bkp certificate RECORD_ID [--format text|json|pdf] [--output FILE]
         bkp certificate verify FILE [--public-key FILE] [--no-audit]
         bkp certificate public-key [--all] [--output FILE]
+        bkp certificate validate RECORD_ID --title TITLE --approve|--reject
+        bkp certificate batch --since DATE [--output FILE]
         bkp certificate key create | rotate
         """
 
@@ -465,11 +525,46 @@ def _register_certificate(cli, pass_state, emit, json_option) -> None:
         if decision is None:
             raise click.UsageError("say --approve or --reject")
         ctx = state.context(act="validate")
-        result = validate_record(ctx, state.actor(), state.installation().operators,
+        installation = state.installation()
+        result = validate_record(ctx, state.actor(), installation.operators,
                                  record_id, validator=validator, title=title,
                                  decision=decision, comment=comment,
-                                 signature=_read_signature(signature))
+                                 signature=_read_signature(signature),
+                                 person=installation.person)
         emit(result, as_json, lambda: _print_validation(result))
+        return 0
+
+    @certificate.command("batch")
+    @click.option("--since", required=True, metavar="DATE",
+                  help="First day of the batch (YYYY-MM-DD).")
+    @click.option("--until", metavar="DATE", help="Last day of the batch (default: today).")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Write the signed PDF to FILE.")
+    @json_option
+    @pass_state
+    def certificate_batch(state, since, until, output, as_json):
+        """One summary PDF for a decommission batch: every medium sanitized or destroyed in
+        the period with its record, certificate id, hash and validation state, signed with
+        the installation's key. With --json, the listing instead."""
+        from bkp.evidence.batch import batch_summary, parse_day, signed_pdf
+
+        ctx = state.read_context()
+        summary = batch_summary(ctx, parse_day(since, "--since"),
+                                parse_day(until, "--until") if until else None)
+        if as_json:
+            emit(summary, True)
+            return 0
+        if not output and sys.stdout.isatty():
+            raise click.UsageError("a PDF is not for the terminal: give --output FILE")
+        content = signed_pdf(ctx, summary, state.installation().organization)
+        if output:
+            output.write_bytes(content)
+            say(f"wrote {output}: {summary['count']} media, {summary['not_validated']} not "
+                f"validated")
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(content)
+            sys.stdout.buffer.flush()
         return 0
 
     @certificate_key.command("create")
@@ -557,3 +652,12 @@ def _print_verification(file: Path, report: dict) -> None:
                    f"intact trail")
     else:
         click.echo("  audit trail not checked")
+    validation = report.get("validation") or {}
+    if validation.get("state") == "not_validated":
+        click.echo("  NOT VALIDATED: no second person has validated this record")
+    elif validation.get("state"):
+        checked = " (its audit event checked)" if validation.get("checked") else ""
+        click.echo(f"  {validation['state']} by {validation.get('validator')}{checked}")
+    latest = validation.get("latest_certificate_id")
+    if latest and latest != report["certificate_id"]:
+        click.echo(f"  a later certificate of this record exists: {latest}")

@@ -1,8 +1,13 @@
 """Build, sign, verify and render certificates of sanitization and destruction.
 
 A certificate carries the fields of NIST SP 800-88 Rev. 1 Appendix G ("Sample Certificate
-of Sanitization") plus the verification hash and a reference to the audit event of the
-record. Its payload is canonical JSON (sorted keys, no spaces, UTF-8) signed with the
+of Sanitization") and of Rev. 2's sample record (each person's name, title, organisation,
+location, contact and date; the property number; the pre-sanitization categorisation; the
+IEEE 2883 technique; tool and version; verification method and result; the destination
+after sanitization; the validation by a second person), plus the verification hash and a
+reference to the audit event of the record. Records made before the Rev. 2 fields existed
+render and verify as they were signed: a missing field is shown as not recorded. Its
+payload is canonical JSON (sorted keys, no spaces, UTF-8) signed with the
 installation's current Ed25519 key, named in the signature by its id (keyring.py); auditors
 pin the key ring's public keys (`bkp certificate public-key --all`) and check any
 certificate with them, without trusting the operator or the machine that printed it.
@@ -146,6 +151,83 @@ def sanitization_payload(*, certificate_id: int, issued_at: str, record: dict, m
         "notes": record.get("notes"),
         "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
                   "action": audit_event["action"]},
+        **_rev2_sanitization(record, medium, validation),
+    }
+
+
+STANDARDS = "NIST SP 800-88 Rev. 2; IEEE 2883-2022"
+# IEEE 2883-2022 techniques of each method family, when the record did not say.
+DESTRUCTION_TECHNIQUES = {"shred": "shred", "disintegrate": "disintegrate",
+                          "degauss": "degauss", "incinerate": "incinerate",
+                          "other": "other destruct technique"}
+
+
+def _people(record: dict, validation: dict | None, date: str | None) -> dict:
+    """Each person with name, title, organisation, location, contact and date (Rev. 2)."""
+    stored = json.loads(record["people"]) if record.get("people") else {}
+    stored = stored if isinstance(stored, dict) else {}
+
+    def person(role: str, name: str | None, when: str | None) -> dict | None:
+        if not name:
+            return None
+        details = stored.get(role) or {}
+        return {"name": name, "title": details.get("title"),
+                "organization": details.get("organization") or record.get("organization"),
+                "location": details.get("location"), "contact": details.get("contact"),
+                "date": when}
+
+    validator = None
+    if validation and validation.get("validator"):
+        details = validation.get("person") or {}
+        validator = {"name": validation["validator"],
+                     "title": validation.get("title") or details.get("title"),
+                     "organization": details.get("organization"),
+                     "location": details.get("location"), "contact": details.get("contact"),
+                     "date": validation.get("time")}
+    return {"performer": person("performer", record.get("operator"), date),
+            "witness": person("witness", record.get("witness"), date),
+            "validator": validator}
+
+
+def _rev2_sanitization(record: dict, medium: dict, validation: dict | None) -> dict:
+    category = METHODS[record["method"]][0]
+    result = record.get("result")
+    passed = {"erased": "passed", "failed": "failed"}.get(result, result)
+    return {
+        "standards": STANDARDS,
+        "people": _people(record, validation, record.get("ended_at")),
+        "property_number": medium.get("asset_tag"),
+        "pre_sanitization_categorization": record.get("categorization"),
+        "method_category": category,
+        "technique": record.get("technique"),
+        "tool": {"name": "bkp", "version": record.get("tool_version"),
+                 "drive_tool": record.get("tool")},
+        "accept_clear": record.get("accept_clear"),
+        "verification_result": record.get("verification_result") or passed,
+        "drive": json.loads(record["drive_evidence"]) if record.get("drive_evidence")
+        else None,
+        "post_sanitization_destination": record.get("destination_after"),
+        "validated": bool(validation and validation.get("decision") == "approved"),
+    }
+
+
+def _rev2_destruction(record: dict, medium: dict, validation: dict | None) -> dict:
+    return {
+        "standards": STANDARDS,
+        "people": _people(record, validation, record.get("destroyed_on")
+                          or record.get("performed_at")),
+        "property_number": medium.get("asset_tag"),
+        "pre_sanitization_categorization": None,
+        "method_category": "Destruct",
+        "technique": record.get("technique")
+        or DESTRUCTION_TECHNIQUES.get(record["method"]),
+        "tool": {"name": "bkp", "version": None, "drive_tool": None},
+        "destruction": {"service": record.get("service"), "location": record.get("location"),
+                        "service_certificate": record.get("service_certificate"),
+                        "destroyed_on": record.get("destroyed_on")},
+        "verification_result": "evidence recorded",
+        "post_sanitization_destination": "destroyed",
+        "validated": bool(validation and validation.get("decision") == "approved"),
     }
 
 
@@ -179,6 +261,7 @@ def destruction_payload(*, certificate_id: int, issued_at: str, record: dict, me
         "notes": record.get("notes"),
         "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
                   "action": audit_event["action"]},
+        **_rev2_destruction(record, medium, validation),
     }
 
 
@@ -300,9 +383,18 @@ def embedded_json(document: dict) -> bytes:
 
 # ---------------------------------------------------------------- rendering
 
+def _standards_line(payload: dict) -> str:
+    if payload.get("standards"):
+        return "NIST SP 800-88 Rev. 2 and IEEE 2883-2022 (Rev. 1, Appendix G fields)"
+    return "NIST SP 800-88 Rev. 1, Appendix G"  # a record made before the Rev. 2 fields
+
+
 def title_of(payload: dict) -> str:
     if payload["kind"] == "destruction":
         return "Certificate of Destruction"
+    if payload["sanitization"].get("result") != "erased":
+        # evidence of a failure, never to be filed as a certificate of erasure
+        return "Record of a FAILED Sanitization - not a certificate of erasure"
     return "Certificate of Sanitization"
 
 
@@ -311,10 +403,14 @@ def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     media, san, ver = payload["media"], payload["sanitization"], payload["verification"]
     data = payload.get("data") or {}
     backup = data.get("backup")
+    people = payload.get("people") or {}
+    tool = payload.get("tool") or {}
+    destruction = payload.get("destruction") or {}
     sections = [
         ("Person performing sanitization", [
             ("Name", payload["person_performing"]["name"]),
             ("Organization", payload["person_performing"].get("organization")),
+            *_person_rows(people.get("performer"), skip=("name", "organization")),
         ]),
         ("Media information", [
             ("Media type", media["type"]),
@@ -322,20 +418,29 @@ def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
             ("Model", media.get("model") or media.get("device_model")),
             ("Serial number", media["serial"]),
             ("Serial check", media.get("serial_note")),
-            ("Asset tag", media.get("asset_tag")),
+            ("Property number (asset tag)", payload.get("property_number")
+             or media.get("asset_tag")),
             ("Capacity (bytes)", _number(media.get("capacity_bytes")
                                          or media.get("device_size_bytes"))),
             ("Source host", media.get("source_host")),
             ("Device", media.get("device")),
             ("Tenant", data.get("tenant")),
             ("Data classification", data.get("classification")),
+            ("Pre-sanitization categorization", payload.get("pre_sanitization_categorization")),
             ("Data backed up", _backup_text(backup)),
         ]),
         ("Sanitization details", [
             ("Method type (NIST 800-88)", san["category"]),
+            ("Technique (IEEE 2883)", payload.get("technique")),
             ("Method", f"{san['method']}: {san['description']}"),
             ("Tool", f"{san['tool']} {san['tool_version']}"),
+            ("Drive tool", tool.get("drive_tool")),
             ("Hardware command", san.get("hardware_command")),
+            ("Clear accepted because", payload.get("accept_clear")),
+            ("Destruction service", destruction.get("service")),
+            ("Place of destruction", destruction.get("location")),
+            ("Service's certificate no.", destruction.get("service_certificate")),
+            ("Date of destruction", destruction.get("destroyed_on")),
             ("Started", san.get("started_at")),
             ("Ended", san.get("ended_at")),
             ("Duration", _duration(san.get("duration_s"))),
@@ -343,22 +448,29 @@ def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
             ("Bytes written", _number(san.get("bytes_written"))),
             ("Result", san["result"]),
             ("Error", san.get("error")),
-            ("Destination after", payload.get("destination_after")),
+            ("Destination after", payload.get("post_sanitization_destination")
+             or payload.get("destination_after")),
         ]),
         ("Verification", [
             ("Verification method", f"{ver['mode']}: {ver['description']}"),
+            ("Verification result", payload.get("verification_result")),
             ("Bytes read back", _number(ver.get("bytes_read"))),
             ("Mismatched 4 KiB blocks", _number(ver.get("mismatched_blocks"))),
             ("I/O errors", _number(ver.get("io_errors"))),
+            *_drive_rows(payload.get("drive")),
             ("Evidence", ", ".join(f"{e['name']} ({e['sha256'][:16]}...)"
                                    for e in ver.get("evidence") or []) or None),
             ("Verification hash (SHA-256)", ver.get("hash")),
         ]),
+        ("Witness", _person_rows(people.get("witness"))
+         or [("Name", payload["validation"].get("witness"))]),
         ("Validation", [
-            ("Witness", payload["validation"].get("witness")),
+            ("State", _validation_state(payload)),
             *_validation_rows(payload["validation"]),
+            *_person_rows(people.get("validator"), skip=("name", "title", "date")),
             ("Clock", _clock_text(payload.get("clock"))),
             ("Notes", payload.get("notes")),
+            ("Standards", payload.get("standards")),
             ("Record", f"{payload['kind']} record {payload['record_id']}, certificate "
                        f"{payload['certificate_id']}, issued {payload['issued_at']}"),
             ("Audit event", f"#{payload['audit']['seq']} {payload['audit']['hash']}"),
@@ -366,6 +478,50 @@ def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     ]
     return [(title, [(k, v) for k, v in items if v not in (None, "")])
             for title, items in sections]
+
+
+def _person_rows(person: dict | None, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    if not person:
+        return []
+    labels = (("name", "Name"), ("title", "Title"), ("organization", "Organization"),
+              ("location", "Location"), ("contact", "Contact"), ("date", "Date"))
+    return [(label, person.get(key)) for key, label in labels if key not in skip]
+
+
+def _validation_state(payload: dict) -> str:
+    """What the certificate says about validation, always: a reader must never take an
+    unvalidated record for a validated one."""
+    validation = payload.get("validation") or {}
+    if validation.get("validator"):
+        decision = validation.get("decision")
+        if decision == "approved":
+            return f"validated by {validation['validator']}"
+        return f"REJECTED by {validation['validator']}: NOT VALIDATED"
+    return (f"NOT VALIDATED: waits for a second person's validation (bkp certificate "
+            f"validate {payload['record_id']})")
+
+
+def _drive_rows(drive: dict | None) -> list[tuple[str, str]]:
+    """What the drive said and showed (hardware erases): markers, status, hidden areas."""
+    if not drive:
+        return []
+    markers = drive.get("markers") or {}
+    hidden = drive.get("hidden_area") or {}
+    out = []
+    if markers:
+        out.append(("Markers", f"{markers.get('gone')} of {markers.get('count')} random "
+                               f"markers gone after the erase"
+                               + (f"; {markers['promise']}" if markers.get("promise") else "")))
+    for label, key in (("Drive status before", "status_before"),
+                       ("Drive status after", "status_after"),
+                       ("Namespaces", "namespaces")):
+        if drive.get(key):
+            out.append((label, drive[key] if isinstance(drive[key], str)
+                        else json.dumps(drive[key], sort_keys=True)))
+    if hidden:
+        out.append(("Hidden area (HPA/DCO)", hidden.get("summary")
+                    or json.dumps(hidden, sort_keys=True)))
+    return out
 
 
 def _validation_rows(validation: dict) -> list[tuple[str, str | None]]:
@@ -424,7 +580,7 @@ def _rate(bps) -> str | None:
 
 def render_text(document: dict) -> str:
     payload = document["certificate"]
-    out = [title_of(payload).upper(), "NIST SP 800-88 Rev. 1, Appendix G", ""]
+    out = [title_of(payload).upper(), _standards_line(payload), ""]
     for title, items in rows(payload):
         out.append(title)
         out += [f"  {label + ':':<30} {value}" for label, value in items]
@@ -470,7 +626,7 @@ def _draw_pdf(document: dict, scale: float, limit: int | None):
     pdf.set_font("Helvetica", "B", 16)
     pdf.cell(0, 8, title_of(payload), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 8)
-    pdf.cell(0, 4, "Per NIST SP 800-88 Rev. 1, Appendix G. This PDF is signed (PAdES, Ed25519) "
+    pdf.cell(0, 4, f"Per {_standards_line(payload)}. This PDF is signed (PAdES, Ed25519) "
                    "and carries the signed record as an attachment.", new_x="LMARGIN",
              new_y="NEXT")
     pdf.ln(2)
@@ -505,12 +661,14 @@ def _pdf_signatures(pdf, payload: dict) -> None:
     pdf.ln(3)
     pdf.set_font("Helvetica", "", 8)
     y = pdf.get_y() + 10
+    validation = payload["validation"]
     for x, who, name in ((15, "Performed by", payload["person_performing"]["name"]),
-                         (110, "Witness / validator", payload["validation"].get("validator")
-                          or payload["validation"].get("witness"))):
-        pdf.line(x, y, x + 80, y)
+                         (77, "Witness", validation.get("witness")),
+                         (139, "Validated by", validation.get("validator")
+                          or "NOT VALIDATED")):
+        pdf.line(x, y, x + 56, y)
         pdf.set_xy(x, y + 1)
-        pdf.cell(80, 4, _latin(f"{who}: {name or '-'}   date / signature"))
+        pdf.cell(56, 4, _latin(f"{who}: {name or '-'}"))
     pdf.set_y(y + 7)
 
 

@@ -30,6 +30,7 @@ from bkp.evidence import keyring, pdf_signature
 RECORD_ACTIONS = {"sanitization": "sanitize", "destruction": "destroy"}
 KEY_ACTION = "certificate.key"
 ISSUE_ACTION = "certificate.issue"
+VALIDATE_ACTION = "validate"
 
 
 def ensure_can_certify(ctx: Context) -> None:
@@ -96,10 +97,77 @@ def validation_of(catalog, record_id: int) -> dict | None:
     signature = row.get("signature")
     return {"validator": row["approved_by"], "title": details.get("title"),
             "decision": details.get("decision"), "comment": details.get("comment"),
-            "time": row["approved_at"],
+            "time": row["approved_at"], "person": details.get("person"),
             "approval": {"key_fingerprint": row["key_fingerprint"],
                          "signature_sha256": hashlib.sha256(signature.encode()).hexdigest(),
                          "signature": signature} if signature else None}
+
+
+def validation_event(catalog, record_id: int) -> dict | None:
+    """The audit event that recorded the validation of a record (the latest one)."""
+    for event in reversed(catalog.audit_events(action=VALIDATE_ACTION)):
+        if _details(event).get("record_id") == record_id:
+            return event
+    return None
+
+
+def _validation_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
+    """What the certificate says about its validation, held against the audit trail: a
+    validation that no event records (written in by someone holding the signing key, or
+    edited) makes the certificate invalid."""
+    validation = payload.get("validation") if isinstance(payload.get("validation"),
+                                                         dict) else {}
+    record_id = payload.get("record_id")
+    latest = cat.latest_certificate(ctx.catalog, record_id) \
+        if isinstance(record_id, int) and ctx.catalog is not None else None
+    report = {"state": _validation_state(validation), "validator": validation.get("validator"),
+              "decision": validation.get("decision"), "checked": False,
+              "latest_certificate_id": latest["id"] if latest else None}
+    if not validation.get("validator"):
+        return report, []
+    event = validation_event(ctx.catalog, record_id) if isinstance(record_id, int) else None
+    approval = validation.get("approval") or {}
+    report["checked"] = True
+    if event is None and approval:
+        event = _approval_event(ctx.catalog, record_id)  # validated before bkp recorded both
+    if event is None:
+        return report, [f"the certificate says {validation.get('validator')} validated "
+                        f"record {record_id}, but the audit trail records no validation of it"]
+    details = _details(event)
+    if event["action"] == "approve":
+        details = {"validator": details.get("approved_by"),
+                   "signature_sha256": details.get("signature_sha256")}
+    expected = {"validator": validation.get("validator"), "title": validation.get("title"),
+                "comment": validation.get("comment")}
+    if approval:
+        expected["signature_sha256"] = approval.get("signature_sha256")
+    # events written before a detail was recorded say nothing about it; the validator and
+    # the signature are in every one
+    problems = [f"the validation on the certificate says {key} {value!r}, audit event "
+                f"#{event['seq']} records {details.get(key)!r}"
+                for key, value in expected.items()
+                if (key in details or key in ("validator", "signature_sha256"))
+                and details.get(key) != value]
+    if event["action"] == VALIDATE_ACTION and event["outcome"] != validation.get("decision"):
+        problems.append(f"the validation on the certificate says {validation.get('decision')}"
+                        f", audit event #{event['seq']} records {event['outcome']}")
+    report["event_seq"] = event["seq"]
+    return report, problems
+
+
+def _approval_event(catalog, record_id: int) -> dict | None:
+    for event in reversed(catalog.audit_events(action="approve")):
+        details = _details(event)
+        if details.get("kind") == "validation" and details.get("subject") == str(record_id) \
+                and event["outcome"] == "approved":
+            return event
+    return None
+
+
+def _validation_state(validation: dict) -> str:
+    if not validation.get("validator"):
+        return "not_validated"
+    return "validated" if validation.get("decision") == "approved" else "rejected"
 
 
 def create_signing_key(ctx: Context) -> keyring.RingKey:
@@ -300,15 +368,21 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
     payload = document.get("certificate") if isinstance(document, dict) else None
     payload = payload if isinstance(payload, dict) else {}
     audit, file = {"checked": False}, None
+    validation = {"state": _validation_state(payload.get("validation")
+                                             if isinstance(payload.get("validation"), dict)
+                                             else {}), "checked": False}
     if check_audit:
         file, file_problems = _file_check(ctx, payload, data, pdf is not None)
         if not problems:
             audit = _audit_check(ctx, payload)
             problems += audit.pop("problems")
+            validation, validation_problems = _validation_check(ctx, payload)
+            problems += validation_problems
         problems += file_problems
     claimed = (document.get("signature") or {}).get("key_fingerprint") \
         if isinstance(document, dict) and isinstance(document.get("signature"), dict) else None
-    return _report(problems, payload, key, claimed, pdf, file, audit)
+    return {**_report(problems, payload, key, claimed, pdf, file, audit),
+            "validation": validation}
 
 
 def _report(problems, payload, key, claimed, pdf, file, audit) -> dict:
@@ -324,7 +398,7 @@ def _report(problems, payload, key, claimed, pdf, file, audit) -> dict:
         "hash": section("verification").get("hash"),
         "key_fingerprint": key.id if key else claimed,
         "key": _key_json(key), "pdf": pdf, "file": file,
-        "audit": audit, "problems": problems,
+        "audit": audit, "problems": problems, "validation": {"checked": False},
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from bkp import catalog as cat
@@ -37,7 +38,10 @@ def evidence_hash(evidence: list[tuple[str, str]]) -> str:
 
 def destroy(ctx: Context, serial: str, method: str, witness: str,
             evidence_files: list[Path], organization: str | None = None,
-            notes: str | None = None) -> dict:
+            notes: str | None = None, *, service: str | None = None,
+            location: str | None = None, service_certificate: str | None = None,
+            destroyed_on: str | None = None, people: dict | None = None) -> dict:
+    """`people`: the performer's and witness's details (bkp.yaml), by role."""
     serial = check_serial(serial)
     medium = cat.get_medium(ctx.catalog, serial)
     if medium is None:
@@ -51,6 +55,7 @@ def destroy(ctx: Context, serial: str, method: str, witness: str,
     ensure_can_certify(ctx)  # before the destruction is recorded without a certificate
     if not witness or not witness.strip():
         raise UsageError("--witness is required: the person who saw the medium destroyed")
+    destroyed_on = destruction_date(destroyed_on)
     evidence = _hash_evidence(evidence_files)
     with ctx.catalog.transaction():  # the record and its event, or neither
         record_id = cat.add_destruction(ctx.catalog, {
@@ -59,18 +64,41 @@ def destroy(ctx: Context, serial: str, method: str, witness: str,
             "organization": organization, "performed_at": cat.utc_now(),
             "evidence": json.dumps([{"name": n, "sha256": h} for n, h in evidence]),
             "hash": evidence_hash(evidence) if evidence else hashlib.sha256(b"").hexdigest(),
-            "destination_after": "destroyed", "notes": notes})
+            "destination_after": "destroyed", "notes": notes, "service": service,
+            "location": location, "service_certificate": service_certificate,
+            "destroyed_on": destroyed_on,
+            "people": json.dumps(people) if people else None})
         record = cat.get_destruction(ctx.catalog, record_id)
         ctx.audit("destroy", "destroyed", medium.get("tenant"), record_id=record_id,
                   serial=medium["serial"], method=method, witness=record["witness"],
-                  hash=record["hash"], evidence=[n for n, _ in evidence])
+                  hash=record["hash"], evidence=[n for n, _ in evidence], service=service,
+                  location=location, service_certificate=service_certificate,
+                  destroyed_on=destroyed_on)
     _keep_evidence(ctx, record_id, evidence_files)
     certificate = issue_certificate(ctx, record_id)
     return {"record_id": record_id, "serial": medium["serial"], "method": method,
             "category": "Destroy", "witness": record["witness"],
+            "destruction": {"service": service, "location": location,
+                            "service_certificate": service_certificate,
+                            "destroyed_on": destroyed_on},
             "verification": {"mode": "evidence", "hash": record["hash"],
                              "evidence": [{"name": n, "sha256": h} for n, h in evidence]},
             "certificate": certificate}
+
+
+def destruction_date(text: str | None) -> str:
+    """The day of the destruction (YYYY-MM-DD): given, or today. Never in the future."""
+    today = datetime.now(UTC).date()
+    if text is None:
+        return today.isoformat()
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"--destroyed-on {text!r} is not a date (YYYY-MM-DD)") from None
+    if day > today:
+        raise UsageError(f"--destroyed-on {day} is in the future: record a destruction "
+                         f"once it has happened")
+    return day.isoformat()
 
 
 def _hash_evidence(files: list[Path]) -> list[tuple[str, str]]:

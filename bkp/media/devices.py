@@ -461,6 +461,8 @@ class NvmeCapabilities:
     sanitize_crypto: bool = False
     sanitize_block: bool = False
     sanitize_overwrite: bool = False
+    format_all_namespaces: bool = False  # FNA bit 0: a format covers every namespace
+    namespaces: int | None = None  # NN: the most namespaces the controller supports
 
 
 def parse_nvme_id_ctrl(text: str) -> NvmeCapabilities:
@@ -471,7 +473,9 @@ def parse_nvme_id_ctrl(text: str) -> NvmeCapabilities:
     return NvmeCapabilities(format=bool(oacs & 0x2), crypto_erase=bool(fna & 0x4),
                             sanitize_crypto=bool(sanicap & 0x1),
                             sanitize_block=bool(sanicap & 0x2),
-                            sanitize_overwrite=bool(sanicap & 0x4))
+                            sanitize_overwrite=bool(sanicap & 0x4),
+                            format_all_namespaces=bool(fna & 0x1),
+                            namespaces=int(data["nn"]) if "nn" in data else None)
 
 
 def nvme_controller(namespace_path: str) -> str:
@@ -532,6 +536,23 @@ def parse_nvme_sanitize_log(text: str) -> tuple[int, int]:
     return int(data.get("sprog", 0)), int(data.get("sstat", 0)) & 0x7
 
 
+def parse_nvme_sanitize_action(text: str) -> int | None:
+    """The action of the sanitize the log describes (SCDW10 bits 2:0: 2 block erase, 3
+    overwrite, 4 crypto erase), where nvme-cli shows it; None otherwise."""
+    data = json.loads(text)
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())),
+                                                                 dict):
+        data = next(iter(data.values()))
+    for key in ("scdw10", "cdw10_info", "SCDW10"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, int):
+            return value & 0x7
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value, 0) & 0x7
+    return None
+
+
 def parse_ata_sanitize_status(text: str) -> str:
     """'in progress', 'completed', 'failed' or 'unknown' from `hdparm --sanitize-status`."""
     lowered = text.lower()
@@ -542,3 +563,121 @@ def parse_ata_sanitize_status(text: str) -> str:
     if "completed without error" in lowered:
         return "completed"
     return "unknown"
+
+
+# ---------------------------------------------------------------- hidden areas, namespaces
+
+@dataclass(frozen=True)
+class HiddenArea:
+    """ATA Host Protected Area and Device Configuration Overlay: sectors a drive hides
+    from the operating system, which an overwrite (and some drives' erase) never reaches."""
+
+    visible_sectors: int | None = None  # what the drive reports now (hdparm -N, first)
+    native_sectors: int | None = None  # its native max address (hdparm -N, second)
+    real_sectors: int | None = None  # before any DCO (hdparm --dco-identify)
+    checked: bool = False
+    note: str | None = None
+
+    @property
+    def hidden(self) -> bool:
+        real = max(self.native_sectors or 0, self.real_sectors or 0)
+        return bool(self.visible_sectors) and real > self.visible_sectors
+
+    @property
+    def hpa(self) -> bool:
+        return bool(self.visible_sectors and self.native_sectors
+                    and self.native_sectors > self.visible_sectors)
+
+    @property
+    def dco(self) -> bool:
+        return bool(self.real_sectors and self.native_sectors
+                    and self.real_sectors > self.native_sectors)
+
+    def as_json(self) -> dict:
+        sizes = {k: None if v is None else v * 512 for k, v in (
+            ("reported_bytes", self.visible_sectors), ("native_bytes", self.native_sectors),
+            ("real_bytes", self.real_sectors))}
+        summary = (self.note or "not checked") if not self.checked else (
+            f"HPA {'present' if self.hpa else 'none'}, DCO {'present' if self.dco else 'none'}"
+            f"; reported {self.visible_sectors} sectors, native {self.native_sectors}, "
+            f"real {self.real_sectors if self.real_sectors else 'unknown'}")
+        return {"checked": self.checked, "hidden": self.hidden, "hpa": self.hpa,
+                "dco": self.dco, "reported_sectors": self.visible_sectors,
+                "native_sectors": self.native_sectors, "real_sectors": self.real_sectors,
+                **sizes, "summary": summary}
+
+
+def hdparm_hpa_argv(device: str) -> list[str]:
+    return ["hdparm", "-N", device]
+
+
+def hdparm_dco_argv(device: str) -> list[str]:
+    return ["hdparm", "--dco-identify", device]
+
+
+def hdparm_remove_hpa_argv(device: str, native_sectors: int) -> list[str]:
+    # p: permanent, so the area stays removed over a power cycle
+    return ["hdparm", "--yes-i-know-what-i-am-doing", "-N", f"p{native_sectors}", device]
+
+
+def hdparm_dco_restore_argv(device: str) -> list[str]:
+    return ["hdparm", "--yes-i-know-what-i-am-doing", "--dco-restore", device]
+
+
+def parse_hdparm_hpa(text: str) -> tuple[int | None, int | None]:
+    """(visible, native) from ` max sectors   = 976771055/976773168, HPA is enabled`."""
+    found = re.search(r"max sectors\s*=\s*(\d+)\s*/\s*(\d+)", text)
+    return (int(found.group(1)), int(found.group(2))) if found else (None, None)
+
+
+def parse_hdparm_dco(text: str) -> int | None:
+    """The real max sectors from `hdparm --dco-identify` ("Real max sectors: N")."""
+    found = re.search(r"Real max sectors:\s*(\d+)", text, re.I)
+    return int(found.group(1)) if found else None
+
+
+def hidden_area(device: str) -> HiddenArea:
+    """The drive's HPA and DCO state; unchecked (with a note) when hdparm cannot tell."""
+    if runner.which("hdparm") is None:
+        return HiddenArea(note="not checked: hdparm is not installed")
+    done = runner.run(hdparm_hpa_argv(device), timeout=60)
+    visible, native = parse_hdparm_hpa(done.stdout) if done.ok else (None, None)
+    if visible is None:
+        return HiddenArea(note=f"not checked: hdparm -N gave no answer "
+                               f"({(done.stderr_tail or done.stdout)[-200:].strip()})")
+    dco = runner.run(hdparm_dco_argv(device), timeout=60)
+    return HiddenArea(visible, native, parse_hdparm_dco(dco.stdout) if dco.ok else None,
+                      checked=True)
+
+
+def nvme_list_ns_argv(controller: str) -> list[str]:
+    return ["nvme", "list-ns", controller, "--output-format=json"]
+
+
+def parse_nvme_list_ns(text: str) -> list[int]:
+    """The active namespace ids from `nvme list-ns -o json` (nvme-cli 1.x and 2.x), or its
+    text form (`[   0]:0x1`)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return sorted({int(m, 16) for m in re.findall(r"\]:\s*0x([0-9a-f]+)", text, re.I)})
+    found: set[int] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key.lower() == "nsid" and isinstance(item, int):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    return sorted(n for n in found if n > 0)
+
+
+def nvme_namespace_id(namespace_path: str) -> int | None:
+    match = re.fullmatch(r"/dev/nvme\d+n(\d+)", namespace_path)
+    return int(match.group(1)) if match else None

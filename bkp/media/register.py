@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from bkp import catalog as cat
 from bkp import names
 from bkp.context import Context
 from bkp.errors import OperationError, UsageError
 
+CLASSIFICATIONS = ("normal", "sensitive")
 EXPORT_COLUMNS = ("serial", "type", "vendor", "model", "capacity", "asset_tag", "tenant",
-                  "host", "state", "state_since", "registered_at", "registered_by")
+                  "host", "state", "state_since", "registered_at", "registered_by",
+                  # its latest sanitization or destruction record (NIST SP 800-88 Rev. 2)
+                  "classification", "record_id", "record_kind", "method", "category",
+                  "technique", "hash", "certificate_id", "validation")
 
 
 def check_serial(serial: str) -> str:
@@ -30,8 +35,10 @@ def check_serial(serial: str) -> str:
 def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None = None,
                     model: str | None = None, capacity: int | None = None,
                     asset_tag: str | None = None, tenant: str | None = None,
-                    host: str | None = None) -> dict:
+                    host: str | None = None, classification: str | None = None) -> dict:
     serial = check_serial(serial)
+    if classification not in (None, *CLASSIFICATIONS):
+        raise UsageError(f"--classification must be one of {', '.join(CLASSIFICATIONS)}")
     if tenant is not None and not names.is_tenant_id(tenant):
         raise UsageError(f"--tenant {names.shown(tenant)} is not a tenant id: "
                          f"{names.TENANT_ID_RULE}")
@@ -40,6 +47,7 @@ def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None
     medium = cat.add_medium(ctx.catalog, {
         "serial": serial, "type": type_, "vendor": vendor, "model": model,
         "capacity": capacity, "asset_tag": asset_tag, "tenant": tenant, "host": host,
+        "classification": classification,
     }, ctx.settings.operator)
     if medium is None:
         existing = cat.get_medium(ctx.catalog, serial)
@@ -47,7 +55,8 @@ def register_medium(ctx: Context, serial: str, type_: str, *, vendor: str | None
                              f"{existing['state']} since {existing['state_since']}); see "
                              f"`bkp media show {serial}`")
     ctx.audit("media.register", "registered", tenant, serial=serial, type=type_,
-              vendor=vendor, model=model, capacity=capacity, asset_tag=asset_tag, host=host)
+              vendor=vendor, model=model, capacity=capacity, asset_tag=asset_tag, host=host,
+              classification=classification)
     return medium
 
 
@@ -64,9 +73,46 @@ def show_medium(ctx: Context, serial: str) -> dict:
     return {**medium, "history": cat.media_history(ctx.catalog, medium["serial"])}
 
 
-def list_media(ctx: Context, state: str | None = None, tenant: str | None = None) -> list[dict]:
-    media = _as_it_is(ctx, cat.list_media(ctx.catalog, tenant=tenant))
-    return [m for m in media if state is None or m["state"] == state]
+def list_media(ctx: Context, state: str | None = None, tenant: str | None = None,
+               awaiting_validation: bool = False) -> list[dict]:
+    media = _with_records(ctx, _as_it_is(ctx, cat.list_media(ctx.catalog, tenant=tenant)))
+    return [m for m in media if (state is None or m["state"] == state)
+            and (not awaiting_validation or m["validation"] in AWAITING)]
+
+
+# A record waits for a second person's validation (NIST SP 800-88 Rev. 2) until it is
+# approved or rejected; a request waiting for the validator's signature still waits.
+AWAITING = ("awaiting", "pending_signature")
+
+
+def _with_records(ctx: Context, media: list[dict]) -> list[dict]:
+    """Each medium with its latest record, that record's certificate and validation."""
+    records = cat.latest_records(ctx.catalog)
+    out = []
+    for medium in media:
+        record = records.get(medium["serial"])
+        out.append({**medium, "record_id": record["id"] if record else None,
+                    "record_kind": record["kind"] if record else None,
+                    "certificate_id": record["certificate_id"] if record else None,
+                    **{key: record[key] if record else None
+                       for key in ("method", "category", "technique", "hash")},
+                    "validation": validation_state(ctx, record)})
+    return out
+
+
+def validation_state(ctx: Context, record: dict | None) -> str | None:
+    """approved, rejected, pending_signature, awaiting, or None (nothing to validate: no
+    record, or a wipe that did not finish)."""
+    if record is None or record["result"] not in ("erased", "failed", "destroyed"):
+        return None
+    rows = ctx.catalog.approvals_of("validation", str(record["id"]))
+    approved = [r for r in rows if r["status"] == "approved"]
+    if approved:
+        decision = json.loads(approved[-1]["details"] or "{}").get("decision")
+        return "approved" if decision == "approved" else "rejected"
+    if any(r["status"] == "pending" for r in rows):
+        return "pending_signature"
+    return "awaiting"
 
 
 def _as_it_is(ctx: Context, media: list[dict]) -> list[dict]:
@@ -89,9 +135,15 @@ def media_csv(media: list[dict]) -> str:
     return out.getvalue()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "|", "%")
+
+
 def _csv_safe(value):
-    # A cell starting with = + - @ is a formula in a spreadsheet: an auditor opening the
-    # export must not run a serial someone typed as "=HYPERLINK(...)".
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    # A cell starting with = + - @ (or a tab or carriage return before one, or spaces) is
+    # a formula in a spreadsheet: an auditor opening the export must not run a serial
+    # someone typed as "=HYPERLINK(...)". Commas, quotes and newlines are the csv module's
+    # quoting.
+    if isinstance(value, str) and (value[:1] in FORMULA_STARTS
+                                   or value.lstrip()[:1] in FORMULA_STARTS):
         return "'" + value
     return value

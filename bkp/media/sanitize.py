@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bkp import __version__, runner
 from bkp import catalog as cat
@@ -26,12 +26,17 @@ from bkp.context import Context, Outcome, human_bytes
 from bkp.errors import OperationError, SafetyError, UsageError
 from bkp.evidence.certificates import METHODS
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
-from bkp.media import devices, wipe
+from bkp.media import devices, markers, wipe
 from bkp.media.register import check_serial
 from bkp.vocabulary import DESTINATIONS_AFTER, VERIFY_MODES
 
 SOFTWARE_METHODS = {"zero": ("zero",), "random": ("random",), "dod3": ("zero", "ones", "random")}
 HARDWARE_METHODS = ("ata-secure-erase", "ata-sanitize", "nvme-format", "nvme-sanitize")
+# IEEE 2883-2022 technique of each method as planned; a hardware plan names what the drive
+# was actually told to do (crypto erase or block erase) when it knows.
+TECHNIQUES = {"zero": "overwrite", "random": "overwrite", "dod3": "overwrite",
+              "ata-secure-erase": "overwrite", "ata-sanitize": "block erase",
+              "nvme-format": "user data erase", "nvme-sanitize": "block erase"}
 HARDWARE_TIMEOUT_S = 24 * 3600  # a large HDD's enhanced erase takes many hours
 POLL_INTERVAL_S = 10
 
@@ -50,6 +55,10 @@ class SanitizeRequest:
     backup_note: str | None = None
     notes: str | None = None
     confirmed: bool = False  # --yes
+    accept_clear: str | None = None  # why a Clear method is accepted for a sensitive medium
+    remove_hpa: bool = False  # remove a hidden area (HPA/DCO) before the erase, recorded
+    performer: dict | None = None  # NIST SP 800-88 Rev. 2 details of the people (bkp.yaml)
+    witness_details: dict | None = None
 
 
 @dataclass
@@ -58,6 +67,12 @@ class Preflight:
     facts: devices.DeviceFacts
     hardware: list[list[str]] | None = None  # argv of the hardware erase, in order
     hardware_poll: list[str] | None = None
+    classification: str | None = None
+    backup: dict | None = None
+    technique: str | None = None  # IEEE 2883: overwrite, block erase, crypto erase
+    drive: dict = field(default_factory=dict)  # what the drive said and showed (markers.py)
+    remove_hidden: list[list[str]] | None = None  # argv that removes an HPA/DCO
+    tool: str | None = None  # the outside tool and its version (hdparm, nvme-cli)
 
 
 Confirm = Callable[[Preflight], bool]
@@ -88,6 +103,8 @@ def _preflight(ctx: Context, request: SanitizeRequest) -> Preflight:
     if medium["state"] in ("destroyed", "sanitizing"):
         raise SafetyError(f"medium {medium['serial']} is {medium['state']} (since "
                           f"{medium['state_since']}); nothing to sanitize")
+    classification, backup = data_context(ctx, medium, request)
+    check_classification_rules(medium, request, classification, backup)
     facts = devices.inspect(request.device)
     _check_identity(medium, facts, request.serial)
     _check_not_ours(ctx, facts)
@@ -97,10 +114,143 @@ def _preflight(ctx: Context, request: SanitizeRequest) -> Preflight:
                           + "\n  ".join(problems))
     if facts.size == 0:
         raise SafetyError(f"{facts.path} has a size of 0 bytes; wrong device?")
-    plan = Preflight(medium, facts)
+    plan = Preflight(medium, facts, classification=classification, backup=backup,
+                     technique=TECHNIQUES.get(request.method))
+    _check_hidden_area(plan, request)
     if request.method in HARDWARE_METHODS:
         plan.hardware, plan.hardware_poll = hardware_plan(facts, request.method)
+        plan.technique = technique_of(plan.hardware, request.method)
+        plan.tool = tool_version(plan.hardware)
+        if request.method.startswith("nvme-") and facts.transport == "nvme":
+            plan.drive["namespaces"] = _check_namespaces(facts, request.method)
     return plan
+
+
+def _check_hidden_area(plan: Preflight, request: SanitizeRequest) -> None:
+    """An ATA drive may hide sectors from the system (HPA, DCO): neither an overwrite nor
+    every drive's erase reaches them. Refused until removed, or removed with --remove-hpa
+    (recorded with the real and the reported sizes)."""
+    facts = plan.facts
+    if facts.kind != "block" or facts.transport != "ata":
+        return
+    area = devices.hidden_area(facts.path)
+    plan.drive["hidden_area"] = area.as_json()
+    if not area.hidden:
+        return
+    if not request.remove_hpa:
+        raise SafetyError(
+            f"{facts.path} hides part of itself from the system ({area.as_json()['summary']})"
+            f": an erase would leave the hidden sectors as they are; remove the hidden area "
+            f"(hdparm -N p{area.native_sectors} {facts.path}, hdparm --dco-restore) or give "
+            f"--remove-hpa, which removes it and records both sizes")
+    plan.remove_hidden = []
+    if area.dco:
+        plan.remove_hidden.append(devices.hdparm_dco_restore_argv(facts.path))
+    if area.hpa or area.dco:
+        plan.remove_hidden.append(devices.hdparm_remove_hpa_argv(
+            facts.path, max(area.native_sectors or 0, area.real_sectors or 0)))
+
+
+def _check_namespaces(facts: devices.DeviceFacts, method: str) -> dict:
+    """An NVMe drive may carry other namespaces: a format of one leaves the others' data,
+    unless the controller formats all of them at once; a sanitize covers every namespace,
+    which must then be free too."""
+    controller = devices.nvme_controller(facts.path)
+    listed = runner.run(devices.nvme_list_ns_argv(controller), timeout=60)
+    if not listed.ok:
+        raise _unsupported(facts, method, f"nvme list-ns failed, so other namespaces cannot "
+                                          f"be ruled out: {listed.stderr_tail[-300:]}")
+    namespaces = devices.parse_nvme_list_ns(listed.stdout)
+    own = devices.nvme_namespace_id(facts.path)
+    others = [n for n in namespaces if n != own]
+    info = {"active": namespaces, "erased": own, "others": others, "covered": not others}
+    if not others:
+        return info
+    if method == "nvme-format":
+        done = runner.run(devices.nvme_id_ctrl_argv(controller), timeout=60)
+        caps = devices.parse_nvme_id_ctrl(done.stdout) if done.ok else None
+        if not (caps and caps.format_all_namespaces):
+            raise SafetyError(
+                f"{controller} has other namespaces ({', '.join(map(str, others))}) that a "
+                f"format of {facts.path} leaves as they are: sanitize the whole drive with "
+                f"--method nvme-sanitize, or delete the other namespaces first")
+    problems = []
+    for nsid in others:
+        path = f"{controller}n{nsid}"
+        if os.path.exists(path):
+            problems += devices.usage_problems(devices.inspect(path))
+    if problems:
+        raise SafetyError(f"the erase covers every namespace of {controller}, and another "
+                          f"one is in use; nothing was written:\n  " + "\n  ".join(problems))
+    return {**info, "covered": True,
+            "note": "the erase acts on every namespace of the controller"}
+
+
+def technique_of(hardware: list[list[str]], method: str) -> str:
+    """The IEEE 2883 technique the drive was told to use, from the commands themselves."""
+    words = {word for argv in hardware for word in argv}
+    for word, technique in (("--sanact=4", "crypto erase"), ("--ses=2", "crypto erase"),
+                            ("--sanitize-crypto-scramble", "crypto erase"),
+                            ("--sanact=2", "block erase"),
+                            ("--sanitize-block-erase", "block erase"),
+                            ("--sanact=3", "overwrite"), ("--sanitize-overwrite", "overwrite"),
+                            ("--ses=1", "user data erase (vendor-defined: overwrite or "
+                                        "block erase)"),
+                            ("--security-erase-enhanced", "overwrite (enhanced, vendor "
+                                                          "pattern)"),
+                            ("--security-erase", "overwrite")):
+        if word in words:
+            return technique
+    return TECHNIQUES.get(method, "unknown")
+
+
+def tool_version(hardware: list[list[str]]) -> str | None:
+    """The outside tool that told the drive to erase, with its version."""
+    if not hardware:
+        return None
+    tool = hardware[0][0]
+    argv = {"hdparm": [tool, "-V"], "nvme": [tool, "version"]}.get(os.path.basename(tool))
+    if argv is None or runner.which(tool) is None:
+        return tool
+    done = runner.run(argv, timeout=30)
+    text = (done.stdout or "").strip().splitlines()
+    return text[0].strip() if done.ok and text else tool
+
+
+# A Clear method leaves data recoverable by laboratory means (NIST SP 800-88): for a
+# sensitive medium only where it stays in the company's hands or is destroyed next.
+CLEAR_ALLOWED_AFTER = ("destroy", "storage")
+
+
+def check_classification_rules(medium: dict, request: SanitizeRequest,
+                               classification: str | None, backup: dict | None) -> None:
+    """Refuse (4) what the classification of the data does not allow; pure."""
+    if classification is None and medium.get("tenant"):
+        # a bench without the tenant's policy must not read as "not sensitive"
+        raise SafetyError(
+            f"the classification of tenant {medium['tenant']}'s data on medium "
+            f"{medium['serial']} is unknown (its policy cannot be read here): give "
+            f"--classification normal or sensitive, as its policy says")
+    if classification != "sensitive":
+        return
+    category = METHODS[request.method][0]
+    if category == "Clear" and request.destination_after not in CLEAR_ALLOWED_AFTER \
+            and not request.accept_clear:
+        raise SafetyError(
+            f"medium {medium['serial']} held sensitive data: {request.method} is a NIST "
+            f"Clear method, which does not protect it against laboratory recovery once it "
+            f"leaves for {request.destination_after}; use a Purge method (ata-sanitize, "
+            f"ata-secure-erase, nvme-sanitize, nvme-format), --destination storage or "
+            f"destroy, or --accept-clear REASON to record why Clear is acceptable here")
+    if backup and backup.get("backed_up") and request.backed_up is not False:
+        return
+    if request.backed_up is False and request.backup_note:
+        return
+    why = (backup or {}).get("note") or "nothing records a backup of its data"
+    raise SafetyError(
+        f"medium {medium['serial']} held sensitive data that is not known to be backed up "
+        f"({why}); back the tenant up first, or give --not-backed-up with --backup-note "
+        f"saying why losing this data is acceptable")
 
 
 def _check_identity(medium: dict, facts: devices.DeviceFacts, serial: str) -> None:
@@ -205,10 +355,16 @@ def dry_run(ctx: Context, request: SanitizeRequest) -> Outcome:
         "passes": list(SOFTWARE_METHODS.get(request.method, ())),
         "hardware_commands": [" ".join(argv) for argv in plan.hardware or []],
         "verify": request.verify, "destination_after": request.destination_after,
+        "technique": plan.technique, "classification": plan.classification,
+        "drive": plan.drive or None,
         "would": "sanitize", "error": None,
         "checks": ["registered serial", "device identity and capacity",
                    "not bkp's own state", "not mounted, swapped, held or open elsewhere",
-                   "not the disk of the running system"]})
+                   "not the disk of the running system",
+                   "classification rules (Clear, backup)",
+                   *(["no hidden area (HPA/DCO)"] if "hidden_area" in plan.drive else []),
+                   *(["other NVMe namespaces covered"] if "namespaces" in plan.drive
+                     else [])]})
 
 
 def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = None,
@@ -228,6 +384,10 @@ def sanitize(ctx: Context, request: SanitizeRequest, confirm: Confirm | None = N
 
 
 def _validate_request(request: SanitizeRequest) -> None:
+    if request.classification is not None:
+        request.classification = request.classification.strip().lower()
+        if request.classification not in ("normal", "sensitive"):
+            raise UsageError("--classification must be normal or sensitive")
     if request.verify not in VERIFY_MODES:
         raise UsageError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
     if request.destination_after not in DESTINATIONS_AFTER:
@@ -283,7 +443,7 @@ def _run(ctx: Context, request: SanitizeRequest, plan: Preflight, handles: wipe.
     _warm_up_certificate_modules()
     record_id = _open_record(ctx, request, plan)
     started = time.monotonic()
-    state = {"bytes_written": 0, "io_errors": 0}
+    state = {"bytes_written": 0, "io_errors": 0, "drive": dict(plan.drive)}
     tenant = plan.medium.get("tenant") or ""
     try:
         hardware_command = _erase(ctx, request, plan, handles, state, record_id)
@@ -307,7 +467,7 @@ def _run(ctx: Context, request: SanitizeRequest, plan: Preflight, handles: wipe.
 
 def _open_record(ctx: Context, request: SanitizeRequest, plan: Preflight) -> int:
     facts, medium = plan.facts, plan.medium
-    classification, backup = data_context(ctx, medium, request)
+    classification, backup = plan.classification, plan.backup
     record = {
         "serial": medium["serial"], "device": facts.path, "device_kind": facts.kind,
         "device_serial": facts.serial, "device_model": facts.model, "method": request.method,
@@ -318,6 +478,13 @@ def _open_record(ctx: Context, request: SanitizeRequest, plan: Preflight) -> int
         "tool_version": __version__, "destination_after": request.destination_after,
         "classification": classification, "backup": json.dumps(backup) if backup else None,
         "notes": request.notes, "stream_seed": os.urandom(32).hex(),
+        "accept_clear": request.accept_clear if METHODS[request.method][0] == "Clear"
+        else None,
+        "technique": plan.technique, "categorization": categorization(classification),
+        "tool": plan.tool,
+        "drive_evidence": json.dumps(plan.drive, sort_keys=True) if plan.drive else None,
+        "people": json.dumps({"performer": request.performer,
+                              "witness": request.witness_details}),
         "sample_seed": os.urandom(16).hex() if request.verify == "sample" else None,
     }
     record_id = cat.open_sanitization(ctx.catalog, record)
@@ -329,8 +496,10 @@ def _open_record(ctx: Context, request: SanitizeRequest, plan: Preflight) -> int
 
 
 def _erase(ctx, request, plan, handles, state, record_id) -> str | None:
+    if plan.remove_hidden:
+        _remove_hidden_area(ctx, plan, state)
     if plan.hardware:
-        return _hardware_erase(ctx, plan, state)
+        return _hardware_erase(ctx, plan, state, handles)
     record = cat.get_sanitization(ctx.catalog, record_id)
     passes = SOFTWARE_METHODS[request.method]
     for number, name in enumerate(passes, 1):
@@ -342,7 +511,69 @@ def _erase(ctx, request, plan, handles, state, record_id) -> str | None:
     return None
 
 
-def _hardware_erase(ctx: Context, plan: Preflight, state: dict) -> str:
+def _remove_hidden_area(ctx: Context, plan: Preflight, state: dict) -> None:
+    """--remove-hpa: the hidden sectors become addressable, checked and recorded."""
+    for argv in plan.remove_hidden:
+        done = runner.run(argv, timeout=120)
+        if not done.ok:
+            raise OperationError(f"{' '.join(argv)} failed (exit {done.returncode}): "
+                                 f"{done.stderr_tail[-300:]}")
+    after = devices.hidden_area(plan.facts.path)
+    state["drive"]["hidden_area_after"] = after.as_json()
+    state["drive"]["hidden_area_removed"] = [" ".join(argv) for argv in plan.remove_hidden]
+    if after.hidden:
+        raise OperationError(f"the hidden area of {plan.facts.path} is still there after "
+                             f"removing it ({after.as_json()['summary']})")
+    real = (after.visible_sectors or 0) * 512
+    if real and devices.inspect(plan.facts.path).size != real:
+        raise OperationError(f"the hidden area of {plan.facts.path} was removed, but the "
+                             f"kernel still sees the old size; re-plug the drive (or echo 1 "
+                             f"> /sys/block/{plan.facts.name}/device/rescan) and run bkp "
+                             f"sanitize again")
+
+
+def drive_status(facts: devices.DeviceFacts, hardware: list[list[str]]) -> dict | None:
+    """The drive's own account of its erase state: ATA security and sanitize state, the
+    NVMe sanitize log. Recorded before and after the erase."""
+    tool = os.path.basename(hardware[0][0]) if hardware else None
+    if tool == "hdparm":
+        done = runner.run(devices.hdparm_identify_argv(facts.path), timeout=60)
+        security = devices.parse_hdparm_identify(done.stdout if done.ok else "")
+        status = {"security_supported": security.supported,
+                  "security_enabled": security.enabled, "security_locked": security.locked,
+                  "security_frozen": security.frozen}
+        if any("--sanitize" in word for argv in hardware for word in argv):
+            sanitize = runner.run(devices.ata_sanitize_status_argv(facts.path), timeout=60)
+            status["sanitize"] = devices.parse_ata_sanitize_status(
+                sanitize.stdout + sanitize.stderr_tail)
+        return status
+    if tool == "nvme" and facts.transport == "nvme":
+        done = runner.run(devices.nvme_sanitize_log_argv(devices.nvme_controller(facts.path)),
+                          timeout=60)
+        if not done.ok:
+            return {"sanitize_log": "unavailable"}
+        try:
+            progress, status = devices.parse_nvme_sanitize_log(done.stdout)
+        except (ValueError, AttributeError):
+            return {"sanitize_log": "unreadable"}
+        return {"sanitize_status": {0: "never sanitized", 1: "completed", 2: "in progress",
+                                    3: "failed"}.get(status, f"status {status}"),
+                "sanitize_progress": progress,
+                "sanitize_action": devices.parse_nvme_sanitize_action(done.stdout)}
+    return None
+
+
+def _hardware_erase(ctx: Context, plan: Preflight, state: dict,
+                    handles: wipe.Handles | None = None) -> str:
+    drive = state["drive"]
+    drive["status_before"] = drive_status(plan.facts, plan.hardware)
+    asked = [int(word.split("=", 1)[1]) for argv in plan.hardware for word in argv
+             if word.startswith("--sanact=")]
+    if asked:
+        drive["sanitize_action_requested"] = asked[0]
+    marker_plan = markers.plan(plan.facts.size)
+    if handles is not None:
+        markers.write(handles, marker_plan)
     for argv in plan.hardware:
         if ctx.progress:
             ctx.progress(f"{plan.medium['serial']}: running {argv[0]} {argv[1]} ... (the "
@@ -353,8 +584,53 @@ def _hardware_erase(ctx: Context, plan: Preflight, state: dict) -> str:
                                  f"{done.stderr_tail[-500:]}")
     if plan.hardware_poll:
         _wait_for_sanitize(ctx, plan)
+    _forget_cached_blocks(plan.facts)
+    drive["status_after"] = drive_status(plan.facts, plan.hardware)
+    if handles is not None:
+        drive["markers"] = markers.check(handles, marker_plan,
+                                         markers.promise_of(plan.hardware))
     state["bytes_written"] = plan.facts.size  # the drive erased every block itself
     return " && ".join(" ".join(argv) for argv in plan.hardware)
+
+
+def _forget_cached_blocks(facts: devices.DeviceFacts) -> None:
+    """The drive erased underneath the kernel: what the page cache holds of the device is
+    what was there before, and must not be read back as the result (BLKFLSBUF)."""
+    if facts.kind != "block":
+        return
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fd = os.open(facts.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, 0x1261)  # BLKFLSBUF
+        finally:
+            os.close(fd)
+
+
+def _drive_problems(drive: dict) -> list[str]:
+    """What the drive's own evidence says against the erase: markers still there, content
+    other than promised, a security password left set (the erase never completed)."""
+    problems = []
+    found = markers.problem(drive["markers"]) if drive.get("markers") else None
+    if found:
+        problems.append(found)
+    after = drive.get("status_after") or {}
+    if after.get("security_enabled"):
+        problems.append("the drive still has the erase password set: it did not complete "
+                        "the SECURITY ERASE UNIT")
+    if after.get("sanitize") == "failed" or after.get("sanitize_status") == "failed":
+        problems.append("the drive reports its sanitize operation failed")
+    if drive.get("sanitize_action_requested") and after.get("sanitize_action") is not None \
+            and after["sanitize_action"] != drive["sanitize_action_requested"]:
+        problems.append(f"the drive's sanitize log describes another sanitize (action "
+                        f"{after['sanitize_action']}) than the one bkp started (action "
+                        f"{drive['sanitize_action_requested']}): a stale log, not this erase")
+    if drive.get("sanitize_action_requested") and after.get("sanitize_status") not in (
+            None, "completed"):
+        problems.append(f"the drive's sanitize log says {after['sanitize_status']} after "
+                        f"the sanitize, not completed")
+    return problems
 
 
 def _wait_for_sanitize(ctx: Context, plan: Preflight) -> None:
@@ -399,10 +675,13 @@ def _finish(ctx, record_id, state, started, readback: wipe.ReadBack,
     """Close the record as erased or failed (verification) and certify it either way: a
     failed sanitization is evidence too."""
     errors = state["io_errors"] + readback.io_errors
-    clean = readback.clean and state["io_errors"] == 0
-    problem = None if clean else _verification_problem(readback, state["io_errors"])
+    drive_problems = _drive_problems(state["drive"])
+    clean = readback.clean and state["io_errors"] == 0 and not drive_problems
+    problems = [] if readback.clean and state["io_errors"] == 0 else \
+        [_verification_problem(readback, state["io_errors"])]
+    problems += [f"verification failed: {p}" for p in drive_problems]
     row = _close(ctx, record_id, "erased" if clean else "failed", state, started,
-                 readback=readback, io_errors=errors, error=problem,
+                 readback=readback, io_errors=errors, error="; ".join(problems) or None,
                  hardware_command=hardware_command)
     return row, issue_certificate(ctx, record_id)
 
@@ -428,7 +707,11 @@ def _close(ctx, record_id, result, state, started, readback: wipe.ReadBack | Non
     fields = {"bytes_written": state["bytes_written"],
               "io_errors": state["io_errors"] if io_errors is None else io_errors,
               "throughput_bps": round(record["size"] / elapsed, 1) if readback else None,
-              "error": error, "hardware_command": hardware_command}
+              "error": error, "hardware_command": hardware_command,
+              "drive_evidence": json.dumps(state["drive"], sort_keys=True)
+              if state.get("drive") else record.get("drive_evidence"),
+              "verification_result": {"erased": "passed", "failed": "failed"}.get(
+                  result, f"not verified ({result})")}
     if readback is not None:
         fields.update(hash=readback.hash, bytes_verified=readback.bytes_read,
                       mismatches=readback.mismatched_blocks)
@@ -455,6 +738,8 @@ def _result_json(row: dict, certificate: dict | None) -> dict:
     return {
         "record_id": row["id"], "serial": row["serial"], "device": row["device"],
         "method": row["method"], "category": row["category"], "result": row["result"],
+        "technique": row.get("technique"), "accept_clear": row.get("accept_clear"),
+        "drive": json.loads(row["drive_evidence"]) if row.get("drive_evidence") else None,
         "bytes": row["size"], "bytes_written": row["bytes_written"],
         "verification": {"mode": row["verify_mode"], "hash": row["hash"],
                          "bytes_read": row["bytes_verified"], "mismatches": row["mismatches"],
@@ -493,13 +778,25 @@ def _progress(ctx: Context, plan: Preflight, label: str) -> wipe.Progress | None
 
 # ---------------------------------------------------------------- context of the data
 
+def categorization(classification: str | None) -> str | None:
+    """The pre-sanitization confidentiality categorisation of NIST SP 800-88 Rev. 2's
+    sample record (FIPS 199 levels), from the data's classification."""
+    return {"sensitive": "High (special categories of personal data: medical, BSN)",
+            "normal": "Moderate (personal data)"}.get(classification or "")
+
+
 def data_context(ctx: Context, medium: dict, request: SanitizeRequest
                  ) -> tuple[str | None, dict | None]:
     """The data's classification and whether (and where) it was backed up, for the
-    certificate: from the options, else from the tenant's policy and last good backup."""
+    certificate: from the options, else from the tenant's policy and last good backup.
+    Sensitive wins: the medium's registration, the policy or the option may say so, and
+    no option makes sensitive data normal."""
     tenant = medium.get("tenant")
     policy = _policy_of(ctx, tenant) if tenant and ctx.settings.policies.is_dir() else None
-    classification = request.classification or (policy.classification if policy else None)
+    said = [request.classification, medium.get("classification"),
+            policy.classification if policy else None]
+    classification = "sensitive" if "sensitive" in said else next(
+        (c for c in said if c), None)
     if request.backed_up is not None or request.backup_note:
         return classification, {"backed_up": request.backed_up is not False,
                                 "note": request.backup_note}

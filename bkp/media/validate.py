@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 
+from bkp import access
 from bkp import catalog as cat
 from bkp.access import Actor
 from bkp.context import Context
 from bkp.errors import SafetyError, UsageError
 from bkp.evidence import approvals
-from bkp.evidence.certify import issue_certificate, validation_of
+from bkp.evidence.certify import issue_certificate, validation_event, validation_of
 
 KIND = "validation"
 
 
 def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int, *,
                     validator: str | None, title: str, decision: str, comment: str | None,
-                    signature: bytes | None) -> dict:
+                    signature: bytes | None, person=None) -> dict:
+    """`person(name)`: the validator's details for the record (bkp.yaml `people`)."""
     header = cat.get_record(ctx.catalog, record_id)
     if header is None:
         raise UsageError(f"there is no sanitization or destruction record {record_id}; see "
@@ -38,11 +40,14 @@ def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int
         raise SafetyError(f"record {record_id} is already validated")
     performer, performer_os_user = record["operator"], _os_user_of(ctx, record_id)
     name = _validator_name(actor, validator)
-    if name == performer or (actor.controlled and actor.os_user == performer_os_user):
+    # a name that reads as the performer's (case, spaces, invisible characters) is theirs
+    same = performer is not None and access.name_key(name) == access.name_key(performer)
+    if same or (actor.controlled and actor.os_user == performer_os_user):
         raise SafetyError(f"{name} performed record {record_id} and cannot validate it: "
                           f"validation is a second person's decision")
     details = {"title": title, "decision": decision, "comment": comment, "signer": name,
-               "excluded_person": performer, "excluded_os_user": performer_os_user}
+               "excluded_person": performer, "excluded_os_user": performer_os_user,
+               "person": person(name) if person else None}
     what = (f"{decision} the {header['kind']} of medium {header['serial']} (record "
             f"{record_id}) as {name}, {title}")
     existing = approvals.pending(ctx.catalog, str(record_id))
@@ -61,7 +66,7 @@ def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int
                                    approved_os_user=ctx.settings.os_user,
                                    approved_at=cat.utc_now())
         ctx.audit("validate", decision, None, record_id=record_id, validator=name,
-                  title=title, approval_id=row["id"], signed=False)
+                  title=title, comment=comment, approval_id=row["id"], signed=False)
         return finish(ctx, record_id)
     if signature is not None:
         approvals.approve(ctx, str(record_id), signature, operators)
@@ -73,6 +78,14 @@ def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int
 def finish(ctx: Context, record_id: int) -> dict:
     """After the approval: the validation on the record and a new certificate stating it."""
     validation = validation_of(ctx.catalog, record_id)
+    approval = validation.get("approval")
+    if approval and validation_event(ctx.catalog, record_id) is None:
+        # the signed validation as an event of its own, which `certificate verify` finds
+        ctx.audit("validate", validation["decision"], None, record_id=record_id,
+                  validator=validation["validator"], title=validation["title"],
+                  comment=validation["comment"], signed=True,
+                  key_fingerprint=approval["key_fingerprint"],
+                  signature_sha256=approval["signature_sha256"])
     certificate = issue_certificate(ctx, record_id)
     return {"record_id": record_id, "status": "validated",
             "validation": {k: validation[k] for k in ("validator", "title", "decision",

@@ -145,7 +145,7 @@ def test_register_list_show_and_export(bench):
 
 def test_sanitize_an_image_and_verify_its_certificate(bench):
     data, disk = sanitized(bench, "IMG-0001", size=8 * MIB + 512, tenant="kliniek-noord",
-                           model="WD40EFRX")
+                           classification="normal", model="WD40EFRX")
     assert data["result"] == "erased" and data["method"] == "zero"
     assert data["verification"]["mode"] == "full"
     assert data["verification"]["hash"] == sha256_of(disk)  # CLI.md's fixed meaning

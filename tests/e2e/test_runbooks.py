@@ -63,6 +63,7 @@ class Sandbox:
             "8001": str(self.maintain_port),
             # The record id the operator reads off sanitize's output: the sandbox's first.
             "certificate 17": "certificate 1",
+            "validate 17": "validate 1",
         }
 
     def script(self, pages: list[Path]) -> str:

@@ -217,6 +217,7 @@ def test_a_validation_is_complete_only_with_the_validators_own_signature(desk, p
     assert "clock" in document and "synchronized" in document["clock"]
     verdict = desk.json(None, "certificate", "verify", approved["certificate"]["pdf"])
     assert verdict["valid"] is True
+    assert verdict["validation"]["state"] == "validated" and verdict["validation"]["checked"]
     text = desk.bkp(None, "certificate", str(record)).stdout
     assert "Victor de Wit" in text and fingerprint in text
 

@@ -170,7 +170,7 @@ def root_device() -> str:
 @pytest.mark.parametrize("method", ["zero", "random", "dod3"])
 def test_every_method_and_verification_mode_on_an_image_file(ctx, tmp_path, method, verify):
     disk = image_file(tmp_path / "disk.img", 24 * MIB + 4096)
-    register(ctx, "IMG-0001", tenant="kliniek-noord", host="db3")
+    register(ctx, "IMG-0001", tenant="kliniek-noord", host="db3", classification="normal")
     outcome = sanitize(ctx, request(disk, "IMG-0001", method=method, verify=verify,
                                     witness="Anne"))
     assert outcome.exit_code == 0, outcome.data
