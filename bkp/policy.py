@@ -35,6 +35,7 @@ from bkp.secrets import ca_file_problem, secret_file_problem
 class Destination:
     type: str  # s3 | sftp | rest | local
     country: str
+    site: str | None = None  # the datacenter; a tenant's copies stand at other sites
     # s3
     endpoint: str | None = None
     bucket: str | None = None
@@ -90,6 +91,45 @@ class Destination:
             # the default port.
             return ("rest", *_endpoint_identity(self.url or ""))
         return ("local", local_path_identity(self.path) if self.path else "")
+
+    def host_identity(self) -> str:
+        """The machine (or provider) holding the repository, for the other-site rule where
+        no site is named: two buckets at one S3 endpoint are one site, and every local
+        repository is on this machine."""
+        if self.type == "s3":
+            return _endpoint_identity(self.endpoint or "")[0]
+        if self.type == "rest":
+            return _endpoint_identity(self.url or "")[0]
+        if self.type == "sftp":
+            return _host_identity(self.host or "")
+        return "this machine"
+
+
+def same_site(first: Destination, second: Destination) -> str | None:
+    """Why two repositories stand at one site (one incident could destroy both), or None.
+    Named sites decide when both have one; otherwise the hosts are compared."""
+    if first.site and second.site:
+        if first.site.casefold() == second.site.casefold():
+            return f"both are at site {second.site}"
+        return None
+    if first.host_identity() == second.host_identity():
+        where = second.host_identity()
+        return ("both are on this machine" if where == "this machine" else
+                f"both are on host {where} (no site named that tells them apart)")
+    return None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One more copy of the tenant's repository, at another site (`copies` in a policy)."""
+
+    id: str  # stable name; without one in the policy, its position 1, 2, ...
+    position: int  # 1-based, in the order of `copies`
+    destination: Destination
+
+    @property
+    def label(self) -> str:
+        return f"copy {self.id}"
 
 
 def _host_identity(host: str) -> str:
@@ -229,9 +269,34 @@ class Policy:
     timeout_minutes: int = 360  # project addition: a hung restic is killed after this
     monitoring: Monitoring = field(default_factory=Monitoring)
     databases: tuple[Database, ...] = ()
+    copies: tuple[Copy, ...] = ()
+    # Set on the view of a policy at one of its copies (`at_copy`): that copy's id.
+    copy_id: str | None = None
     # The rules as written (canonical JSON of the YAML document): what a run is recorded
     # under, so that a change of the rules is on the record (bkp.evidence.policy_changes).
     document: str = field(default="{}", compare=False, repr=False)
+
+
+def find_copy(policy: Policy, wanted: str) -> Copy:
+    """A copy by its id, or by its 1-based position (`--copy 2`); UsageError otherwise."""
+    wanted = wanted.strip()
+    for copy in policy.copies:
+        if copy.id == wanted:
+            return copy
+    if wanted.isdigit() and 1 <= int(wanted) <= len(policy.copies):
+        return policy.copies[int(wanted) - 1]
+    known = ", ".join(c.id for c in policy.copies)
+    raise UsageError(f"tenant {policy.tenant} has no copy {shown(wanted)}: "
+                     + (f"its copies are {known}" if known else "its policy lists no copies"))
+
+
+def at_copy(policy: Policy, copy: Copy) -> Policy:
+    """The tenant's policy as seen at one of its copies: the copy is the destination (the
+    repository every command reads and writes), with the same password and rules."""
+    import dataclasses
+
+    return dataclasses.replace(policy, destination=copy.destination, copies=(),
+                               copy_id=copy.id)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -246,9 +311,10 @@ MAX_DEPTH = 64
 
 PASSWORD_KEYS = ("password_file", "password_command", "password_env")
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+DESTINATION_SECRET_FILE_KEYS = ("credentials_file", "identity_file",
+                                "maintenance_credentials_file")
 SECRET_FILE_KEYS: tuple[KeyPath, ...] = (
-    ("password_file",), ("destination", "credentials_file"), ("destination", "identity_file"),
-    ("destination", "maintenance_credentials_file"),
+    ("password_file",), *(("destination", key) for key in DESTINATION_SECRET_FILE_KEYS),
 )
 # URLs of a destination that carry tenant data (transport, EEA and no-inline-secret rules).
 DESTINATION_URL_KEYS = ("endpoint", "url", "maintenance_url")
@@ -294,6 +360,8 @@ class PolicyReport:
     # Known even when other parts are invalid, so the no-sharing rule still sees it.
     destination: Destination | None = field(default=None, repr=False)
     destination_path: tuple = ("destination",)  # where in the file the destination stands
+    # (path, Destination) of each copy, for the rules between files
+    copies: tuple = field(default=(), repr=False)
     sources: tuple[str, ...] = field(default=(), repr=False)
     _document: _Document | None = field(default=None, repr=False, compare=False)
 
@@ -312,6 +380,11 @@ class PolicyReport:
 
     def describe(self) -> list[str]:
         return [p.describe(self.file) for p in self.errors + self.warnings]
+
+    def repositories(self) -> list[tuple[KeyPath, Destination]]:
+        """Every repository of the file: the destination, then each copy."""
+        first = [(self.destination_path, self.destination)] if self.destination else []
+        return first + list(self.copies)
 
     def add_error(self, path: KeyPath, message: str) -> None:
         """An error found after validation (the cross-file rules) invalidates the policy."""
@@ -502,7 +575,32 @@ def _key_text(key: Any) -> str:
 def schema() -> dict:
     """The published JSON Schema of a policy (a fresh copy: callers may change it)."""
     text = resources.files("bkp").joinpath("policy_schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    document = json.loads(text)
+    _fill_copies(document["properties"])
+    return document
+
+
+COPY_ID_SCHEMA = {
+    "description": "Optional stable name of the copy, for `--copy ID` and status, so that "
+                   "reordering copies renames nothing; default its 1-based position.",
+    "examples": ["fra", "2"],
+    "type": "string",
+    "pattern": "^[a-z0-9][a-z0-9-]{0,31}$",
+    "x-pattern-message": "must be 1-32 characters of a-z, 0-9 and '-', starting with a "
+                         "letter or digit (e.g. fra)",
+}
+
+
+def _fill_copies(properties: dict) -> None:
+    """A copy has exactly the keys and rules of `destination`, plus `id`: its schema is the
+    destination's, so a key added to destinations holds for copies too."""
+    item = json.loads(json.dumps(properties["destination"]))
+    item["description"] = ("One copy: the keys and rules of destination (type, country, "
+                           "site, and the keys of its type), plus an optional id.")
+    item["examples"] = [{"id": "fra", "site": "fra-dc1", **example}
+                        for example in item["examples"][:2]]
+    item["properties"] = {"id": COPY_ID_SCHEMA, **item["properties"]}
+    properties["copies"]["items"] = item
 
 
 @functools.cache
@@ -625,7 +723,7 @@ def _explain_required(path: KeyPath, error: ValidationError, data: Any) -> Itera
     # jsonschema reports one error per missing key without naming it apart from its text,
     # so every missing key is reported here and duplicates are dropped later.
     missing = [key for key in error.validator_value if key not in error.instance]
-    kind = _get(data, "destination", "type") if path == ("destination",) else None
+    kind = _get(data, *path, "type") if _is_destination_path(path) else None
     for key in missing:
         if "then" in error.schema_path and isinstance(kind, str):
             needed = ", ".join(error.validator_value)
@@ -647,7 +745,7 @@ def _explain_unknown_keys(path: KeyPath, error: ValidationError) -> Iterator[_Fi
 
 def _wrong_destination_key(path: KeyPath, data: Any) -> str:
     key = path[-1]
-    kind = _get(data, "destination", "type")
+    kind = _get(data, *path[:-1], "type")
     owners = _destination_key_owners().get(str(key), ())
     belongs = f" (it belongs to {' and '.join(owners)})" if owners else ""
     return f"{key!r} is not a key of {_article(kind)} {kind} destination{belongs}"
@@ -689,6 +787,25 @@ def _shown(value: Any, limit: int = 60) -> str:
 def _article(word: Any) -> str:
     # By sound: "an s3", "an sftp", "a local".
     return "an" if word in ("s3", "sftp") else "a"
+
+
+def _destination_entries(data: Any) -> list[tuple[KeyPath, dict]]:
+    """The destination and every copy, each with where it stands in the file: every rule of
+    a destination holds for each copy too."""
+    if not isinstance(data, dict):
+        return []
+    entries: list[tuple[KeyPath, dict]] = []
+    if isinstance(data.get("destination"), dict):
+        entries.append((("destination",), data["destination"]))
+    copies = data.get("copies")
+    if isinstance(copies, list):
+        entries += [(("copies", i), c) for i, c in enumerate(copies) if isinstance(c, dict)]
+    return entries
+
+
+def _is_destination_path(path: KeyPath) -> bool:
+    return path == ("destination",) or (len(path) == 2 and path[0] == "copies"
+                                        and isinstance(path[1], int))
 
 
 def _database_entries(data: dict) -> list[tuple[int, dict]]:
@@ -775,7 +892,8 @@ def _rule_file_named_after_tenant(data: dict, file: Path) -> Iterator[_Finding]:
 def _rule_no_inline_secrets(data: dict, file: Path) -> Iterator[_Finding]:
     for path in _secret_key_paths(data, ()):
         yield _error(path, f"{path[-1]!r} looks like an inline secret: {INLINE_SECRET_ADVICE}")
-    url_paths = [("destination", key) for key in DESTINATION_URL_KEYS]
+    url_paths = [(*where, key) for where, _ in _destination_entries(data)
+                 for key in DESTINATION_URL_KEYS]
     for path in (*url_paths, ("monitoring", "healthcheck_url")):
         url = _get(data, *path)
         if isinstance(url, str) and _url_has_password(url):
@@ -849,36 +967,41 @@ def _rule_rpo_is_a_number(data: dict, file: Path) -> Iterator[_Finding]:
 
 
 def _rule_data_rests_in_eea(data: dict, file: Path) -> Iterator[_Finding]:
-    destination = _mapping(data.get("destination"))
+    for where, destination in _destination_entries(data):
+        yield from _eea_findings(where, destination)
+
+
+def _eea_findings(where: KeyPath, destination: dict) -> Iterator[_Finding]:
     country = destination.get("country")
     known_country = country if isinstance(country, str) and COUNTRY.fullmatch(country) else None
     if known_country and not eea.is_eea(known_country):
-        yield _error(("destination", "country"),
+        yield _error((*where, "country"),
                      f"{known_country} is outside the EEA: {EEA_RULE}")
     for key in (*DESTINATION_URL_KEYS, "host"):
         host = _host_of(destination, key)
         service = eea.refused_service(host)
         if service:
-            yield _error(("destination", key),
+            yield _error((*where, key),
                          f"{host} is {service}, which the privacy statement names as a service "
                          "not used for tenant data")
     if destination.get("type") == "s3":
-        yield from _s3_region_findings(destination, known_country)
+        yield from _s3_region_findings(where, destination, known_country)
 
 
-def _s3_region_findings(destination: dict, country: str | None) -> Iterator[_Finding]:
+def _s3_region_findings(where: KeyPath, destination: dict,
+                        country: str | None) -> Iterator[_Finding]:
     host = _host_of(destination, "endpoint")
     region = eea.region_info(host, destination.get("region"))
     if region:
         read_as = ("" if eea.provider_of(host) == region.provider else
                    f" (a region named like this is read at {region.provider}'s meaning)")
-        where = f"{region.provider} region {region.name} is {region.place} ({region.country})"
-        yield from _region_findings(("destination", "region"), where, read_as, region, country)
+        place = f"{region.provider} region {region.name} is {region.place} ({region.country})"
+        yield from _region_findings((*where, "region"), place, read_as, region, country)
     named = eea.endpoint_region(host)
     if named and named != region:  # the same place needs saying once
-        where = (f"endpoint {host} is {named.provider} region {named.name}, {named.place} "
+        place = (f"endpoint {host} is {named.provider} region {named.name}, {named.place} "
                  f"({named.country})")
-        yield from _region_findings(("destination", "endpoint"), where, "", named, country)
+        yield from _region_findings((*where, "endpoint"), place, "", named, country)
 
 
 def _region_findings(path: KeyPath, where: str, read_as: str, region: eea.Region,
@@ -887,7 +1010,7 @@ def _region_findings(path: KeyPath, where: str, read_as: str, region: eea.Region
         yield _error(path, f"{where}, outside the EEA{read_as}: {EEA_RULE}")
     elif country and eea.is_eea(country) and region.country != country:
         # A non-EEA country is already an error of its own.
-        yield _error(path, f"{where}{read_as}, but destination.country is {country}: "
+        yield _error(path, f"{where}{read_as}, but {_dotted(path[:-1])}.country is {country}: "
                            "country must be where the data rests")
 
 
@@ -904,8 +1027,8 @@ def _host_of(destination: dict, key: str) -> str | None:
 
 
 def _rule_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
-    destination = _mapping(data.get("destination"))
-    urls = [(("destination", key), "tenant data") for key in DESTINATION_URL_KEYS]
+    urls = [((*where, key), "tenant data") for where, _ in _destination_entries(data)
+            for key in DESTINATION_URL_KEYS]
     for path, what in (*urls, (("monitoring", "healthcheck_url"), "a ping")):
         url = _get(data, *path)
         # Another scheme is the schema pattern's finding.
@@ -913,11 +1036,12 @@ def _rule_transport_encrypted(data: dict, file: Path) -> Iterator[_Finding]:
             problem = url_transport_problem(url, what)
             if problem:
                 yield _error(path, problem)
-    host_key = destination.get("host_key")
-    if destination.get("type") == "sftp" and isinstance(host_key, str):
-        problem = host_key_problem(host_key)
-        if problem:
-            yield _error(("destination", "host_key"), problem)
+    for where, destination in _destination_entries(data):
+        host_key = destination.get("host_key")
+        if destination.get("type") == "sftp" and isinstance(host_key, str):
+            problem = host_key_problem(host_key)
+            if problem:
+                yield _error((*where, "host_key"), problem)
 
 
 def url_transport_problem(url: str, what: str = "tenant data") -> str | None:
@@ -979,20 +1103,22 @@ def _accepted_host_key_type(key_type: str) -> bool:
 
 
 def _rule_secret_files_private(data: dict, file: Path) -> Iterator[_Finding]:
-    for path in (*SECRET_FILE_KEYS, *_database_secret_paths(data)):
+    copy_paths = [(*where, key) for where, _ in _destination_entries(data)[1:]
+                  for key in DESTINATION_SECRET_FILE_KEYS]
+    for path in (*SECRET_FILE_KEYS, *copy_paths, *_database_secret_paths(data)):
         value = _get(data, *path)
         if isinstance(value, str) and value.startswith("/"):
             yield from _secret_file_findings(path, Path(value))
 
 
 # Present only where maintenance runs, by design: its absence from the nightly host is right.
-ELSEWHERE_SECRET_FILE_KEYS: tuple[KeyPath, ...] = (("destination", "maintenance_credentials_file"),)
+ELSEWHERE_SECRET_FILE_KEYS: tuple[KeyPath, ...] = (("maintenance_credentials_file",),)
 
 
 def _secret_file_findings(path: KeyPath, secret_file: Path) -> Iterator[_Finding]:
     # The run refuses exactly what is refused here, with the same words (bkp.secrets).
     problem = secret_file_problem(secret_file, _dotted(path[-1:]))
-    if problem is None or (problem.absent and path in ELSEWHERE_SECRET_FILE_KEYS):
+    if problem is None or (problem.absent and path[-1:] in ELSEWHERE_SECRET_FILE_KEYS):
         return
     if problem.absent:
         yield _warning(path, f"{problem.message}: backups will fail until it does")
@@ -1020,16 +1146,16 @@ def _rule_sensitive_not_kept_forever(data: dict, file: Path) -> Iterator[_Findin
 
 
 def _rule_repository_outside_sources(data: dict, file: Path) -> Iterator[_Finding]:
-    repository = _local_repository(data)
-    for source in _absolute_sources(data):
-        if repository:
-            problem = nesting_problem(repository, source, "a source of this tenant")
-            if problem:
-                yield _error(("destination", "path"), problem)
+    for where, destination in _destination_entries(data):
+        repository = _local_repository(destination)
+        for source in _absolute_sources(data):
+            if repository:
+                problem = nesting_problem(repository, source, "a source of this tenant")
+                if problem:
+                    yield _error((*where, "path"), problem)
 
 
-def _local_repository(data: dict) -> str | None:
-    destination = _mapping(data.get("destination"))
+def _local_repository(destination: dict) -> str | None:
     path = destination.get("path")
     if destination.get("type") == "local" and isinstance(path, str) and path.startswith("/"):
         return path
@@ -1065,45 +1191,50 @@ def _within(inner: str, outer: str) -> bool:
 
 
 def _rule_rest_destination(data: dict, file: Path) -> Iterator[_Finding]:
-    destination = _mapping(data.get("destination"))
-    if destination.get("type") != "rest":
-        return
+    legal_hold = _get(data, "retention", "legal_hold") is True
+    for where, destination in _destination_entries(data):
+        if destination.get("type") == "rest":
+            yield from _rest_findings(where, destination, legal_hold)
+
+
+def _rest_findings(where: KeyPath, destination: dict, legal_hold: bool) -> Iterator[_Finding]:
     for key in ("url", "maintenance_url"):
         url = destination.get(key)
         if isinstance(url, str) and _url_names_user(url) and not _url_has_password(url):
-            yield _error(("destination", key),
+            yield _error((*where, key),
                          "the URL names a user (user@): the REST user and password live in "
                          "credentials_file, as one line user:password")
     ca_file = destination.get("ca_file")
     if isinstance(ca_file, str) and ca_file.startswith("/"):
         problem = ca_file_problem(Path(ca_file))
         if problem and problem.absent:
-            yield _warning(("destination", "ca_file"),
+            yield _warning((*where, "ca_file"),
                            f"{problem.message}: backups will fail until it does")
         elif problem:
-            yield _error(("destination", "ca_file"), problem.message)
-    yield from _maintenance_findings(destination, _get(data, "retention", "legal_hold") is True)
+            yield _error((*where, "ca_file"), problem.message)
+    yield from _maintenance_findings(destination, legal_hold, where)
 
 
-def _maintenance_findings(destination: dict, legal_hold: bool) -> Iterator[_Finding]:
+def _maintenance_findings(destination: dict, legal_hold: bool,
+                          where: KeyPath = ("destination",)) -> Iterator[_Finding]:
     """An append-only destination is only worth its name when the credential that may delete
     is another one than the nightly credential."""
     append_only = destination.get("append_only") is True
     for key in ("maintenance_url", "maintenance_credentials_file"):
         if key in destination and not append_only:
-            yield _error(("destination", key),
+            yield _error((*where, key),
                          f"{key} serves only an append_only destination: set append_only: "
                          f"true (the nightly credential cannot delete) or remove {key}")
     nightly = destination.get("credentials_file")
     deleting = destination.get("maintenance_credentials_file")
     if append_only and deleting is None and not legal_hold:
-        yield _error(("destination", "maintenance_credentials_file"),
+        yield _error((*where, "maintenance_credentials_file"),
                      "missing: an append_only destination needs the credential `bkp maintain` "
                      "applies retention with (one that may delete); without it nothing is ever "
                      "forgotten. Or set retention.legal_hold: true")
     if (isinstance(nightly, str) and isinstance(deleting, str) and nightly.startswith("/")
             and deleting.startswith("/") and _same_secret(nightly, deleting)):
-        yield _error(("destination", "maintenance_credentials_file"),
+        yield _error((*where, "maintenance_credentials_file"),
                      "holds the nightly credential of credentials_file: the credential that "
                      "may delete must be another one, kept only where maintenance runs")
 
@@ -1126,10 +1257,73 @@ def _url_names_user(url: str) -> bool:
 
 
 def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
-    if _get(data, "destination", "type") == "local":
-        yield _warning(("destination", "type"),
-                       "a local destination is not off-site: what destroys this server can "
-                       "destroy the backup too. Use s3, sftp or rest for tenant data")
+    for where, destination in _destination_entries(data):
+        if destination.get("type") == "local":
+            yield _warning((*where, "type"),
+                           f"a local {'destination' if where == ('destination',) else 'copy'} "
+                           "is not off-site: what destroys this server can destroy the backup "
+                           "too. Use s3, sftp or rest for tenant data")
+
+
+def _rule_copies_at_other_sites(data: dict, file: Path) -> Iterator[_Finding]:
+    """BIO 8.13.03: one incident must not damage both the data's backup and its copy."""
+    placed: list[tuple[str, Destination]] = []
+    for where, entry in _destination_entries(data):
+        destination = _site_view(entry)
+        if destination is None:
+            continue
+        for name, other in placed:
+            if where != ("destination",):
+                reason = same_site(other, destination)
+                if reason:
+                    yield _error((*where, "site"),
+                                 f"at the same site as {name} ({reason}): each copy must be "
+                                 "at another site than the destination and the other copies, "
+                                 "so one incident cannot destroy both; name another site or "
+                                 "use another host")
+                    break
+        placed.append((_dotted(where) if where == ("destination",) else
+                       f"copy {_copy_id(data, where[1])}", destination))
+
+
+def _site_view(entry: dict) -> Destination | None:
+    """Enough of a destination to tell its site (None while its keys are of the wrong type:
+    the schema says so)."""
+    values = {key: entry.get(key) for key in ("type", "site", "endpoint", "url", "host")}
+    if not isinstance(values["type"], str) or not all(
+            value is None or isinstance(value, str) for value in values.values()):
+        return None
+    return Destination(country="", **values)
+
+
+def _copy_id(data: dict, index: int) -> str:
+    """A copy's id as bkp names it: its `id`, or its 1-based position."""
+    given = _get(data, "copies", index, "id")
+    return given if isinstance(given, str) else str(index + 1)
+
+
+def _rule_copy_ids_unique(data: dict, file: Path) -> Iterator[_Finding]:
+    """`--copy ID` and the status of each copy must name exactly one copy."""
+    copies = data.get("copies")
+    if not isinstance(copies, list):
+        return
+    seen: dict[str, int] = {}
+    for index in range(len(copies)):
+        given = _get(data, "copies", index, "id")
+        if given is not None and not isinstance(given, str):
+            continue
+        name = _copy_id(data, index)
+        if given is not None and name.isdigit() and int(name) != index + 1:
+            yield _error(("copies", index, "id"),
+                         f"id {name} is a number other than this copy's position "
+                         f"({index + 1}): `--copy {name}` would be ambiguous; use a name such "
+                         "as fra")
+        elif name in seen:
+            yield _error(("copies", index, "id"),
+                         f"copy id {name} is used twice (also copy {seen[name] + 1}): each "
+                         "copy needs its own id")
+        else:
+            seen[name] = index
 
 
 def _rule_databases_distinct(data: dict, file: Path) -> Iterator[_Finding]:
@@ -1187,6 +1381,8 @@ CROSS_FIELD_RULES = (
     _rule_repository_outside_sources,
     _rule_rest_destination,
     _rule_local_is_not_off_site,
+    _rule_copies_at_other_sites,
+    _rule_copy_ids_unique,
     _rule_databases_distinct,
     _rule_database_transport_encrypted,
     _rule_database_clients_installed,
@@ -1201,6 +1397,15 @@ def _build_destination(values: dict) -> Destination:
         if key in values:
             values[key] = Path(values[key])
     return Destination(**values)
+
+
+def _build_copies(data: dict) -> tuple[Copy, ...]:
+    copies = []
+    for index, values in enumerate(data.get("copies", ())):
+        values = dict(values)
+        name = values.pop("id", None) or str(index + 1)
+        copies.append(Copy(name, index + 1, _build_destination(values)))
+    return tuple(copies)
 
 
 def _build_database(values: dict) -> Database:
@@ -1233,6 +1438,7 @@ def _build_policy(data: dict, file: Path) -> Policy:
         timeout_minutes=data.get("timeout_minutes", 360),
         monitoring=Monitoring(**data.get("monitoring", {})),
         databases=tuple(_build_database(d) for d in data.get("databases", ())),
+        copies=_build_copies(data),
         document=json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                             default=str),
     )
@@ -1272,9 +1478,26 @@ def _validate_into(report: PolicyReport) -> None:
     report.warnings = _problems(document, [f for f in findings if f.warning])
     if not any(p.path.split(".")[0] == "destination" for p in report.errors):
         report.destination = _build_destination(data["destination"])
+    report.copies = _valid_copies(data, report.errors)
     report.sources = tuple(_absolute_sources(data))
     if not report.errors:
         report.policy = _build_policy(data, report.file)
+
+
+def _valid_copies(data: dict, errors: list[Problem]) -> tuple:
+    """(path, Destination) of each copy without errors of its own, for the rules between
+    files."""
+    wrong = {p.path.split(".")[1] for p in errors if p.path.startswith("copies.")
+             and len(p.path.split(".")) > 1}
+    copies = []
+    for where, entry in _destination_entries(data)[1:]:
+        if str(where[1]) not in wrong and "copies" not in {p.path for p in errors}:
+            values = {k: v for k, v in entry.items() if k != "id"}
+            try:
+                copies.append((where, _build_destination(values)))
+            except TypeError:
+                continue
+    return tuple(copies)
 
 
 def _problems(document: _Document, findings: list[_Finding]) -> list[Problem]:
@@ -1300,13 +1523,22 @@ def _check_one_file_per_tenant(reports: list[PolicyReport]) -> None:
 
 
 def check_repositories_not_shared(reports: list[PolicyReport]) -> None:
-    def identity(report: PolicyReport) -> tuple | None:
-        return report.destination.repository_identity() if report.destination else None
-
-    for report, others in _groups(reports, identity):
-        names = ", ".join(f"{other.file} (tenant {other.tenant})" if other.tenant else
-                          f"{other.file} (the evidence repository)" for other in others)
-        report.add_error(report.destination_path,
+    """No repository (a destination or a copy) belongs to two files."""
+    places = [(report, where, destination.repository_identity())
+              for report in reports for where, destination in report.repositories()]
+    for report, where, identity in places:
+        others = [(other, other_where) for other, other_where, other_identity in places
+                  if other is not report and other_identity == identity
+                  and _same_file(other.file) != _same_file(report.file)]
+        if not others:
+            continue
+        names = ", ".join(
+            (f"{other.file} (tenant {other.tenant}"
+             + ("" if other_where == other.destination_path else
+                f", copy {other_where[-1] + 1 if isinstance(other_where[-1], int) else ''}")
+             + ")") if other.tenant else f"{other.file} (the evidence repository)"
+            for other, other_where in others)
+        report.add_error(where,
                          f"the repository is also the destination of {names}: two tenants "
                          f"(or a tenant and bkp's evidence) never share a repository")
 
@@ -1315,17 +1547,18 @@ def _check_repositories_outside_other_sources(reports: list[PolicyReport]) -> No
     """A local repository inside another tenant's source (or the other way round) would
     carry one tenant's backups into another tenant's backups, or the reverse."""
     for report in reports:
-        destination = report.destination
-        if destination is None or destination.type != "local" or not destination.path:
-            continue
-        for other in reports:
-            if other is report or _same_file(other.file) == _same_file(report.file):
+        for where, destination in report.repositories():
+            if destination.type != "local" or not destination.path:
                 continue
-            for source in other.sources:
-                problem = nesting_problem(destination.path, source,
-                                          f"a source of tenant {other.tenant} ({other.file})")
-                if problem:
-                    report.add_error((*report.destination_path, "path"), problem)
+            for other in reports:
+                if other is report or _same_file(other.file) == _same_file(report.file):
+                    continue
+                for source in other.sources:
+                    problem = nesting_problem(destination.path, source,
+                                              f"a source of tenant {other.tenant} "
+                                              f"({other.file})")
+                    if problem:
+                        report.add_error((*where, "path"), problem)
 
 
 def _groups(reports: list[PolicyReport], key) -> Iterator[tuple[PolicyReport, list]]:
@@ -1381,7 +1614,7 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
     if tenants is not None:
         wanted = set(tenants)
         reports = validate_files([f for f in files if f.stem in wanted])
-        if any(r.destination is not None and r.destination.type == "local" for r in reports):
+        if any(d.type == "local" for r in reports for _, d in r.repositories()):
             reports = validate_files(files)
         known = {report.tenant for report in reports}
         unknown = [tenant for tenant in dict.fromkeys(tenants) if tenant not in known]

@@ -832,12 +832,13 @@ def test_schema_has_the_contract_key_names():
     assert {"tenant", "description", "purpose", "classification", "sources", "exclude",
             "destination", "password_file", "password_command", "password_env", "schedule",
             "retention", "drill", "rpo_hours", "timeout_minutes",
-            "monitoring", "databases"} == set(document["properties"])
+            "monitoring", "databases", "copies"} == set(document["properties"])
     database = document["properties"]["databases"]["items"]["properties"]
     assert {"type", "name", "host", "port", "user", "password_file", "sslmode",
             "ca_file"} == set(database)
     destination = document["properties"]["destination"]["properties"]
-    assert {"type", "country", "endpoint", "bucket", "region", "prefix", "credentials_file",
+    assert {"type", "country", "site", "endpoint", "bucket", "region", "prefix",
+            "credentials_file",
             "credentials_profile", "host", "port", "user", "path", "host_key",
             "identity_file", "url", "ca_file", "append_only", "maintenance_url",
             "maintenance_credentials_file", "object_lock"} == set(destination)
@@ -858,6 +859,6 @@ def test_every_object_forbids_unknown_keys():
     document = schema()
     objects = [document] + [node for _, node in declared_properties(document)
                             if node.get("type") == "object"]
-    assert len(objects) == 7
+    assert len(objects) == 8
     assert all(node["additionalProperties"] is False for node in objects)
 
