@@ -48,6 +48,9 @@ class Repository:
     label: str = ""  # what an operator recognises: the URL without credentials
     no_cache: bool = False  # BKP_HOME cannot take restic's cache (a read-only copy)
     cacert: Path | None = None  # the certificate a REST server's TLS certificate chains to
+    # `restic copy` and `init --copy-chunker-params`: the other repository's certificate
+    # (restic has one --cacert list for both repositories)
+    source_cacert: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.url and LOCATION_ENV not in self.env.env:
@@ -55,6 +58,54 @@ class Repository:
 
 
 LOCATION_ENV = "RESTIC_REPOSITORY"
+# The source repository of `copy` and `init --copy-chunker-params` (restic >= 0.14; 0.13
+# called it --repo2): its location and password reach restic through these, never argv.
+SOURCE_ENV = {"RESTIC_REPOSITORY": "RESTIC_FROM_REPOSITORY",
+              "RESTIC_PASSWORD_FILE": "RESTIC_FROM_PASSWORD_FILE",
+              "RESTIC_PASSWORD_COMMAND": "RESTIC_FROM_PASSWORD_COMMAND",
+              "RESTIC_PASSWORD": "RESTIC_FROM_PASSWORD"}
+COPY_SINCE = (0, 14)
+
+
+def option_key(option: str) -> str:
+    return option.partition("=")[0]
+
+
+def transport_conflicts(source: Repository, target: Repository) -> list[str]:
+    """What one restic process cannot hold for two repositories: restic's `copy` applies
+    one set of -o options and one environment to both, so an sftp.command, s3.region or
+    AWS key meant for one would be used for the other. Returns the clashing names."""
+    clashes = []
+    theirs = {option_key(o): o for o in source.options}
+    for option in target.options:
+        if option_key(option) in theirs and theirs[option_key(option)] != option:
+            clashes.append(option_key(option))
+    for name, value in target.env.env.items():
+        if name in SOURCE_ENV or name == LOCATION_ENV:
+            continue  # the source's own are renamed to RESTIC_FROM_*
+        if name in source.env.env and source.env.env[name] != value:
+            clashes.append(name)
+    return clashes
+
+
+def pair_repository(source: Repository, target: Repository) -> Repository:
+    """`target` as restic's repository and `source` as its --from-repo, in one process:
+    the source's location and password under RESTIC_FROM_*, its transport settings beside
+    the target's (the caller made sure they do not clash: transport_conflicts)."""
+    clashes = transport_conflicts(source, target)
+    if clashes:
+        raise ValueError(f"transport settings clash: {', '.join(clashes)}")
+    env = dict(target.env.env)
+    for name, value in source.env.env.items():
+        env[SOURCE_ENV.get(name, name)] = value
+    if source.url:
+        env["RESTIC_FROM_REPOSITORY"] = source.url
+    options = tuple(dict.fromkeys((*target.options, *source.options)))
+    return Repository(url=target.url, options=options,
+                      env=SecretEnv(env, tuple(dict.fromkeys(
+                          (*target.env.secrets, *source.env.secrets)))),
+                      cache_dir=target.cache_dir, label=target.label, no_cache=target.no_cache,
+                      cacert=target.cacert, source_cacert=source.cacert)
 
 
 def rest_location(url: str, user: str, password: str) -> SecretEnv:
@@ -107,8 +158,8 @@ def version() -> Version:
 
 def global_args(repo: Repository) -> list[str]:
     args = [RESTIC, "--repo", repo.url] if repo.url else [RESTIC]
-    if repo.cacert:
-        args += ["--cacert", str(repo.cacert)]
+    for cacert in dict.fromkeys(c for c in (repo.cacert, repo.source_cacert) if c):
+        args += ["--cacert", str(cacert)]
     for option in repo.options:
         args += ["--option", option]
     if repo.no_cache:
@@ -252,6 +303,18 @@ def _parse_legacy_tags(tags: list[str]) -> dict[str, str]:
 
 def init_argv(repo: Repository) -> list[str]:
     return [*global_args(repo), "init"]
+
+
+def init_copy_argv(pair: Repository) -> list[str]:
+    """A copy's repository with the chunker parameters of the source (RESTIC_FROM_*), so
+    the same files deduplicate in both."""
+    return [*global_args(pair), "init", "--copy-chunker-params"]
+
+
+def copy_argv(pair: Repository, snapshot_ids: Sequence[str]) -> list[str]:
+    """Copy exactly these snapshots of the source (RESTIC_FROM_*) into the repository; bkp
+    chose them (every snapshot the copy lacks and its keep rules would keep)."""
+    return [*global_args(pair), "copy", "--", *snapshot_ids]
 
 
 def backup_argv(repo: Repository, policy: Policy, host: str,
@@ -490,6 +553,27 @@ def _restic_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+_COPIED_FROM = re.compile(r"^snapshot ([0-9a-f]{8,64}) of \[")
+_COPIED_TO = re.compile(r"^snapshot ([0-9a-f]{8,64}) saved")
+
+
+def parse_copy_output(stdout: str) -> dict[str, str]:
+    """restic copy's text (it has no --json): source short id -> the copy's short id, for
+    every snapshot it copied."""
+    copied, source = {}, None
+    for line in stdout.splitlines():
+        line = line.strip()
+        found = _COPIED_FROM.match(line)
+        if found:
+            source = found.group(1)[:8]
+            continue
+        saved = _COPIED_TO.match(line)
+        if saved and source:
+            copied[source] = saved.group(1)[:8]
+            source = None
+    return copied
+
+
 def parse_snapshots(stdout: str) -> list[dict]:
     text = stdout.strip() or "[]"
     try:
@@ -498,7 +582,8 @@ def parse_snapshots(stdout: str) -> list[dict]:
         raise OperationError(f"restic printed an unreadable snapshot list: {exc}") from None
     return [{"id": s.get("id"), "short_id": s.get("short_id") or (s.get("id") or "")[:8],
              "time": s.get("time"), "paths": s.get("paths") or [], "tags": s.get("tags") or [],
-             "host": s.get("hostname"), **_snapshot_values(s.get("tags") or [])}
+             "host": s.get("hostname"), "original": s.get("original"),
+             **_snapshot_values(s.get("tags") or [])}
             for s in items or []]
 
 
@@ -749,6 +834,10 @@ def _last_meaningful_line(tail: str) -> str:
 
 # ---------------------------------------------------------------- execution
 
+# Variables of bkp's own environment that must not reach restic: they could point it at
+# another repository, credential or rclone remote (an operator's RCLONE_CONFIG_*).
+INHERITED_DROPPED = ("RESTIC_", "AWS_", "RCLONE_")
+
 @dataclass
 class Restic:
     """Runs restic for one tenant's repository."""
@@ -782,10 +871,29 @@ class Restic:
         self.calls += 1
         return runner.run(argv, env=self.repo.env.env, secrets=self.repo.env.secrets,
                           timeout=timeout or self.timeout, on_stdout_line=on_stdout_line,
-                          drop_env_prefixes=("RESTIC_", "AWS_"), stop_when=stop_on_hopeless)
+                          drop_env_prefixes=INHERITED_DROPPED, stop_when=stop_on_hopeless)
 
     def init(self) -> None:
         self.run(init_argv(self.repo), "init")
+
+    def init_copy(self) -> None:
+        """`repo` is a pair (pair_repository): initialise it with the source's chunker
+        parameters."""
+        self._require_copy()
+        self.run(init_copy_argv(self.repo), "init --copy-chunker-params")
+
+    def copy(self, snapshot_ids: Sequence[str]) -> dict[str, str]:
+        """`repo` is a pair: copy these snapshots of the source into it; returns source
+        short id -> copy short id of each snapshot copied."""
+        self._require_copy()
+        done = self.run(copy_argv(self.repo, snapshot_ids), "copy")
+        return parse_copy_output(done.stdout)
+
+    @staticmethod
+    def _require_copy() -> None:
+        if not version().at_least(*COPY_SINCE):
+            raise OperationError(f"restic {version()} cannot copy between repositories with "
+                                 f"--from-repo: copies need restic 0.14 or newer")
 
     def backup(self, policy: Policy, host: str,
                progress: Callable[[dict], None] | None = None,

@@ -50,6 +50,7 @@ class TenantResult:
 @dataclass
 class InitEntry(TenantResult):
     repository: str | None = None
+    extra: dict = field(default_factory=dict)  # copies
 
 
 @dataclass

@@ -33,6 +33,7 @@ SECRET_ENV_NAMES = frozenset({
     "RESTIC_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "B2_ACCOUNT_KEY",
     "PGPASSWORD", "MYSQL_PWD",
     "RESTIC_REPOSITORY",  # a REST location carries user:password
+    "RESTIC_FROM_PASSWORD", "RESTIC_FROM_REPOSITORY",  # the source of restic copy
 })
 
 _live: set[subprocess.Popen] = set()

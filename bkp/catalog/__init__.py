@@ -39,6 +39,7 @@ from bkp.catalog.base import (
     process_start_ticks,
     utc_now,
 )
+from bkp.catalog.copies import CopiesTable
 from bkp.catalog.inbox import InboxTable
 from bkp.catalog.media import (
     MEDIA_STATES,
@@ -148,7 +149,7 @@ def _explain(error: sqlite3.Error, path: Path, doing: str) -> CatalogError:
     return CatalogError(f"cannot {doing} the catalog {path}: {text}")
 
 
-class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable):
+class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
     """One open catalog. Each thread gets its own connection to the same file."""
 
     def __init__(self, path: Path, *, read_only: bool = False,

@@ -17,7 +17,7 @@ LEGACY_TABLE = "_migrations"
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
           "destructions", "certificates", "policy_versions", "policy_flags", "approvals",
-          "database_dumps", "inbox")
+          "database_dumps", "inbox", "copy_results")
 
 
 @migrations(name="0001_runs")
@@ -248,3 +248,17 @@ def _sanitization_rev2(db: sqlite_utils.Database) -> None:
     for column in ("people", "technique", "service", "location", "service_certificate",
                    "destroyed_on"):
         db["destructions"].add_column(column, str)
+
+
+@migrations(name="0008_copy_results")
+def _copy_results(db: sqlite_utils.Database) -> None:
+    # One row per copy per backup run: whether tonight's snapshot reached the copy at the
+    # other site, under which id there, and how many snapshots the copy lacked and got.
+    db["copy_results"].create({
+        "id": int, "run_id": int, "tenant": str, "copy_id": str, "destination": str,
+        "status": str, "snapshot_id": str, "source_snapshot_id": str,
+        "snapshot_time": str, "snapshots_copied": int, "snapshots_kept": int, "error": str,
+        "duration_s": float, "copied_at": str,
+    }, pk="id", not_null={"run_id", "tenant", "copy_id", "status", "copied_at"},
+        foreign_keys=[("run_id", "runs")])
+    db["copy_results"].create_index(["tenant", "copy_id", "id"])

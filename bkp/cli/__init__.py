@@ -545,15 +545,31 @@ def _print_runs(outcomes) -> None:
             click.echo(f"{'':<24}   {db['type']} database {db['name']}: {said}")
 
 
+copy_option = click.option(
+    "--copy", "copy_id", metavar="ID", callback=checked_text(NAME_LIMIT),
+    help="One of the tenant's copies instead of its destination: the copy's id, or its "
+         "position 1, 2, ... in the policy's copies.")
+
+
+def _at_copy(policy, copy_id: str | None):
+    """The policy as seen at one of its copies (or as it is, without --copy)."""
+    if copy_id is None:
+        return policy
+    from bkp.policy import at_copy, find_copy
+
+    return at_copy(policy, find_copy(policy, copy_id))
+
+
 @cli.command()
 @click.argument("tenant")
+@copy_option
 @json_option
 @pass_state
-def snapshots(state, tenant, as_json):
+def snapshots(state, tenant, copy_id, as_json):
     """List a tenant's snapshots, read from its repository (the truth about backups)."""
     from bkp.tenants.snapshots import list_snapshots
 
-    items = list_snapshots(state.bare_context(), state.one_policy(tenant))
+    items = list_snapshots(state.bare_context(), _at_copy(state.one_policy(tenant), copy_id))
 
     def human():
         if not items:
@@ -655,9 +671,10 @@ def restore(state, tenant, target, snapshot, includes, force, database, progress
 @click.option("--due", is_flag=True, help="Only tenants whose drill schedule says it is due.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
+@copy_option
 @json_option
 @pass_state
-def drill(state, tenants, all_, due, progress, as_json):
+def drill(state, tenants, all_, due, progress, copy_id, as_json):
     """Restore test: restore the latest snapshot into scratch space and verify it.
 
     Checks the repository (rotating read-data subset), the restored files against the
@@ -674,7 +691,10 @@ def drill(state, tenants, all_, due, progress, as_json):
 
     if due and (tenants or all_):
         raise UsageError("--due picks the tenants itself: give no TENANT and no --all")
+    if copy_id is not None and (due or all_ or len(tenants) != 1):
+        raise UsageError("--copy drills one copy of one tenant: give exactly one TENANT")
     policies, broken = state.select(tenants, all_ or due, DrillRun)
+    policies = [_at_copy(p, copy_id) for p in policies]
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
     if due:

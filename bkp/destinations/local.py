@@ -41,6 +41,10 @@ class LocalDestination:
     def path(self) -> Path:
         return Path(self.policy.destination.path)
 
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
     def preflight(self) -> Preflight:
         initialised = (self.path / "config").is_file()
         reachable = initialised or self.path.parent.is_dir()

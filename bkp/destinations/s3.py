@@ -223,6 +223,27 @@ class S3Destination:
                 "bucket": self.dest.bucket,
                 "bucket_region": self.region_found}
 
+    def rclone_repository(self, remote: str) -> Repository:
+        """The same repository through restic's rclone backend, as the named remote `remote`
+        defined only in restic's environment: for `restic copy` between two S3 services,
+        where restic's one set of AWS_* variables and s3.region would serve both."""
+        creds = self._credentials()
+        prefix = f"RCLONE_CONFIG_{remote.upper()}_"
+        env = {"RCLONE_CONFIG": "", f"{prefix}TYPE": "s3", f"{prefix}PROVIDER": "Other",
+               f"{prefix}ENV_AUTH": "false", f"{prefix}ENDPOINT": self.dest.endpoint,
+               f"{prefix}REGION": self.dest.region, f"{prefix}ACCESS_KEY_ID": creds.access_key,
+               f"{prefix}SECRET_ACCESS_KEY": creds.secret_key,
+               # bkp never creates buckets; the preflight proved this one exists
+               f"{prefix}NO_CHECK_BUCKET": "true"}
+        if creds.session_token:
+            env[f"{prefix}SESSION_TOKEN"] = creds.session_token
+        hidden = tuple(v for v in (creds.secret_key, creds.session_token) if v)
+        location = f"{self.dest.bucket}/{self.prefix}" if self.prefix else self.dest.bucket
+        return Repository(url=f"rclone:{remote}:{location}",
+                          env=secrets.restic_password(self.policy).merged(
+                              secrets.SecretEnv(env, hidden)),
+                          **cache_options(self.home, self.policy.tenant), label=self.label)
+
     def confirm_unchanged(self) -> None:
         """Nothing to do: restic writes objects to the bucket by name; a vanished bucket
         fails its writes."""

@@ -100,7 +100,14 @@ class SftpDestination:
 
     @property
     def alias(self) -> str:
-        return f"bkp-{self.policy.tenant}"
+        # A copy has its own alias and files: '.' never occurs in a tenant id.
+        copy = f".copy-{self.policy.copy_id}" if self.policy.copy_id else ""
+        return f"bkp-{self.policy.tenant}{copy}"
+
+    @property
+    def ssh_folder(self) -> Path:
+        folder = self.home / "ssh" / self.policy.tenant
+        return folder / f"copy-{self.policy.copy_id}" if self.policy.copy_id else folder
 
     @property
     def label(self) -> str:
@@ -196,7 +203,7 @@ class SftpDestination:
         """restic's ssh_config and known_hosts under BKP_HOME; left as they are when they
         already say the same (a read writes nothing), and in a private temporary folder
         where BKP_HOME cannot be written (a read from a read-only BKP_HOME)."""
-        folder = self.home / "ssh" / self.policy.tenant
+        folder = self.ssh_folder
         key_type, key_b64 = self.dest.host_key.split()[:2]
         try:
             return self._ssh_files_in(folder, f"{self.alias} {key_type} {key_b64}\n")
@@ -233,6 +240,37 @@ class SftpDestination:
             **cache_options(self.home, self.policy.tenant),
             label=self.label,
         )
+
+    def rclone_repository(self, remote: str) -> Repository:
+        """The same repository through restic's rclone backend, as the named remote `remote`
+        defined only in restic's environment: for `restic copy` between two sftp servers,
+        where one sftp.command would serve both. rclone checks the pinned host key against
+        its own known_hosts file; the paramiko preflight has checked it first."""
+        known_hosts = self._rclone_known_hosts()
+        prefix = f"RCLONE_CONFIG_{remote.upper()}_"
+        env = {"RCLONE_CONFIG": "", f"{prefix}TYPE": "sftp", f"{prefix}HOST": self.dest.host,
+               f"{prefix}PORT": str(self.dest.port), f"{prefix}USER": self.dest.user,
+               f"{prefix}KEY_FILE": str(self.dest.identity_file),
+               f"{prefix}KNOWN_HOSTS_FILE": str(known_hosts),
+               # no shell commands on the server: restic needs only files
+               f"{prefix}SHELL_TYPE": "none", f"{prefix}MD5SUM_COMMAND": "none",
+               f"{prefix}SHA1SUM_COMMAND": "none"}
+        return Repository(url=f"rclone:{remote}:{self.dest.path}",
+                          env=secrets.restic_password(self.policy).merged(secrets.SecretEnv(env)),
+                          **cache_options(self.home, self.policy.tenant), label=self.label)
+
+    def _rclone_known_hosts(self) -> Path:
+        """known_hosts as rclone (Go's knownhosts) looks it up: by [host]:port."""
+        key_type, key_b64 = self.dest.host_key.split()[:2]
+        host = self.dest.host.strip("[]")
+        name = host if self.dest.port == 22 and ":" not in host else f"[{host}]:{self.dest.port}"
+        self._write_ssh_files()
+        path = self.ssh_folder / "known_hosts.rclone"
+        text = f"{name} {key_type} {key_b64}\n"
+        if not _holds(path, text):
+            path.write_text(text)
+            path.chmod(0o600)
+        return path
 
     def confirm_unchanged(self) -> None:
         """Nothing to do: a repository on a server cannot be swapped under a running restic

@@ -38,6 +38,7 @@ from bkp.restic import (
 )
 from bkp.results import BackupRun
 from bkp.settings import snapshot_host
+from bkp.tenants.copies import CopyResult, copy_to_all, failure_of
 from bkp.tenants.retention import apply_retention, pending_retention
 
 
@@ -88,6 +89,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
     restic: Restic | None = None
     fields: dict = {}
     dumps: list[DatabaseDump] = []
+    copies: list[CopyResult] = []
     try:
         if not policy.databases:
             check_sources(policy)  # nothing else to save: refuse before connecting
@@ -119,17 +121,24 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         elif not policy.retention.legal_hold:
             fields.update(apply_retention(ctx, policy, restic, made))
         fields["repository_bytes"] = _usage(destination)
+        # The snapshot is safe at the destination; a copy that fails now fails the run
+        # (exit 1, naming the copy) but takes nothing away from the destination.
+        copies += copy_to_all(ctx, policy, restic, fields.get("snapshot_id"))
+        error = failure_of(copies)
+        if error is not None:
+            raise error
     except BkpError as exc:
-        return _close(ctx, policy, run_id, exc, fields, restic, dumps)
+        return _close(ctx, policy, run_id, exc, fields, restic, dumps, copies)
     except KeyboardInterrupt:
         interrupt()
-        _close(ctx, policy, run_id, OperationError("stopped by a signal"), fields, restic, dumps)
+        _close(ctx, policy, run_id, OperationError("stopped by a signal"), fields, restic, dumps,
+               copies)
         raise
     except Exception as exc:  # an unforeseen error still closes the record honestly
         error = OperationError(f"unexpected {exc.__class__.__name__}: {exc}")
-        _close(ctx, policy, run_id, error, fields, restic, dumps)
+        _close(ctx, policy, run_id, error, fields, restic, dumps, copies)
         raise
-    return _close(ctx, policy, run_id, None, fields, restic, dumps)
+    return _close(ctx, policy, run_id, None, fields, restic, dumps, copies)
 
 
 def _back_up_files(ctx: Context, policy: Policy, destination, preflight, restic: Restic,
@@ -185,9 +194,14 @@ def _dump_databases(ctx: Context, policy: Policy, restic: Restic,
 
 
 def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fields: dict,
-           restic: Restic | None, dumps: list[DatabaseDump] = ()) -> Outcome:
+           restic: Restic | None, dumps: list[DatabaseDump] = (),
+           copies: list[CopyResult] = ()) -> Outcome:
     status = "ok" if error is None else "interrupted" if stopping.is_set() else "failed"
+    calls = (restic.calls if restic else 0) + sum(c.restic_calls for c in copies)
+    copies_json = _copies_json(policy, copies)
     with ctx.catalog.transaction():  # the record and its event, or neither
+        for copy in copies:
+            ctx.catalog.add_copy_result(run_id, policy.tenant, copy.to_record())
         for dump in dumps:
             ctx.catalog.add_database_dump(run_id, policy.tenant, {
                 "name": dump.name, "type": dump.type, "status": dump.status,
@@ -196,19 +210,35 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
                 "tables": json.dumps(dump.tables, sort_keys=True), "error": dump.error,
                 "duration_s": dump.duration_s})
         row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
-                                    restic_calls=restic.calls if restic else 0, **fields)
+                                    restic_calls=calls, **fields)
         ctx.audit("backup", status, policy.tenant, run_id=run_id,
                   snapshot_id=row["snapshot_id"], files=row["files"],
                   bytes_added=row["bytes_added"], error=row["error"],
-                  **({"databases": [d.to_json() for d in dumps]} if dumps else {}))
+                  **({"databases": [d.to_json() for d in dumps]} if dumps else {}),
+                  **({"copies": copies_json} if policy.copies else {}))
     data = BackupRun(tenant=policy.tenant, status="ok" if status == "ok" else "failed",
                      result=status, snapshot_id=row["snapshot_id"], files=row["files"],
                      bytes_added=row["bytes_added"], duration_s=row["duration_s"],
                      error=row["error"], run_id=run_id, snapshots_kept=row["snapshots_kept"],
                      restic_calls=row["restic_calls"],
-                     extra={"databases": [d.to_json() for d in dumps]} if policy.databases
-                     else {})
+                     extra={**({"databases": [d.to_json() for d in dumps]}
+                               if policy.databases else {}),
+                            **({"copies": copies_json} if policy.copies else {})})
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
+
+
+def _copies_json(policy: Policy, copies: list[CopyResult]) -> list[dict]:
+    """Every copy of the policy in the run's JSON: one the run never reached (the backup
+    failed first) is `failed`, with no snapshot."""
+    reached = {c.id: c for c in copies}
+    entries = []
+    for copy in policy.copies:
+        found = reached.get(copy.id)
+        entries.append(found.to_json() if found else {
+            "id": copy.id, "destination": copy.destination.type, "status": "failed",
+            "snapshot_id": None, "error": "not copied: the backup did not complete",
+            "snapshots_copied": 0, "snapshots_kept": None})
+    return entries
 
 
 def _diagnose(destination, preflight, error: BkpError) -> BkpError:

@@ -209,8 +209,15 @@ def drill_tenant(ctx: Context, policy: Policy, *, trigger: str = "manual",
     return locked(ctx, policy, "drill", lambda: _drill(ctx, policy, trigger, slot), DrillRun)
 
 
+def run_kind(policy: Policy) -> str:
+    """A drill of a copy (`bkp drill TENANT --copy ID`) is recorded as a `copy-drill`: it
+    proves that copy restorable, and never stands in for the drill the schedule owes the
+    destination."""
+    return "copy-drill" if policy.copy_id else "drill"
+
+
 def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
-    run_id = open_tenant_run(ctx, policy, "drill", trigger=trigger, slot=slot,
+    run_id = open_tenant_run(ctx, policy, run_kind(policy), trigger=trigger, slot=slot,
                              restic_version=_restic_version())
     result = DrillResult()
     restic: Restic | None = None
@@ -383,11 +390,13 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
                        if policy.databases else {}),
                    **({"immutability": result.immutability.to_json()
                        if result.immutability else None}
-                      if policy.destination.immutable else {})})
+                      if policy.destination.immutable else {}),
+                   **({"copy": policy.copy_id} if policy.copy_id else {})})
         report, digest = write_report(ctx, policy, data.to_json())
         data.report, data.report_sha256 = str(report), digest
         ctx.catalog.update_run(run_id, report=data.report)
-        ctx.audit("drill", status, policy.tenant, run_id=run_id,
+        ctx.audit(run_kind(policy), status, policy.tenant, run_id=run_id,
+                  **({"copy": policy.copy_id} if policy.copy_id else {}),
                   snapshot_id=result.snapshot_id, files_checked=result.files_checked,
                   subset=result.subset, problems=len(problems), error=data.error,
                   report=data.report, report_sha256=digest,

@@ -8,4 +8,5 @@ from bkp.policy import Policy
 
 
 def list_snapshots(ctx: Context, policy: Policy) -> list[dict]:
+    """`policy` may be the view at a copy (bkp.policy.at_copy): then the copy's."""
     return open_repository(policy, ctx.settings.home).snapshots()
