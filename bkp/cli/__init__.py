@@ -1172,6 +1172,8 @@ def _print_status(rows) -> None:
             click.echo(f"{'':<22}   policy edited since the last run; recorded at the next")
         if r.get("maintenance"):
             click.echo(f"{'':<22}   {_maintenance_text(r['maintenance'])}")
+        for copy in r.get("copies") or ():
+            click.echo(f"{'':<22} {_copy_line(copy)}")
         for database in r.get("databases") or ():
             dump = database["last_good_dump"]
             said = (f"last good dump {dump['time'][:19]}Z, snapshot {dump['snapshot_id'][:8]}, "
@@ -1190,6 +1192,18 @@ def _maintenance_text(state: dict) -> str:
     when = (f"last `bkp maintain` {last['time'][:19]}Z {last['status']}" if last else
             "never maintained")
     return f"append-only: {waiting}; {when}"
+
+
+def _copy_line(copy: dict) -> str:
+    """`copy fra: last copied ..., 0 snapshots behind`, with `!` when it lags or failed."""
+    good, last = copy["last_copied"], copy["last_copy"] or {}
+    said = (f"last copied {good['time'][:19]}Z, snapshot {(good['snapshot_id'] or '-')[:8]}"
+            if good else "never copied")
+    lag = copy["lag_snapshots"]
+    behind = (f"{lag} snapshot{'' if lag == 1 else 's'} behind"
+              + (f" ({copy['lag_hours']} h)" if copy.get("lag_hours") else ""))
+    failed = f"; last attempt FAILED: {last['error']}" if last.get("status") == "failed" else ""
+    return f"{'' if copy['ok'] else '! '}copy {copy['id']}: {said}, {behind}{failed}"
 
 
 def _drill_word(row) -> str:

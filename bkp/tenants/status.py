@@ -56,6 +56,7 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         **({"databases": database_state(catalog, policy, now)} if policy.databases else {}),
         **({"maintenance": maintenance_state(catalog, policy)}
            if policy.destination.append_only else {}),
+        **({"copies": copies_state(catalog, policy)} if policy.copies else {}),
     }
 
 
@@ -69,6 +70,35 @@ def maintenance_state(catalog: Catalog, policy: Policy) -> dict:
             "last": None if last is None else {
                 "time": last["ended_at"] or last["started_at"], "status": last["status"],
                 "error": last["error"], "run_id": last["id"]}}
+
+
+def copies_state(catalog: Catalog, policy: Policy) -> list[dict]:
+    """Per copy: the last snapshot copied there, and how far the copy lags behind the
+    destination (the destination's snapshots since then, and the hours between them)."""
+    entries = []
+    for copy in policy.copies:
+        last = catalog.last_copy_result(policy.tenant, copy.id)
+        good = catalog.last_copy_result(policy.tenant, copy.id, status="ok")
+        copied = good["source_snapshot_id"] if good else None
+        behind = catalog.good_backups_since(policy.tenant, copied)
+        lag_hours = None
+        if behind and good:
+            lag_hours = round((parse_time(behind[-1]["ended_at"]) - parse_time(
+                good["copied_at"])).total_seconds() / 3600, 1)
+        entries.append({
+            "id": copy.id, "destination": copy.destination.type,
+            "site": copy.destination.site,
+            "last_copy": None if last is None else {
+                "time": last["copied_at"], "status": last["status"],
+                "snapshot_id": last["snapshot_id"], "error": last["error"]},
+            "last_copied": None if good is None else {
+                "time": good["copied_at"], "snapshot_id": good["snapshot_id"],
+                "source_snapshot_id": good["source_snapshot_id"],
+                "snapshot_time": good["snapshot_time"]},
+            "lag_snapshots": len(behind),
+            "lag_hours": 0.0 if good and not behind else lag_hours,
+            "ok": bool(good) and not behind and last["status"] == "ok"})
+    return entries
 
 
 def database_state(catalog: Catalog, policy: Policy, now: datetime) -> list[dict]:
