@@ -18,15 +18,17 @@ done
 # restic from the distribution; OpenSSH client for restic's sftp backend and the server for
 # the test fixtures; util-linux and e2fsprogs for the media path (losetup, lsblk, mkfs);
 # hdparm and nvme-cli for hardware erase commands; the database clients for tenant dumps
-# (pg_dump, mariadb-dump) and the servers bkp starts itself as scratch servers in drills.
+# (pg_dump, mariadb-dump) and the servers bkp starts itself as scratch servers in drills;
+# rclone for copies between two sftp servers or two S3 services (restic's rclone backend
+# gives each side its own transport).
 packages=(restic openssh-client openssh-server python3 python3-venv ca-certificates
           util-linux e2fsprogs hdparm nvme-cli
-          postgresql-client-15 postgresql-15 mariadb-client mariadb-server)
+          postgresql-client-15 postgresql-15 mariadb-client mariadb-server rclone)
 if [ "$dev" = 1 ]; then
-  # systemd-analyze verifies the units `bkp schedule --format systemd` renders; rclone serves
-  # restic's REST protocol (append-only too) in the tests; chromium renders the evidence
-  # report's HTML headless in the tests (a real browser: not blank, nothing fetched).
-  packages+=(nwipe systemd rclone chromium)
+  # systemd-analyze verifies the units `bkp schedule --format systemd` renders; rclone also
+  # serves restic's REST protocol (append-only too) in the tests; chromium renders the
+  # evidence report's HTML headless in the tests (a real browser: not blank, nothing fetched).
+  packages+=(nwipe systemd chromium)
 fi
 
 missing=()
