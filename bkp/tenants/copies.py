@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bkp import runner
 from bkp.context import Context
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError
@@ -75,6 +76,10 @@ def pair_for(source: Repository, copy_destination) -> Repository:
         if through_rclone is None:  # only sftp and s3 carry transport settings
             raise OperationError(f"cannot copy to {target.label}: the transport settings "
                                  f"{', '.join(clashes)} of the two repositories clash")
+        if not runner.which("rclone"):
+            raise OperationError(f"copying to {target.label} needs rclone (each side of the "
+                                 f"copy its own {', '.join(clashes)}): run "
+                                 f"scripts/install.sh or apt-get install rclone")
         target = through_rclone(RCLONE_REMOTE)
     return pair_repository(source, target)
 
