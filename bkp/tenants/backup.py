@@ -123,7 +123,8 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         fields["repository_bytes"] = _usage(destination)
         # The snapshot is safe at the destination; a copy that fails now fails the run
         # (exit 1, naming the copy) but takes nothing away from the destination.
-        copies += copy_to_all(ctx, policy, restic, fields.get("snapshot_id"))
+        copies += copy_to_all(ctx, policy, restic, fields.get("snapshot_id"),
+                              fields.get("kept_snapshots"))
         error = failure_of(copies)
         if error is not None:
             raise error

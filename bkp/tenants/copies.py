@@ -15,6 +15,7 @@ side keeps its own host, port, key, known host key or credentials.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,8 +89,9 @@ def plan_copy(primary: Sequence[dict], present: Sequence[dict], rules: dict[str,
               ) -> list[dict]:
     """The primary's snapshots the copy lacks and its keep rules would keep (rules None: a
     legal hold keeps everything), oldest first. A copied snapshot names its original."""
-    have = {s.get("original") or s["id"] for s in present} | {s["id"] for s in present}
-    lacking = [s for s in primary if s["id"] not in have]
+    # Short ids: restic 0.14 names a new snapshot by its short id, listings by the full one.
+    have = {(s.get("original") or s["id"])[:8] for s in present} | {s["id"][:8] for s in present}
+    lacking = [s for s in primary if s["id"][:8] not in have]
     if not lacking:
         return []
     if rules is not None:
@@ -114,13 +116,15 @@ def forget_plan(present: Sequence[dict], copied: Sequence[dict],
     return dropped, files
 
 
-def copy_to_all(ctx: Context, policy: Policy, source: Restic,
-                tonight: str | None) -> list[CopyResult]:
+def copy_to_all(ctx: Context, policy: Policy, source: Restic, tonight: str | None,
+                kept: str | None = None) -> list[CopyResult]:
     """Every copy of the tenant gets what it lacks; one copy failing never stops the
-    others. `tonight`: the snapshot this run made (the one each copy must end up with)."""
+    others. `tonight`: the snapshot this run made (the one each copy must end up with);
+    `kept`: what retention just left at the destination (JSON, from the run's fields),
+    which spares listing it again."""
     if not policy.copies:
         return []
-    primary = source.snapshots()
+    primary = json.loads(kept) if kept else source.snapshots()
     return [copy_one(ctx, policy, copy, source, primary, tonight) for copy in policy.copies]
 
 
@@ -133,13 +137,19 @@ def copy_one(ctx: Context, policy: Policy, copy: Copy, source: Restic,
     try:
         if ctx.progress:
             ctx.progress(f"{policy.tenant}: copying to copy {copy.id} ({result.destination})")
-        preflight = destination.preflight()  # pinned key, bucket region, certificate
+        # The nightly checks (bucket region, certificate; the pinned host key is enforced
+        # by the ssh client or rclone) and, when something fails, the full preflight that
+        # names the cause.
+        preflight = destination.nightly_preflight()
         if preflight.initialised is False:
             raise OperationError(f"no repository at copy {copy.id} ({result.destination}): "
                                  f"run `bkp init {policy.tenant}` to initialise it")
         restic = Restic(destination.repository(), policy.tenant,
                         timeout=policy.timeout_minutes * 60)
-        present = restic.snapshots()
+        try:
+            present = restic.snapshots()
+        except OperationError as exc:
+            raise _diagnosed(destination, preflight, exc) from None
         rules = None if policy.retention.legal_hold else policy.retention.keep_rules()
         wanted = plan_copy(primary, present, rules)
         copied: dict[str, str] = {}
@@ -168,13 +178,28 @@ def copy_one(ctx: Context, policy: Policy, copy: Copy, source: Restic,
     return result
 
 
+def _diagnosed(destination, preflight, error: BkpError) -> BkpError:
+    """A light nightly check left the cause to restic's words: the full preflight names it
+    better (a changed host key is 4, an unreachable server, a refused key)."""
+    if preflight.initialised is not None:
+        return error
+    try:
+        found = destination.preflight()
+    except BkpError as cause:
+        return cause
+    if found.initialised is False:
+        return OperationError(f"no repository there: run `bkp init "
+                              f"{destination.policy.tenant}` to initialise it")
+    return error
+
+
 def _find_tonight(result: CopyResult, tonight: str | None, primary: Sequence[dict],
                   present: Sequence[dict], copied: dict[str, str]) -> None:
     if not tonight:
         return
     short = tonight[:8]
     source = next((s for s in primary if s["id"][:8] == short), None)
-    result.snapshot_time = source["time"] if source else None
+    result.snapshot_time = source.get("time") if source else None
     if short in copied:
         result.snapshot_id = copied[short]
         return
