@@ -300,7 +300,7 @@ def shim_env(env: dict[str, str], folder: Path) -> dict[str, str]:
 
 SUBCOMMANDS = {"backup", "forget", "prune", "unlock", "snapshots", "init", "version", "check",
                "stats", "cat", "list", "restore", "ls", "key", "tag", "rebuild-index",
-               "dump"}
+               "dump", "copy"}
 _WITH_VALUE = {"--repo", "-r", "--option", "-o", "--cache-dir", "--password-file",
                "--password-command"}
 

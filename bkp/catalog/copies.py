@@ -12,7 +12,7 @@ class CopiesTable:
     def add_copy_result(self, run_id: int, tenant: str, result: dict) -> None:
         """`result`: copy_id, destination (a label without credentials), status,
         snapshot_id (tonight's snapshot in the copy), source_snapshot_id, snapshots_copied,
-        snapshots_kept, error, duration_s."""
+        snapshots_kept, error, duration_s, kept_snapshots (JSON)."""
         with self.transaction():
             self.db["copy_results"].insert({"run_id": run_id, "tenant": tenant,
                                             "copied_at": utc_now(), **result})
@@ -27,6 +27,15 @@ class CopiesTable:
         rows = list(self.db["copy_results"].rows_where(query, values, order_by="id desc",
                                                         limit=1))
         return rows[0] if rows else None
+
+    def copy_kept_snapshots(self, tenant: str, copy_id: str) -> list[dict] | None:
+        """What the copy held after its last good copy (None: not known; list it)."""
+        import json
+
+        row = self.last_copy_result(tenant, copy_id)
+        if row is None or row["status"] != "ok" or not row.get("kept_snapshots"):
+            return None
+        return json.loads(row["kept_snapshots"])
 
     def good_backups_since(self, tenant: str, snapshot_id: str | None) -> list[dict]:
         """The tenant's good backups after the one that made `snapshot_id` (all of them

@@ -259,6 +259,9 @@ def _copy_results(db: sqlite_utils.Database) -> None:
         "status": str, "snapshot_id": str, "source_snapshot_id": str,
         "snapshot_time": str, "snapshots_copied": int, "snapshots_kept": int, "error": str,
         "duration_s": float, "copied_at": str,
+        # The snapshots the copy holds afterwards (JSON: its id, the original's id, time,
+        # kind): the next night plans its copy and retention without listing the copy.
+        "kept_snapshots": str,
     }, pk="id", not_null={"run_id", "tenant", "copy_id", "status", "copied_at"},
         foreign_keys=[("run_id", "runs")])
     db["copy_results"].create_index(["tenant", "copy_id", "id"])

@@ -46,6 +46,7 @@ class CopyResult:
     snapshots_copied: int = 0
     snapshots_kept: int | None = None
     duration_s: float | None = None
+    kept_snapshots: str | None = None  # JSON: what the copy holds afterwards
     exit_code: int = field(default=1, repr=False)
     restic_calls: int = field(default=0, repr=False)
 
@@ -60,7 +61,7 @@ class CopyResult:
                 "snapshot_id": self.snapshot_id, "source_snapshot_id": self.source_snapshot_id,
                 "snapshot_time": self.snapshot_time, "snapshots_copied": self.snapshots_copied,
                 "snapshots_kept": self.snapshots_kept, "error": self.error,
-                "duration_s": self.duration_s}
+                "duration_s": self.duration_s, "kept_snapshots": self.kept_snapshots}
 
 
 def copy_destination(ctx: Context, policy: Policy, copy: Copy):
@@ -106,12 +107,40 @@ def as_originals(snapshots: Sequence[dict]) -> list[dict]:
     return [{**s, "id": s.get("original") or s["id"], "copy_id": s["id"]} for s in snapshots]
 
 
-def forget_plan(present: Sequence[dict], copied: Sequence[dict],
-                rules: dict[str, int]) -> tuple[list[str], int]:
-    """The copy's own ids to forget after copying, and how many file snapshots stay."""
-    candidate = [*as_originals(present), *({**s, "copy_id": None} for s in copied)]
+def should_hold(primary: Sequence[dict], present: Sequence[dict],
+                rules: dict[str, int] | None) -> list[dict]:
+    """The primary's snapshots the copy should hold after tonight (what it has and what it
+    lacks, as far as its keep rules keep them), oldest first."""
+    if rules is None:
+        return sorted(primary, key=lambda s: s["time"])
+    kept = {k[:8] for k in kept_per_group([*as_originals(present), *primary], rules)}
+    return sorted((s for s in primary if s["id"][:8] in kept), key=lambda s: s["time"])
+
+
+def after_copy(present: Sequence[dict], primary: Sequence[dict],
+               copied: dict[str, str]) -> list[dict]:
+    """What the copy holds once restic copied `copied` (source short id -> copy short id):
+    as records of the copy's snapshots (its id, the original's id, time, kind)."""
+    by_short = {s["id"][:8]: s for s in primary}
+    held = [_remembered(s) for s in present
+            if (s.get("original") or s["id"])[:8] not in copied]
+    for source, target in copied.items():
+        original = by_short.get(source, {"id": source})
+        held.append({**_remembered(original), "id": target, "original": original["id"]})
+    return held
+
+
+def _remembered(snapshot: dict) -> dict:
+    return {key: snapshot.get(key)
+            for key in ("id", "original", "time", "kind", "database", "database_type", "dump")
+            if snapshot.get(key) is not None}
+
+
+def forget_plan(held: Sequence[dict], rules: dict[str, int]) -> tuple[list[str], int]:
+    """The copy's own ids to forget, and how many file snapshots stay."""
+    candidate = as_originals(held)
     kept = kept_per_group(candidate, rules)
-    dropped = [s["copy_id"] for s in candidate if s["id"] not in kept and s["copy_id"]]
+    dropped = [s["copy_id"] for s in candidate if s["id"] not in kept]
     files = sum(1 for s in candidate if s["id"] in kept and (s.get("kind") or "files") == "files")
     return dropped, files
 
@@ -146,26 +175,37 @@ def copy_one(ctx: Context, policy: Policy, copy: Copy, source: Restic,
                                  f"run `bkp init {policy.tenant}` to initialise it")
         restic = Restic(destination.repository(), policy.tenant,
                         timeout=policy.timeout_minutes * 60)
-        try:
-            present = restic.snapshots()
-        except OperationError as exc:
-            raise _diagnosed(destination, preflight, exc) from None
+        # What the copy holds: as the last good night left it (no restic process), else
+        # listed.
+        present = ctx.catalog.copy_kept_snapshots(policy.tenant, copy.id)
+        if present is None:
+            try:
+                present = restic.snapshots()
+            except OperationError as exc:
+                raise _diagnosed(destination, preflight, exc) from None
         rules = None if policy.retention.legal_hold else policy.retention.keep_rules()
         wanted = plan_copy(primary, present, rules)
         copied: dict[str, str] = {}
         if wanted:
+            # Every snapshot the copy should hold, not only those the records say it
+            # lacks: restic skips what is there and brings back what went missing.
             pair = Restic(pair_for(source.repo, destination), policy.tenant,
                           timeout=policy.timeout_minutes * 60)
             try:
-                copied = pair.copy([s["id"] for s in wanted])
+                copied = pair.copy([s["id"] for s in should_hold(primary, present, rules)])
+            except OperationError as exc:
+                raise _diagnosed(destination, preflight, exc) from None
             finally:
                 result.restic_calls += pair.calls
-        result.snapshots_copied = len(wanted)
+        result.snapshots_copied = len(copied)
         _find_tonight(result, tonight, primary, present, copied)
+        held = after_copy(present, primary, copied)
         if rules is not None and not copy.destination.append_only:
-            dropped, result.snapshots_kept = forget_plan(present, wanted, rules)
+            dropped, result.snapshots_kept = forget_plan(held, rules)
             if dropped:
                 restic.forget_ids(dropped)
+                held = [s for s in held if s["id"] not in dropped]
+        result.kept_snapshots = json.dumps(held)
         if tonight and result.snapshot_id is None:
             raise OperationError(f"snapshot {tonight[:8]} did not reach copy {copy.id}")
         result.status, result.exit_code = "ok", 0

@@ -322,6 +322,17 @@ def test_retention_applies_to_each_copy(bkp_env):
     kept = snapshots(env, "tandarts", "1")
     assert originals(kept) == {run["snapshot_id"][:8] for run in made[1:]}
     assert made[-1]["copies"][0]["snapshots_kept"] == 2
+    # A snapshot lost from the copy (here forgotten by hand) comes back the next night,
+    # although bkp's records say the copy holds it.
+    lost = made[-1]["copies"][0]["snapshot_id"]
+    forgot = env.restic_at(env.root / "site-b" / "tandarts", env.secrets / "tandarts.key",
+                           "forget", lost)
+    assert forgot.returncode == 0, forgot.stderr
+    (env.root / "data" / "tandarts" / "night-3.txt").write_text("3")
+    made.append(backup(env, "tandarts"))
+    assert made[-1]["copies"][0]["snapshots_copied"] == 2
+    assert originals(snapshots(env, "tandarts", "1")) == {
+        run["snapshot_id"][:8] for run in made[2:]}
 
 
 def test_copies_at_the_same_site_or_outside_the_eea_are_invalid(bkp_env, sshd):

@@ -10,7 +10,7 @@ import pytest
 from bkp import restic
 from bkp.restic import Repository, pair_repository, transport_conflicts
 from bkp.secrets import SecretEnv
-from bkp.tenants.copies import forget_plan, plan_copy
+from bkp.tenants.copies import after_copy, forget_plan, plan_copy, should_hold
 
 
 def snap(id_: str, day: int, kind: str = "files", **more) -> dict:
@@ -48,14 +48,26 @@ def test_an_inventory_follows_its_dump_into_the_copy():
     assert {s["id"][0] for s in planned} == {"f", "d", "i"}
     # In the copy the dump has another id; its inventory still names the original.
     present = [copied(dump, "D"), copied(inventory, "I"), copied(snap("f", 2), "F")]
-    dropped, files = forget_plan(present, [snap("g", 3)], {"last": 1})
+    dropped, files = forget_plan([*present, copied(snap("g", 3), "G")], {"last": 1})
     assert set(dropped) == {"F" * 8} and files == 1
 
 
 def test_forget_plan_drops_only_the_copys_own_snapshots():
     present = [copied(snap("a", 1), "A"), copied(snap("b", 2), "B")]
-    dropped, files = forget_plan(present, [snap("c", 3)], {"last": 2})
+    dropped, files = forget_plan([*present, copied(snap("c", 3), "C")], {"last": 2})
     assert dropped == ["A" * 8] and files == 2
+
+
+def test_the_copy_is_asked_for_all_it_should_hold_and_records_what_arrived():
+    primary = [snap("a", 1), snap("b", 2), snap("c", 3)]
+    present = [copied(primary[0], "A"), copied(primary[1], "B")]
+    # restic skips what the copy holds; one lost from it comes back.
+    assert [s["id"][0] for s in should_hold(primary, present, {"last": 2})] == ["b", "c"]
+    assert len(should_hold(primary, present, None)) == 3
+    held = after_copy(present, primary, {"b" * 8: "X" * 8, "c" * 8: "C" * 8})
+    assert sorted((h["id"][0], h["original"][0]) for h in held) == [
+        ("A", "a"), ("C", "c"), ("X", "b")]
+    assert all(h["time"] for h in held)
 
 
 def sftp_repo(host: str) -> Repository:
