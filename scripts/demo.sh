@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything, then run one night of bkp (`bkp run`: the due backups and restore
 # drills) over three demo tenants whose backups go to
-# local repositories standing in for the off-site server, show `bkp status`, and end by
-# writing the auditor's evidence report (HTML) and printing its path.
+# local repositories standing in for the off-site server (one tenant with a copy at a
+# second "site"), show `bkp status`, and end by writing the auditor's evidence report (HTML)
+# and printing its path.
 # Re-running it is safe: it adds a new night to the same demo installation.
 #   BKP_DEMO_DIR   where the demo lives (default /var/lib/bkp-demo)
 set -euo pipefail
@@ -40,6 +41,7 @@ exclude:
 destination:
   type: local
   country: NL
+  site: demo-site-a
   path: $demo/offsite/$tenant
 password_file: $key
 schedule:
@@ -103,6 +105,17 @@ YAML
 make_tenant demo-zorg sensitive zorgdossiers
 make_tenant demo-bakkerij normal salarisadministratie
 make_tenant demo-huisarts sensitive identiteitsverificatie
+# demo-huisarts keeps a second copy at another "site" (a second local repository standing
+# in for another datacenter): every night's snapshots are copied there too.
+cat >> "$BKP_POLICIES/demo-huisarts.yaml" <<YAML
+copies:
+  - id: site-b
+    type: local
+    country: NL
+    site: demo-site-b
+    path: $demo/site-b/demo-huisarts
+YAML
+mkdir -p "$demo/site-b"
 echo "== demo PostgreSQL with demo-zorg's application database"
 start_demo_postgresql
 

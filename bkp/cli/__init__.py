@@ -543,6 +543,11 @@ def _print_runs(outcomes) -> None:
             said = (f"dump {db['snapshot_id'][:8]}  {db['tables']} tables  {db['rows']} rows  "
                     f"{db['bytes']} bytes" if db["status"] == "ok" else f"FAILED {db['error']}")
             click.echo(f"{'':<24}   {db['type']} database {db['name']}: {said}")
+        for copy in d.get("copies") or ():
+            said = (f"ok, snapshot {(copy['snapshot_id'] or '-')[:8]} "
+                    f"({copy.get('snapshots_copied', 0)} copied)" if copy["status"] == "ok"
+                    else f"FAILED {copy['error']}")
+            click.echo(f"{'':<24}   copy {copy['id']}: {said}")
 
 
 copy_option = click.option(
