@@ -116,9 +116,11 @@ def _recorded_inventory(ctx: Context, policy: Policy, restic: Restic, listed: li
     (None when nothing): the repository's inventory snapshot, checked against the catalog's
     copy when both exist; either alone when the other was lost (a host rebuilt from nothing
     has only the repository). Without any, the sentence names the cause."""
-    short = dump["id"][:8]
+    # In a copy (restic copy) the dump has a new id; its inventory names the original's.
+    original = dump.get("original") or dump["id"]
+    short = original[:8]
     stored, stored_problem = _stored_inventory(restic, listed, short)
-    recorded = ctx.catalog.recorded_dump(policy.tenant, dump["id"]) or \
+    recorded = ctx.catalog.recorded_dump(policy.tenant, original) or \
         ctx.catalog.recorded_dump(policy.tenant, short)
     copy = None
     if recorded and recorded.get("status") == "ok" and recorded.get("tables") is not None:

@@ -346,3 +346,24 @@ def test_copies_at_the_same_site_or_outside_the_eea_are_invalid(bkp_env, sshd):
     add_copies(env, "kliniek", sftp_copy(env, sshd, "kliniek", country="CH"))
     done = env.bkp("policy", "validate")
     assert done.returncode == 3 and "copies.0.country: CH is outside the EEA" in done.stdout
+
+
+# ------------------------------------------------------------------ databases in a copy
+
+def test_a_copy_drill_loads_the_dump_and_finds_its_inventory(bkp_env, postgresql):
+    """In a copy the dump has another id, while its inventory still names the original's:
+    the drill of the copy must pair them, not report the inventory missing."""
+    from tests.integration.test_databases import database_entry
+
+    env = bkp_env
+    env.local_tenant("apotheek", databases=[database_entry(postgresql)])
+    add_copies(env, "apotheek", local_copy(env, "apotheek", id="b"))
+    env.bkp_json("init", "apotheek")
+    run = backup(env, "apotheek")
+    assert run["copies"][0]["status"] == "ok"
+    assert run["copies"][0]["snapshots_copied"] == 3  # files, dump, inventory
+    drill, _ = env.bkp_json("drill", "apotheek", "--copy", "b")
+    [result] = drill["drills"]
+    assert result["status"] == "passed", result
+    assert result["copy"] == "b"
+    assert [d["status"] for d in result["databases"]] == ["passed"]
