@@ -250,7 +250,7 @@ def _sanitization_rev2(db: sqlite_utils.Database) -> None:
         db["destructions"].add_column(column, str)
 
 
-@migrations(name="0008_copy_results")
+@migrations(name="0015_copy_results")
 def _copy_results(db: sqlite_utils.Database) -> None:
     # One row per copy per backup run: whether tonight's snapshot reached the copy at the
     # other site, under which id there, and how many snapshots the copy lacked and got.
