@@ -430,6 +430,10 @@ def init(state, tenants, all_, as_json):
             d = o.data
             extra = f"  {d['error']}" if d.get("error") else ""
             click.echo(f"{d['tenant']:<24} {d['status']:<12} {d.get('repository', '')}{extra}")
+            for copy in d.get("copies") or ():
+                said = f"  {copy['error']}" if copy.get("error") else ""
+                click.echo(f"{'':<24} copy {copy['id']}: {copy['status']:<12} "
+                           f"{copy.get('repository') or ''}{said}")
 
     emit({"tenants": [o.data for o in outcomes]}, as_json, human)
     return highest_exit(outcomes)
