@@ -367,3 +367,19 @@ def test_a_copy_drill_loads_the_dump_and_finds_its_inventory(bkp_env, postgresql
     assert result["status"] == "passed", result
     assert result["copy"] == "b"
     assert [d["status"] for d in result["databases"]] == ["passed"]
+
+
+def test_a_copy_server_with_another_host_key_is_refused_with_4_and_named(bkp_env, sshd):
+    env = bkp_env
+    env.local_tenant("fysio")
+    add_copies(env, "fysio", sftp_copy(env, sshd, "fysio", id="fra"))
+    env.bkp_json("init", "fysio")
+    backup(env, "fysio")
+    doc = yaml.safe_load((env.policies / "fysio.yaml").read_text())
+    doc["copies"][0]["host_key"] = sshd.other_host_key
+    (env.policies / "fysio.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    refused = backup(env, "fysio", expect=4)
+    [copy] = refused["copies"]
+    assert copy["status"] == "failed" and "copy fra" in copy["error"]
+    assert "host_key" in copy["error"] and "refused" in copy["error"], copy
+    assert refused["snapshot_id"][:8] in originals(snapshots(env, "fysio"))
