@@ -383,3 +383,30 @@ def test_a_copy_server_with_another_host_key_is_refused_with_4_and_named(bkp_env
     assert copy["status"] == "failed" and "copy fra" in copy["error"]
     assert "host_key" in copy["error"] and "refused" in copy["error"], copy
     assert refused["snapshot_id"][:8] in originals(snapshots(env, "fysio"))
+
+
+def test_rest_to_rest_each_with_its_own_credential_and_certificate(bkp_env, rest,
+                                                                     tmp_path_factory):
+    """Two REST servers with their own self-signed certificates and htpasswd: each
+    location (with its credential) reaches restic in its own variable, and restic trusts
+    both certificates."""
+    from tests.conftest import start_rest
+
+    other, proc = start_rest(tmp_path_factory.mktemp("rest-copy"))
+    try:
+        env = bkp_env
+        env.rest_tenant("kliniek", rest)
+        add_copies(env, "kliniek", {
+            "id": "fra", "type": "rest", "country": "DE", "site": "site-b",
+            "url": f"{other.url}/{env.root.name}/kliniek",
+            "credentials_file": str(other.credentials_file), "ca_file": str(other.ca_file)})
+        document, _ = env.bkp_json("init", "kliniek")
+        assert [c["status"] for c in document["tenants"][0]["copies"]] == ["initialised"]
+        run = backup(env, "kliniek")
+        assert [c["status"] for c in run["copies"]] == ["ok"], run
+        assert (other.root / env.root.name / "kliniek" / "config").is_file()
+        assert originals(snapshots(env, "kliniek", "fra")) == {run["snapshot_id"][:8]}
+        said = json.dumps(document) + json.dumps(run)
+        assert other.password not in said and rest.password not in said
+    finally:
+        stop(proc)
