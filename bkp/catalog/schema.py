@@ -265,3 +265,6 @@ def _copy_results(db: sqlite_utils.Database) -> None:
     }, pk="id", not_null={"run_id", "tenant", "copy_id", "status", "copied_at"},
         foreign_keys=[("run_id", "runs")])
     db["copy_results"].create_index(["tenant", "copy_id", "id"])
+    # The run's own summary of its copies (JSON: id, destination, status, snapshot_id,
+    # error), which travels with the run row (the evidence report, a pod's result).
+    db["runs"].add_column("copies", str)

@@ -211,7 +211,9 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
                 "tables": json.dumps(dump.tables, sort_keys=True), "error": dump.error,
                 "duration_s": dump.duration_s})
         row = ctx.catalog.close_run(run_id, status, error=str(error) if error else None,
-                                    restic_calls=calls, **fields)
+                                    restic_calls=calls, **fields,
+                                    **({"copies": json.dumps(copies_json)}
+                                       if policy.copies else {}))
         ctx.audit("backup", status, policy.tenant, run_id=run_id,
                   snapshot_id=row["snapshot_id"], files=row["files"],
                   bytes_added=row["bytes_added"], error=row["error"],

@@ -118,6 +118,15 @@ def test_a_local_copy_gets_every_snapshot_and_works_like_a_destination(bkp_env):
             == json.loads(second.stdout)["chunker_polynomial"])
     unknown = env.bkp("snapshots", "acme", "--copy", "c")
     assert unknown.returncode == 2 and "its copies are b" in unknown.stderr
+    # The evidence report sees the copy and that every good backup reached it.
+    assert env.bkp("certificate", "key", "create").returncode == 0  # reports are signed
+    done = env.bkp("report", "acme", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    [tenant] = report["tenants"]
+    assert tenant["copies"][0]["id"] == "b" and tenant["copies"][0]["site"] == "site-b"
+    [control] = [c for c in tenant["controls"] if c["id"] == "copies"]
+    assert control["status"] == "met", control
 
 
 # ------------------------------------------------------------------ servers of their own
