@@ -469,7 +469,7 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
         return highest_exit(outcomes)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
-    mark = _result_mark(state, ctx, policies)
+    mark = _result_mark(state, ctx, policies, remember=True)
     outcomes = broken + run_per_tenant(
         policies, lambda p: pinged(p, lambda: backup_tenant(ctx, p)), jobs, result=BackupRun)
     _send_result(ctx, mark, "backup")
@@ -478,9 +478,11 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
     return highest_exit(outcomes)
 
 
-def _result_mark(state, ctx, policies):
+def _result_mark(state, ctx, policies, *, remember: bool = False):
     """In a pod (BKP_RESULT_KEY set by the manifest): what signs this job's result, and
-    where its records begin. None on a host."""
+    where its records begin. None on a host. `remember`: a backup also reads the pod's own
+    record of the tenant's snapshots, so that it can skip a forget that would forget
+    nothing without a catalog."""
     from bkp.evidence.pod_results import RESULT_KEY_ENV, mark_before_work
 
     key = os.environ.get(RESULT_KEY_ENV)
@@ -492,7 +494,14 @@ def _result_mark(state, ctx, policies):
                           f"(results.inbox): nowhere to leave the result")
     if len(policies) != 1:
         raise UsageError(f"{RESULT_KEY_ENV} signs for one tenant: name exactly one")
-    return mark_before_work(ctx.catalog, policies[0].tenant, Path(key), results)
+    mark = mark_before_work(ctx.catalog, policies[0].tenant, Path(key), results)
+    if remember:
+        from bkp.evidence.pod_results import read_kept
+
+        kept = read_kept(mark)
+        if kept is not None:
+            ctx.remembered[mark.tenant] = kept
+    return mark
 
 
 def _send_result(ctx, mark, kind: str) -> None:
@@ -500,7 +509,7 @@ def _send_result(ctx, mark, kind: str) -> None:
     change the job's exit code: the gatherer still finds the snapshot in the repository."""
     import socket
 
-    from bkp.evidence.pod_results import send_result
+    from bkp.evidence.pod_results import send_kept, send_result
 
     if mark is None:
         return
@@ -510,6 +519,12 @@ def _send_result(ctx, mark, kind: str) -> None:
         say(f"warning: the result was not left in the inbox: {exc}")
         return
     say(f"result {name} left in the inbox")
+    if kind == "backup":
+        try:
+            send_kept(ctx.catalog, mark)
+        except BkpError as exc:  # tomorrow's pod lets restic list instead
+            say(f"warning: the record of the kept snapshots was not left in the inbox: "
+                f"{exc}")
 
 
 def _alerts_follow(state, ctx) -> None:

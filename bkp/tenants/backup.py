@@ -115,9 +115,9 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         # An append-only server refuses the deletions forget would make: retention there is
         # applied by `bkp maintain`, with the credential that may delete.
         if policy.destination.append_only and not policy.retention.legal_hold:
-            fields.update(pending_retention(ctx, policy, restic, made))
+            fields.update(pending_retention(ctx, policy, restic, made, destination))
         elif not policy.retention.legal_hold:
-            fields.update(apply_retention(ctx, policy, restic, made))
+            fields.update(apply_retention(ctx, policy, restic, made, destination))
         fields["repository_bytes"] = _usage(destination)
     except BkpError as exc:
         return _close(ctx, policy, run_id, exc, fields, restic, dumps)
