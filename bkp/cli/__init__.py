@@ -1372,13 +1372,21 @@ def catalog():
 @catalog.command("sync")
 @tenants_argument
 @all_option
+@click.option("--snapshots/--no-snapshots", "read_snapshots", default=True,
+              show_default=True,
+              help="Read each repository's snapshot list (one restic process per tenant, "
+                   "~0.7 s of key derivation each). --no-snapshots with --all only ingests "
+                   "the results inbox.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Repositories whose snapshot lists are read in parallel.")
 @json_option
 @pass_state
-def catalog_sync(state, tenants, all_, as_json):
+def catalog_sync(state, tenants, all_, read_snapshots, jobs, as_json):
     """Rebuild what the catalog knows about backups from each repository's snapshots.
 
     For a host whose BKP_HOME was lost or recovered from an older evidence copy: afterwards
-    `bkp status` shows the real last backup and RPO state. Idempotent.
+    `bkp status` shows the real last backup and RPO state. Idempotent. With --all and a
+    results inbox in bkp.yaml, the inbox is ingested first.
     """
     from bkp.context import highest_exit, run_per_tenant
     from bkp.evidence.sync import sync_tenant
@@ -1392,8 +1400,11 @@ def catalog_sync(state, tenants, all_, as_json):
         from bkp.evidence.ingest import ingest_inbox
 
         ingest = ingest_inbox(ctx, results, {p.tenant for p in policies})
-    outcomes = broken + run_per_tenant(policies, lambda p: sync_tenant(ctx, p),
-                                       result=SyncEntry)
+    if not read_snapshots and ingest is None:
+        raise UsageError("--no-snapshots leaves nothing to do without --all and a results "
+                         "inbox (results.inbox in bkp.yaml)")
+    outcomes = broken + (run_per_tenant(policies, lambda p: sync_tenant(ctx, p), jobs,
+                                        result=SyncEntry) if read_snapshots else [])
     document = {"tenants": [o.data for o in outcomes]}
     if ingest is not None:
         document["results"] = ingest.to_json()

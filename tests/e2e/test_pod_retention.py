@@ -128,3 +128,22 @@ def test_a_record_changed_after_signing_is_not_believed(pods):
     record.write_text(json.dumps(signed))
     _, calls = pods.backup()
     assert "forget" in calls or "snapshots" in calls, calls
+
+
+def test_the_gatherer_can_ingest_without_opening_a_repository(pods):
+    pods.backup()
+    env = pods.env
+    log = restic_shim(env.root / "central-shim")
+    central = {"BKP_CONFIG": str(env.root / "bkp.yaml"),
+               "PATH": f"{env.root / 'central-shim'}{os.pathsep}{os.environ['PATH']}"}
+    ingest, _ = env.bkp_json("catalog", "sync", "--all", "--no-snapshots", **central)
+    assert ingest["results"]["ingested"] == 1
+    assert ingest["tenants"] == []
+    assert not log.exists()  # not one restic process: no key derivation per tenant
+    status, _ = env.bkp_json("status", pods.tenant, **central)
+    assert status["tenants"][0]["last_backup"]["status"] == "ok"
+    listed, _ = env.bkp_json("catalog", "sync", "--all", "--jobs", "4", **central)
+    assert listed["results"]["ingested"] == 0
+    assert [row["tenant"] for row in listed["tenants"]] == [pods.tenant]
+    assert listed["tenants"][0]["added"] == 0 and listed["tenants"][0]["snapshots"] == 1
+    assert "snapshots" in subcommands(log)
