@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bkp.errors import BkpError
@@ -30,6 +30,10 @@ class Context:
     settings: Settings
     catalog: Catalog
     progress: Callable[[str], None] | None = None
+    # tenant -> the snapshots its last good backup left, as recorded outside this catalog
+    # (a pod's own signed record from the results inbox): believed only when the
+    # repository's own listing agrees (tenants.retention).
+    remembered: dict[str, list[dict]] = field(default_factory=dict)
 
     def audit(self, action: str, outcome: str, tenant: str | None = None, **details) -> dict:
         from bkp.evidence import audit

@@ -473,7 +473,7 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
         return highest_exit(outcomes)
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
-    mark = _result_mark(state, ctx, policies)
+    mark = _result_mark(state, ctx, policies, remember=True)
     outcomes = broken + run_per_tenant(
         policies, lambda p: pinged(p, lambda: backup_tenant(ctx, p)), jobs, result=BackupRun)
     _send_result(ctx, mark, "backup")
@@ -482,9 +482,11 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
     return highest_exit(outcomes)
 
 
-def _result_mark(state, ctx, policies):
+def _result_mark(state, ctx, policies, *, remember: bool = False):
     """In a pod (BKP_RESULT_KEY set by the manifest): what signs this job's result, and
-    where its records begin. None on a host."""
+    where its records begin. None on a host. `remember`: a backup also reads the pod's own
+    record of the tenant's snapshots, so that it can skip a forget that would forget
+    nothing without a catalog."""
     from bkp.evidence.pod_results import RESULT_KEY_ENV, mark_before_work
 
     key = os.environ.get(RESULT_KEY_ENV)
@@ -496,7 +498,14 @@ def _result_mark(state, ctx, policies):
                           f"(results.inbox): nowhere to leave the result")
     if len(policies) != 1:
         raise UsageError(f"{RESULT_KEY_ENV} signs for one tenant: name exactly one")
-    return mark_before_work(ctx.catalog, policies[0].tenant, Path(key), results)
+    mark = mark_before_work(ctx.catalog, policies[0].tenant, Path(key), results)
+    if remember:
+        from bkp.evidence.pod_results import read_kept
+
+        kept = read_kept(mark)
+        if kept is not None:
+            ctx.remembered[mark.tenant] = kept
+    return mark
 
 
 def _send_result(ctx, mark, kind: str) -> None:
@@ -504,7 +513,7 @@ def _send_result(ctx, mark, kind: str) -> None:
     change the job's exit code: the gatherer still finds the snapshot in the repository."""
     import socket
 
-    from bkp.evidence.pod_results import send_result
+    from bkp.evidence.pod_results import send_kept, send_result
 
     if mark is None:
         return
@@ -514,6 +523,12 @@ def _send_result(ctx, mark, kind: str) -> None:
         say(f"warning: the result was not left in the inbox: {exc}")
         return
     say(f"result {name} left in the inbox")
+    if kind == "backup":
+        try:
+            send_kept(ctx.catalog, mark)
+        except BkpError as exc:  # tomorrow's pod lets restic list instead
+            say(f"warning: the record of the kept snapshots was not left in the inbox: "
+                f"{exc}")
 
 
 def _alerts_follow(state, ctx) -> None:
@@ -1400,13 +1415,21 @@ def catalog():
 @catalog.command("sync")
 @tenants_argument
 @all_option
+@click.option("--snapshots/--no-snapshots", "read_snapshots", default=True,
+              show_default=True,
+              help="Read each repository's snapshot list (one restic process per tenant, "
+                   "~0.7 s of key derivation each). --no-snapshots with --all only ingests "
+                   "the results inbox.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Repositories whose snapshot lists are read in parallel.")
 @json_option
 @pass_state
-def catalog_sync(state, tenants, all_, as_json):
+def catalog_sync(state, tenants, all_, read_snapshots, jobs, as_json):
     """Rebuild what the catalog knows about backups from each repository's snapshots.
 
     For a host whose BKP_HOME was lost or recovered from an older evidence copy: afterwards
-    `bkp status` shows the real last backup and RPO state. Idempotent.
+    `bkp status` shows the real last backup and RPO state. Idempotent. With --all and a
+    results inbox in bkp.yaml, the inbox is ingested first.
     """
     from bkp.context import highest_exit, run_per_tenant
     from bkp.evidence.sync import sync_tenant
@@ -1420,8 +1443,11 @@ def catalog_sync(state, tenants, all_, as_json):
         from bkp.evidence.ingest import ingest_inbox
 
         ingest = ingest_inbox(ctx, results, {p.tenant for p in policies})
-    outcomes = broken + run_per_tenant(policies, lambda p: sync_tenant(ctx, p),
-                                       result=SyncEntry)
+    if not read_snapshots and ingest is None:
+        raise UsageError("--no-snapshots leaves nothing to do without --all and a results "
+                         "inbox (results.inbox in bkp.yaml)")
+    outcomes = broken + (run_per_tenant(policies, lambda p: sync_tenant(ctx, p), jobs,
+                                        result=SyncEntry) if read_snapshots else [])
     document = {"tenants": [o.data for o in outcomes]}
     if ingest is not None:
         document["results"] = ingest.to_json()

@@ -47,6 +47,17 @@ class Destination(Protocol):
         """What a run saw of where its data went (type, off_site, transport, the pinned
         host key, the bucket's own region, TLS): evidence for the report, no secret."""
 
+    def snapshot_ids(self) -> set[str] | None:
+        """The ids of the repository's snapshots, read as the names of its snapshot files
+        (no key derivation, no restic process), or None when they cannot be read cheaply.
+        Used only to confirm a record of the snapshots (see tenants.retention)."""
+
+
+def snapshot_names(names) -> set[str]:
+    """Snapshot ids among file names: restic names a snapshot file by its 64-hex id."""
+    return {name for name in names if isinstance(name, str) and len(name) == 64
+            and all(c in "0123456789abcdef" for c in name)}
+
 
 def destination_for(policy: Policy, home: Path) -> Destination:
     kind = policy.destination.type

@@ -33,23 +33,26 @@ class LocalInbox:
 
     def put(self, name: str, data: bytes) -> None:
         """Written under a temporary name and renamed: a reader never sees half a result."""
+        target = self.path / name  # a result, or a pod's own record under kept/
         try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temporary = self.path / f".{name}.{os.getpid()}.part"
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = target.parent / f".{target.name}.{os.getpid()}.part"
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(temporary, self.path / name)
+            os.replace(temporary, target)
         except OSError as exc:
             raise OperationError(f"cannot write the result to the inbox {self.path}: "
                                  f"{exc.strerror or exc}") from None
 
     def names(self) -> list[str]:
         try:
+            # Files only: the pods' own records live in a folder (kept/) of their own.
             return sorted(entry.name for entry in os.scandir(self.path)
-                          if not entry.name.startswith("."))
+                          if not entry.name.startswith(".")
+                          and not entry.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
         except OSError as exc:

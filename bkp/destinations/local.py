@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options
+from bkp.destinations import Preflight, cache_options, snapshot_names
 from bkp.errors import OperationError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -85,6 +85,12 @@ class LocalDestination:
         """What a run saw of where its data went: a path on this host, no network."""
         return {"type": "local", "off_site": False, "transport": "none",
                 "location": str(self.path)}
+
+    def snapshot_ids(self) -> set[str] | None:
+        try:
+            return snapshot_names(os.listdir(self.path / "snapshots"))
+        except OSError:
+            return None
 
     def usage_bytes(self) -> int | None:
         if not self.path.is_dir():

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options
+from bkp.destinations import Preflight, cache_options, snapshot_names
 from bkp.errors import OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository, rest_location
@@ -184,6 +184,18 @@ class RestDestination:
             except (ValueError, TypeError, AttributeError):
                 return None  # a server speaking only the v1 listing: no sizes
         return total
+
+    def snapshot_ids(self) -> set[str] | None:
+        """One GET of the snapshot listing (both versions of the protocol's listing)."""
+        try:
+            status, body = self._request("GET", "snapshots/", accept=LIST_V2)
+            if status != 200:
+                return None
+            items = json.loads(body or b"[]")
+            return snapshot_names(item.get("name") if isinstance(item, dict) else item
+                                  for item in items)
+        except (OperationError, SafetyError, ValueError, TypeError, AttributeError):
+            return None
 
     # -------------------------------------------------------------- restic side
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options
-from bkp.errors import OperationError, SafetyError
+from bkp.destinations import Preflight, cache_options, snapshot_names
+from bkp.errors import BkpError, OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
 
@@ -247,6 +247,18 @@ class S3Destination:
     def confirm_unchanged(self) -> None:
         """Nothing to do: restic writes objects to the bucket by name; a vanished bucket
         fails its writes."""
+
+    def snapshot_ids(self) -> set[str] | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = self._key("snapshots/")
+        try:
+            pages = self._client().get_paginator("list_objects_v2").paginate(
+                Bucket=self.dest.bucket, Prefix=prefix)
+            return snapshot_names(item["Key"][len(prefix):] for page in pages
+                                  for item in page.get("Contents", []))
+        except (BotoCoreError, ClientError, BkpError, KeyError):
+            return None
 
     def usage_bytes(self) -> int | None:
         client = self._client()

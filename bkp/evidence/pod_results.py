@@ -222,6 +222,78 @@ def send_result(catalog, mark: Mark, kind: str, host: str) -> str:
     return name
 
 
+# ---------------------------------------------------------------- the pod's own record
+
+KEPT_FORMAT = "bkp-kept/1"
+
+
+def kept_object_name(tenant: str) -> str:
+    """Beside the results, never taken for one: the gatherer reads only result names."""
+    return f"kept/{tenant}.json"
+
+
+def send_kept(catalog, mark: Mark) -> bool:
+    """The snapshots this job's good backup left in the tenant's repository, signed with its
+    own result key: what tomorrow's pod, which has no catalog, knows them from. False when
+    the job recorded none (failed, legal hold): the old record stays, and tomorrow's
+    repository listing will not confirm it."""
+    from bkp.destinations.inbox import open_inbox
+
+    row = catalog.last_listing(mark.tenant)
+    if row is None or row["id"] <= mark.last_run_id or not row.get("kept_snapshots"):
+        return False
+    kept = json.loads(row["kept_snapshots"])
+    written = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    document = {"format": KEPT_FORMAT, "tenant": mark.tenant, "written_at": written,
+                "snapshots": kept}
+    open_inbox(mark.results.inbox).put(kept_object_name(mark.tenant), sign(document, mark.key))
+    return True
+
+
+def read_kept(mark: Mark) -> list[dict] | None:
+    """The pod's own last record of its tenant's snapshots, when there is one signed with
+    this tenant's key; None otherwise (missing, unreadable, changed, another key's). Only a
+    hint: the backup trusts it only when the repository holds exactly these snapshots."""
+    from cryptography.hazmat.primitives import serialization
+
+    from bkp.destinations.inbox import open_inbox
+    from bkp.errors import BkpError
+
+    try:
+        data = open_inbox(mark.results.inbox).get(kept_object_name(mark.tenant))
+    except BkpError:
+        return None
+    raw = mark.key.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw)
+    try:
+        document = _verified_document(data, raw)
+    except Rejected:
+        return None
+    snapshots = document.get("snapshots")
+    if (document.get("format") != KEPT_FORMAT or document.get("tenant") != mark.tenant
+            or not isinstance(snapshots, list)
+            or not all(isinstance(s, dict) and isinstance(s.get("id"), str)
+                       and isinstance(s.get("time"), str) for s in snapshots)):
+        return None
+    return snapshots
+
+
+def _verified_document(data: bytes, raw: bytes) -> dict:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        signed = json.loads(data.decode("utf-8"))
+        document = signed["document"]
+        signature = base64.b64decode(signed["signature"], validate=True)
+        Ed25519PublicKey.from_public_bytes(raw).verify(signature, canonical(document))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, InvalidSignature):
+        raise Rejected("not signed with this tenant's result key") from None
+    if not isinstance(document, dict):
+        raise Rejected("not a document")
+    return document
+
+
 def _portable(row: dict) -> dict:
     return {key: value for key, value in row.items()
             if key not in ("pid", "pid_start", "prev_hash", "hash")}

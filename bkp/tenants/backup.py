@@ -117,9 +117,9 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
         # An append-only server refuses the deletions forget would make: retention there is
         # applied by `bkp maintain`, with the credential that may delete.
         if policy.destination.append_only and not policy.retention.legal_hold:
-            fields.update(pending_retention(ctx, policy, restic, made))
+            fields.update(pending_retention(ctx, policy, restic, made, destination))
         elif not policy.retention.legal_hold:
-            fields.update(apply_retention(ctx, policy, restic, made))
+            fields.update(apply_retention(ctx, policy, restic, made, destination))
         fields["repository_bytes"] = _usage(destination)
         # The snapshot is safe at the destination; a copy that fails now fails the run
         # (exit 1, naming the copy) but takes nothing away from the destination.

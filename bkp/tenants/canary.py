@@ -13,13 +13,13 @@ verdict. A deletion that went through fails the drill (exit 5).
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from bkp.errors import OperationError
 from bkp.policy import Policy
 from bkp.restic import Restic
+from bkp.settings import snapshot_host
 
 REFUSED = "refused"
 SUCCEEDED = "succeeded"
@@ -76,7 +76,11 @@ def _canary(restic: Restic) -> tuple[str, bool]:
     found = sorted(restic.canaries(), key=lambda s: s["time"] or "")
     if found:
         return found[0]["id"], False
-    short = restic.write_canary(socket.gethostname())
+    # The host every snapshot of this installation records (BKP_SNAPSHOT_HOST: in a pod the
+    # machine's name changes every run). Harmless to share with the tenant's own snapshots:
+    # bkp selects by tags, never by host, and the canary's one path (stdin) is never a
+    # parent of a backup. It still carries no tenant tag, so no tenant command finds it.
+    short = restic.write_canary(snapshot_host())
     found = [s for s in restic.canaries() if s["id"].startswith(short)]
     if not found:
         raise OperationError(f"the canary snapshot {short} just written is not listed")

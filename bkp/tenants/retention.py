@@ -8,6 +8,12 @@ algorithm (restic.kept_by_rules), and has restic forget exactly the others. An i
 lives as long as the dump it describes.
 
 A tenant that never had a dump keeps the single `forget --group-by ''` call it always had.
+
+When nothing would be forgotten no restic process is started at all: the snapshots are
+known from the catalog (the last good backup recorded them), or, in a pod that has no
+catalog, from the pod's own signed record of the last night (Context.remembered); such a
+record is believed only when the names of the repository's snapshot files, read without
+restic (no key derivation), are exactly its snapshots and tonight's.
 """
 
 from __future__ import annotations
@@ -47,13 +53,44 @@ def _remembered(snapshot: dict) -> dict:
             if snapshot.get(key) is not None}
 
 
+def known_snapshots(ctx: Context, policy: Policy, made: Sequence[dict],
+                    destination=None) -> list[dict] | None:
+    """What the repository held before tonight's snapshots (`made`), without restic: the
+    catalog's record, or the pod's own record when the repository's listing confirms it.
+    None: not known, restic lists."""
+    known = ctx.catalog.kept_snapshots(policy.tenant)
+    if known is not None:
+        return known
+    remembered = ctx.remembered.get(policy.tenant)
+    if remembered is None or destination is None or not all(s.get("id") for s in made):
+        return None
+    listed = destination.snapshot_ids()
+    if listed is None or not same_snapshots(listed, [*remembered, *made]):
+        return None
+    return remembered
+
+
+def same_snapshots(listed: set[str], recorded: Sequence[dict]) -> bool:
+    """Whether the repository's full ids are exactly the recorded ones (restic's backup
+    reports a short id: a prefix of exactly one listed id each)."""
+    if len(listed) != len(recorded):
+        return False
+    matched = set()
+    for snapshot in recorded:
+        found = [full for full in listed if full.startswith(snapshot["id"])]
+        if len(found) != 1 or found[0] in matched:
+            return False
+        matched.add(found[0])
+    return True
+
+
 def apply_retention(ctx: Context, policy: Policy, restic: Restic,
-                    made: Sequence[dict]) -> dict:
+                    made: Sequence[dict], destination=None) -> dict:
     """forget + prune what the rules drop, unless everything the last night left plus
     tonight's snapshots (`made`: id, time, kind, database, dump) would be kept: then nothing
     is forgotten and no restic process is started. Returns the run's retention fields."""
     rules = policy.retention.keep_rules()
-    known = ctx.catalog.kept_snapshots(policy.tenant)
+    known = known_snapshots(ctx, policy, made, destination)
     if known is not None and made and all(s.get("id") for s in made):
         candidate = [*known, *made]
         if kept_per_group(candidate, rules) == {s["id"] for s in candidate}:
@@ -72,12 +109,12 @@ def apply_retention(ctx: Context, policy: Policy, restic: Restic,
 
 
 def pending_retention(ctx: Context, policy: Policy, restic: Restic,
-                      made: Sequence[dict]) -> dict:
+                      made: Sequence[dict], destination=None) -> dict:
     """On an append-only destination nothing is forgotten at night: the run records every
     snapshot the repository holds and how many of them the keep rules would drop, which
     wait for `bkp maintain` (shown by `bkp status`). No restic process when the last
     record plus tonight's snapshots say it."""
-    known = ctx.catalog.kept_snapshots(policy.tenant)
+    known = known_snapshots(ctx, policy, made, destination)
     if known is not None and made and all(s.get("id") for s in made):
         present = [*known, *made]
     else:

@@ -72,8 +72,11 @@ def test_every_pod_succeeded_and_left_one_result(night):
     env, tenants, _, backups, drills = night
     assert all(done.returncode == 0 for done in backups + drills), \
         [done.stderr for done in backups + drills if done.returncode][:2]
-    names = sorted(os.listdir(env.root / "inbox"))
+    names = sorted(p.name for p in (env.root / "inbox").iterdir() if p.is_file())
     assert len(names) == len(tenants) + DRILLED
+    # and each backup pod's own record of its tenant's snapshots, beside the results
+    kept = sorted(p.name for p in (env.root / "inbox" / "kept").iterdir())
+    assert kept == sorted(f"{tenant}.json" for tenant in tenants)
     for done in backups:
         assert "left in the inbox" in done.stderr
 

@@ -57,11 +57,16 @@ def test_an_append_only_drill_proves_the_nightly_credential_cannot_delete(
         ids.append(report["runs"][0]["snapshot_id"][:8])
     assert len(snapshot_files(server, env, "immutable")) == 3  # nothing forgotten
 
-    report, _ = env.bkp_json("drill", "immutable")
+    # In a pod the machine's name changes every run: the canary records the stable host
+    # every snapshot of this installation records (BKP_SNAPSHOT_HOST), not a pod's name.
+    report, _ = env.bkp_json("drill", "immutable", BKP_SNAPSHOT_HOST="bkp-pods")
     drill = report["drills"][0]
     assert drill["status"] == "passed", drill
     proof = drill["immutability"]
     assert proof["deletion"] == "refused" and proof["canary_written"] is True, proof
+    canaries = json.loads(env.restic("immutable", "snapshots", "--json", "--tag",
+                                     "bkp-canary").stdout)
+    assert [s["hostname"] for s in canaries] == ["bkp-pods"]
     assert proof["method"] == "restic forget" and "403" in proof["detail"], proof
     # The canary is one more snapshot file, and nothing bkp lists or drills.
     assert len(snapshot_files(server, env, "immutable")) == 4

@@ -58,3 +58,22 @@ def test_kept_by_rules_equals_restic_forget(repository, rules):
     done = subprocess.run(argv, check=True, env=env, capture_output=True, text=True)
     theirs = {s["id"] for g in json.loads(done.stdout) for s in g.get("keep") or []}
     assert restic.kept_by_rules(snapshots, rules) == theirs
+
+
+def test_the_snapshot_files_name_exactly_the_snapshots_restic_lists(repository):
+    """A pod without a catalog believes its own record of the snapshots only when the names
+    of the repository's snapshot files (read without restic) are exactly its snapshots:
+    those names are restic's ids, in full or as the short ids backup reports."""
+    from bkp.destinations import snapshot_names
+    from bkp.tenants.retention import same_snapshots
+
+    repo, _, snapshots = repository
+    listed = snapshot_names(os.listdir(os.path.join(repo, "snapshots")))
+    assert listed == {s["id"] for s in snapshots}
+    short = [{"id": s["id"][:8], "time": s["time"]} for s in snapshots]
+    assert same_snapshots(listed, short)
+    assert same_snapshots(listed, snapshots)
+    assert not same_snapshots(listed, short[1:])  # one the record does not know
+    assert not same_snapshots(listed, [*short, {"id": "0" * 8, "time": short[0]["time"]}])
+    assert not same_snapshots(listed, [*short[1:], short[2]])  # one twice, one missing
+

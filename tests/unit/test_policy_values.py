@@ -218,6 +218,42 @@ def test_a_repository_beside_the_source_is_fine(tmp_path, monkeypatch):
     assert report.valid, report.describe()
 
 
+def test_a_source_inside_another_tenants_local_repository_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("BKP_TEST_PW_GAMMA", "x")
+    keeper = local_policy(tmp_path, "gamma")
+    keeper["destination"]["path"] = str(tmp_path / "backup" / "gamma")
+    intruder = local_policy(tmp_path, "delta")
+    intruder["sources"] = [str(tmp_path / "backup" / "gamma" / "data")]
+    intruder["destination"]["path"] = str(tmp_path / "backup" / "delta")
+    reports = validate_files([write_policy(tmp_path, keeper), write_policy(tmp_path, intruder)])
+    problem = only_error_at(reports[0], "destination.path")
+    assert "tenant delta" in problem.message and "inside the repository" in problem.message
+    assert reports[1].valid, reports[1].describe()
+
+
+def test_the_rules_between_files_cost_each_path_once_however_many_tenants(tmp_path,
+                                                                         monkeypatch):
+    """A thousand tenants with local repositories: every command reads every policy (a
+    repository inside another tenant's source can only be told so), so comparing each pair
+    of tenants' paths, resolved again for every pair, made one tenant's command cost a
+    minute. Each path is resolved a bounded number of times per policy."""
+    import os
+
+    monkeypatch.setenv("BKP_TEST_PW_GAMMA", "x")
+    files = []
+    for index in range(120):
+        policy = local_policy(tmp_path, f"t{index:03d}")
+        policy["sources"] = [str(tmp_path / "data" / f"t{index:03d}")]
+        policy["destination"]["path"] = str(tmp_path / "backup" / f"t{index:03d}")
+        files.append(write_policy(tmp_path, policy))
+    calls = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reports = validate_files(files)
+    assert all(report.valid for report in reports)
+    assert len(calls) <= 8 * len(files), len(calls)
+
+
 # --- healthcheck transport ------------------------------------------------------------------
 
 def test_plain_http_healthcheck_to_a_remote_host_is_refused(tmp_path):
