@@ -571,8 +571,9 @@ def _hardware_erase(ctx: Context, plan: Preflight, state: dict,
              if word.startswith("--sanact=")]
     if asked:
         drive["sanitize_action_requested"] = asked[0]
-    marker_plan = markers.plan(plan.facts.size)
+    marker_plan, data = markers.plan(plan.facts.size), None
     if handles is not None:
+        data = markers.sample_data(handles, plan.facts.size, marker_plan)
         markers.write(handles, marker_plan)
     for argv in plan.hardware:
         if ctx.progress:
@@ -588,7 +589,7 @@ def _hardware_erase(ctx: Context, plan: Preflight, state: dict,
     drive["status_after"] = drive_status(plan.facts, plan.hardware)
     if handles is not None:
         drive["markers"] = markers.check(handles, marker_plan,
-                                         markers.promise_of(plan.hardware))
+                                         markers.promise_of(plan.hardware), data)
     state["bytes_written"] = plan.facts.size  # the drive erased every block itself
     return " && ".join(" ".join(argv) for argv in plan.hardware)
 

@@ -1,0 +1,189 @@
+"""Attacks on the NIST SP 800-88 Rev. 2 media workflow (issue 15): a drive or tool that lies
+about its erase, a validator who is the performer under another spelling, certificates held
+up after the validation said no, and the batch and register an auditor is handed.
+
+The drive's own erase cannot run on a loop device, so the loop device is presented as an
+NVMe namespace and a stand-in `nvme` on PATH answers for the drive (as in
+tests/integration/test_drive_evidence.py); everything else is real: the loop device, the
+markers, the runner, the record, the certificate, and the CLI as a subprocess.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bkp import catalog as cat
+from bkp.media import devices
+from bkp.media import sanitize as sanitize_module
+from bkp.media.sanitize import SanitizeRequest, sanitize
+from tests.e2e.test_media_cli import Bench
+from tests.integration.test_sanitize import MIB, LoopDevices, make_context, register
+
+pytestmark = pytest.mark.integration
+
+BLOCK = 4096
+PATIENT_BLOCK = (b"BSN 123456782 medical record of a patient; " * 100)[:BLOCK]
+
+# A drive whose firmware erases only what was written since it was last powered up (its
+# write journal), or a tool that does the same: it knows the medium's old content and
+# zeros every block that no longer holds it. That is exactly bkp's markers, and nothing of
+# the tenant's data. The sanitize log then says completed, for the action asked.
+FAKE_NVME = r'''
+import json, os, sys
+state = os.environ["FAKE_DRIVE_STATE"]
+args = sys.argv[1:]
+open(os.path.join(state, "calls"), "a").write(" ".join(args) + "\n")
+def read(name, default=""):
+    try:
+        return open(os.path.join(state, name)).read().strip()
+    except FileNotFoundError:
+        return default
+if args[:1] == ["version"]:
+    print("nvme version 2.3-fake"); sys.exit(0)
+if args[:1] == ["id-ctrl"]:
+    print(json.dumps({"oacs": 2, "fna": 0, "sanicap": 2, "nn": 1})); sys.exit(0)
+if args[:1] == ["list-ns"]:
+    print(json.dumps({"nsid_list": [{"nsid": 1}]})); sys.exit(0)
+if args[:1] == ["sanitize"]:
+    open(os.path.join(state, "sanitized"), "w").write("yes")
+    if read("erase") == "journal":
+        old = bytes.fromhex(read("old_block"))
+        fd = os.open(read("device"), os.O_RDWR)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        for offset in range(0, size, 4096):
+            if os.pread(fd, 4096, offset) != old:
+                os.pwrite(fd, bytes(4096), offset)
+        os.fsync(fd); os.close(fd)
+    sys.exit(0)
+if args[:1] == ["sanitize-log"]:
+    log = read("log")
+    if log == "garbage":
+        sys.stdout.buffer.write(b"\xff\xfe sanitize log: \x00\x9c<<not json>>\n"); sys.exit(0)
+    if log == "never":
+        print(json.dumps({"nvme0": {"sprog": 0, "sstat": 0, "scdw10": 0}})); sys.exit(0)
+    done = read("sanitized") == "yes"
+    print(json.dumps({"nvme0": {"sprog": 65535, "sstat": 1 if done else 0, "scdw10": 2}}))
+    sys.exit(0)
+print(f"fake nvme: unexpected {args}", file=sys.stderr); sys.exit(2)
+'''
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    context = make_context(tmp_path)
+    yield context
+    context.catalog.close()
+
+
+@pytest.fixture
+def loops(tmp_path):
+    made = LoopDevices(tmp_path)
+    yield made
+    made.cleanup()
+
+
+class LyingDrive:
+    def __init__(self, root: Path, monkeypatch):
+        self.state = root / "drive-state"
+        self.state.mkdir()
+        bin_dir = root / "fake-bin"
+        bin_dir.mkdir()
+        tool = bin_dir / "nvme"
+        tool.write_text(f"#!{sys.executable}\n{FAKE_NVME}")
+        tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("FAKE_DRIVE_STATE", str(self.state))
+        real_transport = devices.transport_of
+        monkeypatch.setattr(devices, "transport_of", lambda name, sysdir: "nvme"
+                            if name.startswith("loop") else real_transport(name, sysdir))
+        monkeypatch.setattr(devices, "nvme_controller", lambda path: "/dev/nvme-fake0")
+        monkeypatch.setattr(devices, "nvme_namespace_id", lambda path: 1)
+
+    def set(self, **values) -> None:
+        for name, value in values.items():
+            (self.state / name).write_text(str(value))
+
+    def calls(self, verb: str) -> list[str]:
+        path = self.state / "calls"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [c for c in lines if c.split(" ", 1)[0] == verb]
+
+
+def patient_disk(loops, tmp_path, size=16 * MIB) -> str:
+    backing = tmp_path / "patients.img"
+    backing.write_bytes(PATIENT_BLOCK * (size // BLOCK))
+    return loops.attach(backing)
+
+
+def nvme_request(device, serial) -> SanitizeRequest:
+    return SanitizeRequest(device=str(device), serial=serial, confirmed=True,
+                           method="nvme-sanitize")
+
+
+def read_device(device: str) -> bytes:
+    with open(device, "rb") as fh:
+        return fh.read()
+
+
+# ---------------------------------------------------------------- drives that lie
+
+def test_a_drive_that_erases_only_the_markers_is_not_certified(ctx, tmp_path, monkeypatch,
+                                                               loops):
+    """Every marker gone, the log says completed for the action asked, and every block of
+    the patients' data still there: that is no erasure."""
+    drive = LyingDrive(tmp_path, monkeypatch)
+    device = patient_disk(loops, tmp_path)
+    drive.set(erase="journal", old_block=PATIENT_BLOCK.hex(), device=device)
+    register(ctx, "JOURNAL-0001")
+
+    outcome = sanitize(ctx, nvme_request(device, "JOURNAL-0001"))
+
+    assert read_device(device).count(PATIENT_BLOCK) > 3000  # the data is still there
+    assert outcome.exit_code == 5, outcome.data
+    assert outcome.data["result"] == "failed"
+    assert "still hold what they held before the erase" in outcome.data["error"]
+    assert cat.get_medium(ctx.catalog, "JOURNAL-0001")["state"] == "failed"
+
+
+def test_a_sanitize_log_of_garbage_ends_in_one_clear_failure(ctx, tmp_path, monkeypatch,
+                                                             loops):
+    drive = LyingDrive(tmp_path, monkeypatch)
+    device = patient_disk(loops, tmp_path)
+    drive.set(log="garbage", device=device)
+    monkeypatch.setattr(sanitize_module, "POLL_INTERVAL_S", 0)
+    register(ctx, "GARBAGE-0001")
+
+    outcome = sanitize(ctx, nvme_request(device, "GARBAGE-0001"))  # no JSONDecodeError
+
+    assert outcome.exit_code == 1, outcome.data
+    assert outcome.data["result"] == "failed" and outcome.data["certificate"] is None
+    assert "sanitize log" in outcome.data["error"]
+    assert len(drive.calls("sanitize-log")) <= 10
+
+
+def test_a_sanitize_the_drive_never_starts_does_not_keep_bkp_polling(ctx, tmp_path,
+                                                                     monkeypatch, loops):
+    """The command said success, and the log keeps saying "never sanitized": the drive
+    ignored it. Polling ends after a few answers, not after a day."""
+    drive = LyingDrive(tmp_path, monkeypatch)
+    device = patient_disk(loops, tmp_path)
+    drive.set(log="never", device=device)
+    monkeypatch.setattr(sanitize_module, "POLL_INTERVAL_S", 0)
+    monkeypatch.setattr(sanitize_module, "HARDWARE_TIMEOUT_S", 60)  # the old bound, shortened
+    register(ctx, "IGNORED-0001")
+
+    outcome = sanitize(ctx, nvme_request(device, "IGNORED-0001"))
+
+    assert outcome.exit_code == 1, outcome.data
+    assert outcome.data["result"] == "failed" and outcome.data["certificate"] is None
+    assert "never started" in outcome.data["error"]
+    assert len(drive.calls("sanitize-log")) <= 10
