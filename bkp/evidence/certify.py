@@ -124,7 +124,7 @@ def _validation_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
               "decision": validation.get("decision"), "checked": False,
               "latest_certificate_id": latest["id"] if latest else None}
     if not validation.get("validator"):
-        return report, []
+        return _rejected_since(ctx, record_id, report)
     event = validation_event(ctx.catalog, record_id) if isinstance(record_id, int) else None
     approval = validation.get("approval") or {}
     report["checked"] = True
@@ -153,6 +153,22 @@ def _validation_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
                         f", audit event #{event['seq']} records {event['outcome']}")
     report["event_seq"] = event["seq"]
     return report, problems
+
+
+def _rejected_since(ctx: Context, record_id, report: dict) -> tuple[dict, list[str]]:
+    """A certificate issued before its record was validated says "not validated"; once the
+    trail holds a rejection, that certificate of a result a second person refused no
+    longer stands (a later certificate states the rejection)."""
+    event = validation_event(ctx.catalog, record_id) if isinstance(record_id, int) else None
+    if event is None or event["outcome"] != "rejected":
+        return report, []
+    details = _details(event)
+    report.update(state="rejected", validator=details.get("validator"), decision="rejected",
+                  checked=True, event_seq=event["seq"])
+    return report, [f"record {record_id} was rejected by {details.get('validator')} at "
+                    f"{event['time'][:19]}Z (audit event #{event['seq']}) after this "
+                    f"certificate was issued: it no longer stands; certificate "
+                    f"{report['latest_certificate_id']} states the rejection"]
 
 
 def _approval_event(catalog, record_id: int) -> dict | None:

@@ -187,3 +187,59 @@ def test_a_sanitize_the_drive_never_starts_does_not_keep_bkp_polling(ctx, tmp_pa
     assert outcome.data["result"] == "failed" and outcome.data["certificate"] is None
     assert "never started" in outcome.data["error"]
     assert len(drive.calls("sanitize-log")) <= 10
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.fixture
+def bench(tmp_path) -> Bench:
+    return Bench(tmp_path)
+
+
+def wiped(bench: Bench, serial: str, *register: str, **options: str) -> dict:
+    disk = bench.root / f"{serial}.img"
+    disk.write_bytes(os.urandom(2 * MIB))
+    bench.json("media", "register", "--serial", serial, "--type", "hdd", *register)
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    return bench.json("sanitize", str(disk), "--serial", serial, "--yes", "--no-progress",
+                      *extra)
+
+
+@pytest.mark.parametrize("lookalike", ["J\u0435roen de Vries",  # Cyrillic e
+                                       "\u0408eroen de Vries",  # Cyrillic Je
+                                       "Jeroen de Vri\u0435s",
+                                       "JEROEN DE VRIE\u0405"])  # Cyrillic Dze
+def test_a_lookalike_of_the_performers_name_cannot_validate(bench, lookalike):
+    """"a name that reads as the performer's is the performer": letters of another script
+    that look the same read the same on a certificate."""
+    record = wiped(bench, "LOOK-0001")["record_id"]
+    done = bench.bkp("certificate", "validate", str(record), "--validator", lookalike,
+                     "--title", "Security officer", "--approve")
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "cannot validate" in done.stderr and "Traceback" not in done.stderr
+    assert bench.json("media", "list")["media"][0]["validation"] == "awaiting"
+    # a different person still may
+    assert bench.json("certificate", "validate", str(record), "--validator", "Anne Bakker",
+                      "--title", "Security officer", "--approve")["status"] == "validated"
+
+
+def test_the_certificate_of_a_rejected_erasure_no_longer_verifies(bench):
+    """After the validator rejected the erasure, the certificate issued before stays a
+    signed file with "Result: erased" on it; verify must not call it VALID and "not
+    validated" while the audit trail holds the rejection."""
+    record = wiped(bench, "REJ-0001")["record_id"]
+    before = sorted((bench.home / "certificates").glob(f"certificate-*-record-{record}.*"))
+    assert len(before) == 2  # its JSON and PDF
+    bench.json("certificate", "validate", str(record), "--validator", "Anne Bakker",
+               "--title", "Security officer", "--reject", "--comment", "re-read mismatch")
+    for path in before:
+        done = bench.bkp("certificate", "verify", str(path), "--json")
+        report = json.loads(done.stdout)
+        assert done.returncode == 5, (path.name, report)
+        assert report["validation"]["state"] == "rejected"
+        assert any("rejected" in p for p in report["problems"])
+    latest = [p for p in (bench.home / "certificates").glob(f"*-record-{record}.*")
+              if p not in before]
+    for path in latest:  # the one stating the rejection is a true statement
+        report = json.loads(bench.bkp("certificate", "verify", str(path), "--json").stdout)
+        assert report["valid"] and report["validation"]["state"] == "rejected"
