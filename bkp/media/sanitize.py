@@ -243,15 +243,18 @@ def check_classification_rules(medium: dict, request: SanitizeRequest,
             f"leaves for {request.destination_after}; use a Purge method (ata-sanitize, "
             f"ata-secure-erase, nvme-sanitize, nvme-format), --destination storage or "
             f"destroy, or --accept-clear REASON to record why Clear is acceptable here")
-    if backup and backup.get("backed_up") and request.backed_up is not False:
-        return
+    if backup and backup.get("backed_up") and request.backed_up is not True:
+        return  # the catalog's own record of a good backup
+    if request.backed_up is True and request.backup_note:
+        return  # said, and where: recorded on the certificate
     if request.backed_up is False and request.backup_note:
         return
     why = (backup or {}).get("note") or "nothing records a backup of its data"
     raise SafetyError(
         f"medium {medium['serial']} held sensitive data that is not known to be backed up "
-        f"({why}); back the tenant up first, or give --not-backed-up with --backup-note "
-        f"saying why losing this data is acceptable")
+        f"({why}); back the tenant up first, give --backed-up with --backup-note saying "
+        f"where it was backed up, or --not-backed-up with --backup-note saying why losing "
+        f"this data is acceptable")
 
 
 def _check_identity(medium: dict, facts: devices.DeviceFacts, serial: str) -> None:

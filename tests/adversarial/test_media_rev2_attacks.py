@@ -15,7 +15,6 @@ import io
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -243,3 +242,99 @@ def test_the_certificate_of_a_rejected_erasure_no_longer_verifies(bench):
     for path in latest:  # the one stating the rejection is a true statement
         report = json.loads(bench.bkp("certificate", "verify", str(path), "--json").stdout)
         assert report["valid"] and report["validation"]["state"] == "rejected"
+
+
+# ---------------------------------------------------------------- the batch summary
+
+def test_an_intact_batch_summary_verifies_and_an_edited_one_is_exit_5(bench, tmp_path):
+    """`certificate batch` signs its sheet; `certificate verify` said INVALID (5) of every
+    batch summary, the intact one too: a false verdict. Now the intact sheet is 0 and any
+    change to it is 5."""
+    from bkp.evidence.batch import render_pdf
+
+    for serial in ("BATCH-0001", "BATCH-0002"):
+        wiped(bench, serial)
+    sheet = tmp_path / "batch.pdf"
+    done = bench.bkp("certificate", "batch", "--since", "2000-01-01", "--output", str(sheet))
+    assert done.returncode == 0, done.stderr
+    good = bench.bkp("certificate", "verify", str(sheet), "--json")
+    assert good.returncode == 0, good.stdout
+    assert json.loads(good.stdout)["batch"]["count"] == 2
+
+    data = sheet.read_bytes()
+    listing = json.loads(bench.bkp("certificate", "batch", "--since", "2000-01-01",
+                                   "--json").stdout)
+    listing["media"][0]["hash"] = "0" * 64
+    forgeries = {
+        "byte flipped": data.replace(b"BATCH-0001", b"BATCH-0009", 1),
+        "incremental update": data + b"\n% an annotation added later\n",
+        "unsigned re-render": render_pdf(listing, "Hosting B.V."),
+    }
+    for name, forged in forgeries.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.pdf"
+        path.write_bytes(forged)
+        done = bench.bkp("certificate", "verify", str(path))
+        assert done.returncode == 5, (name, done.stdout, done.stderr)
+        assert "INVALID" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_batch_beginning_in_the_future_says_so(bench):
+    wiped(bench, "FUT-0001")
+    done = bench.bkp("certificate", "batch", "--since", "2999-01-01", "--output", "x.pdf")
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- classification rules
+
+def test_a_bare_backed_up_claim_does_not_clear_sensitive_data(bench):
+    """Nothing records a backup of the medium's data; `--backed-up` alone is a word typed
+    at the bench and would print "backed up: yes" on the certificate. Where it was backed
+    up must be said (--backup-note), as --not-backed-up must say why."""
+    disk = bench.root / "BARE-0001.img"
+    disk.write_bytes(os.urandom(2 * MIB))
+    before = disk.read_bytes()
+    bench.json("media", "register", "--serial", "BARE-0001", "--type", "hdd",
+               "--classification", "sensitive")
+    done = bench.bkp("sanitize", str(disk), "--serial", "BARE-0001", "--yes", "--no-progress",
+                     "--destination", "storage", "--backed-up")
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "--backup-note" in done.stderr
+    assert disk.read_bytes() == before  # a refusal touches nothing
+    said = bench.json("sanitize", str(disk), "--serial", "BARE-0001", "--yes",
+                      "--no-progress", "--destination", "storage", "--backed-up",
+                      "--backup-note", "restic snapshot 4f2a1c9e at the second site")
+    assert said["result"] == "erased"
+
+
+# ---------------------------------------------------------------- hostile values
+
+def test_the_export_is_one_row_per_medium_and_no_cell_is_a_formula(bench):
+    hostile = {"serial": "=cmd|' -C calc'!A0", "asset_tag": "@SUM(1+1)*cmd|' /C calc'!A0",
+               "host": "+1-1,db3", "vendor": '-2+3 "quoted", comma', "model": "..,x =1"}
+    bench.json("media", "register", "--serial", hostile["serial"], "--type", "hdd",
+               "--asset-tag", hostile["asset_tag"], "--host", hostile["host"],
+               "--vendor", hostile["vendor"], "--model", hostile["model"])
+    newline = bench.bkp("media", "register", "--serial", "NL-0001", "--type", "hdd",
+                        "--asset-tag", "HB-1\n=cmd|x")
+    assert newline.returncode == 2 and "Traceback" not in newline.stderr
+    wiped(bench, "PLAIN-0001")
+    rows = list(csv.DictReader(io.StringIO(bench.bkp("media", "export").stdout)))
+    assert len(rows) == 2
+    cells = [value for row in rows for value in row.values() if value]
+    assert not [c for c in cells if c.lstrip()[:1] in "=+-@|%"], cells
+    row = next(r for r in rows if r["serial"].endswith(hostile["serial"]))
+    assert row["host"] == "'" + hostile["host"] and row["model"] == hostile["model"]
+
+
+@pytest.mark.parametrize("day, code", [("2999-01-01", 2), ("yesterday", 2), ("2024-02-30", 2),
+                                       ("2024-01-01\n", 0), ("1999-12-31", 0)])
+def test_destroyed_on_is_a_past_day(bench, tmp_path, day, code):
+    bench.json("media", "register", "--serial", "SHRED-0001", "--type", "hdd")
+    done = bench.bkp("destroy", "--serial", "SHRED-0001", "--method", "shred", "--witness",
+                     "Anne Bakker", "--service", "Shred, B.V. =cmd|x", "--location",
+                     "../../etc", "--service-certificate", "SC-1,2", "--destroyed-on", day)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    state = bench.json("media", "show", "SHRED-0001")["medium"]["state"]
+    assert state == ("destroyed" if code == 0 else "registered")
