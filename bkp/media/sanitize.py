@@ -243,7 +243,7 @@ def check_classification_rules(medium: dict, request: SanitizeRequest,
             f"leaves for {request.destination_after}; use a Purge method (ata-sanitize, "
             f"ata-secure-erase, nvme-sanitize, nvme-format), --destination storage or "
             f"destroy, or --accept-clear REASON to record why Clear is acceptable here")
-    if backup and backup.get("backed_up") and request.backed_up is not True:
+    if backup and backup.get("backed_up") and request.backed_up is None:
         return  # the catalog's own record of a good backup
     if request.backed_up is True and request.backup_note:
         return  # said, and where: recorded on the certificate
