@@ -115,7 +115,18 @@ def name_key(name: str) -> str:
     space) make no person different. Two names with one key are one person to a reader."""
     folded = unicodedata.normalize("NFKC", name)
     visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
-    return "".join(visible.casefold().split())
+    return "".join(visible.casefold().split()).translate(LOOKALIKES)
+
+
+# Cyrillic and Greek letters that print as Latin ones (after casefold): "Jеroen" with a
+# Cyrillic е is Jeroen to anyone reading a certificate.
+LOOKALIKES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o",
+    "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j",
+    "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "һ": "h", "ɡ": "g",
+    "α": "a", "β": "b", "ε": "e", "ζ": "z", "η": "n", "ι": "i", "κ": "k", "μ": "u",
+    "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ϲ": "c", "ϳ": "j",
+})
 
 
 def resolve_actor(operators: tuple[Operator, ...], given: str | None,

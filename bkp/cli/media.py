@@ -632,9 +632,17 @@ def _key_pem(key) -> str:
 
 def _print_verification(file: Path, report: dict) -> None:
     if not report["valid"]:
-        click.echo(f"certificate {file}: INVALID")
+        what = "batch summary" if report.get("kind") == "batch" else "certificate"
+        click.echo(f"{what} {file}: INVALID")
         for problem in report["problems"]:
             click.echo(f"  {problem}")
+        return
+    if report.get("kind") == "batch":
+        click.echo(f"batch summary {file}: VALID, {report['batch']['count']} media, signed "
+                   f"by key {report['key_fingerprint']} at {report['pdf']['signed_at']}")
+        click.echo("  " + ("each line matches its record and certificate in the catalog"
+                           if report["audit"]["checked"] else "lines not checked (--no-audit)"))
+        click.echo("  each medium's proof is its own certificate: bkp certificate verify it")
         return
     click.echo(f"certificate {report['certificate_id']} of record {report['record_id']} "
                f"({report['serial']}): VALID")

@@ -511,7 +511,10 @@ def _drive_rows(drive: dict | None) -> list[tuple[str, str]]:
     if markers:
         out.append(("Markers", f"{markers.get('gone')} of {markers.get('count')} random "
                                f"markers gone after the erase"
-                               + (f"; {markers['promise']}" if markers.get("promise") else "")))
+                               + (f"; {markers['promise']}" if markers.get("promise") else "")
+                               + (f"; {markers['data_sampled'] - markers['data_unchanged']} of "
+                                  f"{markers['data_sampled']} sampled data blocks changed"
+                                  if markers.get("data_sampled") else "")))
     for label, key in (("Drive status before", "status_before"),
                        ("Drive status after", "status_after"),
                        ("Namespaces", "namespaces")):

@@ -124,7 +124,7 @@ def _validation_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
               "decision": validation.get("decision"), "checked": False,
               "latest_certificate_id": latest["id"] if latest else None}
     if not validation.get("validator"):
-        return report, []
+        return _rejected_since(ctx, record_id, report)
     event = validation_event(ctx.catalog, record_id) if isinstance(record_id, int) else None
     approval = validation.get("approval") or {}
     report["checked"] = True
@@ -153,6 +153,22 @@ def _validation_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
                         f", audit event #{event['seq']} records {event['outcome']}")
     report["event_seq"] = event["seq"]
     return report, problems
+
+
+def _rejected_since(ctx: Context, record_id, report: dict) -> tuple[dict, list[str]]:
+    """A certificate issued before its record was validated says "not validated"; once the
+    trail holds a rejection, that certificate of a result a second person refused no
+    longer stands (a later certificate states the rejection)."""
+    event = validation_event(ctx.catalog, record_id) if isinstance(record_id, int) else None
+    if event is None or event["outcome"] != "rejected":
+        return report, []
+    details = _details(event)
+    report.update(state="rejected", validator=details.get("validator"), decision="rejected",
+                  checked=True, event_seq=event["seq"])
+    return report, [f"record {record_id} was rejected by {details.get('validator')} at "
+                    f"{event['time'][:19]}Z (audit event #{event['seq']}) after this "
+                    f"certificate was issued: it no longer stands; certificate "
+                    f"{report['latest_certificate_id']} states the rejection"]
 
 
 def _approval_event(catalog, record_id: int) -> dict | None:
@@ -359,6 +375,9 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
     try:
         document = certs.read_document(data)
     except ValueError as exc:
+        listing = _batch_listing(data) if pdf is not None else None
+        if listing is not None:
+            return _batch_report(ctx, listing, pdf, problems, check_audit)
         return _report([*problems, str(exc)], {}, None, None, pdf, None, {"checked": False})
     json_problems, key = _document_problems(document, trusted)
     problems += json_problems
@@ -383,6 +402,60 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
         if isinstance(document, dict) and isinstance(document.get("signature"), dict) else None
     return {**_report(problems, payload, key, claimed, pdf, file, audit),
             "validation": validation}
+
+
+def _batch_listing(data: bytes) -> dict | None:
+    """The listing a decommission batch summary carries (`certificate batch`), or None."""
+    from bkp.evidence import batch
+    from bkp.evidence.pdf_signature import attachment
+
+    try:
+        listing = json.loads(attachment(data, batch.ATTACHMENT) or b"null")
+    except Exception:  # a damaged or hostile PDF can fail anywhere in the parser
+        return None
+    if not isinstance(listing, dict) or listing.get("format") != batch.FORMAT:
+        return None
+    return listing
+
+
+def _batch_report(ctx: Context, listing: dict, pdf: dict, problems: list[str],
+                  check_audit: bool) -> dict:
+    """A batch summary: its PDF signature over the whole file by a trusted key, and each
+    line against the catalog's record and certificate. The sheet proves only that each
+    medium was on it; each line's own certificate is the proof of the medium."""
+    lines = listing.get("media") if isinstance(listing.get("media"), list) else []
+    if check_audit and not problems:
+        for line in lines:
+            problems += _batch_line_problems(ctx, line)
+    if not lines:
+        problems.append("the batch summary lists no medium")
+    return {**_report(problems, {"kind": "batch"}, None, pdf.get("key_fingerprint"), pdf,
+                      None, {"checked": bool(check_audit)}),
+            "batch": {"period": listing.get("period"), "count": len(lines),
+                      "not_validated": listing.get("not_validated")}}
+
+
+def _batch_line_problems(ctx: Context, line) -> list[str]:
+    if not isinstance(line, dict) or not isinstance(line.get("record_id"), int):
+        return [f"a line of the batch names no record: {line!r:.80}"]
+    record_id = line["record_id"]
+    header = cat.get_record(ctx.catalog, record_id)
+    if header is None:
+        return [f"the batch lists record {record_id}, which the catalog does not hold"]
+    record = (cat.get_sanitization if header["kind"] == "sanitization"
+              else cat.get_destruction)(ctx.catalog, record_id)
+    certificate_id = line.get("certificate_id")
+    issued = _issue_event(ctx, certificate_id) if isinstance(certificate_id, int) else None
+    problems = [f"the batch says record {record_id} has {key} {line.get(key)!r}, the catalog "
+                f"{value!r}" for key, value in (("serial", header["serial"]),
+                                                 ("kind", header["kind"]),
+                                                 ("hash", record["hash"]))
+                if line.get(key) != value]
+    if certificate_id is not None and (issued is None or _details(issued).get(
+            "record_id") != record_id):
+        problems.append(f"the batch names certificate {certificate_id} for record "
+                        f"{record_id}, which the audit trail did not issue for it")
+    return problems
 
 
 def _report(problems, payload, key, claimed, pdf, file, audit) -> dict:

@@ -9,6 +9,11 @@ medium (the first and the last block and one block in each of equal subsections)
 them back, and afterwards requires every marker gone, plus what the command promises (an
 overwrite leaves zeros). The markers derive from a recorded seed, so an auditor can
 regenerate them.
+
+Markers alone are not enough: a drive (or tool) that erases only what was written lately,
+its write journal, removes every marker and none of the data. So bkp also keeps the
+SHA-256 of other sampled blocks that held data (never the data itself) and requires every
+one of them changed.
 """
 
 from __future__ import annotations
@@ -68,6 +73,27 @@ def plan(size: int, seed: bytes | None = None, count: int = COUNT) -> MarkerPlan
     return MarkerPlan(seed, tuple(sorted(b * BLOCK for b in chosen)))
 
 
+@dataclass(frozen=True)
+class DataSample:
+    """Blocks that held data before the erase, by offset, as SHA-256 digests only."""
+
+    digests: tuple[tuple[int, bytes], ...]
+
+
+def sample_data(handles: wipe.Handles, size: int, markers: MarkerPlan) -> DataSample:
+    """Before the markers are written: other sampled blocks, spread like the markers but
+    from another secret seed; a uniform block (blank) proves nothing and is left out."""
+    taken = set(markers.offsets)
+    digests = []
+    for offset in plan(size).offsets:
+        if offset in taken:
+            continue
+        block = _read(handles, offset)
+        if len(set(block)) > 1:
+            digests.append((offset, hashlib.sha256(block).digest()))
+    return DataSample(tuple(digests))
+
+
 def promise_of(hardware: list[list[str]]) -> tuple[str, tuple[int, ...]] | None:
     for argv in hardware:
         for word in argv:
@@ -90,9 +116,12 @@ def write(handles: wipe.Handles, markers: MarkerPlan) -> None:
 
 
 def check(handles: wipe.Handles, markers: MarkerPlan,
-          promise: tuple[str, tuple[int, ...]] | None) -> dict:
-    """After the erase: which markers are gone, and whether the promised content is there."""
+          promise: tuple[str, tuple[int, ...]] | None, data: DataSample | None = None) -> dict:
+    """After the erase: which markers are gone, whether the promised content is there, and
+    which sampled blocks of data still hold what they held before."""
     present, broken = [], []
+    unchanged = [offset for offset, digest in (data.digests if data else ())
+                 if hashlib.sha256(_read(handles, offset)).digest() == digest]
     for offset in markers.offsets:
         block = _read(handles, offset)
         if block == markers.marker(offset):
@@ -104,7 +133,10 @@ def check(handles: wipe.Handles, markers: MarkerPlan,
             "seed": markers.seed.hex(), "still_present": present[:20],
             "promise": promise[0] if promise else None,
             "promise_kept": None if promise is None else not broken,
-            "promise_broken": broken[:20]}
+            "promise_broken": broken[:20],
+            "data_sampled": len(data.digests) if data else None,
+            "data_unchanged": len(unchanged) if data else None,
+            "data_unchanged_at": unchanged[:20]}
 
 
 def problem(result: dict) -> str | None:
@@ -115,6 +147,11 @@ def problem(result: dict) -> str | None:
                      f"markers written before the erase are still on the medium (first at "
                      f"byte {result['still_present'][0]}): the drive reported success but "
                      f"did not erase")
+    if result.get("data_unchanged"):
+        parts.append(f"{result['data_unchanged']} of {result['data_sampled']} sampled blocks "
+                     f"that held data still hold what they held before the erase (first at "
+                     f"byte {result['data_unchanged_at'][0]}): the drive erased what bkp "
+                     f"wrote, not the data")
     if result["promise_kept"] is False:
         parts.append(f"the command promises {result['promise']}, but "
                      f"{len(result['promise_broken'])} sampled blocks hold something else "

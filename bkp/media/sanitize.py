@@ -39,6 +39,7 @@ TECHNIQUES = {"zero": "overwrite", "random": "overwrite", "dod3": "overwrite",
               "nvme-format": "user data erase", "nvme-sanitize": "block erase"}
 HARDWARE_TIMEOUT_S = 24 * 3600  # a large HDD's enhanced erase takes many hours
 POLL_INTERVAL_S = 10
+STALLED_POLLS = 6  # polls in a row that show no sanitize under way: the drive ignored it
 
 
 @dataclass
@@ -242,15 +243,18 @@ def check_classification_rules(medium: dict, request: SanitizeRequest,
             f"leaves for {request.destination_after}; use a Purge method (ata-sanitize, "
             f"ata-secure-erase, nvme-sanitize, nvme-format), --destination storage or "
             f"destroy, or --accept-clear REASON to record why Clear is acceptable here")
-    if backup and backup.get("backed_up") and request.backed_up is not False:
-        return
+    if backup and backup.get("backed_up") and request.backed_up is None:
+        return  # the catalog's own record of a good backup
+    if request.backed_up is True and request.backup_note:
+        return  # said, and where: recorded on the certificate
     if request.backed_up is False and request.backup_note:
         return
     why = (backup or {}).get("note") or "nothing records a backup of its data"
     raise SafetyError(
         f"medium {medium['serial']} held sensitive data that is not known to be backed up "
-        f"({why}); back the tenant up first, or give --not-backed-up with --backup-note "
-        f"saying why losing this data is acceptable")
+        f"({why}); back the tenant up first, give --backed-up with --backup-note saying "
+        f"where it was backed up, or --not-backed-up with --backup-note saying why losing "
+        f"this data is acceptable")
 
 
 def _check_identity(medium: dict, facts: devices.DeviceFacts, serial: str) -> None:
@@ -554,7 +558,7 @@ def drive_status(facts: devices.DeviceFacts, hardware: list[list[str]]) -> dict 
             return {"sanitize_log": "unavailable"}
         try:
             progress, status = devices.parse_nvme_sanitize_log(done.stdout)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):
             return {"sanitize_log": "unreadable"}
         return {"sanitize_status": {0: "never sanitized", 1: "completed", 2: "in progress",
                                     3: "failed"}.get(status, f"status {status}"),
@@ -571,8 +575,9 @@ def _hardware_erase(ctx: Context, plan: Preflight, state: dict,
              if word.startswith("--sanact=")]
     if asked:
         drive["sanitize_action_requested"] = asked[0]
-    marker_plan = markers.plan(plan.facts.size)
+    marker_plan, data = markers.plan(plan.facts.size), None
     if handles is not None:
+        data = markers.sample_data(handles, plan.facts.size, marker_plan)
         markers.write(handles, marker_plan)
     for argv in plan.hardware:
         if ctx.progress:
@@ -588,7 +593,7 @@ def _hardware_erase(ctx: Context, plan: Preflight, state: dict,
     drive["status_after"] = drive_status(plan.facts, plan.hardware)
     if handles is not None:
         drive["markers"] = markers.check(handles, marker_plan,
-                                         markers.promise_of(plan.hardware))
+                                         markers.promise_of(plan.hardware), data)
     state["bytes_written"] = plan.facts.size  # the drive erased every block itself
     return " && ".join(" ".join(argv) for argv in plan.hardware)
 
@@ -634,21 +639,41 @@ def _drive_problems(drive: dict) -> list[str]:
 
 
 def _wait_for_sanitize(ctx: Context, plan: Preflight) -> None:
+    """Poll the drive until its sanitize completes. A drive whose log never shows the
+    sanitize under way (it ignored the command, or the log cannot be read) ends the wait
+    after a few answers, not after a day."""
     deadline = time.monotonic() + HARDWARE_TIMEOUT_S
+    idle = 0
     while time.monotonic() < deadline:
         done = runner.run(plan.hardware_poll, timeout=60)
-        if plan.hardware_poll[0] == "nvme":
-            _, status = devices.parse_nvme_sanitize_log(done.stdout or "{}")
-            status = {1: "completed", 2: "in progress", 3: "failed"}.get(status, "unknown")
-        else:
-            status = devices.parse_ata_sanitize_status(done.stdout + done.stderr_tail)
+        status, said = _sanitize_status(plan.hardware_poll, done)
         if status == "completed":
             return
         if status == "failed":
             raise OperationError(f"the drive reports its sanitize operation failed: "
                                  f"{done.stdout[-300:]}")
+        idle = 0 if status == "in progress" else idle + 1
+        if idle >= STALLED_POLLS:
+            raise OperationError(f"the drive's sanitize log {said} in {idle} answers in a "
+                                 f"row after the sanitize command: the sanitize never "
+                                 f"started or cannot be followed, so it is not certified")
         time.sleep(POLL_INTERVAL_S)
     raise OperationError("the drive did not finish its sanitize operation in time")
+
+
+def _sanitize_status(argv: list[str], done) -> tuple[str, str]:
+    """(completed | in progress | failed | unknown, what the drive said) of one poll."""
+    if not done.ok:
+        return "unknown", f"is unavailable ({argv[0]} exit {done.returncode})"
+    if os.path.basename(argv[0]) == "nvme":
+        try:
+            _, code = devices.parse_nvme_sanitize_log(done.stdout or "{}")
+        except (ValueError, AttributeError, TypeError):
+            return "unknown", "cannot be read"
+        status = {1: "completed", 2: "in progress", 3: "failed"}.get(code, "unknown")
+        return status, "says never sanitized" if code == 0 else f"says status {code}"
+    status = devices.parse_ata_sanitize_status(done.stdout + done.stderr_tail)
+    return status, "says nothing of a sanitize under way"
 
 
 def _verify(ctx, request, plan, handles, record_id) -> wipe.ReadBack:
