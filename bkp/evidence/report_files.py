@@ -80,8 +80,8 @@ def verify_report(data: bytes, trusted: list) -> dict:
         problems, outer_key, document = _html(data, trusted)
     else:
         try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            document = _loads(data)
+        except ValueError as exc:
             return _result(kind, None, None, [f"not a readable report JSON (truncated or "
                                               f"edited): {exc}"])
         if isinstance(document, dict) and data != json_bytes(document):
@@ -98,6 +98,17 @@ def verify_report(data: bytes, trusted: list) -> dict:
         problems.append(f"the {kind.upper()} is signed by key {outer_key.id}, the report "
                         f"inside it by key {key.id}: bkp signs both with one key")
     return _result(kind, document if isinstance(document, dict) else None, key, problems)
+
+
+def _loads(data: bytes):
+    """JSON from bytes; anything unreadable (not UTF-8, not JSON, nested deeper than
+    Python's parser goes) is a ValueError with its reason."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply to be a report") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason})") from None
 
 
 def _result(kind, document, key, problems) -> dict:
@@ -158,7 +169,7 @@ def _html(data: bytes, trusted: list):
                 "or not a bkp report)"], None, None
     trailer = data[at + len(HTML_SIGNATURE):-len(HTML_SIGNATURE_END)]
     try:
-        signature = json.loads(trailer)
+        signature = _loads(trailer)
         claimed = signature["key_fingerprint"]
         value = base64.b64decode(signature["value"], validate=True)
     except (ValueError, KeyError, TypeError):
@@ -183,8 +194,8 @@ def _html(data: bytes, trusted: list):
         return [*problems, f"the HTML carries {len(blocks)} signed report blocks, not one"], \
             key, None
     try:
-        document = json.loads(blocks[0].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = _loads(blocks[0])
+    except ValueError as exc:
         return [*problems, f"the report inside the HTML is damaged: {exc}"], key, None
     return problems, key, document
 
@@ -208,8 +219,8 @@ def _pdf(data: bytes, trusted: list):
         return [*problems, f"this PDF carries no signed bkp report (no {ATTACHMENT} "
                            f"attached)"], key, None
     try:
-        return problems, key, json.loads(attached.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return problems, key, _loads(attached)
+    except ValueError as exc:
         return [*problems, f"the report inside this PDF is damaged: {exc}"], key, None
 
 
