@@ -22,9 +22,14 @@ class ReportGroup(click.Group):
     a subcommand (or none at all) makes the report."""
 
     def parse_args(self, ctx, args):
-        words = [a for a in args if not a.startswith("-")]
-        wants_help = bool({"-h", "--help"} & set(args))
-        if not wants_help and (not words or words[0] not in self.commands):
+        # Only a visible subcommand is one: a tenant may be called `make` (the hidden
+        # command's name), and `bkp report make` must report on that tenant alone.
+        # A tenant called `verify` is reached after `--`: `bkp report -- verify`.
+        visible = {name for name, command in self.commands.items() if not command.hidden}
+        before = args[:args.index("--")] if "--" in args else args
+        words = [a for a in before if not a.startswith("-")]
+        wants_help = bool({"-h", "--help"} & set(before))
+        if not wants_help and (not words or words[0] not in visible):
             args = ["make", *args]
         return super().parse_args(ctx, args)
 

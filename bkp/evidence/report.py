@@ -92,10 +92,16 @@ class Period:
 
 def period_of(start: str | None, end: str | None, now: datetime) -> Period:
     """--from/--to: a date (the whole day, UTC) or a time; by default the year up to now."""
-    until = _moment(end, "--to", day_end=True) if end else now
-    since = _moment(start, "--from", day_end=False) if start else until - YEAR
+    # A period cannot end after now: the time to come is not time without backups.
+    until = min(_moment(end, "--to", day_end=True), now) if end else now
+    try:
+        year_before = until - YEAR  # the drills and checks of the last 12 months are judged
+        since = _moment(start, "--from", day_end=False) if start else year_before
+    except OverflowError:
+        raise UsageError(f"--to {end!r} leaves no year before it to report on") from None
     if since >= until:
-        raise UsageError(f"--from {stamp(since)} is not before --to {stamp(until)}")
+        raise UsageError(f"--from {stamp(since)} is not before "
+                         f"{'--to ' if until != now else 'now, '}{stamp(until)}")
     return Period(since, until)
 
 
@@ -107,10 +113,15 @@ def _moment(text: str, option: str, day_end: bool) -> datetime:
             return moment + timedelta(days=1) - timedelta(microseconds=1) if day_end \
                 else moment
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # a time at the edge of the calendar can overflow here
+    except OverflowError:
+        raise UsageError(f"{option} {text!r} is at the edge of the calendar: give a date "
+                         f"between the years 2 and 9998") from None
     except ValueError:
         raise UsageError(f"{option} {text!r} is not a date (YYYY-MM-DD) or an ISO 8601 "
                          f"time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
 def stamp(moment: datetime | None) -> str | None:
@@ -466,9 +477,11 @@ def judge_restore_tested(drills: list[dict], changes: list[dict], period: Period
                f"run {last['id']}, {last['status']}, {stamp(last['_time'])})")
         return control("restore-tested", NOT_MET, why,
                        [_run_item(last, "drill")] if last else [])
-    latest_change = changes[-1] if changes else None
+    # The last change up to the period's end: one after it must not hide one within it.
+    known = [c for c in changes if _time(c["time"]) and _time(c["time"]) <= period.end]
+    latest_change = known[-1] if known else None
     change_time = _time(latest_change["time"]) if latest_change else None
-    if change_time and change_time <= period.end and passed[-1]["_time"] < change_time:
+    if change_time and passed[-1]["_time"] < change_time:
         return control("restore-tested", NOT_MET,
                        f"the destination changed at {latest_change['time']} and no drill "
                        f"has passed since", [_run_item(passed[-1], "drill"),

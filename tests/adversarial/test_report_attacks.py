@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from bkp.evidence import report as rep
 from tests.conftest import new_bkp_env
 
 pytestmark = pytest.mark.integration
@@ -100,3 +102,82 @@ def test_a_json_report_whose_text_differs_from_what_was_signed_does_not_verify(e
     # reformatted (same content, other bytes): not the file bkp issued either
     (env.root / "compact.json").write_text(json.dumps(json.loads(text)))
     assert verify(env, env.root / "compact.json")[0] == 5
+
+
+def test_what_is_not_a_report_is_exit_5_never_a_traceback(env):
+    page = write(env, "html", "report.html", "zorg-a").read_bytes()
+    deep = b"[" * 200000 + b"]" * 200000
+    start = page.index(b'id="bkp-report">') + len(b'id="bkp-report">')
+    shapes = {
+        "deep.json": b'{"format":"bkp-report/1","x":' + deep + b"}",
+        "deep.html": page[:start] + deep + page[page.index(b"</script>", start):],
+        "utf16.json": '{"format": "bkp-report/1"}'.encode("utf-16"),
+        "list.json": b"[1, 2, 3]\n",
+        "null.json": b"{\"format\": \"bkp-report/1\", \"signature\": null}\n",
+        "bare.html": b"<!DOCTYPE html><html><body>all met</body></html>\n",
+        "garbage.pdf": b"%PDF-1.7\n" + bytes(range(256)) * 8,
+        "binary": bytes(range(256)) * 4,
+    }
+    for name, data in shapes.items():
+        path = env.root / name
+        path.write_bytes(data)
+        code, result = verify(env, path)
+        assert code == 5 and not result["valid"] and result["problems"], (name, result)
+
+
+# ---------------------------------------------------------------- false verdicts
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def drill(id_: int, when: datetime, status: str = "passed") -> dict:
+    return {"id": id_, "kind": "drill", "status": status, "_time": when,
+            "started_at": when.isoformat(), "snapshot_id": f"{id_:08x}"}
+
+
+def test_a_destination_change_after_the_period_does_not_hide_one_within_it():
+    """Drill in January, destination changed in March, changed again in August; a report
+    over the first half year must say no drill passed after the March change."""
+    period = rep.Period(T0, T0 + 181 * DAY)
+    drills = [drill(1, T0 + 10 * DAY)]
+    changes = [{"time": rep.stamp(T0 + 60 * DAY), "fingerprint": "sha256:m", "audit_seq": 5},
+               {"time": rep.stamp(T0 + 220 * DAY), "fingerprint": "sha256:a",
+                "audit_seq": 9}]
+    verdict = rep.judge_restore_tested(drills, changes, period)
+    assert verdict["status"] == "not_met", verdict
+    assert rep.stamp(T0 + 60 * DAY) in verdict["reason"]
+
+
+def test_a_period_beyond_what_a_date_can_hold_is_a_usage_error(env):
+    for args in (("--to", "9999-12-31"), ("--to", "0001-01-01"),
+                 ("--from", "0001-01-01", "--to", "0001-01-02"),
+                 ("--from", "9999-12-31T23:59:59+00:00"), ("--to", "2026-13-01"),
+                 ("--from", "2026-06-01", "--to", "2026-01-01")):
+        done = env.bkp("report", "zorg-a", "--format", "json", *args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_a_period_ending_in_the_future_judges_no_moment_that_has_not_come(env):
+    """`--to` a month ahead: the month to come is not a month without backups."""
+    ahead = (datetime.now(UTC) + 30 * DAY).date().isoformat()
+    document = make(env, "zorg-a", "--to", ahead)
+    assert document["period"]["to"] <= document["generated"], document["period"]
+    assert controls(document, "zorg-a")["backup-current"]["status"] == "met"
+
+
+def test_a_tenant_named_like_the_hidden_subcommand_gets_its_own_report_only(env):
+    document = make(env, "make")
+    assert [t["tenant"] for t in document["tenants"]] == ["make"]
+
+
+def test_a_named_tenant_without_a_policy_is_refused_not_an_empty_report(env):
+    done = env.bkp("report", "gone-zorg", "--format", "json")
+    assert done.returncode == 3 and "gone-zorg" in done.stderr, (done.returncode,
+                                                                 done.stderr)
+    assert "Traceback" not in done.stderr
+    # a tenant called `verify` is reached after `--`
+    done = env.bkp("report", "--format", "json", "--", "verify")
+    assert done.returncode == 3 and "verify" in done.stderr, (done.returncode, done.stderr)
