@@ -27,6 +27,7 @@ from bkp.errors import UsageError
 FORMAT = "bkp-report/1"
 YEAR = timedelta(days=365)
 MET, NOT_MET, NOT_EVIDENCED = "met", "not_met", "not_evidenced"
+UNCONFIRMED = "unconfirmed"  # a run's status when the audit trail does not record it
 VERDICT_ORDER = {NOT_MET: 0, NOT_EVIDENCED: 1, MET: 2}
 
 # Each control: what the privacy statement promises, and the ISO/IEC 27002:2022 and BIO
@@ -783,10 +784,11 @@ def gather(catalog, policies: list, period: Period) -> tuple[list[TenantRecords]
                                                                list[dict]]:
     """Everything the report is built from, read from the catalog (read-only)."""
     from bkp import catalog as cat
-    from bkp.evidence.audit import verify_trail
+    from bkp.evidence.audit import unconfirmed_runs, verify_trail
 
     trail = verify_trail(catalog)
     events = catalog.audit_events()
+    unconfirmed = unconfirmed_runs(catalog, events)
     audit = {"valid": trail.valid, "head": trail.head, "events": trail.events,
              "events_in_period": sum(period.holds(_time(e["time"])) for e in events),
              "problems": trail.problems}
@@ -803,12 +805,20 @@ def gather(catalog, policies: list, period: Period) -> tuple[list[TenantRecords]
     for policy in policies:
         media = [dict(m, records=records_of.get(m["serial"], []))
                  for m in cat.list_media(catalog, tenant=policy.tenant)]
+        runs = catalog.tenant_runs(policy.tenant, ("backup", "drill", "maintain"))
         tenants.append(TenantRecords(
-            policy=policy, runs=catalog.tenant_runs(policy.tenant, ("backup", "drill",
-                                                                    "maintain")),
+            policy=policy, runs=[_confirmed(r, unconfirmed) for r in runs],
             versions=catalog.policy_versions(policy.tenant),
             events=by_tenant.get(policy.tenant, []), media=media))
     return tenants, audit, certificates
+
+
+def _confirmed(run: dict, unconfirmed: set[int]) -> dict:
+    """A run whose outcome the audit trail does not record (its row edited or added behind
+    bkp's back) counts as neither good nor passed: its status reads `unconfirmed`."""
+    if run["id"] not in unconfirmed or run["status"] == "running":
+        return run
+    return dict(run, status=UNCONFIRMED, catalog_status=run["status"])
 
 
 def _media_records(sanitizations: list[dict], destructions: list[dict],

@@ -84,16 +84,16 @@ def verify_report(data: bytes, trusted: list) -> dict:
         except ValueError as exc:
             return _result(kind, None, None, [f"not a readable report JSON (truncated or "
                                               f"edited): {exc}"])
-        if isinstance(document, dict) and data != json_bytes(document):
-            # The signature covers the parsed content; a reader sees the text. A key given
-            # twice (json.loads keeps the last) or any reformatting makes them differ.
-            problems.append("the file is not byte for byte the JSON bkp wrote for its "
-                            "content (reformatted, or a key given twice so that what a "
-                            "reader sees is not what was signed)")
     if document is None:
         return _result(kind, None, None, problems)
     inner, key = _document_problems(document, trusted)
     problems += inner
+    if kind == "json" and key is not None and data != json_bytes(document):
+        # The signature covers the parsed content; a reader sees the text. A key given
+        # twice (json.loads keeps the last) or any reformatting makes them differ.
+        problems.append("the file is not byte for byte the JSON bkp wrote for its content "
+                        "(reformatted, or a key given twice so that what a reader sees is "
+                        "not what was signed)")
     if outer_key is not None and key is not None and outer_key.id != key.id:
         problems.append(f"the {kind.upper()} is signed by key {outer_key.id}, the report "
                         f"inside it by key {key.id}: bkp signs both with one key")

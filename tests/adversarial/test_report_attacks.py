@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -181,3 +182,100 @@ def test_a_named_tenant_without_a_policy_is_refused_not_an_empty_report(env):
     # a tenant called `verify` is reached after `--`
     done = env.bkp("report", "--format", "json", "--", "verify")
     assert done.returncode == 3 and "verify" in done.stderr, (done.returncode, done.stderr)
+
+
+# ---------------------------------------------------------------- writes and safety
+
+
+def catalog_rows(home: Path) -> dict[str, list]:
+    with sqlite3.connect(f"file:{home / 'catalog.db'}?mode=ro", uri=True) as db:
+        tables = [r[0] for r in db.execute("select name from sqlite_master where type = "
+                                           "'table' order by name")]
+        return {t: db.execute(f"select * from \"{t}\" order by rowid").fetchall()
+                for t in tables}
+
+
+def test_a_report_that_cannot_be_written_is_not_recorded_as_issued(env):
+    before = catalog_rows(env.home)
+    for target in (env.root / "no-such-dir" / "report.html", Path("/proc/version")):
+        done = env.bkp("report", "zorg-a", "--output", str(target))
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert catalog_rows(env.home) == before  # no report.issued for a file never written
+
+
+def test_the_temporary_file_does_not_follow_a_planted_symlink(tmp_path):
+    import os
+
+    from bkp.cli.report import _write
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "report.html"
+    (tmp_path / f".{out.name}.{os.getpid()}").symlink_to(victim)
+    try:
+        _write(out, b"<!DOCTYPE html>report")
+    except Exception as exc:  # refusing is fine; writing through the link is not
+        assert "Traceback" not in str(exc)
+    assert victim.read_text() == "precious\n"
+
+
+def test_making_a_report_adds_one_audit_event_and_changes_nothing_else(env):
+    before = catalog_rows(env.home)
+    keys = sorted(p.relative_to(env.home) for p in env.home.rglob("*") if p.is_file())
+    write(env, "json", "one.json", "zorg-a")
+    after = catalog_rows(env.home)
+    assert after["audit_log"][:-1] == before["audit_log"]
+    assert len(after["audit_log"]) == len(before["audit_log"]) + 1
+    assert {t: r for t, r in after.items() if t != "audit_log"} == \
+        {t: r for t, r in before.items() if t != "audit_log"}
+    files = sorted(p.relative_to(env.home) for p in env.home.rglob("*") if p.is_file())
+    assert [f for f in files if f not in keys and not f.name.startswith("catalog.db")] == []
+
+
+def test_verify_writes_nothing_where_no_installation_is(env, tmp_path):
+    report = write(env, "json", "r.json", "zorg-a")
+    public = tmp_path / "keys.pem"
+    done = env.bkp("certificate", "public-key", "--all", "--output", str(public))
+    assert done.returncode == 0, done.stderr
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    done = env.bkp("report", "verify", str(report), "--public-key", str(public),
+                   BKP_HOME=str(empty / "home"))
+    assert done.returncode == 0, done.stderr
+    assert list(empty.rglob("*")) == []
+
+
+def test_hostile_text_in_a_policy_is_text_in_the_html(env):
+    from tests.integration.test_report import References
+
+    page = write(env, "html", "hostile.html").read_text()
+    parser = References()
+    parser.feed(page)
+    assert parser.found == []
+    assert page.count("</script>") == 1 and page.count("</style>") == 1
+    assert "<script>" not in page and "<img" not in page and "<use" not in page
+
+
+def test_a_run_edited_from_failed_to_ok_is_no_evidence(env, tmp_path):
+    """A failed backup whose catalog row was changed to ok behind bkp's back: the trail
+    says failed. Traceability is not met, and the run is no evidence for any control."""
+    policies = tmp_path / "policies"
+    shutil.copytree(env.policies, policies)
+    path = policies / "zorg-a.yaml"
+    path.write_text(path.read_text().replace(str(env.root.parent), "/nonexistent"))
+    changed = dataclasses.replace(env, policies=policies)
+    done = changed.bkp("backup", "zorg-a", "--json")
+    assert done.returncode != 0
+    assert json.loads(done.stdout)["runs"][0]["status"] == "failed"
+    with sqlite3.connect(env.home / "catalog.db") as db:
+        run_id = db.execute("select max(id) from runs where tenant = 'zorg-a' and kind = "
+                            "'backup'").fetchone()[0]
+        db.execute("update runs set status = 'ok', error = null where id = ?", (run_id,))
+    document = make(changed, "zorg-a")
+    verdicts = controls(document, "zorg-a")
+    assert verdicts["traceability"]["status"] == "not_met"
+    for control in verdicts.values():
+        if control["status"] == "met":
+            assert run_id not in [e.get("id") for e in control["evidence"]
+                                  if e.get("kind") == "run"], control
