@@ -22,9 +22,14 @@ class ReportGroup(click.Group):
     a subcommand (or none at all) makes the report."""
 
     def parse_args(self, ctx, args):
-        words = [a for a in args if not a.startswith("-")]
-        wants_help = bool({"-h", "--help"} & set(args))
-        if not wants_help and (not words or words[0] not in self.commands):
+        # Only a visible subcommand is one: a tenant may be called `make` (the hidden
+        # command's name), and `bkp report make` must report on that tenant alone.
+        # A tenant called `verify` is reached after `--`: `bkp report -- verify`.
+        visible = {name for name, command in self.commands.items() if not command.hidden}
+        before = args[:args.index("--")] if "--" in args else args
+        words = [a for a in before if not a.startswith("-")]
+        wants_help = bool({"-h", "--help"} & set(before))
+        if not wants_help and (not words or words[0] not in visible):
             args = ["make", *args]
         return super().parse_args(ctx, args)
 
@@ -73,9 +78,9 @@ def register(cli, pass_state, emit, json_option) -> None:
         issued = issue_report(
             reader=reader, settings=state.settings, policies=policies, period=period,
             fmt=fmt, organization=_organization(state),
-            record=lambda digest, details: _record(state, details))
+            record=lambda digest, details: _record_or_withdraw(state, details, output),
+            deliver=(lambda content: _write(output, content)) if output else None)
         if output:
-            _write(output, issued.content)
             say(f"wrote {output} (SHA-256 {issued.sha256})")
             emit(issued.summary(fmt, output), as_json, lambda: _print_summary(issued))
         elif fmt == "pdf":
@@ -150,16 +155,32 @@ def _record(state, details: dict) -> dict | None:
         catalog.close()
 
 
+def _record_or_withdraw(state, details: dict, output: Path | None) -> dict | None:
+    """Record the report as issued; a report whose issue could not be recorded is not
+    handed over (the file just written is removed)."""
+    try:
+        return _record(state, details)
+    except BaseException:
+        if output is not None:
+            output.unlink(missing_ok=True)
+        raise
+
+
 def _write(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    created = False
     try:
-        with open(temporary, "wb") as fh:
+        # A new file, never one planted there (a symlink would be written through).
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        created = True
+        with open(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temporary, path)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        if created:
+            temporary.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 

@@ -114,10 +114,8 @@ def _details(event: dict) -> dict | None:
     return details if isinstance(details, dict) else None
 
 
-def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
-    """Records in the catalog whose closing event is not in the trail: events were removed
-    (a trail shorter than the work it records), or a record was forged without one."""
-
+def _outcomes(events: list[dict]) -> dict[tuple[str, str, int], set[str]]:
+    """(action, detail key, record id) -> the outcomes the trail records for it."""
     outcomes: dict[tuple[str, str, int], set[str]] = {}
     for event in events:
         details = _details(event)
@@ -127,6 +125,23 @@ def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
             if isinstance(details.get(key), int):
                 outcomes.setdefault((event["action"], key, details[key]), set()).add(
                     event["outcome"])
+    return outcomes
+
+
+def unconfirmed_runs(catalog: Catalog, events: list[dict]) -> set[int]:
+    """Closed runs made by bkp whose outcome the trail does not record (no event, or
+    another outcome): a row edited or added behind bkp's back is no evidence."""
+    outcomes = _outcomes(events)
+    return {run["id"] for run in catalog.closed_runs()
+            if run.get("source") != "repository"
+            and run["status"] not in outcomes.get((run["kind"], "run_id", run["id"]), ())}
+
+
+def record_problems(catalog: Catalog, events: list[dict]) -> list[str]:
+    """Records in the catalog whose closing event is not in the trail: events were removed
+    (a trail shorter than the work it records), or a record was forged without one."""
+
+    outcomes = _outcomes(events)
     problems = _records_removed(catalog, events)
     for action, key, record_id, outcome, what in _expected_events(catalog):
         seen = outcomes.get((action, key, record_id))

@@ -27,6 +27,7 @@ from bkp.errors import UsageError
 FORMAT = "bkp-report/1"
 YEAR = timedelta(days=365)
 MET, NOT_MET, NOT_EVIDENCED = "met", "not_met", "not_evidenced"
+UNCONFIRMED = "unconfirmed"  # a run's status when the audit trail does not record it
 VERDICT_ORDER = {NOT_MET: 0, NOT_EVIDENCED: 1, MET: 2}
 
 # Each control: what the privacy statement promises, and the ISO/IEC 27002:2022 and BIO
@@ -92,10 +93,16 @@ class Period:
 
 def period_of(start: str | None, end: str | None, now: datetime) -> Period:
     """--from/--to: a date (the whole day, UTC) or a time; by default the year up to now."""
-    until = _moment(end, "--to", day_end=True) if end else now
-    since = _moment(start, "--from", day_end=False) if start else until - YEAR
+    # A period cannot end after now: the time to come is not time without backups.
+    until = min(_moment(end, "--to", day_end=True), now) if end else now
+    try:
+        year_before = until - YEAR  # the drills and checks of the last 12 months are judged
+        since = _moment(start, "--from", day_end=False) if start else year_before
+    except OverflowError:
+        raise UsageError(f"--to {end!r} leaves no year before it to report on") from None
     if since >= until:
-        raise UsageError(f"--from {stamp(since)} is not before --to {stamp(until)}")
+        raise UsageError(f"--from {stamp(since)} is not before "
+                         f"{'--to ' if until != now else 'now, '}{stamp(until)}")
     return Period(since, until)
 
 
@@ -107,10 +114,15 @@ def _moment(text: str, option: str, day_end: bool) -> datetime:
             return moment + timedelta(days=1) - timedelta(microseconds=1) if day_end \
                 else moment
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment.astimezone(UTC)  # a time at the edge of the calendar can overflow here
+    except OverflowError:
+        raise UsageError(f"{option} {text!r} is at the edge of the calendar: give a date "
+                         f"between the years 2 and 9998") from None
     except ValueError:
         raise UsageError(f"{option} {text!r} is not a date (YYYY-MM-DD) or an ISO 8601 "
                          f"time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment
 
 
 def stamp(moment: datetime | None) -> str | None:
@@ -466,9 +478,11 @@ def judge_restore_tested(drills: list[dict], changes: list[dict], period: Period
                f"run {last['id']}, {last['status']}, {stamp(last['_time'])})")
         return control("restore-tested", NOT_MET, why,
                        [_run_item(last, "drill")] if last else [])
-    latest_change = changes[-1] if changes else None
+    # The last change up to the period's end: one after it must not hide one within it.
+    known = [c for c in changes if _time(c["time"]) and _time(c["time"]) <= period.end]
+    latest_change = known[-1] if known else None
     change_time = _time(latest_change["time"]) if latest_change else None
-    if change_time and change_time <= period.end and passed[-1]["_time"] < change_time:
+    if change_time and passed[-1]["_time"] < change_time:
         return control("restore-tested", NOT_MET,
                        f"the destination changed at {latest_change['time']} and no drill "
                        f"has passed since", [_run_item(passed[-1], "drill"),
@@ -770,10 +784,11 @@ def gather(catalog, policies: list, period: Period) -> tuple[list[TenantRecords]
                                                                list[dict]]:
     """Everything the report is built from, read from the catalog (read-only)."""
     from bkp import catalog as cat
-    from bkp.evidence.audit import verify_trail
+    from bkp.evidence.audit import unconfirmed_runs, verify_trail
 
     trail = verify_trail(catalog)
     events = catalog.audit_events()
+    unconfirmed = unconfirmed_runs(catalog, events)
     audit = {"valid": trail.valid, "head": trail.head, "events": trail.events,
              "events_in_period": sum(period.holds(_time(e["time"])) for e in events),
              "problems": trail.problems}
@@ -790,12 +805,20 @@ def gather(catalog, policies: list, period: Period) -> tuple[list[TenantRecords]
     for policy in policies:
         media = [dict(m, records=records_of.get(m["serial"], []))
                  for m in cat.list_media(catalog, tenant=policy.tenant)]
+        runs = catalog.tenant_runs(policy.tenant, ("backup", "drill", "maintain"))
         tenants.append(TenantRecords(
-            policy=policy, runs=catalog.tenant_runs(policy.tenant, ("backup", "drill",
-                                                                    "maintain")),
+            policy=policy, runs=[_confirmed(r, unconfirmed) for r in runs],
             versions=catalog.policy_versions(policy.tenant),
             events=by_tenant.get(policy.tenant, []), media=media))
     return tenants, audit, certificates
+
+
+def _confirmed(run: dict, unconfirmed: set[int]) -> dict:
+    """A run whose outcome the audit trail does not record (its row edited or added behind
+    bkp's back) counts as neither good nor passed: its status reads `unconfirmed`."""
+    if run["id"] not in unconfirmed or run["status"] == "running":
+        return run
+    return dict(run, status=UNCONFIRMED, catalog_status=run["status"])
 
 
 def _media_records(sanitizations: list[dict], destructions: list[dict],

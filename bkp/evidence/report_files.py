@@ -80,18 +80,35 @@ def verify_report(data: bytes, trusted: list) -> dict:
         problems, outer_key, document = _html(data, trusted)
     else:
         try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            document = _loads(data)
+        except ValueError as exc:
             return _result(kind, None, None, [f"not a readable report JSON (truncated or "
                                               f"edited): {exc}"])
     if document is None:
         return _result(kind, None, None, problems)
     inner, key = _document_problems(document, trusted)
     problems += inner
+    if kind == "json" and key is not None and data != json_bytes(document):
+        # The signature covers the parsed content; a reader sees the text. A key given
+        # twice (json.loads keeps the last) or any reformatting makes them differ.
+        problems.append("the file is not byte for byte the JSON bkp wrote for its content "
+                        "(reformatted, or a key given twice so that what a reader sees is "
+                        "not what was signed)")
     if outer_key is not None and key is not None and outer_key.id != key.id:
         problems.append(f"the {kind.upper()} is signed by key {outer_key.id}, the report "
                         f"inside it by key {key.id}: bkp signs both with one key")
     return _result(kind, document if isinstance(document, dict) else None, key, problems)
+
+
+def _loads(data: bytes):
+    """JSON from bytes; anything unreadable (not UTF-8, not JSON, nested deeper than
+    Python's parser goes) is a ValueError with its reason."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply to be a report") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason})") from None
 
 
 def _result(kind, document, key, problems) -> dict:
@@ -150,12 +167,16 @@ def _html(data: bytes, trusted: list):
     if at < 0 or not data.endswith(HTML_SIGNATURE_END):
         return ["the HTML does not end with bkp's signature (truncated, something appended, "
                 "or not a bkp report)"], None, None
+    trailer = data[at + len(HTML_SIGNATURE):-len(HTML_SIGNATURE_END)]
     try:
-        signature = json.loads(data[at + len(HTML_SIGNATURE):-len(HTML_SIGNATURE_END)])
+        signature = _loads(trailer)
         claimed = signature["key_fingerprint"]
         value = base64.b64decode(signature["value"], validate=True)
     except (ValueError, KeyError, TypeError):
         return ["the HTML's signature is damaged"], None, None
+    if trailer != _trailer(signature):
+        return ["the HTML's signature line carries more than bkp's signature (something "
+                "was added to it after signing)"], None, None
     key = keyring.find_key(trusted, claimed)
     problems = []
     if key is None:
@@ -173,8 +194,8 @@ def _html(data: bytes, trusted: list):
         return [*problems, f"the HTML carries {len(blocks)} signed report blocks, not one"], \
             key, None
     try:
-        document = json.loads(blocks[0].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = _loads(blocks[0])
+    except ValueError as exc:
         return [*problems, f"the report inside the HTML is damaged: {exc}"], key, None
     return problems, key, document
 
@@ -198,8 +219,8 @@ def _pdf(data: bytes, trusted: list):
         return [*problems, f"this PDF carries no signed bkp report (no {ATTACHMENT} "
                            f"attached)"], key, None
     try:
-        return problems, key, json.loads(attached.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return problems, key, _loads(attached)
+    except ValueError as exc:
         return [*problems, f"the report inside this PDF is damaged: {exc}"], key, None
 
 
@@ -245,10 +266,17 @@ def render_html(document: dict, private_key) -> bytes:
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{_e(_title(document))}</title>\n<style>{CSS}</style>\n</head>\n"
             f"<body>\n{body}\n</body>\n</html>\n").encode()
-    signature = _signature(page, private_key)
-    trailer = json.dumps({k: signature[k] for k in ("algorithm", "key_fingerprint",
-                                                     "value")}, separators=(",", ":"))
-    return page + HTML_SIGNATURE + trailer.encode("ascii") + HTML_SIGNATURE_END
+    return page + HTML_SIGNATURE + _trailer(_signature(page, private_key)) + \
+        HTML_SIGNATURE_END
+
+
+def _trailer(signature: dict) -> bytes:
+    """The HTML's last line, exactly: the comment is not covered by the signature it
+    carries, so nothing but these three fields may stand in it (a `-->` in an extra field
+    would close the comment and show what follows it)."""
+    return json.dumps({k: signature.get(k) for k in ("algorithm", "key_fingerprint",
+                                                      "value")},
+                      separators=(",", ":")).encode("ascii")
 
 
 def _title(document: dict) -> str:

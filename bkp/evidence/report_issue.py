@@ -36,9 +36,12 @@ class Issued:
 
 
 def issue_report(*, reader, settings, policies: list, period: rep.Period, fmt: str,
-                 organization: str | None, record, now: datetime | None = None) -> Issued:
+                 organization: str | None, record, deliver=None,
+                 now: datetime | None = None) -> Issued:
     """`reader`: the read-only catalog; `record(sha256, details)`: appends the audit event
-    and returns it (None when there is nowhere to record it)."""
+    and returns it (None when there is nowhere to record it); `deliver(content)`: writes
+    the file first, so that a report that could not be written is not recorded as
+    issued."""
     now = now or datetime.now(UTC)
     tenants, audit, certificates = rep.gather(reader, policies, period)
     document = rep.build_report(tenants=tenants, audit=audit, certificates=certificates,
@@ -55,6 +58,8 @@ def issue_report(*, reader, settings, policies: list, period: rep.Period, fmt: s
                 reason=f"bkp evidence report {signed['period']['from'][:10]} to "
                        f"{signed['period']['to'][:10]}")
     digest = hashlib.sha256(content).hexdigest()
+    if deliver is not None:
+        deliver(content)
     event = record(digest, {
         "format": fmt, "sha256": digest,
         "signature": signed["signature"]["value"],
