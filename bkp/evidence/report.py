@@ -192,7 +192,8 @@ def tenant_section(records: TenantRecords, audit: dict, period: Period,
     backups = [r for r in runs if r["kind"] == "backup" and r["status"] != "running"]
     drills = [r for r in runs if r["kind"] == "drill" and r["status"] != "running"]
     in_period = [r for r in backups if period.holds(r["_time"])]
-    changes = destination_changes(records.versions, records.events)
+    changes = (destination_changes(records.versions, records.events)
+               + unrecorded_destination_change(records.versions, policy, now))
     facts = {
         "tenant": policy.tenant,
         "description": policy.description or None,
@@ -305,6 +306,23 @@ def destination_changes(versions: list[dict], events: list[dict]) -> list[dict]:
                           "audit_seq": event["seq"] if event else None})
         previous = destination
     return found
+
+
+def unrecorded_destination_change(versions: list[dict], policy, now: datetime) -> list[dict]:
+    """A destination edited in the policy file since bkp last acted: versions are recorded
+    only when bkp acts, so without this the old destination's drill would stand for the
+    new one. Dated now: a report of an earlier period is not judged by today's file."""
+    if not versions:
+        return []
+    try:
+        recorded = json.loads(versions[-1]["document"]).get("destination")
+        current = json.loads(policy.document).get("destination")
+    except (ValueError, AttributeError, TypeError):
+        return []
+    if recorded == current:
+        return []
+    return [{"time": stamp(now), "fingerprint": None, "audit_seq": None,
+             "unrecorded": True}]
 
 
 def backup_facts(backups: list[dict], in_period: list[dict], rpo_hours: float,

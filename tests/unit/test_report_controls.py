@@ -165,3 +165,23 @@ def test_fleet_overview_puts_failures_first():
                                section("b", "not_met", "met"),
                                section("c", "not_evidenced", "met")])
     assert [r["tenant"] for r in rows] == ["b", "c", "a"]
+
+
+def test_a_destination_edited_since_bkp_last_acted_needs_a_new_drill():
+    """The policy versions are recorded when bkp acts: a destination edited in the policy
+    file after the last drill must not let the old destination's drill stand for it."""
+    tested = {"type": "local", "path": "/a"}
+    versions = [{"id": 1, "fingerprint": "sha256:1", "seen_at": T0.isoformat(),
+                 "document": json.dumps({"destination": tested})}]
+    now = T0 + 10 * 24 * H
+    edited = SimpleNamespace(document=json.dumps({"destination": {"type": "local",
+                                                                  "path": "/b"}}))
+    pending = rep.unrecorded_destination_change(versions, edited, now)
+    assert pending and pending[0]["time"] == rep.stamp(now)
+    drills = [run(1, T0 + 24 * H, "drill", "passed")]
+    period = rep.Period(now - rep.YEAR, now)
+    verdict = rep.judge_restore_tested(drills, pending, period)
+    assert verdict["status"] == "not_met" and "destination changed" in verdict["reason"]
+    same = SimpleNamespace(document=json.dumps({"destination": tested}))
+    assert rep.unrecorded_destination_change(versions, same, now) == []
+    assert rep.unrecorded_destination_change([], edited, now) == []
