@@ -636,8 +636,9 @@ def _print_verification(file: Path, report: dict) -> None:
         for problem in report["problems"]:
             click.echo(f"  {problem}")
         return
+    subject = report["serial"] or f"tenant {report.get('tenant')}"
     click.echo(f"certificate {report['certificate_id']} of record {report['record_id']} "
-               f"({report['serial']}): VALID")
+               f"({subject}): VALID")
     click.echo(f"  signed by key {report['key_fingerprint']} "
                f"({report['key']['description']})")
     if report["pdf"]:
