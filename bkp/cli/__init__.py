@@ -1556,6 +1556,10 @@ from bkp.cli.report import register as _register_report  # noqa: E402
 
 _register_report(cli, pass_state, emit, json_option)
 
+from bkp.cli.erasure import register as _register_erasure  # noqa: E402
+
+_register_erasure(cli, pass_state, emit, json_option)
+
 
 # ---------------------------------------------------------------- entry point
 

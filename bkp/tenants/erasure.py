@@ -268,7 +268,7 @@ def close(ctx: Context, record: dict, status: str, destinations: list[dict], hos
                                  destinations=json.dumps(destinations),
                                  kept=json.dumps({"kept": KEPT, "host": host}))
         ctx.audit(record["kind"], status, record["tenant"], record_id=record["id"],
-                  tenant=record["tenant"], hash=digest, attempt=row["attempts"],
+                  hash=digest, attempt=row["attempts"],
                   destinations=[{k: d.get(k) for k in ("id", "status", "objects_removed",
                                                        "keys_removed", "left")}
                                 for d in destinations], error=error)
