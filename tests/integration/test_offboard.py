@@ -275,13 +275,16 @@ class StoppingProxy:
                 answer = upstream.getresponse()
                 content = answer.read()
                 self.send_response(answer.status)
+                head = self.command == "HEAD"  # its Content-Length is the object's
                 for key, value in answer.getheaders():
-                    if key.lower() not in ("transfer-encoding", "content-length",
-                                           "connection"):
+                    if key.lower() not in ("transfer-encoding", "connection") and \
+                            (head or key.lower() != "content-length"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(content)))
+                if not head:
+                    self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(content)
+                if not head:
+                    self.wfile.write(content)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
@@ -318,7 +321,7 @@ def test_an_endpoint_that_stops_halfway_fails_named_and_a_rerun_finishes(bkp_env
 
         failed, _ = bkp_env.bkp_json("offboard", "half-zorg", "--yes", expect=1)
 
-        assert proxy.stopped
+        assert proxy.stopped, failed
         assert failed["status"] == "failed" and failed["certificate"] is None
         [place] = failed["destinations"]
         assert place["status"] == "failed" and place["id"] == "destination"
