@@ -21,8 +21,12 @@ import pytest
 import yaml
 
 from tests.conftest import BkpEnv, S3Server, free_port
+from tests.e2e import test_who_may_act as who_may_act
 
 pytestmark = pytest.mark.integration
+
+# Real OS users with their own keys, and a desk with them registered (who may act).
+people, desk = who_may_act.people, who_may_act.desk
 
 
 # ---------------------------------------------------------------- helpers
@@ -398,3 +402,56 @@ def test_erase_of_single_paths_says_restic_cannot(bkp_env):
     assert done.returncode == 2
     assert "rewrite" in done.stderr
     assert snapshot_ids(bkp_env, "path-zorg") == ids
+
+
+# ---------------------------------------------------------------- two people
+
+def test_offboarding_waits_for_a_second_persons_signed_approval(desk, people):
+    source = desk.root / "data"
+    source.mkdir()
+    (source / "dossier.txt").write_text("BSN 123456782\n")
+    password = desk.root / "acme.key"
+    password.write_text("a repository password of acme\n")
+    password.chmod(0o600)
+    repository = desk.root / "offsite" / "acme-zorg"
+    repository.parent.mkdir()
+    (desk.root / "policies" / "acme-zorg.yaml").write_text(yaml.safe_dump({
+        "tenant": "acme-zorg", "purpose": "zorgdossiers", "classification": "sensitive",
+        "sources": [str(source)], "password_file": str(password),
+        "destination": {"type": "local", "country": "NL", "path": str(repository)},
+        "retention": {"last": 3}}))
+    desk.json("alice", "init", "acme-zorg")
+    desk.json("alice", "backup", "acme-zorg")
+    files = files_under(repository)
+
+    # an auditor may not even ask
+    assert desk.bkp("audrey", "offboard", "acme-zorg", "--yes").returncode == 4
+    # Alice asks: a request waits, nothing is touched
+    asked = desk.json("alice", "offboard", "acme-zorg", "--yes", "--reason", "left us")
+    assert asked["status"] == "pending_approval"
+    record = asked["record_id"]
+    assert files_under(repository) == files
+    status = desk.json(None, "status")
+    assert [(a["kind"], a["subject"]) for a in status["approvals"]] == \
+        [("offboard", str(record))]
+    # running it again before the approval changes nothing
+    assert desk.json("alice", "offboard", "acme-zorg", "--yes")["status"] == \
+        "pending_approval"
+    assert files_under(repository) == files
+    # Alice cannot approve her own request, with her own key
+    text = desk.bkp("alice", "approve", str(record), "--message").stdout
+    own = desk.bkp("alice", "approve", str(record), "--signature", str(desk.sign("alice", text)))
+    assert own.returncode == 4, own.stderr
+    # Victor approves with his key; Alice runs the same command again
+    approved = desk.json("vic", "approve", str(record), "--signature",
+                         str(desk.sign("vic", text)))
+    assert approved["approved_by"] == "Victor de Wit"
+    done = desk.json("alice", "offboard", "acme-zorg", "--yes")
+
+    assert done["status"] == "erased" and done["record_id"] == record
+    assert files_under(repository) == []
+    certificate = desk.json(None, "certificate", str(record))["certificate"]
+    assert certificate["person_performing"]["name"] == "Alice Jansen"
+    approval = certificate["validation"]["approval"]
+    assert approval["approved_by"] == "Victor de Wit"
+    assert approval["key_fingerprint"].startswith("SHA256:")
