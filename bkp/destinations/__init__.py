@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,7 @@ class StoredObject:
     size: int = 0
     version: str | None = None  # S3: the version id ("null" in an unversioned bucket)
     marker: bool = False  # S3: a delete marker
+    modified: datetime | None = None  # S3: when this version was written (Object Lock)
 
     @property
     def is_key(self) -> bool:

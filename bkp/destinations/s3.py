@@ -284,7 +284,8 @@ class S3Destination:
             for page in paginator.paginate(Bucket=self.dest.bucket, Prefix=self._listed()):
                 for item in page.get("Versions", []):
                     found.append(StoredObject(self._name(item["Key"]), item.get("Size", 0),
-                                              item.get("VersionId") or "null"))
+                                              item.get("VersionId") or "null",
+                                              modified=item.get("LastModified")))
                 for item in page.get("DeleteMarkers", []):
                     found.append(StoredObject(self._name(item["Key"]), 0,
                                               item.get("VersionId") or "null", marker=True))
@@ -358,11 +359,14 @@ class S3Destination:
         except BotoCoreError as exc:
             raise OperationError(f"cannot reach S3 endpoint {self.dest.endpoint}: {exc}") \
                 from None
-        if lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+        configuration = lock.get("ObjectLockConfiguration") or {}
+        if configuration.get("ObjectLockEnabled") != "Enabled":
             return None
-        return self._latest_retention(client)
+        return self._latest_retention(client, _default_retention(configuration))
 
-    def _latest_retention(self, client) -> str | None:
+    def _latest_retention(self, client, default) -> str | None:
+        """Each version is held until its own retention date or, where it states none, the
+        date the bucket's default retention gives it (written + the default period)."""
         from datetime import UTC, datetime
 
         from botocore.exceptions import ClientError
@@ -371,19 +375,25 @@ class S3Destination:
         for stored in self.stored_objects():
             if stored.marker:
                 continue
+            if default is not None and stored.modified is not None:
+                until = stored.modified + default
+                if until > now and (latest is None or until > latest):
+                    latest = until
             where = {"Bucket": self.dest.bucket, "Key": self._key(stored.name),
                      "VersionId": stored.version or "null"}
             try:
-                until = client.get_object_retention(**where)["Retention"]["RetainUntilDate"]
+                until = (client.get_object_retention(**where).get("Retention") or {}).get(
+                    "RetainUntilDate")
             except ClientError:
                 until = None  # no retention on this version
             if until is not None and until > now and (latest is None or until > latest):
                 latest = until
             try:
-                if client.get_object_legal_hold(**where)["LegalHold"]["Status"] == "ON":
-                    held.append(stored.describe())
+                hold = client.get_object_legal_hold(**where).get("LegalHold") or {}
             except ClientError:
-                pass
+                hold = {}  # no legal hold on this version
+            if hold.get("Status") == "ON":
+                held.append(stored.describe())
         if held:
             return (f"{len(held)} object(s) under an S3 Object Lock legal hold (e.g. "
                     f"{held[0]}) in bucket {self.dest.bucket}: the erasure is possible only "
@@ -393,3 +403,16 @@ class S3Destination:
                     f"until {latest.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}: the "
                     f"erasure is possible from then on")
         return None
+
+
+def _default_retention(configuration: dict):
+    """The bucket's default retention period as a timedelta (S3 counts a year as 365
+    days), or None."""
+    from datetime import timedelta
+
+    rule = ((configuration.get("Rule") or {}).get("DefaultRetention")) or {}
+    if rule.get("Days"):
+        return timedelta(days=int(rule["Days"]))
+    if rule.get("Years"):
+        return timedelta(days=365 * int(rule["Years"]))
+    return None

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -455,3 +456,26 @@ def test_offboarding_waits_for_a_second_persons_signed_approval(desk, people):
     approval = certificate["validation"]["approval"]
     assert approval["approved_by"] == "Victor de Wit"
     assert approval["key_fingerprint"].startswith("SHA256:")
+
+
+def test_an_object_lock_still_holding_the_objects_refuses_naming_the_date(bkp_env, s3):
+    from tests.integration.test_append_only import locked_bucket, object_lock_tenant
+
+    bucket = locked_bucket(s3, bkp_env, "vault", "COMPLIANCE", days=30)
+    object_lock_tenant(bkp_env, s3, "vault", bucket)
+    bkp_env.bkp_json("init", "vault")
+    bkp_env.bkp_json("backup", "vault")
+    ids = snapshot_ids(bkp_env, "vault")
+    before = versions_under(s3, bucket, "bkp/")
+
+    done = bkp_env.bkp("offboard", "vault", "--yes")
+
+    assert done.returncode == 4, done.stderr
+    assert "S3 Object Lock retention in bucket" in done.stderr
+    assert "the erasure is possible from then on" in done.stderr
+    # the date named: the last object written plus the bucket's 30 days of retention
+    written = max(v["LastModified"] for v in s3.client().list_object_versions(
+        Bucket=bucket, Prefix="bkp/")["Versions"])
+    assert (written + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ") in done.stderr
+    assert versions_under(s3, bucket, "bkp/") == before  # not a version more or less
+    assert snapshot_ids(bkp_env, "vault") == ids
