@@ -479,3 +479,39 @@ def test_an_object_lock_still_holding_the_objects_refuses_naming_the_date(bkp_en
     assert (written + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ") in done.stderr
     assert versions_under(s3, bucket, "bkp/") == before  # not a version more or less
     assert snapshot_ids(bkp_env, "vault") == ids
+
+
+def test_offboard_an_append_only_rest_tenant_through_the_maintenance_door(
+        bkp_env, tmp_path_factory):
+    from tests.conftest import start_rest, stop
+    from tests.integration.test_append_only import (
+        admin_credentials,
+        append_only_tenant,
+        start_maintenance_server,
+    )
+
+    server, append_proc = start_rest(tmp_path_factory.mktemp("append-only"),
+                                     append_only=True)
+    url, _, maintenance_proc = start_maintenance_server(
+        server, tmp_path_factory.mktemp("maintenance"))
+    try:
+        append_only_tenant(bkp_env, "rest-zorg", server)
+        bkp_env.write_policy("rest-zorg", {
+            **bkp_env.tenants["rest-zorg"]["destination"],
+            "maintenance_url": f"{url}/{bkp_env.root.name}/rest-zorg",
+            "maintenance_credentials_file": str(admin_credentials(bkp_env, "rest-zorg"))})
+        backed_up(bkp_env, "rest-zorg")
+        bkp_env.bkp_json("drill", "rest-zorg")  # writes the immutability canary too
+        on_server = server.root / bkp_env.root.name / "rest-zorg"
+        assert any(name.startswith("keys/") for name in files_under(on_server))
+
+        data, _ = bkp_env.bkp_json("offboard", "rest-zorg", "--yes")
+
+        assert data["status"] == "erased", data
+        assert data["destinations"][0]["location"] == f"rest:{url}/{bkp_env.root.name}/rest-zorg"
+        assert files_under(on_server) == []  # empty folders may stay: no object does
+        assert bkp_env.restic("rest-zorg", "snapshots").returncode != 0
+        certificate_checks(bkp_env, data["record_id"])
+    finally:
+        stop(maintenance_proc)
+        stop(append_proc)
