@@ -140,10 +140,13 @@ def _print_erasure(data: dict, command: str) -> None:
     click.echo(f"{tenant}: {data['status'].upper()} (record {record}, attempt "
                f"{data.get('attempt')}), {data['snapshots_erased']} snapshots erased")
     for place in data["destinations"]:
-        click.echo(f"  {place['id']:<12} {place['status'].upper():<7} {place['location']}: "
+        removed = (f"snapshot(s) {', '.join(s[:8] for s in place['snapshot_ids']) or '-'} "
+                   f"erased" if command == "erase" else
                    f"{_dash(place.get('keys_removed'))} keys, "
                    f"{_dash(place.get('objects_removed'))} objects, "
                    f"{_dash(place.get('bytes_removed'))} bytes removed")
+        click.echo(f"  {place['id']:<12} {place['status'].upper():<7} {place['location']}: "
+                   f"{removed}")
         if place.get("error"):
             click.echo(f"    ! {place['error']}")
     for path in (data.get("host") or {}).get("removed") or ():

@@ -233,6 +233,11 @@ def _erase(ctx, actor, request, ask):
     erasure.confirmed(policy.tenant, request.yes, ask)
     with Held(ctx, policy, "erase"):
         places = erasure.targets(policy, ctx.settings.home)
+        for place in places:  # prune deletes objects: a provider holding them refuses
+            blocked = place.destination.erasure_blocked_until()
+            if blocked:
+                raise SafetyError(f"{place.id} ({place.label}): {blocked}. Nothing was "
+                                  f"touched")
         record = erasure.current_record(ctx, policy.tenant, "erase", wanted)
         found = {place.id: _matching(place, wanted) for place in places}
         if record is None:
