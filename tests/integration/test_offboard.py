@@ -478,6 +478,9 @@ def test_an_object_lock_still_holding_the_objects_refuses_naming_the_date(bkp_en
         Bucket=bucket, Prefix="bkp/")["Versions"])
     assert (written + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ") in done.stderr
     assert versions_under(s3, bucket, "bkp/") == before  # not a version more or less
+    erase = bkp_env.bkp("erase", "vault", "--snapshot", ids[0], "--yes")
+    assert erase.returncode == 4 and "Object Lock" in erase.stderr, erase.stderr
+    assert versions_under(s3, bucket, "bkp/") == before
     assert snapshot_ids(bkp_env, "vault") == ids
 
 
