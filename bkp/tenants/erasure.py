@@ -54,10 +54,7 @@ METHOD = ("the repository's key files removed through the destination itself (ev
 ERASE_METHOD = ("restic forget of the requested snapshots, then restic prune --max-unused 0 "
                 "(no byte of them left in partly used packs), at every place the tenant's "
                 "backups rest; then the tenant's restic cache removed")
-VERIFICATION = ("the location lists no object (every version), and restic can no longer "
-                "open the repository with the tenant's password")
-ERASE_VERIFICATION = ("the erased snapshots are no longer listed at any place, and the "
-                      "repository checks out afterwards (restic check)")
+# How each is verified: bkp.evidence.certificates.ERASURE_VERIFICATIONS.
 
 
 @dataclass(frozen=True)
