@@ -656,6 +656,8 @@ def _print_verification(file: Path, report: dict) -> None:
     validation = report.get("validation") or {}
     if validation.get("state") == "not_validated":
         click.echo("  NOT VALIDATED: no second person has validated this record")
+    elif validation.get("state") == "not_approved":
+        click.echo("  no second person's approval (no operators were registered)")
     elif validation.get("state"):
         checked = " (its audit event checked)" if validation.get("checked") else ""
         click.echo(f"  {validation['state']} by {validation.get('validator')}{checked}")

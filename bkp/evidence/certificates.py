@@ -294,6 +294,8 @@ def erasure_payload(*, certificate_id: int, issued_at: str, record: dict, audit_
         "record_id": record["id"],
         "kind": "erasure",
         "issued_at": issued_at,
+        "tenant": record["tenant"],  # as the evidence report reads any certificate
+        "result": record["status"],
         "person_performing": {"name": record["operator"], "organization": organization,
                               "os_user": record.get("os_user")},
         "erasure": {

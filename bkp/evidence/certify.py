@@ -167,6 +167,30 @@ def _approval_event(catalog, record_id: int) -> dict | None:
     return None
 
 
+def _approval_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
+    """An erasure's second person is its approver: the approval the certificate states
+    must be the one the audit trail recorded (same request, person and key)."""
+    validation = payload.get("validation") if isinstance(payload.get("validation"),
+                                                         dict) else {}
+    approval = validation.get("approval") if isinstance(validation.get("approval"),
+                                                         dict) else {}
+    if not approval.get("approved_by"):
+        return {"state": "not_approved", "validator": None, "checked": False}, []
+    report = {"state": "approved", "validator": approval["approved_by"], "checked": True}
+    for event in reversed(ctx.catalog.audit_events(action="approve")):
+        details = _details(event)
+        if event["outcome"] == "approved" and \
+                details.get("approval_id") == approval.get("approval_id"):
+            said = {"approved_by": details.get("approved_by"),
+                    "key_fingerprint": details.get("key_fingerprint")}
+            return report, [f"the approval on the certificate says {key} "
+                            f"{approval.get(key)!r}, audit event #{event['seq']} recorded "
+                            f"{value!r}" for key, value in said.items()
+                            if approval.get(key) != value]
+    return report, [f"the certificate says {approval['approved_by']} approved the erasure, "
+                    f"but the audit trail records no such approval"]
+
+
 def _validation_state(validation: dict) -> str:
     if not validation.get("validator"):
         return "not_validated"
@@ -420,7 +444,9 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
         if not problems:
             audit = _audit_check(ctx, payload)
             problems += audit.pop("problems")
-            validation, validation_problems = _validation_check(ctx, payload)
+            check = _approval_check if payload.get("kind") == "erasure" else \
+                _validation_check
+            validation, validation_problems = check(ctx, payload)
             problems += validation_problems
         problems += file_problems
     claimed = (document.get("signature") or {}).get("key_fingerprint") \

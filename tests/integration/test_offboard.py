@@ -456,6 +456,10 @@ def test_offboarding_waits_for_a_second_persons_signed_approval(desk, people):
     approval = certificate["validation"]["approval"]
     assert approval["approved_by"] == "Victor de Wit"
     assert approval["key_fingerprint"].startswith("SHA256:")
+    issued = desk.home / "certificates" / f"certificate-1-record-{record}.pdf"
+    verified = desk.json(None, "certificate", "verify", str(issued))
+    assert verified["validation"] == {"state": "approved", "validator": "Victor de Wit",
+                                      "checked": True}
 
 
 def test_an_object_lock_still_holding_the_objects_refuses_naming_the_date(bkp_env, s3):
