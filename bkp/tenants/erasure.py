@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from bkp.errors import BkpError, SafetyError
 from bkp.evidence import approvals
 from bkp.evidence.certificates import erasure_hash
 from bkp.locks import LockHeld, tenant_lock
-from bkp.policy import Policy
+from bkp.policy import Policy, at_copy
 from bkp.restic import Restic
 
 # What the certificate says is kept, and why: nothing in it is the tenant's content.
@@ -76,14 +76,10 @@ class Target:
 
 def targets(policy: Policy, home: Path) -> list[Target]:
     """Every place the tenant's backups rest, each reached with a credential that may
-    delete (an append_only REST server: the maintenance credential). Copies (`copies:` in
-    a policy, where this bkp knows it) are places like the destination."""
-    found = [_target("destination", policy, home)]
-    for index, copy in enumerate(getattr(policy, "copies", ()) or (), 1):
-        copy_destination = getattr(copy, "destination", copy)
-        found.append(_target(str(getattr(copy, "id", None) or index),
-                             replace(policy, destination=copy_destination), home))
-    return found
+    delete (an append_only REST server: the maintenance credential). Each copy
+    (`copies:` in the policy) is a place like the destination."""
+    return [_target("destination", policy, home),
+            *(_target(copy.id, at_copy(policy, copy), home) for copy in policy.copies)]
 
 
 def _target(name: str, policy: Policy, home: Path) -> Target:
@@ -113,8 +109,7 @@ def nested_repository(policy: Policy, others: list[tuple[str, object]]) -> str |
     """Another repository (tenant or evidence) inside one of this tenant's locations: an
     erasure deletes every object below the location, theirs too. `others` is (who,
     Destination) of every other policy."""
-    mine = [policy.destination, *(getattr(c, "destination", c) for c in
-                                  getattr(policy, "copies", ()) or ())]
+    mine = [policy.destination, *(copy.destination for copy in policy.copies)]
     for outer in mine:
         for who, inner in others:
             if _inside(inner.repository_identity(), outer.repository_identity()):

@@ -522,3 +522,30 @@ def test_offboard_an_append_only_rest_tenant_through_the_maintenance_door(
     finally:
         stop(maintenance_proc)
         stop(append_proc)
+
+
+def test_offboard_erases_the_copies_too_and_erase_finds_a_snapshot_in_each(bkp_env):
+    offsite = bkp_env.root / "offsite"
+    offsite.mkdir()
+    copy_path = bkp_env.root / "second-site" / "copied-zorg"
+    copy_path.parent.mkdir()
+    bkp_env.write_policy("copied-zorg", {
+        "type": "local", "country": "NL", "site": "ams-dc1",
+        "path": str(offsite / "copied-zorg")}, copies=[{
+            "id": "fra", "type": "local", "country": "DE", "site": "fra-dc1",
+            "path": str(copy_path)}])
+    ids = backed_up(bkp_env, "copied-zorg", nights=2)
+    assert files_under(copy_path)
+
+    erased, _ = bkp_env.bkp_json("erase", "copied-zorg", "--snapshot", ids[0], "--yes")
+    assert [(d["id"], d["status"], d["snapshots"]) for d in erased["destinations"]] == \
+        [("destination", "erased", 1), ("fra", "erased", 1)]
+    assert snapshot_ids(bkp_env, "copied-zorg") == ids[1:]
+    listed, _ = bkp_env.bkp_json("snapshots", "copied-zorg", "--copy", "fra")
+    assert len(listed["snapshots"]) == 1
+
+    data, _ = bkp_env.bkp_json("offboard", "copied-zorg", "--yes")
+    assert [(d["id"], d["status"]) for d in data["destinations"]] == \
+        [("destination", "erased"), ("fra", "erased")]
+    assert files_under(offsite / "copied-zorg") == [] and files_under(copy_path) == []
+    certificate_checks(bkp_env, data["record_id"])
