@@ -78,12 +78,34 @@ def locked(ctx: Context, policy: Policy, action: str, work: Callable[[], Outcome
     is refused without a run record: a busy tenant is not a failed backup."""
     from bkp.locks import LockHeld, tenant_lock
 
+    refusal = offboarded_refusal(ctx, policy, action, result)
+    if refusal is not None:
+        return refusal
     try:
         with tenant_lock(ctx.settings.locks, policy.tenant):
             return work()
     except LockHeld as exc:
         ctx.audit(action, "refused", policy.tenant, error=str(exc))
         return Outcome(policy.tenant, exc.exit_code, result.refused(policy.tenant, str(exc)))
+
+
+def offboarded_refusal(ctx: Context, policy: Policy, action: str,
+                       result: type[TenantResult]) -> Outcome | None:
+    """A tenant whose offboarding has begun to erase gets no new backups (nor drills, nor a
+    new repository): refused (4, audited) until its policy is removed. A tenant id is not
+    reused after offboarding; a returning customer gets a new one."""
+    from bkp.catalog import offboarded
+
+    record = offboarded(ctx.catalog).get(policy.tenant)
+    if record is None:
+        return None
+    message = (f"tenant {policy.tenant} was offboarded (erasure record {record['id']}, "
+               f"{record['status']}): its backups are erased, so bkp does no {action} for "
+               f"it. Remove its policy {policy.file}"
+               + ("" if record["status"] == "erased" else
+                  f"; finish the erasure first with `bkp offboard {policy.tenant}`"))
+    ctx.audit(action, "refused", policy.tenant, error=message, record_id=record["id"])
+    return Outcome(policy.tenant, 4, result.refused(policy.tenant, message))
 
 
 def run_per_tenant(policies: Sequence[Policy], work: Callable[[Policy], Outcome],

@@ -16,6 +16,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,7 @@ class Retention:
     monthly: int = 0
     yearly: int = 0
     legal_hold: bool = False
+    keep_until: str | None = None  # YYYY-MM-DD: nothing may be erased before it
 
     def keep_rules(self) -> dict[str, int]:
         """The non-zero keep-* rules, in restic's order."""
@@ -550,6 +552,8 @@ def _to_plain(data: Any) -> Any:
         if count > MAX_VALUES or depth > MAX_DEPTH:
             raise _Unusable(Problem("", "too large or nested too deeply to be a policy "
                                         "(YAML aliases expanding?)"))
+        if isinstance(value, date):  # YAML's unquoted 2033-12-31: the date as written
+            return value.isoformat()
         if not isinstance(value, dict | list):
             return value
         if id(value) in ancestors:
@@ -958,6 +962,16 @@ def _rule_retention_keeps_something(data: dict, file: Path) -> Iterator[_Finding
         yield _error(("retention",), "no keep rule above 0, so nothing says which snapshots to "
                                      "keep. Set at least one of " + ", ".join(KEEP_RULES)
                      + " above 0, or legal_hold: true to keep everything")
+
+
+def _rule_keep_until_is_a_date(data: dict, file: Path) -> Iterator[_Finding]:
+    # The schema checks the shape; a quoted "2033-02-30" has the shape of a date.
+    keep_until = _mapping(data.get("retention")).get("keep_until")
+    if isinstance(keep_until, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", keep_until):
+        try:
+            date.fromisoformat(keep_until)
+        except ValueError:
+            yield _error(("retention", "keep_until"), f"{keep_until} is not a date that exists")
 
 
 def _rule_rpo_is_a_number(data: dict, file: Path) -> Iterator[_Finding]:
@@ -1377,6 +1391,7 @@ CROSS_FIELD_RULES = (
     _rule_no_inline_secrets,
     _rule_cron_schedules,
     _rule_retention_keeps_something,
+    _rule_keep_until_is_a_date,
     _rule_rpo_is_a_number,
     _rule_data_rests_in_eea,
     _rule_transport_encrypted,

@@ -383,6 +383,35 @@ def forget_ids_argv(repo: Repository, snapshot_ids: Sequence[str]) -> list[str]:
     return [*global_args(repo), "forget", "--prune", "--", *snapshot_ids]
 
 
+def forget_snapshots_argv(repo: Repository, snapshot_ids: Sequence[str]) -> list[str]:
+    """Forget exactly these snapshots, without pruning (an erasure prunes on its own terms)."""
+    return [*global_args(repo), "forget", "--", *snapshot_ids]
+
+
+def prune_all_unused_argv(repo: Repository) -> list[str]:
+    """Prune until no unused data is left: an erasure request must not leave a byte of the
+    erased snapshots in partly used packs (restic keeps 5% unused by default)."""
+    return [*global_args(repo), "prune", "--max-unused", "0"]
+
+
+def cat_config_argv(repo: Repository) -> list[str]:
+    """The smallest read that needs the repository open: its key and its config."""
+    return [*global_args(repo), "cat", "config"]
+
+
+# `restic rewrite` (drop paths from existing snapshots) arrived in restic 0.15.
+REWRITE_SINCE = (0, 15)
+
+
+def rewrite_argv(repo: Repository, snapshot_ids: Sequence[str],
+                 paths: Sequence[str]) -> list[str]:
+    """Rewrite snapshots without `paths`, forgetting the originals (restic >= 0.15)."""
+    args = [*global_args(repo), "rewrite", "--forget"]
+    for path in paths:
+        args += ["--exclude", path]
+    return [*args, "--", *snapshot_ids]
+
+
 def dump_argv(repo: Repository, snapshot_id: str, filename: str) -> list[str]:
     """One file of a snapshot to stdout (a database dump, an inventory)."""
     return [*global_args(repo), "dump", "--", snapshot_id, filename]
@@ -941,6 +970,23 @@ class Restic:
 
     def forget_ids(self, snapshot_ids: Sequence[str]) -> None:
         self.run(forget_ids_argv(self.repo, snapshot_ids), "forget/prune")
+
+    def erase_snapshots(self, snapshot_ids: Sequence[str]) -> str:
+        """Forget these snapshots, then prune every unused byte; prune's report."""
+        self.run(forget_snapshots_argv(self.repo, snapshot_ids), "forget")
+        return self.run(prune_all_unused_argv(self.repo), "prune").stdout
+
+    def opens(self) -> bool:
+        """Whether restic can open the repository with the tenant's password. False only
+        when restic says there is no repository or no key the password opens; any other
+        failure (unreachable, refused) is no answer and raises."""
+        done = self.run(cat_config_argv(self.repo), "cat config", check=False)
+        if done.ok:
+            return True
+        failure = self.failure(done, "cat config")
+        if failure.cause in ("no_repository", "wrong_password"):
+            return False
+        raise failure.exception()
 
     def dump(self, snapshot_id: str, filename: str, target: int) -> runner.Completed:
         """One file of a snapshot into the open file descriptor `target`."""

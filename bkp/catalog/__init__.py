@@ -40,6 +40,16 @@ from bkp.catalog.base import (
     utc_now,
 )
 from bkp.catalog.copies import CopiesTable
+from bkp.catalog.erasures import (
+    add_erasure,
+    closed_erasures,
+    erasures_of,
+    get_erasure,
+    offboarded,
+    start_attempt,
+    unfinished_erasures,
+    update_erasure,
+)
 from bkp.catalog.inbox import InboxTable
 from bkp.catalog.media import (
     MEDIA_STATES,
@@ -80,6 +90,7 @@ __all__ = [
     "abandoned_sanitizations",
     "add_certificate",
     "add_destruction",
+    "add_erasure",
     "add_media_event",
     "add_medium",
     "all_certificates",
@@ -88,8 +99,11 @@ __all__ = [
     "audit_event",
     "check_home",
     "close_sanitization",
+    "closed_erasures",
     "closed_sanitizations",
+    "erasures_of",
     "get_destruction",
+    "get_erasure",
     "get_medium",
     "get_record",
     "get_sanitization",
@@ -100,11 +114,15 @@ __all__ = [
     "list_media",
     "media_history",
     "note_sample_plan",
+    "offboarded",
     "open_for_work",
     "open_sanitization",
     "parse_time",
     "process_alive",
     "process_start_ticks",
+    "start_attempt",
+    "unfinished_erasures",
+    "update_erasure",
     "utc_now",
     "write_home_marker",
 ]

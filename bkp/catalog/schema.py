@@ -17,7 +17,7 @@ LEGACY_TABLE = "_migrations"
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
           "destructions", "certificates", "policy_versions", "policy_flags", "approvals",
-          "database_dumps", "inbox", "copy_results")
+          "database_dumps", "inbox", "copy_results", "erasures")
 
 
 @migrations(name="0001_runs")
@@ -268,3 +268,20 @@ def _copy_results(db: sqlite_utils.Database) -> None:
     # The run's own summary of its copies (JSON: id, destination, status, snapshot_id,
     # error), which travels with the run row (the evidence report, a pod's result).
     db["runs"].add_column("copies", str)
+
+
+@migrations(name="0016_erasures")
+def _erasures(db: sqlite_utils.Database) -> None:
+    # Erasure records share the record id space with sanitizations and destructions, so
+    # `bkp certificate RECORD_ID` and `bkp approve RECORD_ID` need no kind. They erase a
+    # tenant's backups, not a medium: a record names a serial or a tenant.
+    db["records"].transform(not_null={"serial": False})
+    db["records"].add_column("tenant", str)
+    db["erasures"].create({
+        "id": int, "tenant": str, "kind": str, "status": str, "reason": str, "witness": str,
+        "operator": str, "os_user": str, "requested_at": str, "started_at": str,
+        "ended_at": str, "snapshots": str, "inventory": str, "destinations": str,
+        "kept": str, "method": str, "error": str, "attempts": int, "host": str,
+    }, pk="id", not_null={"tenant", "kind", "status", "requested_at"},
+        foreign_keys=[("id", "records")])
+    db["erasures"].create_index(["tenant", "kind", "id"])

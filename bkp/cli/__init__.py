@@ -287,6 +287,7 @@ def policy_validate(state, files, as_json):
     if not paths and not with_config:
         raise PolicyError(f"no policy files in {state.settings.policies}")
     reports = validate_files(paths)
+    _warn_offboarded(state, reports)
     if with_config:
         settings = installation.validate(config)
         check_repositories_not_shared([*reports, settings])
@@ -303,6 +304,29 @@ def policy_validate(state, files, as_json):
 
     emit({"policies": [r.to_json() for r in reports]}, as_json, human)
     return 0 if all(r.valid for r in reports) else 3
+
+
+def _warn_offboarded(state, reports) -> None:
+    """The policy of a tenant bkp offboarded is still there: a warning (the backups it
+    describes are erased; bkp refuses to make new ones)."""
+    from bkp.catalog import Catalog, CatalogError, offboarded
+    from bkp.policy import Problem
+
+    try:
+        catalog = Catalog.read_only(state.settings.catalog_path)
+    except CatalogError:
+        return  # no records here: nothing was offboarded on this host
+    try:
+        gone = offboarded(catalog)
+    finally:
+        catalog.close()
+    for report in reports:
+        record = gone.get(report.tenant)
+        if record is not None:
+            report.warnings.append(Problem("", (
+                f"tenant {report.tenant} was offboarded (erasure record {record['id']}, "
+                f"{record['status']}): its backups are erased and bkp refuses new ones; "
+                f"remove this policy")))
 
 
 def _where(file: Path, problem) -> str:
@@ -1198,6 +1222,9 @@ def _print_status(rows) -> None:
             click.echo(f"{'':<22}   {_maintenance_text(r['maintenance'])}")
         for copy in r.get("copies") or ():
             click.echo(f"{'':<22} {_copy_line(copy)}")
+        for request in r.get("erasures") or ():
+            click.echo(f"{'':<22} ! {request['kind']} record {request['record_id']}: "
+                       f"{request['status']} (requested {request['requested_at'][:19]}Z)")
         for database in r.get("databases") or ():
             dump = database["last_good_dump"]
             said = (f"last good dump {dump['time'][:19]}Z, snapshot {dump['snapshot_id'][:8]}, "
@@ -1555,6 +1582,10 @@ _register_media(cli, pass_state, emit, json_option)
 from bkp.cli.report import register as _register_report  # noqa: E402
 
 _register_report(cli, pass_state, emit, json_option)
+
+from bkp.cli.erasure import register as _register_erasure  # noqa: E402
+
+_register_erasure(cli, pass_state, emit, json_option)
 
 
 # ---------------------------------------------------------------- entry point

@@ -644,8 +644,9 @@ def _print_verification(file: Path, report: dict) -> None:
                            if report["audit"]["checked"] else "lines not checked (--no-audit)"))
         click.echo("  each medium's proof is its own certificate: bkp certificate verify it")
         return
+    subject = report["serial"] or f"tenant {report.get('tenant')}"
     click.echo(f"certificate {report['certificate_id']} of record {report['record_id']} "
-               f"({report['serial']}): VALID")
+               f"({subject}): VALID")
     click.echo(f"  signed by key {report['key_fingerprint']} "
                f"({report['key']['description']})")
     if report["pdf"]:
@@ -663,6 +664,8 @@ def _print_verification(file: Path, report: dict) -> None:
     validation = report.get("validation") or {}
     if validation.get("state") == "not_validated":
         click.echo("  NOT VALIDATED: no second person has validated this record")
+    elif validation.get("state") == "not_approved":
+        click.echo("  no second person's approval (no operators were registered)")
     elif validation.get("state"):
         checked = " (its audit event checked)" if validation.get("checked") else ""
         click.echo(f"  {validation['state']} by {validation.get('validator')}{checked}")

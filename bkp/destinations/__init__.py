@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,29 @@ class Preflight:
     reachable: bool
     initialised: bool | None  # None: not looked at; restic's own error will say
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object at a repository's location: a file, an S3 object version or delete
+    marker, a REST object. What an erasure inventories, removes and must not find after."""
+
+    name: str  # relative to the repository's location
+    size: int = 0
+    version: str | None = None  # S3: the version id ("null" in an unversioned bucket)
+    marker: bool = False  # S3: a delete marker
+    modified: datetime | None = None  # S3: when this version was written (Object Lock)
+
+    @property
+    def is_key(self) -> bool:
+        return self.name.startswith("keys/")
+
+    def describe(self) -> str:
+        if self.marker:
+            return f"{self.name} (delete marker {self.version})"
+        if self.version and self.version != "null":
+            return f"{self.name} (version {self.version})"
+        return self.name
 
 
 class Destination(Protocol):
@@ -51,6 +75,22 @@ class Destination(Protocol):
         """The ids of the repository's snapshots, read as the names of its snapshot files
         (no key derivation, no restic process), or None when they cannot be read cheaply.
         Used only to confirm a record of the snapshots (see tenants.retention)."""
+
+    # Erasure (bkp offboard): through the destination itself, never restic, which will not
+    # remove the key it uses. `stored_objects` lists every object at the location (all
+    # versions), `remove_keys` removes the repository's key files first (every surviving
+    # object is then unreadable), `remove_objects` everything else; both return what they
+    # removed and raise OperationError, having removed part, when the location fails them.
+
+    def stored_objects(self) -> list[StoredObject]: ...
+
+    def remove_keys(self) -> list[StoredObject]: ...
+
+    def remove_objects(self) -> list[StoredObject]: ...
+
+    def erasure_blocked_until(self) -> str | None:
+        """Why the provider will not let the objects go yet (S3 Object Lock), naming the
+        earliest date it will; None when nothing holds them."""
 
 
 def snapshot_names(names) -> set[str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options, snapshot_names
+from bkp.destinations import Preflight, StoredObject, cache_options, snapshot_names
 from bkp.errors import OperationError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -101,3 +101,56 @@ class LocalDestination:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(root, name)).st_size
         return total
+
+    # -------------------------------------------------------------- erasure
+
+    def stored_objects(self) -> list[StoredObject]:
+        """Every file (and symlink) below the repository's folder; none when it is gone."""
+        if not self.path.exists():
+            return []
+        found = []
+
+        def refused(error: OSError) -> None:
+            raise OperationError(f"cannot read {error.filename}: {error.strerror}")
+
+        for root, _dirs, files in os.walk(self.path, onerror=refused):
+            for name in files:
+                full = os.path.join(root, name)
+                try:
+                    size = os.lstat(full).st_size
+                except FileNotFoundError:
+                    continue
+                found.append(StoredObject(os.path.relpath(full, self.path), size))
+        return sorted(found, key=lambda o: o.name)
+
+    def remove_keys(self) -> list[StoredObject]:
+        keys = [o for o in self.stored_objects() if o.is_key]
+        for key in keys:
+            self._unlink(key)
+        return keys
+
+    def remove_objects(self) -> list[StoredObject]:
+        removed = []
+        for stored in self.stored_objects():
+            self._unlink(stored)
+            removed.append(stored)
+        # The folders too, deepest first; the location's own folder last.
+        for root, dirs, _files in os.walk(self.path, topdown=False):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(root, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+        return removed
+
+    def _unlink(self, stored: StoredObject) -> None:
+        try:
+            os.unlink(self.path / stored.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OperationError(f"cannot remove {self.path / stored.name}: "
+                                 f"{exc.strerror}") from None
+
+    def erasure_blocked_until(self) -> str | None:
+        return None

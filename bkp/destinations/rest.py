@@ -14,12 +14,12 @@ import http.client
 import json
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options, snapshot_names
+from bkp.destinations import Preflight, StoredObject, cache_options, snapshot_names
 from bkp.errors import OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository, rest_location
@@ -60,6 +60,19 @@ class RestDestination:
     @property
     def label(self) -> str:
         return repository_label(self.url)
+
+    def for_maintenance(self) -> RestDestination:
+        """This destination with the deleting credential: the maintenance one where the
+        policy names it, else the nightly one (which then may delete). An append_only
+        destination without a maintenance credential cannot delete: SafetyError (4)."""
+        if self.dest.maintenance_credentials_file is None:
+            if self.dest.append_only:
+                raise SafetyError(f"destination {self.label} is append_only and the policy "
+                                  f"names no maintenance_credentials_file: nothing bkp holds "
+                                  f"may delete there. Add the deleting credential, then "
+                                  f"re-run")
+            return self
+        return replace(self, maintenance=True)
 
     def _credentials(self) -> secrets.RestCredentials:
         return secrets.rest_credentials(
@@ -205,6 +218,70 @@ class RestDestination:
             rest_location(self.url, creds.user, creds.password))
         return Repository(url="", env=env, cacert=self._ca_file(),
                           **cache_options(self.home, self.policy.tenant), label=self.label)
+
+    # -------------------------------------------------------------- erasure
+
+    def stored_objects(self) -> list[StoredObject]:
+        """The config and every object of restic's layout the server lists. A server may
+        keep empty folders: an erased repository is one without objects, not without
+        folders."""
+        found = []
+        status, _ = self._request("HEAD", "config")
+        if status == 200:
+            found.append(StoredObject("config"))
+        elif status != 404:
+            raise self._refused(status)
+        for kind, (status, body) in zip(OBJECT_TYPES, self._requests(
+                "GET", [f"{kind}/" for kind in OBJECT_TYPES], accept=LIST_V2), strict=True):
+            if status == 404:
+                continue
+            if status != 200:
+                raise self._refused(status)
+            found += [StoredObject(f"{kind}/{name}", size) for name, size in _listing(body)]
+        return found
+
+    def remove_keys(self) -> list[StoredObject]:
+        return self._delete([o for o in self.stored_objects() if o.is_key])
+
+    def remove_objects(self) -> list[StoredObject]:
+        objects = self.stored_objects()
+        # config last: while it is there, what is left is still recognisably a repository
+        ordered = [o for o in objects if o.name != "config"] + \
+            [o for o in objects if o.name == "config"]
+        return self._delete(ordered)
+
+    def _delete(self, objects: list[StoredObject]) -> list[StoredObject]:
+        removed = []
+        for stored, (status, _) in zip(objects, self._requests(
+                "DELETE", [o.name for o in objects]), strict=True):
+            if status in (200, 204, 404):
+                removed.append(stored)
+                continue
+            if status == 403:
+                raise OperationError(f"REST server {self._where()} refused to delete "
+                                     f"{stored.name} (HTTP 403): an append-only server needs "
+                                     f"the maintenance credential (maintenance_url, "
+                                     f"maintenance_credentials_file)")
+            raise self._refused(status)
+        return removed
+
+    def erasure_blocked_until(self) -> str | None:
+        return None
+
+
+def _listing(body: bytes) -> list[tuple[str, int]]:
+    """(name, size) from a v2 listing, or names (size 0) from a server speaking v1."""
+    try:
+        items = json.loads(body or b"[]")
+    except ValueError:
+        raise OperationError("the REST server's listing is not JSON") from None
+    found = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            found.append((item["name"], int(item.get("size") or 0)))
+        elif isinstance(item, str):
+            found.append((item, 0))
+    return found
 
 
 def _cause(exc: Exception) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options, snapshot_names
+from bkp.destinations import Preflight, StoredObject, cache_options, snapshot_names
 from bkp.errors import BkpError, OperationError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -268,3 +268,151 @@ class S3Destination:
         for page in paginator.paginate(Bucket=self.dest.bucket, Prefix=prefix):
             total += sum(obj.get("Size", 0) for obj in page.get("Contents", []))
         return total
+
+    # -------------------------------------------------------------- erasure
+
+    def stored_objects(self) -> list[StoredObject]:
+        """Every version and delete marker under the prefix (in a bucket that was never
+        versioned, each object once, version "null"): a versioned bucket keeps what was
+        "deleted" as older versions, and they hold the tenant's data as much as the latest."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client()
+        found = []
+        try:
+            paginator = client.get_paginator("list_object_versions")
+            for page in paginator.paginate(Bucket=self.dest.bucket, Prefix=self._listed()):
+                for item in page.get("Versions", []):
+                    found.append(StoredObject(self._name(item["Key"]), item.get("Size", 0),
+                                              item.get("VersionId") or "null",
+                                              modified=item.get("LastModified")))
+                for item in page.get("DeleteMarkers", []):
+                    found.append(StoredObject(self._name(item["Key"]), 0,
+                                              item.get("VersionId") or "null", marker=True))
+        except ClientError as exc:
+            raise OperationError(f"cannot list bucket {self.dest.bucket} at "
+                                 f"{self.dest.endpoint}: "
+                                 f"{exc.response.get('Error', {}).get('Code')}") from None
+        except BotoCoreError as exc:
+            raise OperationError(f"cannot reach S3 endpoint {self.dest.endpoint}: {exc}") \
+                from None
+        return sorted(found, key=lambda o: (o.name, o.version or ""))
+
+    def remove_keys(self) -> list[StoredObject]:
+        return self._delete([o for o in self.stored_objects() if o.is_key])
+
+    def remove_objects(self) -> list[StoredObject]:
+        return self._delete(self.stored_objects())
+
+    def _delete(self, objects: list[StoredObject]) -> list[StoredObject]:
+        """Delete exactly these versions (by version id: a plain delete in a versioned
+        bucket would only add a delete marker), a thousand per request."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client()
+        removed: list[StoredObject] = []
+        for start in range(0, len(objects), 1000):
+            batch = objects[start:start + 1000]
+            try:
+                answer = client.delete_objects(Bucket=self.dest.bucket, Delete={
+                    "Quiet": True,
+                    "Objects": [{"Key": self._key(o.name), "VersionId": o.version or "null"}
+                                for o in batch]})
+            except ClientError as exc:
+                raise OperationError(f"bucket {self.dest.bucket} refused the deletion: "
+                                     f"{exc.response.get('Error', {}).get('Code')}") from None
+            except BotoCoreError as exc:
+                raise OperationError(f"cannot reach S3 endpoint {self.dest.endpoint} while "
+                                     f"deleting: {exc}") from None
+            failed = {(self._name(e.get("Key", "")), e.get("VersionId") or "null"): e
+                      for e in answer.get("Errors", [])}
+            removed += [o for o in batch if (o.name, o.version or "null") not in failed]
+            if failed:
+                first = next(iter(failed.values()))
+                raise OperationError(f"bucket {self.dest.bucket} refused to delete "
+                                     f"{len(failed)} object(s), e.g. {first.get('Key')}: "
+                                     f"{first.get('Code')} {first.get('Message', '')}".rstrip())
+        return removed
+
+    def _listed(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def _name(self, key: str) -> str:
+        return key[len(self._listed()):]
+
+    def erasure_blocked_until(self) -> str | None:
+        """With Object Lock on the bucket, the date every object's retention has ended (the
+        earliest the erasure can happen), or that a legal hold on an object holds it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._client()
+        try:
+            lock = client.get_object_lock_configuration(Bucket=self.dest.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                    "ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration",
+                    "404", "NotImplemented"):
+                return None
+            raise OperationError(f"cannot read the Object Lock configuration of bucket "
+                                 f"{self.dest.bucket}: "
+                                 f"{exc.response.get('Error', {}).get('Code')}") from None
+        except BotoCoreError as exc:
+            raise OperationError(f"cannot reach S3 endpoint {self.dest.endpoint}: {exc}") \
+                from None
+        configuration = lock.get("ObjectLockConfiguration") or {}
+        if configuration.get("ObjectLockEnabled") != "Enabled":
+            return None
+        return self._latest_retention(client, _default_retention(configuration))
+
+    def _latest_retention(self, client, default) -> str | None:
+        """Each version is held until its own retention date or, where it states none, the
+        date the bucket's default retention gives it (written + the default period)."""
+        from datetime import UTC, datetime
+
+        from botocore.exceptions import ClientError
+
+        now, latest, held = datetime.now(UTC), None, []
+        for stored in self.stored_objects():
+            if stored.marker:
+                continue
+            if default is not None and stored.modified is not None:
+                until = stored.modified + default
+                if until > now and (latest is None or until > latest):
+                    latest = until
+            where = {"Bucket": self.dest.bucket, "Key": self._key(stored.name),
+                     "VersionId": stored.version or "null"}
+            try:
+                until = (client.get_object_retention(**where).get("Retention") or {}).get(
+                    "RetainUntilDate")
+            except ClientError:
+                until = None  # no retention on this version
+            if until is not None and until > now and (latest is None or until > latest):
+                latest = until
+            try:
+                hold = client.get_object_legal_hold(**where).get("LegalHold") or {}
+            except ClientError:
+                hold = {}  # no legal hold on this version
+            if hold.get("Status") == "ON":
+                held.append(stored.describe())
+        if held:
+            return (f"{len(held)} object(s) under an S3 Object Lock legal hold (e.g. "
+                    f"{held[0]}) in bucket {self.dest.bucket}: the erasure is possible only "
+                    f"after the bucket's owner lifts it")
+        if latest is not None:
+            return (f"S3 Object Lock retention in bucket {self.dest.bucket} holds objects "
+                    f"until {latest.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}: the "
+                    f"erasure is possible from then on")
+        return None
+
+
+def _default_retention(configuration: dict):
+    """The bucket's default retention period as a timedelta (S3 counts a year as 365
+    days), or None."""
+    from datetime import timedelta
+
+    rule = ((configuration.get("Rule") or {}).get("DefaultRetention")) or {}
+    if rule.get("Days"):
+        return timedelta(days=int(rule["Days"]))
+    if rule.get("Years"):
+        return timedelta(days=365 * int(rule["Years"]))
+    return None

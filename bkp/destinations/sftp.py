@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import hashlib
 import posixpath
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bkp import secrets
-from bkp.destinations import Preflight, cache_options, snapshot_names
+from bkp.destinations import Preflight, StoredObject, cache_options, snapshot_names
 from bkp.errors import BkpError, OperationError, PolicyError, SafetyError
 from bkp.policy import Policy
 from bkp.restic import Repository
@@ -301,6 +302,90 @@ class SftpDestination:
                 "host_key_enforced": True}
 
     def usage_bytes(self) -> int | None:
+        return None
+
+    # -------------------------------------------------------------- erasure (paramiko)
+
+    def stored_objects(self) -> list[StoredObject]:
+        transport, sftp = self._connect()
+        try:
+            return [stored for stored, _ in self._walk(sftp)]
+        finally:
+            transport.close()
+
+    def remove_keys(self) -> list[StoredObject]:
+        transport, sftp = self._connect()
+        try:
+            keys = [stored for stored, _ in self._walk(sftp) if stored.is_key]
+            for key in keys:
+                self._remove(sftp, key)
+            return keys
+        finally:
+            transport.close()
+
+    def remove_objects(self) -> list[StoredObject]:
+        transport, sftp = self._connect()
+        try:
+            removed, folders = [], set()
+            for stored, folder in self._walk(sftp):
+                self._remove(sftp, stored)
+                removed.append(stored)
+                folders.add(folder)
+            folders |= set(self._folders(sftp))
+            # Deepest first, the location's own folder last; a folder that stays (the
+            # server's rules) holds nothing.
+            for folder in [*sorted(folders, key=lambda f: f.count("/"), reverse=True),
+                           self.dest.path]:
+                with contextlib.suppress(OSError):
+                    sftp.rmdir(folder)
+            return removed
+        except OSError as exc:
+            raise OperationError(f"sftp erasure at {self.label} failed: {exc}") from None
+        finally:
+            transport.close()
+
+    def _remove(self, sftp, stored: StoredObject) -> None:
+        path = posixpath.join(self.dest.path, stored.name)
+        try:
+            sftp.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OperationError(f"cannot remove {path} on {self.dest.host}: "
+                                 f"{exc.strerror or exc}") from None
+
+    def _walk(self, sftp, folder: str | None = None):
+        """(object, its folder) for every file below the location; nothing when it is gone."""
+        folder = folder or self.dest.path
+        try:
+            entries = sftp.listdir_attr(folder)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OperationError(f"cannot list {folder} on {self.dest.host}: "
+                                 f"{exc.strerror or exc}") from None
+        for entry in sorted(entries, key=lambda e: e.filename):
+            path = posixpath.join(folder, entry.filename)
+            if stat.S_ISDIR(entry.st_mode or 0):
+                yield from self._walk(sftp, path)
+            else:
+                yield (StoredObject(posixpath.relpath(path, self.dest.path),
+                                    entry.st_size or 0), folder)
+
+    def _folders(self, sftp, folder: str | None = None) -> list[str]:
+        folder = folder or self.dest.path
+        try:
+            entries = sftp.listdir_attr(folder)
+        except OSError:
+            return []
+        found = []
+        for entry in entries:
+            if stat.S_ISDIR(entry.st_mode or 0):
+                path = posixpath.join(folder, entry.filename)
+                found += [path, *self._folders(sftp, path)]
+        return found
+
+    def erasure_blocked_until(self) -> str | None:
         return None
 
 

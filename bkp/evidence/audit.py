@@ -97,6 +97,10 @@ def _expected_events(catalog: Catalog) -> list[tuple[str, str, int, str | None, 
     for row in cat.all_destructions(catalog):
         expected.append(("destroy", "record_id", row["id"], None,
                          f"destruction {row['id']} of {row['serial']}"))
+    for row in cat.closed_erasures(catalog):
+        expected.append((row["kind"], "record_id", row["id"], row["status"],
+                         f"erasure record {row['id']} ({row['kind']} of {row['tenant']}, "
+                         f"{row['status']})"))
     for row in cat.all_certificates(catalog):
         expected.append(("certificate.issue", "certificate_id", row["id"], None,
                          f"certificate {row['id']} of record {row['record_id']}"))

@@ -265,6 +265,71 @@ def destruction_payload(*, certificate_id: int, issued_at: str, record: dict, me
     }
 
 
+ERASURE_VERIFICATIONS = {
+    "offboard": "the location lists no object (every version), and restic can no longer open "
+                "the repository with the tenant's password; the hash is the SHA-256 of what "
+                "was erased at each place (canonical JSON), also in the closing audit event",
+    "erase": "the erased snapshots are no longer listed at any place, after prune left no "
+             "unused data; the hash is the SHA-256 of what was erased at each place "
+             "(canonical JSON), also in the closing audit event",
+}
+ERASURE_REQUESTS = {"offboard": "offboarding: every backup of the tenant erased",
+                    "erase": "erasure request: the named snapshots erased"}
+
+
+def erasure_hash(destinations: list[dict]) -> str:
+    """The verification hash of an erasure: SHA-256 of its per-place results."""
+    return hashlib.sha256(as_json(destinations).encode("utf-8")).hexdigest()
+
+
+def erasure_payload(*, certificate_id: int, issued_at: str, record: dict, audit_event: dict,
+                    tool_version: str, approval: dict | None = None,
+                    clock: dict | None = None, organization: str | None = None) -> dict:
+    """An erasure record (bkp offboard, bkp erase): what was erased at every place, how,
+    how it was verified, who did it and who approved it, and what is deliberately kept."""
+    destinations = json.loads(record.get("destinations") or "[]")
+    kept = json.loads(record.get("kept") or "{}")
+    return {
+        "certificate_id": certificate_id,
+        "record_id": record["id"],
+        "kind": "erasure",
+        "issued_at": issued_at,
+        "tenant": record["tenant"],  # as the evidence report reads any certificate
+        "result": record["status"],
+        "person_performing": {"name": record["operator"], "organization": organization,
+                              "os_user": record.get("os_user")},
+        "erasure": {
+            "request": record["kind"], "description": ERASURE_REQUESTS[record["kind"]],
+            "tenant": record["tenant"], "reason": record.get("reason"),
+            "snapshots_requested": json.loads(record["snapshots"])
+            if record.get("snapshots") else None,
+            "method": record.get("method"), "tool": "bkp", "tool_version": tool_version,
+            "requested_at": record.get("requested_at"),
+            "started_at": record.get("started_at"), "ended_at": record.get("ended_at"),
+            "attempts": record.get("attempts"), "result": record["status"],
+        },
+        "destinations": destinations,
+        "host": kept.get("host"),
+        "verification": {
+            "mode": "erasure", "description": ERASURE_VERIFICATIONS[record["kind"]],
+            "hash_algorithm": "SHA-256", "hash": erasure_hash(destinations),
+        },
+        "kept": kept.get("kept") or [],
+        "validation": {"witness": record.get("witness"), "approval": approval},
+        "clock": clock,
+        "notes": None,
+        "audit": {"seq": audit_event["seq"], "hash": audit_event["hash"],
+                  "action": audit_event["action"]},
+    }
+
+
+def subject_of(payload: dict) -> str:
+    """What a certificate is about, in a few words: a medium, or a tenant's backups."""
+    if payload.get("kind") == "erasure":
+        return f"tenant {(payload.get('erasure') or {}).get('tenant')}"
+    return f"medium {(payload.get('media') or {}).get('serial')}"
+
+
 def _media_fields(medium: dict, record: dict | None) -> dict:
     fields = {
         "type": medium["type"], "vendor": medium.get("vendor"), "model": medium.get("model"),
@@ -384,12 +449,16 @@ def embedded_json(document: dict) -> bytes:
 # ---------------------------------------------------------------- rendering
 
 def _standards_line(payload: dict) -> str:
+    if payload.get("kind") == "erasure":
+        return "Erasure of backups (GDPR art. 17, ISO 27002 8.10)"
     if payload.get("standards"):
         return "NIST SP 800-88 Rev. 2 and IEEE 2883-2022 (Rev. 1, Appendix G fields)"
     return "NIST SP 800-88 Rev. 1, Appendix G"  # a record made before the Rev. 2 fields
 
 
 def title_of(payload: dict) -> str:
+    if payload["kind"] == "erasure":
+        return "Certificate of Erasure"
     if payload["kind"] == "destruction":
         return "Certificate of Destruction"
     if payload["sanitization"].get("result") != "erased":
@@ -400,6 +469,8 @@ def title_of(payload: dict) -> str:
 
 def rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     """The certificate as sections of (label, value), shared by text and PDF."""
+    if payload["kind"] == "erasure":
+        return erasure_rows(payload)
     media, san, ver = payload["media"], payload["sanitization"], payload["verification"]
     data = payload.get("data") or {}
     backup = data.get("backup")
@@ -527,6 +598,75 @@ def _drive_rows(drive: dict | None) -> list[tuple[str, str]]:
     return out
 
 
+def erasure_rows(payload: dict) -> list[tuple[str, list[tuple[str, str]]]]:
+    erasure, ver = payload["erasure"], payload["verification"]
+    validation = payload.get("validation") or {}
+    approval = validation.get("approval") or {}
+    person = payload["person_performing"]
+    sections = [
+        ("Erasure request", [
+            ("Request", erasure["description"]),
+            ("Tenant", erasure["tenant"]),
+            ("Reason", erasure.get("reason")),
+            ("Snapshots requested", ", ".join(erasure.get("snapshots_requested") or [])),
+            ("Requested", erasure.get("requested_at")),
+            ("Performed by", f"{person['name']}" + (f" (OS user {person['os_user']})"
+                                                    if person.get("os_user") else "")),
+            ("Organization", person.get("organization")),
+        ]),
+        ("Erasure", [
+            ("Method", erasure.get("method")),
+            ("Tool", f"{erasure['tool']} {erasure['tool_version']}"),
+            ("Started", erasure.get("started_at")),
+            ("Ended", erasure.get("ended_at")),
+            ("Attempts", _number(erasure.get("attempts"))),
+            ("Result", erasure["result"]),
+        ]),
+    ]
+    for place in payload.get("destinations") or []:
+        sections.append((f"Erased at {place['id']} ({place['type']})", [
+            ("Location", place.get("location")),
+            ("Snapshots erased", _number(place.get("snapshots"))),
+            ("Keys removed", _number(place.get("keys_removed"))),
+            ("Objects removed", _number(place.get("objects_removed"))),
+            ("Bytes removed", _number(place.get("bytes_removed"))),
+            ("Objects left", _number((place.get("verification") or {}).get(
+                "listed_objects"))),
+            ("Repository opens", _yes_no((place.get("verification") or {}).get(
+                "repository_opens"))),
+            ("Result", place.get("status")),
+        ]))
+    host = payload.get("host") or {}
+    sections += [
+        ("On the bkp host", [
+            ("Removed", ", ".join(host.get("removed") or []) or "nothing was there"),
+        ]),
+        ("Verification", [
+            ("Verification method", ver["description"]),
+            ("Verification hash (SHA-256)", ver.get("hash")),
+        ]),
+        ("Deliberately kept", [(item["what"], item["why"])
+                               for item in payload.get("kept") or []]),
+        ("Validation", [
+            ("Witness", validation.get("witness")),
+            ("Approved by", f"{approval['approved_by']} at {approval['approved_at']}, "
+                            f"ssh-keygen -Y sign -n bkp by key {approval['key_fingerprint']} "
+                            f"(signature SHA-256 {approval['signature_sha256'][:16]}...)"
+             if approval.get("approved_by") else None),
+            ("Clock", _clock_text(payload.get("clock"))),
+            ("Record", f"erasure record {payload['record_id']}, certificate "
+                       f"{payload['certificate_id']}, issued {payload['issued_at']}"),
+            ("Audit event", f"#{payload['audit']['seq']} {payload['audit']['hash']}"),
+        ]),
+    ]
+    return [(title, [(k, v) for k, v in items if v not in (None, "")])
+            for title, items in sections]
+
+
+def _yes_no(value) -> str | None:
+    return None if value is None else ("yes" if value else "no")
+
+
 def _validation_rows(validation: dict) -> list[tuple[str, str | None]]:
     """The validator's decision (NIST SP 800-88 Rev. 2), and the approval signature that
     proves the validator made it."""
@@ -620,7 +760,7 @@ def _draw_pdf(document: dict, scale: float, limit: int | None):
     issued = parse_time(payload["issued_at"])
     pdf = FPDF(format="A4")
     pdf.set_creation_date(issued)
-    pdf.set_title(_latin(f"{title_of(payload)} {payload['media']['serial']}"))
+    pdf.set_title(_latin(f"{title_of(payload)} {subject_of(payload)}"))
     pdf.set_author(_latin(payload["person_performing"]["name"] or ""))
     pdf.set_creator("bkp")
     pdf.set_auto_page_break(False)
@@ -665,10 +805,12 @@ def _pdf_signatures(pdf, payload: dict) -> None:
     pdf.set_font("Helvetica", "", 8)
     y = pdf.get_y() + 10
     validation = payload["validation"]
+    approver = (validation.get("approval") or {}).get("approved_by")
+    last = (("Approved by", approver) if payload["kind"] == "erasure" else
+            ("Validated by", validation.get("validator") or "NOT VALIDATED"))
     for x, who, name in ((15, "Performed by", payload["person_performing"]["name"]),
                          (77, "Witness", validation.get("witness")),
-                         (139, "Validated by", validation.get("validator")
-                          or "NOT VALIDATED")):
+                         (139, *last)):
         pdf.line(x, y, x + 56, y)
         pdf.set_xy(x, y + 1)
         pdf.cell(56, 4, _latin(f"{who}: {name or '-'}"))

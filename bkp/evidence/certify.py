@@ -44,13 +44,16 @@ def issue_certificate(ctx: Context, record_id: int) -> dict:
     (the PDF signed as a PDF), record the issue with the files' SHA-256 in the audit
     trail; returns where it is."""
     record, medium, kind = _record(ctx, record_id)
-    event = _closing_event(ctx, record_id, kind)
+    event = _closing_event(ctx, record_id, kind, record)
     if event is None:
         raise OperationError(f"record {record_id} has no closing audit event; it cannot be "
                              f"certified")
-    build = (certs.sanitization_payload if kind == "sanitization"
-             else certs.destruction_payload)
-    validation = validation_of(ctx.catalog, record_id)
+    if kind == "erasure":
+        build, validation = _erasure_builder(ctx, record), None
+    else:
+        build = (certs.sanitization_payload if kind == "sanitization"
+                 else certs.destruction_payload)
+        validation = validation_of(ctx.catalog, record_id)
     # The ring stays locked until the files are written: a rotation cannot retire the key
     # between the issue time it signs and the PDF signature.
     with keyring.signing_key(ctx.settings.home) as signer:
@@ -77,7 +80,7 @@ def issue_certificate(ctx: Context, record_id: int) -> dict:
     payload, signature = document["certificate"], document["signature"]
     certificate_id = row["id"]
     ctx.audit(ISSUE_ACTION, "issued", medium.get("tenant"),
-              certificate_id=certificate_id, record_id=record_id, serial=medium["serial"],
+              certificate_id=certificate_id, record_id=record_id, serial=medium.get("serial"),
               key_fingerprint=signature["key_fingerprint"],
               payload_sha256=hashlib.sha256(certs.canonical(payload)).hexdigest(),
               json_sha256=files["json_sha256"], pdf_sha256=files["pdf_sha256"])
@@ -180,6 +183,30 @@ def _approval_event(catalog, record_id: int) -> dict | None:
     return None
 
 
+def _approval_check(ctx: Context, payload: dict) -> tuple[dict, list[str]]:
+    """An erasure's second person is its approver: the approval the certificate states
+    must be the one the audit trail recorded (same request, person and key)."""
+    validation = payload.get("validation") if isinstance(payload.get("validation"),
+                                                         dict) else {}
+    approval = validation.get("approval") if isinstance(validation.get("approval"),
+                                                         dict) else {}
+    if not approval.get("approved_by"):
+        return {"state": "not_approved", "validator": None, "checked": False}, []
+    report = {"state": "approved", "validator": approval["approved_by"], "checked": True}
+    for event in reversed(ctx.catalog.audit_events(action="approve")):
+        details = _details(event)
+        if event["outcome"] == "approved" and \
+                details.get("approval_id") == approval.get("approval_id"):
+            said = {"approved_by": details.get("approved_by"),
+                    "key_fingerprint": details.get("key_fingerprint")}
+            return report, [f"the approval on the certificate says {key} "
+                            f"{approval.get(key)!r}, audit event #{event['seq']} recorded "
+                            f"{value!r}" for key, value in said.items()
+                            if approval.get(key) != value]
+    return report, [f"the certificate says {approval['approved_by']} approved the erasure, "
+                    f"but the audit trail records no such approval"]
+
+
 def _validation_state(validation: dict) -> str:
     if not validation.get("validator"):
         return "not_validated"
@@ -207,24 +234,61 @@ def _audit_key(ctx: Context, outcome: str, key: keyring.RingKey, reason: str) ->
               created_at=key.created_at, reason=reason)
 
 
+def _erasure_builder(ctx: Context, record: dict):
+    """An erasure's payload: its approval (the second person's signature) on it."""
+    from bkp.installation import load
+
+    approval = _erasure_approval(ctx.catalog, record)
+    try:
+        organization = load(ctx.settings.config).organization
+    except Exception:  # bkp.yaml was read before the erasure; a certificate still issues
+        organization = None
+
+    def build(*, validation=None, medium=None, **fields) -> dict:
+        return certs.erasure_payload(approval=approval, organization=organization, **fields)
+
+    return build
+
+
+def _erasure_approval(catalog, record: dict) -> dict | None:
+    from bkp.evidence.approvals import approved
+
+    row = approved(catalog, record["kind"], str(record["id"]))
+    if row is None or not row.get("signature"):
+        return None
+    return {"approved_by": row["approved_by"], "approved_at": row["approved_at"],
+            "approved_os_user": row.get("approved_os_user"),
+            "key_fingerprint": row["key_fingerprint"],
+            "signature_sha256": hashlib.sha256(row["signature"].encode()).hexdigest(),
+            "signature": row["signature"], "approval_id": row["id"]}
+
+
 def _record(ctx: Context, record_id: int) -> tuple[dict, dict, str]:
     header = cat.get_record(ctx.catalog, record_id)
     if header is None:
-        raise OperationError(f"there is no sanitization or destruction record {record_id}; "
-                             f"see `bkp media show SERIAL`")
+        raise OperationError(f"there is no sanitization, destruction or erasure record "
+                             f"{record_id}; see `bkp media show SERIAL` or `bkp status`")
     kind = header["kind"]
+    if kind == "erasure":
+        record = cat.get_erasure(ctx.catalog, record_id)
+        return record, {"tenant": record["tenant"], "serial": None}, kind
     record = (cat.get_sanitization if kind == "sanitization"
               else cat.get_destruction)(ctx.catalog, record_id)
     return record, cat.get_medium(ctx.catalog, header["serial"]), kind
 
 
-def _closing_event(ctx: Context, record_id: int, kind: str) -> dict | None:
-    """The audit event that recorded the record's outcome (the last one naming it)."""
-    action = RECORD_ACTIONS[kind]
+def _closing_event(ctx: Context, record_id: int, kind: str,
+                   record: dict | None = None) -> dict | None:
+    """The audit event that recorded the record's outcome (the last one naming it); for an
+    erasure, the attempt that erased it."""
+    action = record["kind"] if kind == "erasure" else RECORD_ACTIONS[kind]
     for event in reversed(ctx.catalog.audit_events(action=action)):
         details = json.loads(event["details"] or "{}")
-        if details.get("record_id") == record_id and event["outcome"] not in ("started",
-                                                                              "refused"):
+        if details.get("record_id") != record_id:
+            continue
+        if kind == "erasure" and event["outcome"] == "erased":
+            return event
+        if kind != "erasure" and event["outcome"] not in ("started", "refused"):
             return event
     return None
 
@@ -240,7 +304,7 @@ def _write_files(ctx: Context, document: dict, signer: keyring.Signer) -> dict:
     json_path, pdf_path = _file_paths(ctx, payload)
     json_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     reason = (f"{certs.title_of(payload)} {payload['certificate_id']} of record "
-              f"{payload['record_id']}, medium {payload['media']['serial']}")
+              f"{payload['record_id']}, {certs.subject_of(payload)}")
     pdf = pdf_signature.sign_pdf(certs.render_pdf(document), signer.private_key,
                                  signer.key.certificate_pem, reason=_latin_reason(reason))
     json_bytes = certs.document_bytes(document)
@@ -275,8 +339,12 @@ def _latest_row(ctx: Context, record_id: int) -> dict:
     if row is None:
         header = cat.get_record(ctx.catalog, record_id)
         if header is None:
-            raise OperationError(f"there is no sanitization or destruction record "
+            raise OperationError(f"there is no sanitization, destruction or erasure record "
                                  f"{record_id}")
+        if header["kind"] == "erasure":
+            raise OperationError(f"erasure record {record_id} has no certificate: it is "
+                                 f"certified once everything is erased (`bkp status "
+                                 f"{header['tenant']}`; run the same command again)")
         raise OperationError(f"record {record_id} has no certificate (an aborted "
                              f"sanitization is never certified); see `bkp media show "
                              f"{header['serial']}`")
@@ -395,7 +463,9 @@ def verify_certificate(ctx: Context, data: bytes, trusted: list[keyring.RingKey]
         if not problems:
             audit = _audit_check(ctx, payload)
             problems += audit.pop("problems")
-            validation, validation_problems = _validation_check(ctx, payload)
+            check = _approval_check if payload.get("kind") == "erasure" else \
+                _validation_check
+            validation, validation_problems = check(ctx, payload)
             problems += validation_problems
         problems += file_problems
     claimed = (document.get("signature") or {}).get("key_fingerprint") \
@@ -467,7 +537,8 @@ def _report(problems, payload, key, claimed, pdf, file, audit) -> dict:
         "valid": not problems, "certificate_id": payload.get("certificate_id"),
         "record_id": payload.get("record_id"), "kind": payload.get("kind"),
         "serial": section("media").get("serial"),
-        "result": section("sanitization").get("result"),
+        "tenant": section("erasure").get("tenant") or section("data").get("tenant"),
+        "result": section("sanitization").get("result") or section("erasure").get("result"),
         "hash": section("verification").get("hash"),
         "key_fingerprint": key.id if key else claimed,
         "key": _key_json(key), "pdf": pdf, "file": file,

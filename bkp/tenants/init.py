@@ -3,7 +3,7 @@ same chunker parameters (so the same files deduplicate in every copy); idempoten
 
 from __future__ import annotations
 
-from bkp.context import Context, Outcome
+from bkp.context import Context, Outcome, offboarded_refusal
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError
 from bkp.policy import Copy, Policy
@@ -12,6 +12,9 @@ from bkp.results import InitEntry
 
 
 def init_tenant(ctx: Context, policy: Policy) -> Outcome:
+    refusal = offboarded_refusal(ctx, policy, "init", InitEntry)
+    if refusal is not None:
+        return refusal
     destination = destination_for(policy, ctx.settings.home)
     label = policy.tenant
     try:

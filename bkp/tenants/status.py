@@ -57,6 +57,7 @@ def tenant_status(catalog: Catalog, policy: Policy, now: datetime | None = None)
         **({"maintenance": maintenance_state(catalog, policy)}
            if policy.destination.append_only else {}),
         **({"copies": copies_state(catalog, policy)} if policy.copies else {}),
+        **erasure_state(catalog, policy.tenant),
     }
 
 
@@ -99,6 +100,29 @@ def copies_state(catalog: Catalog, policy: Policy) -> list[dict]:
             "lag_hours": 0.0 if good and not behind else lag_hours,
             "ok": bool(good) and not behind and last["status"] == "ok"})
     return entries
+
+
+def erasure_state(catalog: Catalog, tenant: str) -> dict:
+    """An offboarded tenant says so (state `offboarded`: backups refused until its policy is
+    removed); erasure requests not yet finished are listed with their state."""
+    from bkp.catalog import erasures_of, offboarded
+
+    found = {}
+    record = offboarded(catalog).get(tenant)
+    if record is not None:
+        found["state"] = "offboarded"
+        found["offboarded"] = {"record_id": record["id"], "status": record["status"],
+                               "time": record["ended_at"] or record["started_at"]}
+        found["hint"] = (f"offboarded (erasure record {record['id']}, {record['status']}): "
+                         f"remove the policy" if record["status"] == "erased" else
+                         f"offboarding {record['status']}: run `bkp offboard {tenant}` again "
+                         f"to finish")
+    unfinished = [{"record_id": r["id"], "kind": r["kind"], "status": r["status"],
+                   "requested_at": r["requested_at"]}
+                  for r in erasures_of(catalog, tenant) if r["status"] != "erased"]
+    if unfinished:
+        found["erasures"] = unfinished
+    return found
 
 
 def database_state(catalog: Catalog, policy: Policy, now: datetime) -> list[dict]:

@@ -171,7 +171,7 @@ def test_onboarding(sandbox):
 
 
 @pytest.mark.parametrize("page", ["nightly-operations.md", "restore-drill.md",
-                                  "kubernetes.md"])
+                                  "kubernetes.md", "offboard-tenant.md"])
 def test_runbook_on_an_onboarded_host(sandbox, page):
     _assert_ran(sandbox.run([ONBOARDING, RUNBOOKS / page]))
 

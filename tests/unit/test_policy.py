@@ -845,7 +845,7 @@ def test_schema_has_the_contract_key_names():
     assert destination["type"]["enum"] == ["s3", "sftp", "local", "rest"]
     retention = document["properties"]["retention"]["properties"]
     assert set(retention) == {"last", "hourly", "daily", "weekly", "monthly", "yearly",
-                              "legal_hold"}
+                              "legal_hold", "keep_until"}
 
 
 def test_schema_keys_match_the_frozen_dataclasses():
@@ -862,3 +862,23 @@ def test_every_object_forbids_unknown_keys():
     assert len(objects) == 8
     assert all(node["additionalProperties"] is False for node in objects)
 
+
+
+def test_keep_until_is_a_date_that_exists(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    secret.chmod(0o600)
+
+    def checked(keep_until: str):
+        path = tmp_path / "acme.yaml"
+        path.write_text(f"tenant: acme\npurpose: x\nclassification: normal\nsources: [/srv]\n"
+                        f"destination: {{type: local, country: NL, path: /mnt/b/acme}}\n"
+                        f"password_file: {secret}\n"
+                        f"retention: {{last: 3, keep_until: {keep_until}}}\n")
+        return validate_file(path)
+
+    assert checked("2033-12-31").valid
+    assert [e.message for e in checked("'2033-02-30'").errors] == \
+        ["2033-02-30 is not a date that exists"]
+    assert "YYYY-MM-DD" in checked("'in seven years'").errors[0].message
+    assert not checked("2033-12-31T10:00:00").valid
