@@ -361,23 +361,6 @@ def canaries_argv(repo: Repository) -> list[str]:
     return [*global_args(repo), "snapshots", "--json", "--tag", CANARY_TAG]
 
 
-def forget_one_argv(repo: Repository, snapshot_id: str) -> list[str]:
-    """Forget one snapshot without pruning: the deletion of its snapshot file is the test."""
-    return [*global_args(repo), "forget", "--", snapshot_id]
-
-
-# What a server or a filesystem says when it refuses a deletion (rest-server and rclone
-# answer 403; S3 AccessDenied; a read-only sftp path "permission denied").
-DELETION_REFUSED = re.compile(
-    r"Remove\(<snapshot/[0-9a-f]+>\).*(403|Forbidden|AccessDenied|permission denied|"
-    r"read-only)|unable to remove .* from the repository", re.I)
-
-
-def deletion_refused(line: str) -> str | None:
-    """For the runner: restic retries a refused deletion for a minute; stop at the first."""
-    return "deletion_refused" if DELETION_REFUSED.search(line) else None
-
-
 def forget_ids_argv(repo: Repository, snapshot_ids: Sequence[str]) -> list[str]:
     """Forget exactly these snapshots (bkp applied the keep rules per kind) and prune."""
     return [*global_args(repo), "forget", "--prune", "--", *snapshot_ids]
@@ -995,14 +978,6 @@ class Restic:
         if not summary.snapshot_id:
             raise OperationError("restic wrote the canary but named no snapshot id")
         return summary.snapshot_id
-
-    def try_forget(self, snapshot_id: str) -> runner.Completed:
-        """Try to delete one snapshot as the nightly run could; stopped at the first
-        refusal (restic would retry it for a minute). The caller judges by looking."""
-        self.calls += 1
-        return runner.run(forget_one_argv(self.repo, snapshot_id), env=self.repo.env.env,
-                          secrets=self.repo.env.secrets, timeout=self.timeout,
-                          drop_env_prefixes=("RESTIC_", "AWS_"), stop_when=deletion_refused)
 
     def forget(self, retention: Retention) -> ForgetResult:
         done = self.run(forget_argv(self.repo, self.tenant, retention), "forget/prune")

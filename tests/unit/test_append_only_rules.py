@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bkp.destinations.rest import deletion_answer
 from bkp.policy import Destination, Policy, Retention
-from bkp.restic import DELETION_REFUSED, Repository, canary_argv, snapshots_argv
+from bkp.restic import Repository, canary_argv, snapshots_argv
 from bkp.secrets import SecretEnv
 from bkp.tenants.maintain import maintenance_refusal
 from bkp.tenants.schedule import (
@@ -60,15 +61,18 @@ def test_the_canary_carries_no_tenant_tag_so_no_tenant_selector_finds_it():
     assert "tenant=acme" in snapshots_argv(repo, "acme")
 
 
-@pytest.mark.parametrize(("line", "refused"), [
-    ("Remove(<snapshot/0123abcd>) returned error, retrying after 552ms: blob not removed, "
-     "server response: 403 Forbidden (403)", True),
-    ("Remove(<snapshot/0123abcd>) returned error, retrying after 1s: client.Do: dial tcp: "
-     "connection refused", False),
-    ("Remove(<lock/0123abcd>) returned error: 403 Forbidden", False),
+@pytest.mark.parametrize(("status", "refused", "words"), [
+    (403, True, "refused: HTTP 403"),
+    (405, True, "refused: HTTP 405"),
+    (200, False, "as if deleted"),
+    (204, False, "as if deleted"),
+    (500, False, "neither deleted nor refused"),
+    (404, False, "neither deleted nor refused"),
+    (401, False, "neither deleted nor refused"),
 ])
-def test_only_a_refused_snapshot_deletion_stops_restic_early(line, refused):
-    assert bool(DELETION_REFUSED.search(line)) is refused
+def test_only_an_explicit_refusal_of_the_delete_counts_as_one(status, refused, words):
+    assert deletion_answer(status)[0] is refused
+    assert words in deletion_answer(status)[1]
 
 
 def test_the_maintenance_job_renders_for_cron_and_systemd(tmp_path):

@@ -1,0 +1,134 @@
+"""Attacks on the immutability proof, `bkp maintain` and the rest destination: servers that
+lie about a deletion, canaries forged or removed, credentials echoed back in errors. Every
+server is a real `rclone serve restic`; where a server must lie, a small HTTP front on
+loopback forwards to it and changes only the answer under test."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BkpEnv, RestServer, start_rest, stop
+
+pytestmark = pytest.mark.integration
+
+# What a front does with one request: None forwards it and passes the answer on; a status
+# answers that instead (after forwarding the request when `forward` is true).
+Fault = Callable[[str, str], "tuple[int, bool] | None"]
+
+
+@contextmanager
+def lying_front(upstream: RestServer, fault: Fault):
+    """A plain-http REST front on loopback before `upstream` (served without TLS)."""
+    target = upstream.url.split("://", 1)[1]
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            decision = fault(self.command, self.path)
+            status, reason, answer, headers = None, "", b"", {}
+            if decision is None or decision[1]:
+                upstream_conn = http.client.HTTPConnection(target, timeout=60)
+                upstream_conn.request(self.command, self.path, body=body or None,
+                                      headers={k: v for k, v in self.headers.items()
+                                               if k.lower() != "host"})
+                reply = upstream_conn.getresponse()
+                status, reason, answer = reply.status, reply.reason, reply.read()
+                headers = {k: v for k, v in reply.getheaders()
+                           if k.lower() not in ("transfer-encoding", "connection")}
+                upstream_conn.close()
+            if decision is not None:
+                status, reason, answer, headers = decision[0], "", b"", {}
+            self.send_response(status, reason or None)
+            if self.command != "HEAD" or "Content-Length" not in headers:
+                headers["Content-Length"] = str(len(answer))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(answer)
+
+        do_GET = do_HEAD = do_POST = do_DELETE = do_PUT = _any
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+SNAPSHOT_DELETE = re.compile(r"/snapshots/[0-9a-f]{64}$")
+
+
+def deleting_snapshot(method: str, path: str) -> bool:
+    return method == "DELETE" and bool(SNAPSHOT_DELETE.search(path))
+
+
+@pytest.fixture
+def plain_server(tmp_path_factory):
+    """A server that deletes what it is told, over plain http on loopback."""
+    server, proc = start_rest(tmp_path_factory.mktemp("plain-rest"), tls=False)
+    yield server
+    stop(proc)
+
+
+def fronted_tenant(env: BkpEnv, tenant: str, server: RestServer, front: str,
+                   **overrides) -> Path:
+    """An append_only rest tenant whose url is the front before `server`."""
+    env.rest_tenant(tenant, server)
+    dest = {k: v for k, v in env.tenants[tenant]["destination"].items() if k != "ca_file"}
+    dest.update(url=f"{front}/{env.root.name}/{tenant}", append_only=True,
+                maintenance_credentials_file=str(env.secrets / f"{tenant}.rest-admin"))
+    return env.write_policy(tenant, dest, **overrides)
+
+
+def snapshot_files(server: RestServer, env: BkpEnv, tenant: str) -> list[str]:
+    folder = server.root / env.root.name / tenant / "snapshots"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def drill_rows(env: BkpEnv, tenant: str) -> list[dict]:
+    db = sqlite3.connect(env.home / "catalog.db")
+    db.row_factory = sqlite3.Row
+    return [dict(r) for r in db.execute(
+        "select * from runs where tenant = ? and kind = 'drill' order by id", [tenant])]
+
+
+# ------------------------------------------------------------------ false verdicts
+
+
+def test_a_server_failing_every_deletion_with_500_proves_nothing(bkp_env, plain_server):
+    """restic retries a 500 and finally says "unable to remove ... from the repository",
+    which is also what it says for a refusal: a broken server is not an append-only one."""
+    env = bkp_env
+
+    def fault(method, path):
+        return (500, False) if deleting_snapshot(method, path) else None
+
+    with lying_front(plain_server, fault) as front:
+        fronted_tenant(env, "broken", plain_server, front)
+        env.bkp_json("init", "broken")
+        env.bkp_json("backup", "broken")
+        done = env.bkp("drill", "broken", "--json", timeout=900)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    drill = json.loads(done.stdout)["drills"][0]
+    assert drill["status"] == "failed" and "could not prove" in drill["error"], drill
+    assert "Traceback" not in done.stderr
