@@ -351,10 +351,23 @@ CANARY_CONTENT = (b"bkp immutability canary: written by bkp so that each restore
                   b"prove the nightly credential cannot delete backups. No tenant data.\n")
 
 
+CANARY_TAGS = (f"{TAG_SCHEME}={TAG_SCHEME_VERSION}", CANARY_TAG, f"kind={KIND_CANARY}")
+
+
 def canary_argv(repo: Repository, host: str) -> list[str]:
-    return [*global_args(repo), "backup", "--json", "--host", host, "--stdin",
-            "--stdin-filename", CANARY_FILENAME, "--tag", f"{TAG_SCHEME}={TAG_SCHEME_VERSION}",
-            "--tag", CANARY_TAG, "--tag", tag("kind", KIND_CANARY)]
+    args = [*global_args(repo), "backup", "--json", "--host", host, "--stdin",
+            "--stdin-filename", CANARY_FILENAME]
+    for value in CANARY_TAGS:
+        args += ["--tag", value]
+    return args
+
+
+def is_canary(snapshot: dict) -> bool:
+    """A snapshot bkp wrote as its canary: exactly the canary's tags and path. A tenant
+    snapshot someone tagged bkp-canary (restic tag --add) is tenant data, never a canary the
+    drill may try to delete."""
+    return (sorted(snapshot["tags"]) == sorted(CANARY_TAGS)
+            and snapshot["paths"] == [f"/{CANARY_FILENAME}"])
 
 
 def canaries_argv(repo: Repository) -> list[str]:
@@ -964,7 +977,7 @@ class Restic:
     def canaries(self) -> list[dict]:
         """The immutability canaries in the repository (usually one)."""
         done = self.run(canaries_argv(self.repo), "snapshots")
-        return [s for s in parse_snapshots(done.stdout) if CANARY_TAG in s["tags"]]
+        return [s for s in parse_snapshots(done.stdout) if is_canary(s)]
 
     def write_canary(self, host: str) -> str:
         """A new canary snapshot of a few bytes bkp made; its id."""

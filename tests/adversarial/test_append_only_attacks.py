@@ -132,3 +132,82 @@ def test_a_server_failing_every_deletion_with_500_proves_nothing(bkp_env, plain_
     drill = json.loads(done.stdout)["drills"][0]
     assert drill["status"] == "failed" and "could not prove" in drill["error"], drill
     assert "Traceback" not in done.stderr
+
+
+def test_a_server_that_deletes_but_answers_403_is_caught_by_looking(bkp_env, plain_server):
+    env = bkp_env
+
+    def fault(method, path):
+        return (403, True) if deleting_snapshot(method, path) else None
+
+    with lying_front(plain_server, fault) as front:
+        fronted_tenant(env, "liar", plain_server, front)
+        env.bkp_json("init", "liar")
+        env.bkp_json("backup", "liar")
+        done = env.bkp("drill", "liar", "--json")
+    assert done.returncode == 5, (done.returncode, done.stdout, done.stderr)
+    proof = json.loads(done.stdout)["drills"][0]["immutability"]
+    assert proof["deletion"] == "succeeded", proof
+    assert proof["canary"] not in snapshot_files(plain_server, env, "liar")
+
+
+def test_a_server_that_answers_200_but_keeps_the_file_proves_nothing(bkp_env, plain_server):
+    env = bkp_env
+
+    def fault(method, path):
+        return (200, False) if deleting_snapshot(method, path) else None
+
+    with lying_front(plain_server, fault) as front:
+        fronted_tenant(env, "keeper", plain_server, front)
+        env.bkp_json("init", "keeper")
+        env.bkp_json("backup", "keeper")
+        done = env.bkp("drill", "keeper", "--json")
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    drill = json.loads(done.stdout)["drills"][0]
+    assert "could not prove" in drill["error"], drill
+    assert json.loads(drill_rows(env, "keeper")[-1]["immutability"] or "null") is None
+
+
+def test_a_canary_tag_on_a_tenant_snapshot_never_makes_the_drill_delete_it(bkp_env, rest):
+    """`restic tag --add bkp-canary` on a tenant's snapshot (a deleting server: the tag
+    rewrites the snapshot and removes the old file). The drill must not take that tenant
+    snapshot for its canary and delete it."""
+    env = bkp_env
+    env.rest_tenant("tagged", rest)
+    env.write_policy("tagged", {**env.tenants["tagged"]["destination"], "append_only": True,
+                                "maintenance_credentials_file": str(env.secrets / "t.admin")})
+    env.bkp_json("init", "tagged")
+    report, _ = env.bkp_json("backup", "tagged")
+    snapshot = report["runs"][0]["snapshot_id"]
+    done = env.restic("tagged", "tag", "--add", "bkp-canary", snapshot)
+    assert done.returncode == 0, done.stderr
+    listed, _ = env.bkp_json("snapshots", "tagged")
+    [tenant_snapshot] = [s["id"] for s in listed["snapshots"]]  # rewritten, still the tenant's
+    done = env.bkp("drill", "tagged", "--json")
+    assert done.returncode == 5, (done.stdout, done.stderr)  # the server deletes: exit 5
+    proof = json.loads(done.stdout)["drills"][0]["immutability"]
+    assert proof["canary"] != tenant_snapshot and proof["canary_written"] is True, proof
+    listed, _ = env.bkp_json("snapshots", "tagged")
+    assert [s["id"] for s in listed["snapshots"]] == [tenant_snapshot]  # tenant data stays
+
+
+def test_a_canary_deleted_between_drills_is_written_again_and_tried(bkp_env, tmp_path_factory):
+    env = bkp_env
+    server, proc = start_rest(tmp_path_factory.mktemp("ao"), append_only=True)
+    try:
+        env.rest_tenant("vanish", server)
+        env.write_policy("vanish", {**env.tenants["vanish"]["destination"],
+                                    "append_only": True,
+                                    "maintenance_credentials_file": str(env.secrets / "v")})
+        env.bkp_json("init", "vanish")
+        env.bkp_json("backup", "vanish")
+        first, _ = env.bkp_json("drill", "vanish")
+        canary = first["drills"][0]["immutability"]["canary"]
+        (server.root / env.root.name / "vanish" / "snapshots" / canary).unlink()  # on the host
+        second, _ = env.bkp_json("drill", "vanish")
+        proof = second["drills"][0]["immutability"]
+        assert proof["canary"] != canary and proof["canary_written"] is True, proof
+        assert proof["deletion"] == "refused", proof
+        assert proof["canary"] in snapshot_files(server, env, "vanish")
+    finally:
+        stop(proc)

@@ -9,7 +9,7 @@ import pytest
 
 from bkp.destinations.rest import deletion_answer
 from bkp.policy import Destination, Policy, Retention
-from bkp.restic import Repository, canary_argv, snapshots_argv
+from bkp.restic import Repository, canary_argv, is_canary, snapshots_argv
 from bkp.secrets import SecretEnv
 from bkp.tenants.maintain import maintenance_refusal
 from bkp.tenants.schedule import (
@@ -87,3 +87,15 @@ def test_the_maintenance_job_renders_for_cron_and_systemd(tmp_path):
     written = write_schedule(units, "systemd", tmp_path / "units", "bkp-maintain")
     assert sorted(p.name for p in written) == ["bkp-maintain.service", "bkp-maintain.timer"]
     assert "[Timer]" in (tmp_path / "units" / "bkp-maintain.timer").read_text()
+
+
+@pytest.mark.parametrize(("tags", "paths", "canary"), [
+    (["bkp-tags=2", "bkp-canary", "kind=canary"], ["/bkp-canary"], True),
+    (["bkp-canary", "kind=canary", "bkp-tags=2"], ["/bkp-canary"], True),
+    (["bkp-tags=2", "bkp-canary", "kind=canary", "tenant=acme"], ["/bkp-canary"], False),
+    (["bkp-tags=2", "bkp-canary", "kind=files", "tenant=acme"], ["/srv"], False),
+    (["bkp-canary"], ["/srv"], False),
+    (["bkp-tags=2", "bkp-canary", "kind=canary"], ["/srv"], False),
+])
+def test_only_the_snapshot_bkp_wrote_as_canary_is_one(tags, paths, canary):
+    assert is_canary({"tags": tags, "paths": paths}) is canary
