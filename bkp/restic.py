@@ -709,6 +709,14 @@ CAUSES: dict[str, Cause] = dict([
     _cause("rest_auth", r"\b401 Unauthorized|HTTP response \(401\)",
            "the REST server refused the credentials in credentials_file ({detail}): check "
            "the user and password against the server's htpasswd"),
+    # An append-only server (rest-server, `rclone serve restic --append-only`) answers 403
+    # to every deletion but of locks; restic 0.14 retries each for a minute.
+    _cause("deletion_refused",
+           r"Remove\(<(?:snapshot|data|index|key)/[0-9a-f]+>\) returned error, retrying "
+           r"after \S+: .*\(403\)",
+           "destination {repo} refused to delete ({detail}): it is append-only for this "
+           "credential. Retention there goes through `bkp maintain` with "
+           "maintenance_url, a server that allows deletion"),
     _cause("no_bucket", r"NoSuchBucket|bucket does not exist",
            "the S3 bucket does not exist: create it, then run `bkp init {tenant}`"),
     _cause("permission", r"permission denied",
@@ -739,7 +747,7 @@ BY_EXIT_CODE = {EXIT_NO_REPOSITORY: "no_repository", EXIT_LOCKED: "locked",
                 EXIT_WRONG_PASSWORD: "wrong_password"}
 # Causes that retrying cannot fix: restic 0.14 retries a failed write for minutes with
 # backoff, which would only delay the truth.
-HOPELESS = ("read_only", "full", "permission")
+HOPELESS = ("read_only", "full", "permission", "deletion_refused")
 
 
 @dataclass(frozen=True)
@@ -821,9 +829,22 @@ def _clip(line: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
+# A frame of the Go stack trace restic 0.14 prints after some errors: "\tpath/file.go:123".
+_GO_FRAME = re.compile(r"^\t\S+\.go:\d+")
+
+
+def _without_stack_trace(tail: str) -> list[str]:
+    """The lines before a Go stack trace: its last line (runtime.goexit) says nothing."""
+    lines = tail.splitlines()
+    for i in range(1, len(lines)):
+        if _GO_FRAME.match(lines[i]):
+            return lines[:i - 1]
+    return lines
+
+
 def _last_meaningful_line(tail: str) -> str:
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and ln.strip() != "..."
-             and not ln.startswith(("\t", " "))]
+    lines = [ln.strip() for ln in _without_stack_trace(tail) if ln.strip()
+             and ln.strip() != "..." and not ln.startswith(("\t", " "))]
     fatal = [ln for ln in lines if ln.startswith("Fatal:")]
     return _clip((fatal or lines or ["no output"])[-1], 300)
 

@@ -5,6 +5,7 @@ loopback forwards to it and changes only the answer under test."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import http.server
 import json
@@ -27,9 +28,18 @@ Fault = Callable[[str, str], "tuple[int, bool] | None"]
 
 
 @contextmanager
-def lying_front(upstream: RestServer, fault: Fault):
-    """A plain-http REST front on loopback before `upstream` (served without TLS)."""
+def lying_front(upstream: RestServer, fault: Fault, *, any_user: bool = False):
+    """A plain-http REST front on loopback before `upstream` (served without TLS). With
+    `any_user`, every request reaches upstream as its own user (a server that lets the
+    maintenance credential in through the append-only door)."""
     target = upstream.url.split("://", 1)[1]
+    token = base64.b64encode(f"{upstream.user}:{upstream.password}".encode()).decode()
+
+    def forwarded(headers) -> dict:
+        out = {k: v for k, v in headers.items() if k.lower() != "host"}
+        if any_user and "Authorization" in out:
+            out["Authorization"] = f"Basic {token}"
+        return out
 
     class Front(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -45,8 +55,7 @@ def lying_front(upstream: RestServer, fault: Fault):
             if decision is None or decision[1]:
                 upstream_conn = http.client.HTTPConnection(target, timeout=60)
                 upstream_conn.request(self.command, self.path, body=body or None,
-                                      headers={k: v for k, v in self.headers.items()
-                                               if k.lower() != "host"})
+                                      headers=forwarded(self.headers))
                 reply = upstream_conn.getresponse()
                 status, reason, answer = reply.status, reply.reason, reply.read()
                 headers = {k: v for k, v in reply.getheaders()
@@ -211,3 +220,42 @@ def test_a_canary_deleted_between_drills_is_written_again_and_tried(bkp_env, tmp
         assert proof["canary"] in snapshot_files(server, env, "vanish")
     finally:
         stop(proc)
+
+
+# ------------------------------------------------------------------ bkp maintain
+
+
+def admin_credentials(env: BkpEnv, tenant: str) -> Path:
+    path = env.secrets / f"{tenant}.rest-admin"
+    path.write_text("bkp-maintenance:Maint-pw-never-printed-4242\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_maintain_through_the_append_only_door_fails_and_claims_nothing(
+        bkp_env, tmp_path_factory):
+    """No maintenance_url: maintenance goes to url, the append-only server, which lets the
+    maintenance credential in but refuses every deletion. Nothing was forgotten."""
+    env = bkp_env
+    server, proc = start_rest(tmp_path_factory.mktemp("ao"), append_only=True, tls=False)
+    try:
+        with lying_front(server, lambda method, path: None, any_user=True) as front:
+            fronted_tenant(env, "nodoor", server, front, retention={"last": 1})
+            admin_credentials(env, "nodoor")
+            env.bkp_json("init", "nodoor")
+            for night in range(2):
+                (env.root / "data" / "nodoor" / f"n{night}").write_text(str(night))
+                env.bkp_json("backup", "nodoor")
+            done = env.bkp("maintain", "nodoor", "--json", timeout=900)
+            # restic was stopped at the first refusal: its lock does not block the night
+            after, _ = env.bkp_json("backup", "nodoor")
+    finally:
+        stop(proc)
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    entry = json.loads(done.stdout)["tenants"][0]
+    assert entry["status"] == "failed" and not entry["snapshots_forgotten"], entry
+    assert len(snapshot_files(server, env, "nodoor")) == 3
+    assert after["runs"][0]["status"] == "ok", after
+    assert "Traceback" not in done.stderr
+    assert "Maint-pw" not in done.stdout + done.stderr
+    assert "refused to delete" in entry["error"] and "append-only" in entry["error"], entry
