@@ -259,3 +259,25 @@ def test_maintain_through_the_append_only_door_fails_and_claims_nothing(
     assert "Traceback" not in done.stderr
     assert "Maint-pw" not in done.stdout + done.stderr
     assert "refused to delete" in entry["error"] and "append-only" in entry["error"], entry
+
+
+# ------------------------------------------------------------------ S3 Object Lock
+
+
+def test_governance_mode_the_nightly_credential_may_bypass_fails_the_drill(bkp_env, s3):
+    """GOVERNANCE locks yield to a credential with s3:BypassGovernanceRetention (on moto,
+    every credential): a thief sends the bypass header, so the proof must send it too."""
+    from tests.integration.test_append_only import locked_bucket, object_lock_tenant
+
+    env = bkp_env
+    bucket = locked_bucket(s3, env, "bypass", "GOVERNANCE", years=1)
+    object_lock_tenant(env, s3, "bypass", bucket)
+    env.bkp_json("init", "bypass")
+    report, _ = env.bkp_json("backup", "bypass")
+    kept = report["runs"][0]["snapshot_id"][:8]
+    done = env.bkp("drill", "bypass", "--json")
+    assert done.returncode == 5, (done.returncode, done.stdout, done.stderr)
+    proof = json.loads(done.stdout)["drills"][0]["immutability"]
+    assert proof["deletion"] == "succeeded", proof
+    listed, _ = env.bkp_json("snapshots", "bypass")
+    assert [s["id"][:8] for s in listed["snapshots"]] == [kept]
