@@ -281,3 +281,31 @@ def test_governance_mode_the_nightly_credential_may_bypass_fails_the_drill(bkp_e
     assert proof["deletion"] == "succeeded", proof
     listed, _ = env.bkp_json("snapshots", "bypass")
     assert [s["id"][:8] for s in listed["snapshots"]] == [kept]
+
+
+def test_damage_found_stays_exit_5_when_the_proof_cannot_be_made(bkp_env, plain_server):
+    """The restored content differs from an unchanged source (a finding, 5) and the server
+    then fails the deletion attempt (could not prove, 1): the finding must not be hidden
+    behind "the drill could not run"."""
+    import os
+
+    env = bkp_env
+
+    def fault(method, path):
+        return (500, False) if deleting_snapshot(method, path) else None
+
+    with lying_front(plain_server, fault) as front:
+        fronted_tenant(env, "rotten", plain_server, front, drill={"sample": 0,
+                                                                  "rto_minutes": 60})
+        env.bkp_json("init", "rotten")
+        env.bkp_json("backup", "rotten")
+        source = env.root / "data" / "rotten" / "patients" / "a.txt"
+        stat = source.stat()
+        source.write_bytes(b"X" * stat.st_size)  # same size, same mtime: not a change
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        done = env.bkp("drill", "rotten", "--json")
+    assert done.returncode == 5, (done.returncode, done.stdout, done.stderr)
+    drill = json.loads(done.stdout)["drills"][0]
+    kinds = [p["kind"] for p in drill["problems"]]
+    assert "content" in kinds and "immutability" in kinds, drill
+    assert drill["immutability"] is None, drill
