@@ -351,31 +351,27 @@ CANARY_CONTENT = (b"bkp immutability canary: written by bkp so that each restore
                   b"prove the nightly credential cannot delete backups. No tenant data.\n")
 
 
+CANARY_TAGS = (f"{TAG_SCHEME}={TAG_SCHEME_VERSION}", CANARY_TAG, f"kind={KIND_CANARY}")
+
+
 def canary_argv(repo: Repository, host: str) -> list[str]:
-    return [*global_args(repo), "backup", "--json", "--host", host, "--stdin",
-            "--stdin-filename", CANARY_FILENAME, "--tag", f"{TAG_SCHEME}={TAG_SCHEME_VERSION}",
-            "--tag", CANARY_TAG, "--tag", tag("kind", KIND_CANARY)]
+    args = [*global_args(repo), "backup", "--json", "--host", host, "--stdin",
+            "--stdin-filename", CANARY_FILENAME]
+    for value in CANARY_TAGS:
+        args += ["--tag", value]
+    return args
+
+
+def is_canary(snapshot: dict) -> bool:
+    """A snapshot bkp wrote as its canary: exactly the canary's tags and path. A tenant
+    snapshot someone tagged bkp-canary (restic tag --add) is tenant data, never a canary the
+    drill may try to delete."""
+    return (sorted(snapshot["tags"]) == sorted(CANARY_TAGS)
+            and snapshot["paths"] == [f"/{CANARY_FILENAME}"])
 
 
 def canaries_argv(repo: Repository) -> list[str]:
     return [*global_args(repo), "snapshots", "--json", "--tag", CANARY_TAG]
-
-
-def forget_one_argv(repo: Repository, snapshot_id: str) -> list[str]:
-    """Forget one snapshot without pruning: the deletion of its snapshot file is the test."""
-    return [*global_args(repo), "forget", "--", snapshot_id]
-
-
-# What a server or a filesystem says when it refuses a deletion (rest-server and rclone
-# answer 403; S3 AccessDenied; a read-only sftp path "permission denied").
-DELETION_REFUSED = re.compile(
-    r"Remove\(<snapshot/[0-9a-f]+>\).*(403|Forbidden|AccessDenied|permission denied|"
-    r"read-only)|unable to remove .* from the repository", re.I)
-
-
-def deletion_refused(line: str) -> str | None:
-    """For the runner: restic retries a refused deletion for a minute; stop at the first."""
-    return "deletion_refused" if DELETION_REFUSED.search(line) else None
 
 
 def forget_ids_argv(repo: Repository, snapshot_ids: Sequence[str]) -> list[str]:
@@ -742,6 +738,14 @@ CAUSES: dict[str, Cause] = dict([
     _cause("rest_auth", r"\b401 Unauthorized|HTTP response \(401\)",
            "the REST server refused the credentials in credentials_file ({detail}): check "
            "the user and password against the server's htpasswd"),
+    # An append-only server (rest-server, `rclone serve restic --append-only`) answers 403
+    # to every deletion but of locks; restic 0.14 retries each for a minute.
+    _cause("deletion_refused",
+           r"Remove\(<(?:snapshot|data|index|key)/[0-9a-f]+>\) returned error, retrying "
+           r"after \S+: .*\(403\)",
+           "destination {repo} refused to delete ({detail}): it is append-only for this "
+           "credential. Retention there goes through `bkp maintain` with "
+           "maintenance_url, a server that allows deletion"),
     _cause("no_bucket", r"NoSuchBucket|bucket does not exist",
            "the S3 bucket does not exist: create it, then run `bkp init {tenant}`"),
     _cause("permission", r"permission denied",
@@ -772,7 +776,7 @@ BY_EXIT_CODE = {EXIT_NO_REPOSITORY: "no_repository", EXIT_LOCKED: "locked",
                 EXIT_WRONG_PASSWORD: "wrong_password"}
 # Causes that retrying cannot fix: restic 0.14 retries a failed write for minutes with
 # backoff, which would only delay the truth.
-HOPELESS = ("read_only", "full", "permission")
+HOPELESS = ("read_only", "full", "permission", "deletion_refused")
 
 
 @dataclass(frozen=True)
@@ -854,9 +858,22 @@ def _clip(line: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
+# A frame of the Go stack trace restic 0.14 prints after some errors: "\tpath/file.go:123".
+_GO_FRAME = re.compile(r"^\t\S+\.go:\d+")
+
+
+def _without_stack_trace(tail: str) -> list[str]:
+    """The lines before a Go stack trace: its last line (runtime.goexit) says nothing."""
+    lines = tail.splitlines()
+    for i in range(1, len(lines)):
+        if _GO_FRAME.match(lines[i]):
+            return lines[:i - 1]
+    return lines
+
+
 def _last_meaningful_line(tail: str) -> str:
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and ln.strip() != "..."
-             and not ln.startswith(("\t", " "))]
+    lines = [ln.strip() for ln in _without_stack_trace(tail) if ln.strip()
+             and ln.strip() != "..." and not ln.startswith(("\t", " "))]
     fatal = [ln for ln in lines if ln.startswith("Fatal:")]
     return _clip((fatal or lines or ["no output"])[-1], 300)
 
@@ -1027,7 +1044,7 @@ class Restic:
     def canaries(self) -> list[dict]:
         """The immutability canaries in the repository (usually one)."""
         done = self.run(canaries_argv(self.repo), "snapshots")
-        return [s for s in parse_snapshots(done.stdout) if CANARY_TAG in s["tags"]]
+        return [s for s in parse_snapshots(done.stdout) if is_canary(s)]
 
     def write_canary(self, host: str) -> str:
         """A new canary snapshot of a few bytes bkp made; its id."""
@@ -1041,14 +1058,6 @@ class Restic:
         if not summary.snapshot_id:
             raise OperationError("restic wrote the canary but named no snapshot id")
         return summary.snapshot_id
-
-    def try_forget(self, snapshot_id: str) -> runner.Completed:
-        """Try to delete one snapshot as the nightly run could; stopped at the first
-        refusal (restic would retry it for a minute). The caller judges by looking."""
-        self.calls += 1
-        return runner.run(forget_one_argv(self.repo, snapshot_id), env=self.repo.env.env,
-                          secrets=self.repo.env.secrets, timeout=self.timeout,
-                          drop_env_prefixes=("RESTIC_", "AWS_"), stop_when=deletion_refused)
 
     def forget(self, retention: Retention) -> ForgetResult:
         done = self.run(forget_argv(self.repo, self.tenant, retention), "forget/prune")

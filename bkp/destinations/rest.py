@@ -29,6 +29,9 @@ CONNECT_TIMEOUT = 20
 OBJECT_TYPES = ("data", "index", "snapshots", "keys", "locks")
 # The REST protocol's listing with sizes (rest-server and rclone speak it).
 LIST_V2 = "application/vnd.x.restic.rest.v2"
+# How servers refuse an append-only deletion: rest-server and `rclone serve restic
+# --append-only` answer 403; a proxy that forbids the method, 405.
+REFUSALS = {403: "Forbidden", 405: "Method Not Allowed"}
 
 
 def repository_label(url: str) -> str:
@@ -157,6 +160,14 @@ class RestDestination:
         return OperationError(f"REST server {self._where()} answered HTTP {status} for "
                               f"{self.label}; check url and the server's log")
 
+    def try_delete_snapshot(self, snapshot_id: str) -> tuple[bool, str]:
+        """Try to delete a snapshot file with this credential, as a thief of it would: one
+        DELETE of snapshots/ID. (refused, what the server said). Only an explicit refusal
+        counts as one: a server error or a timeout refuses nothing, it merely failed (restic
+        says "unable to remove" for both, and newer restic no longer names the status)."""
+        status, _ = self._request("DELETE", f"snapshots/{snapshot_id}")
+        return deletion_answer(status)
+
     def preflight(self) -> Preflight:
         status, _ = self._request("HEAD", "config")
         if status == 200:
@@ -282,6 +293,15 @@ def _listing(body: bytes) -> list[tuple[str, int]]:
         elif isinstance(item, str):
             found.append((item, 0))
     return found
+
+
+def deletion_answer(status: int) -> tuple[bool, str]:
+    """A DELETE's status as the proof reads it: (refused, what the server said)."""
+    if status in REFUSALS:
+        return True, f"the server refused: HTTP {status} {REFUSALS[status]}"
+    if 200 <= status < 300:
+        return False, f"the server answered HTTP {status} as if deleted"
+    return False, f"the server answered HTTP {status}, neither deleted nor refused"
 
 
 def _cause(exc: Exception) -> str:

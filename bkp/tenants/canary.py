@@ -4,7 +4,8 @@ destination tries to delete a harmless canary with the nightly credential.
 The canary is a tiny snapshot bkp writes once and reuses (restic.CANARY_TAG, no tenant tag,
 no tenant data). Never a lock file: locks are deletable even on an append-only server. The
 attempt is what a thief of the nightly credential would do:
-- on a REST server, `restic forget` of the canary, which deletes its snapshot file;
+- on a REST server, a DELETE of the canary's snapshot file (what `restic forget` sends),
+  judged by the status: only 403 (405) is a refusal, a 500 or a timeout proves nothing;
 - on S3 with Object Lock, a DeleteObject of the canary's snapshot object *with its version
   id*: a delete without one "succeeds" by adding a delete marker and removes nothing.
 Afterwards bkp looks whether the canary is still there: that, not an exit code, is the
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bkp.destinations import destination_for
 from bkp.errors import OperationError
 from bkp.policy import Policy
 from bkp.restic import Restic
@@ -51,14 +53,13 @@ class Immutability:
 
 def prove_immutability(policy: Policy, home: Path, restic: Restic) -> Immutability:
     canary, written = _canary(restic)
+    destination = destination_for(policy, home)
     if policy.destination.type == "s3":
-        from bkp.destinations import destination_for
-
-        refused, detail = destination_for(policy, home).try_delete_snapshot_version(canary)
+        refused, detail = destination.try_delete_snapshot_version(canary)
         method = "DeleteObject with the version id"
     else:
-        refused, detail = _try_forget(restic, canary)
-        method = "restic forget"
+        refused, detail = destination.try_delete_snapshot(canary)
+        method = "DELETE of the snapshot file"
     still_there = any(s["id"] == canary for s in restic.canaries())
     if not still_there:
         return Immutability(canary, method, SUCCEEDED, detail, written)
@@ -85,21 +86,3 @@ def _canary(restic: Restic) -> tuple[str, bool]:
     if not found:
         raise OperationError(f"the canary snapshot {short} just written is not listed")
     return found[0]["id"], True
-
-
-def _try_forget(restic: Restic, canary: str) -> tuple[bool, str]:
-    done = restic.try_forget(canary)
-    if done.stopped == "deletion_refused" or (not done.ok and _refusal_said(done.stderr_tail)):
-        restic.unlock_stale()  # restic was stopped while it held its lock
-        line = next((ln.strip() for ln in done.stderr_tail.splitlines()
-                     if _refusal_said(ln)), "refused")
-        return True, f"the server refused: {line[:200]}"
-    if done.ok:
-        return False, "restic forget exited 0"
-    return False, f"restic forget failed (exit {done.returncode})"
-
-
-def _refusal_said(text: str) -> bool:
-    from bkp.restic import DELETION_REFUSED
-
-    return bool(DELETION_REFUSED.search(text))

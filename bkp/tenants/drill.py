@@ -291,7 +291,16 @@ def _perform(ctx: Context, policy: Policy, restic: Restic, scratch: Path,
 
     if policy.destination.immutable:
         _progress(ctx, policy, "proving that the nightly credential cannot delete")
-        result.immutability = prove_immutability(policy, ctx.settings.home, restic)
+        try:
+            result.immutability = prove_immutability(policy, ctx.settings.home, restic)
+        except BkpError as exc:
+            if not result.problems or isinstance(exc, VerificationError):
+                raise
+            # Problems are found already (5): the proof that could not be made joins them
+            # instead of turning the verdict into "could not run" (1).
+            result.problems.append(Problem("immutability", "", "the deletion refused",
+                                           f"not proven: {exc}"))
+            return
         if not result.immutability.proven:
             result.problems.append(Problem("immutability", "", "the deletion refused",
                                            result.immutability.problem_text()))

@@ -67,7 +67,7 @@ def test_an_append_only_drill_proves_the_nightly_credential_cannot_delete(
     canaries = json.loads(env.restic("immutable", "snapshots", "--json", "--tag",
                                      "bkp-canary").stdout)
     assert [s["hostname"] for s in canaries] == ["bkp-pods"]
-    assert proof["method"] == "restic forget" and "403" in proof["detail"], proof
+    assert proof["method"] == "DELETE of the snapshot file" and "403" in proof["detail"], proof
     # The canary is one more snapshot file, and nothing bkp lists or drills.
     assert len(snapshot_files(server, env, "immutable")) == 4
     assert proof["canary"] in snapshot_files(server, env, "immutable")

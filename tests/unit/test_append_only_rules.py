@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from bkp.destinations.rest import deletion_answer
 from bkp.policy import Destination, Policy, Retention
-from bkp.restic import DELETION_REFUSED, Repository, canary_argv, snapshots_argv
+from bkp.restic import (
+    Repository,
+    canary_argv,
+    classify,
+    is_canary,
+    snapshots_argv,
+    stop_on_hopeless,
+)
+from bkp.runner import Completed
 from bkp.secrets import SecretEnv
 from bkp.tenants.maintain import maintenance_refusal
 from bkp.tenants.schedule import (
@@ -60,15 +69,18 @@ def test_the_canary_carries_no_tenant_tag_so_no_tenant_selector_finds_it():
     assert "tenant=acme" in snapshots_argv(repo, "acme")
 
 
-@pytest.mark.parametrize(("line", "refused"), [
-    ("Remove(<snapshot/0123abcd>) returned error, retrying after 552ms: blob not removed, "
-     "server response: 403 Forbidden (403)", True),
-    ("Remove(<snapshot/0123abcd>) returned error, retrying after 1s: client.Do: dial tcp: "
-     "connection refused", False),
-    ("Remove(<lock/0123abcd>) returned error: 403 Forbidden", False),
+@pytest.mark.parametrize(("status", "refused", "words"), [
+    (403, True, "refused: HTTP 403"),
+    (405, True, "refused: HTTP 405"),
+    (200, False, "as if deleted"),
+    (204, False, "as if deleted"),
+    (500, False, "neither deleted nor refused"),
+    (404, False, "neither deleted nor refused"),
+    (401, False, "neither deleted nor refused"),
 ])
-def test_only_a_refused_snapshot_deletion_stops_restic_early(line, refused):
-    assert bool(DELETION_REFUSED.search(line)) is refused
+def test_only_an_explicit_refusal_of_the_delete_counts_as_one(status, refused, words):
+    assert deletion_answer(status)[0] is refused
+    assert words in deletion_answer(status)[1]
 
 
 def test_the_maintenance_job_renders_for_cron_and_systemd(tmp_path):
@@ -83,3 +95,49 @@ def test_the_maintenance_job_renders_for_cron_and_systemd(tmp_path):
     written = write_schedule(units, "systemd", tmp_path / "units", "bkp-maintain")
     assert sorted(p.name for p in written) == ["bkp-maintain.service", "bkp-maintain.timer"]
     assert "[Timer]" in (tmp_path / "units" / "bkp-maintain.timer").read_text()
+
+
+@pytest.mark.parametrize(("tags", "paths", "canary"), [
+    (["bkp-tags=2", "bkp-canary", "kind=canary"], ["/bkp-canary"], True),
+    (["bkp-canary", "kind=canary", "bkp-tags=2"], ["/bkp-canary"], True),
+    (["bkp-tags=2", "bkp-canary", "kind=canary", "tenant=acme"], ["/bkp-canary"], False),
+    (["bkp-tags=2", "bkp-canary", "kind=files", "tenant=acme"], ["/srv"], False),
+    (["bkp-canary"], ["/srv"], False),
+    (["bkp-tags=2", "bkp-canary", "kind=canary"], ["/srv"], False),
+])
+def test_only_the_snapshot_bkp_wrote_as_canary_is_one(tags, paths, canary):
+    assert is_canary({"tags": tags, "paths": paths}) is canary
+
+
+# restic 0.14's `forget` through an append-only door (rclone serve restic --append-only).
+REFUSED_FORGET = (
+    "Remove(<snapshot/7363ca4270>) returned error, retrying after 552.330144ms: blob not "
+    "removed, server response: 403 Forbidden (403)\n"
+    "unable to remove <snapshot/7363ca4270> from the repository\n"
+    "blob not removed, server response: 403 Forbidden (403)\n"
+    "github.com/restic/restic/internal/backend/rest.(*Backend).Remove\n"
+    "\tgithub.com/restic/restic/internal/backend/rest/rest.go:399\n"
+    "main.deleteFiles.func2\n"
+    "\tgithub.com/restic/restic/cmd/restic/delete.go:47\n"
+    "runtime.goexit\n"
+    "\truntime/asm_amd64.s:1594\n")
+
+
+def test_a_refused_deletion_stops_restic_at_once_and_says_append_only():
+    first = REFUSED_FORGET.splitlines()[0]
+    assert stop_on_hopeless(first) == "deletion_refused"
+    assert stop_on_hopeless(first.replace("(403)", "(500)").replace("403 Forbidden",
+                                                                    "500 Oops")) is None
+    repo = Repository(url="", env=SecretEnv({"RESTIC_REPOSITORY": "rest:x"}), label="rest:x")
+    failure = classify(Completed(["restic"], 1, "", REFUSED_FORGET, 1.0), repo, "acme",
+                       "forget/prune")
+    assert failure.cause == "deletion_refused" and failure.exit_code == 1
+    assert "append-only for this credential" in failure.message
+
+
+def test_an_unknown_failure_names_the_error_not_the_end_of_a_go_stack_trace():
+    tail = REFUSED_FORGET.replace("403 Forbidden (403)", "418 Teapot (418)")
+    repo = Repository(url="/r", env=SecretEnv({"RESTIC_PASSWORD_FILE": "/k"}))
+    failure = classify(Completed(["restic"], 1, "", tail, 1.0), repo, "acme", "forget/prune")
+    assert failure.cause == "unknown"
+    assert "418 Teapot" in failure.message and "goexit" not in failure.message
