@@ -14,6 +14,7 @@ import math
 import os
 import posixpath
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -94,6 +95,12 @@ class Destination:
             return ("rest", *_endpoint_identity(self.url or ""))
         return ("local", local_path_identity(self.path) if self.path else "")
 
+    def server_identity(self) -> tuple:
+        """sftp and rest: the one server (host and port) holding the repository."""
+        if self.type == "rest":
+            return _endpoint_identity(self.url or "")[:2]
+        return (_host_identity(self.host or ""), self.port)
+
     def host_identity(self) -> str:
         """The machine (or provider) holding the repository, for the other-site rule where
         no site is named: two buckets at one S3 endpoint are one site, and every local
@@ -109,7 +116,14 @@ class Destination:
 
 def same_site(first: Destination, second: Destination) -> str | None:
     """Why two repositories stand at one site (one incident could destroy both), or None.
-    Named sites decide when both have one; otherwise the hosts are compared."""
+    Named sites decide between two places, never between one repository or one server and
+    itself; otherwise the hosts are compared."""
+    if first.repository_identity() == second.repository_identity():
+        return "it is the same repository"
+    if first.type == second.type and first.type in ("sftp", "rest") \
+            and first.server_identity() == second.server_identity():
+        return f"both are on server {_shown_server(second.server_identity())}, whatever " \
+               "the site names say"
     if first.site and second.site:
         if first.site.casefold() == second.site.casefold():
             return f"both are at site {second.site}"
@@ -134,12 +148,38 @@ class Copy:
         return f"copy {self.id}"
 
 
+LOOPBACK = "this machine"
+
+
 def _host_identity(host: str) -> str:
+    """One machine however it is spelled: case, a trailing dot, IPv6 forms, IPv4 in IPv6,
+    the short IPv4 forms ssh accepts (127.1); every loopback name or address is this
+    machine (where local repositories are too)."""
     host = host.strip("[]").rstrip(".").lower()
+    address = _address(host)
+    if address is None:
+        return LOOPBACK if host == "localhost" or host.endswith(".localhost") else host
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return LOOPBACK if address.is_loopback else address.compressed
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(host).compressed  # ::1 and 0:0::1 are one address
+        return ipaddress.ip_address(host)  # ::1 and 0:0::1 are one address
     except ValueError:
-        return host
+        pass
+    if host and all(c in "0123456789abcdefx." for c in host) and host[0].isdigit():
+        try:  # 127.1, 2130706433, 0x7f.1: what getaddrinfo (and so ssh) connects to
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _shown_server(server: tuple) -> str:
+    host, port = server
+    return f"{host} port {port}" if port else host
 
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -1294,6 +1334,10 @@ def _rule_copies_at_other_sites(data: dict, file: Path) -> Iterator[_Finding]:
         for name, other in placed:
             if where != ("destination",):
                 reason = same_site(other, destination)
+                if reason == "it is the same repository":
+                    yield _error(where, f"the same repository as {name}: a copy must be "
+                                        "another repository, at another site")
+                    break
                 if reason:
                     yield _error((*where, "site"),
                                  f"at the same site as {name} ({reason}): each copy must be "
@@ -1308,11 +1352,16 @@ def _rule_copies_at_other_sites(data: dict, file: Path) -> Iterator[_Finding]:
 def _site_view(entry: dict) -> Destination | None:
     """Enough of a destination to tell its site (None while its keys are of the wrong type:
     the schema says so)."""
-    values = {key: entry.get(key) for key in ("type", "site", "endpoint", "url", "host")}
+    values = {key: entry.get(key) for key in ("type", "site", "endpoint", "url", "host",
+                                                "path", "bucket", "prefix")}
     if not isinstance(values["type"], str) or not all(
             value is None or isinstance(value, str) for value in values.values()):
         return None
-    return Destination(country="", **values)
+    port = entry.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool):
+        return None
+    values["prefix"] = values["prefix"] or ""
+    return Destination(country="", port=port, **values)
 
 
 def _copy_id(data: dict, index: int) -> str:

@@ -1,0 +1,101 @@
+"""Attacks on copies at other sites (`copies:`): a copy that is the destination spelled
+another way, one server claimed as two sites, a copy that silently holds nothing new, a
+killed copy, and the rclone remote's configuration coming from anywhere but bkp."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import BkpEnv
+
+pytestmark = pytest.mark.integration
+
+
+def with_copies(env: BkpEnv, tenant: str, destination_site: str | None, *copies: dict) -> None:
+    path = env.policies / f"{tenant}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    if destination_site:
+        doc["destination"]["site"] = destination_site
+    doc["copies"] = list(copies)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def rest_credentials(env: BkpEnv) -> str:
+    path = env.root / "rest-credentials"
+    path.write_text("bkp:a-long-rest-password\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def rest_destination(env: BkpEnv, url: str, **keys) -> dict:
+    return {"type": "rest", "country": "NL", "url": url,
+            "credentials_file": rest_credentials(env), **keys}
+
+
+def validate(env: BkpEnv):
+    return env.bkp("policy", "validate")
+
+
+# ------------------------------------------------------------------ site rule
+
+@pytest.mark.parametrize("spelling", ["{path}", "{path}/", "{parent}/./{name}",
+                                      "{parent}//{name}", "{parent}/x/../{name}"])
+def test_a_copy_that_is_the_destination_under_another_site_name_is_invalid(bkp_env,
+                                                                             spelling):
+    """Named sites decide between two places, never between one repository and itself: a
+    'copy' in the destination's own repository copies nothing and its drill passes on the
+    destination's data."""
+    env = bkp_env
+    env.local_tenant("spiegel")
+    path = env.root / "offsite" / "spiegel"
+    copy_path = spelling.format(path=path, parent=path.parent, name=path.name)
+    with_copies(env, "spiegel", "site-a",
+                {"type": "local", "country": "NL", "site": "site-b", "path": copy_path})
+    done = validate(env)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "copies.0" in done.stdout and "same repository as destination" in done.stdout, \
+        done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_two_copies_in_one_repository_are_invalid(bkp_env):
+    env = bkp_env
+    env.local_tenant("tweeling")
+    (env.root / "elders").mkdir()
+    twin = {"type": "local", "country": "NL", "path": str(env.root / "elders" / "tweeling")}
+    with_copies(env, "tweeling", "site-a", {**twin, "id": "b", "site": "site-b"},
+                {**twin, "id": "c", "site": "site-c"})
+    done = validate(env)
+    assert done.returncode == 3 and "copies.1" in done.stdout \
+        and "same repository as copy b" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("first, second", [
+    ("https://backup.example.nl:8000/a", "https://BACKUP.example.nl.:8000/b"),
+    ("https://[2001:db8::1]:8000/a", "https://[2001:db8:0:0::1]:8000/b"),
+    ("http://localhost:8000/a", "http://127.0.0.1:8000/b"),
+    ("http://127.0.0.1:8000/a", "http://[::ffff:127.0.0.1]:8000/b"),
+    ("http://127.0.0.1:8000/a", "http://127.0.0.2:8000/b"),
+])
+def test_one_rest_server_is_one_site_however_it_is_spelled(bkp_env, first, second):
+    """Without named sites the hosts decide: one machine spelled two ways is one site."""
+    env = bkp_env
+    env.write_policy("eenserver", rest_destination(env, first))
+    with_copies(env, "eenserver", None, rest_destination(env, second))
+    done = validate(env)
+    assert done.returncode == 3 and "copies.0.site: at the same site as destination" in \
+        done.stdout, done.stdout
+
+
+def test_one_rest_server_cannot_be_declared_two_sites(bkp_env):
+    """Site names are the operator's word for two places; one server (host and port) is one
+    place whatever the names say."""
+    env = bkp_env
+    env.write_policy("tweenamen", rest_destination(env, "https://backup.example.nl/a",
+                                                   site="ams-1"))
+    with_copies(env, "tweenamen", None,
+                rest_destination(env, "https://Backup.Example.NL.:443/b", site="fra-1"))
+    done = validate(env)
+    assert done.returncode == 3 and "copies.0.site: at the same site as destination" in \
+        done.stdout, done.stdout
