@@ -35,14 +35,20 @@ class CopiesTable:
         row = self.last_copy_result(tenant, copy_id)
         if row is None or row["status"] != "ok" or not row.get("kept_snapshots"):
             return None
-        return json.loads(row["kept_snapshots"])
+        # A run that died while copying recorded nothing, though its restic may have
+        # saved snapshots in the copy: then the record is stale.
+        died = self.db.execute(
+            "select 1 from runs where tenant = ? and kind = 'backup' and id > ? and status "
+            "= 'interrupted' limit 1", [tenant, row["run_id"]]).fetchone()
+        return None if died else json.loads(row["kept_snapshots"])
 
     def good_backups_since(self, tenant: str, snapshot_id: str | None) -> list[dict]:
-        """The tenant's good backups after the one that made `snapshot_id` (all of them
-        when it is unknown): how many snapshots a copy lags behind."""
+        """The tenant's backups that made a snapshot after the one that made
+        `snapshot_id` (all of them when it is unknown): how many snapshots a copy lags
+        behind. A run stopped while copying made its snapshot too."""
         rows = list(self.db["runs"].rows_where(
-            "tenant = ? and kind = 'backup' and status in ('ok', 'failed') and snapshot_id "
-            "is not null", [tenant], order_by="id"))
+            "tenant = ? and kind = 'backup' and status in ('ok', 'failed', 'interrupted') "
+            "and snapshot_id is not null", [tenant], order_by="id"))
         if snapshot_id:
             short = snapshot_id[:8]
             for index, row in enumerate(rows):

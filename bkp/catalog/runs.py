@@ -122,14 +122,20 @@ class RunsTable:
         return rows[0] if rows else None
 
     def kept_snapshots(self, tenant: str) -> list[dict] | None:
-        """The snapshots the tenant's last good backup left in the repository, when it
-        recorded them (None: not known, e.g. a catalog rebuilt by sync)."""
+        """The snapshots the tenant's last backup or maintenance run left in the
+        repository, when it recorded them (None: not known, e.g. a catalog rebuilt by
+        sync). Only the last ended run counts, whatever its status: a run that failed after
+        its snapshot (a copy failed) recorded what retention left, and one that failed or
+        died before recording may have added a snapshot no record names, so the
+        repository must be listed."""
         import json
 
-        row = self.last_listing(tenant)
-        if row is None or not row.get("kept_snapshots"):
+        rows = list(self.db["runs"].rows_where(
+            "tenant = ? and kind in ('backup', 'maintain') and status != 'running'",
+            [tenant], order_by="coalesce(ended_at, started_at) desc, id desc", limit=1))
+        if not rows or not rows[0].get("kept_snapshots"):
             return None
-        return json.loads(row["kept_snapshots"])
+        return json.loads(rows[0]["kept_snapshots"])
 
     def last_listing(self, tenant: str) -> dict | None:
         """The last good backup or maintenance run: the latest record of which snapshots

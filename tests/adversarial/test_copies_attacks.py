@@ -4,10 +4,15 @@ killed copy, and the rclone remote's configuration coming from anywhere but bkp.
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 import yaml
 
 from tests.conftest import BkpEnv
+from tests.helpers import big_file, popen_bkp, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +104,74 @@ def test_one_rest_server_cannot_be_declared_two_sites(bkp_env):
     done = validate(env)
     assert done.returncode == 3 and "copies.0.site: at the same site as destination" in \
         done.stdout, done.stdout
+
+
+# ------------------------------------------------------------------ a copy cut short
+
+def local_copy(env: BkpEnv, tenant: str) -> dict:
+    (env.root / "site-b").mkdir(exist_ok=True)
+    return {"type": "local", "country": "NL", "site": "site-b", "id": "b",
+            "path": str(env.root / "site-b" / tenant)}
+
+
+def restic_copy_pid(tenant: str) -> int | None:
+    """The pid of a restic copying into the tenant's copy (its path names the tenant)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        if args and args[0].endswith("restic") and "copy" in args \
+                and any(f"site-b/{tenant}" in a for a in args):
+            return int(cmdline.parent.name)
+    return None
+
+
+def copy_lag(env: BkpEnv, tenant: str) -> dict:
+    status, _ = env.bkp_json("status", tenant, expect=None)
+    [lag] = status["tenants"][0]["copies"]
+    return lag
+
+
+def originals_at_copy(env: BkpEnv, tenant: str) -> set[str]:
+    listed = env.bkp_json("snapshots", tenant, "--copy", "b")[0]["snapshots"]
+    return {(s.get("original") or s["id"])[:8] for s in listed}
+
+
+@pytest.mark.parametrize("victim", ["bkp", "restic"])
+def test_a_copy_cut_short_is_behind_in_status_and_the_next_night_fills_it(bkp_env, victim):
+    """bkp stopped (SIGTERM) or its restic killed (SIGKILL) while copying: the primary
+    holds tonight's snapshot and the copy does not, so status must not say the copy is up
+    to date, and the next night copies it."""
+    env = bkp_env
+    tenant = f"afgebroken-{victim}"
+    env.local_tenant(tenant)
+    with_copies(env, tenant, "site-a", local_copy(env, tenant))
+    env.bkp_json("init", tenant)
+    first, _ = env.bkp_json("backup", tenant)
+    assert first["runs"][0]["copies"][0]["status"] == "ok"
+    big_file(env.root / "data" / tenant / "big.bin", 96)
+    running = popen_bkp(env, "backup", tenant, "--json")
+    try:
+        wait_until(lambda: running.poll() is not None or restic_copy_pid(tenant),
+                   what="restic to copy")
+        pid = restic_copy_pid(tenant)
+        assert pid, "the copy finished before it could be cut short"
+        if victim == "bkp":
+            running.send_signal(signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        out, err = running.communicate(timeout=600)
+    assert running.returncode != 0 and "Traceback" not in err, out + err
+    listed = env.bkp_json("snapshots", tenant)[0]["snapshots"]
+    tonight = max(listed, key=lambda s: s["time"])["id"]
+    assert tonight[:8] != first["runs"][0]["snapshot_id"][:8]
+    assert tonight[:8] not in originals_at_copy(env, tenant)
+    lag = copy_lag(env, tenant)
+    assert lag["lag_snapshots"] >= 1 and not lag["ok"], lag
+    fixed, _ = env.bkp_json("backup", tenant)
+    assert fixed["runs"][0]["copies"][0]["status"] == "ok", fixed
+    assert tonight[:8] in originals_at_copy(env, tenant)
+    lag = copy_lag(env, tenant)
+    assert lag["lag_snapshots"] == 0 and lag["ok"], lag
