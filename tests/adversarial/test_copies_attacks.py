@@ -5,6 +5,7 @@ killed copy, and the rclone remote's configuration coming from anywhere but bkp.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import BkpEnv
+from tests.adversarial.test_home_faults import remount_read_only, small_filesystem
 from tests.helpers import big_file, popen_bkp, wait_until
 
 pytestmark = pytest.mark.integration
@@ -175,3 +177,112 @@ def test_a_copy_cut_short_is_behind_in_status_and_the_next_night_fills_it(bkp_en
     assert tonight[:8] in originals_at_copy(env, tenant)
     lag = copy_lag(env, tenant)
     assert lag["lag_snapshots"] == 0 and lag["ok"], lag
+
+
+# ------------------------------------------------------------------ a copy that is not last night's
+
+def night(env: BkpEnv, tenant: str, number: int, expect: int = 0) -> dict:
+    (env.root / "data" / tenant / f"night-{number}.txt").write_text(str(number))
+    document, _ = env.bkp_json("backup", tenant, expect=expect)
+    return document["runs"][0]
+
+
+def test_a_copy_wiped_and_initialised_again_gets_everything_back(bkp_env):
+    """Someone re-created the copy's repository (same password): bkp's record says it holds
+    last night's snapshots, the repository holds nothing; the next night must leave it
+    holding what the keep rules keep, and say so truthfully."""
+    env = bkp_env
+    env.local_tenant("gewist", retention={"last": 2})
+    with_copies(env, "gewist", "site-a", local_copy(env, "gewist"))
+    env.bkp_json("init", "gewist")
+    made = [night(env, "gewist", n) for n in range(2)]
+    copy = env.root / "site-b" / "gewist"
+    shutil.rmtree(copy)
+    done = env.restic_at(copy, env.secrets / "gewist.key", "init")
+    assert done.returncode == 0, done.stderr
+    made.append(night(env, "gewist", 2))
+    [result] = made[-1]["copies"]
+    assert result["status"] == "ok", made[-1]
+    assert originals_at_copy(env, "gewist") == {r["snapshot_id"][:8] for r in made[1:]}
+    assert result["snapshots_kept"] == 2, result
+    made.append(night(env, "gewist", 3))
+    assert made[-1]["copies"][0]["status"] == "ok", made[-1]
+    assert originals_at_copy(env, "gewist") == {r["snapshot_id"][:8] for r in made[2:]}
+
+
+def test_a_copy_swapped_for_a_repository_with_another_password_fails_the_run(bkp_env):
+    env = bkp_env
+    env.local_tenant("geruild")
+    with_copies(env, "geruild", "site-a", local_copy(env, "geruild"))
+    env.bkp_json("init", "geruild")
+    night(env, "geruild", 0)
+    copy = env.root / "site-b" / "geruild"
+    shutil.rmtree(copy)
+    stranger = env.root / "stranger.key"
+    stranger.write_text("a-password-bkp-does-not-know\n")
+    done = env.restic_at(copy, stranger, "init")
+    assert done.returncode == 0, done.stderr
+    failed = night(env, "geruild", 1, expect=1)
+    assert failed["status"] == "failed" and "copy b" in failed["error"], failed
+    assert failed["copies"][0]["status"] == "failed"
+    lag = copy_lag(env, "geruild")
+    assert lag["lag_snapshots"] == 1 and not lag["ok"], lag
+
+
+# ------------------------------------------------------------------ a copy's disk
+
+def test_a_full_copy_disk_fails_the_run_naming_the_copy_and_the_cause(bkp_env):
+    env = bkp_env
+    env.local_tenant("volschijf")
+    with small_filesystem(env.root / "copydisk", size="6m") as disk:
+        with_copies(env, "volschijf", "site-a",
+                    {"type": "local", "country": "NL", "site": "site-b", "id": "b",
+                     "path": str(disk / "volschijf")})
+        env.bkp_json("init", "volschijf")
+        big_file(env.root / "data" / "volschijf" / "big.bin", 12)
+        document, _ = env.bkp_json("backup", "volschijf", expect=1)
+        run = document["runs"][0]
+        [copy] = run["copies"]
+        assert copy["status"] == "failed" and "copy b" in copy["error"], run
+        assert "no space left" in copy["error"], copy["error"]
+        assert run["snapshot_id"][:8] in {
+            s["id"][:8] for s in env.bkp_json("snapshots", "volschijf")[0]["snapshots"]}
+
+
+def test_a_read_only_copy_disk_is_called_read_only(bkp_env):
+    env = bkp_env
+    env.local_tenant("alleenlezen")
+    with small_filesystem(env.root / "rodisk") as disk:
+        with_copies(env, "alleenlezen", "site-a",
+                    {"type": "local", "country": "NL", "site": "site-b", "id": "b",
+                     "path": str(disk / "alleenlezen")})
+        env.bkp_json("init", "alleenlezen")
+        remount_read_only(disk)
+        document, _ = env.bkp_json("backup", "alleenlezen", expect=1)
+    [copy] = document["runs"][0]["copies"]
+    assert copy["status"] == "failed" and "read-only" in copy["error"], copy
+
+
+# ------------------------------------------------------------------ EEA
+
+@pytest.mark.parametrize("endpoint, region", [
+    ("https://s3.us-east-1.amazonaws.com", "eu-central-1"),
+    ("https://s3.eu-central-1.amazonaws.com.", "us-east-1"),
+    ("https://bucket.s3.us-west-2.amazonaws.com", "eu-west-1"),
+    ("https://S3.US-EAST-1.AMAZONAWS.COM:443", "eu-central-1"),
+    ("https://s3.ca-central-1.wasabisys.com", "eu-central-1"),
+])
+def test_a_copy_outside_the_eea_by_its_endpoint_is_invalid(bkp_env, endpoint, region):
+    env = bkp_env
+    credentials = env.root / "s3-credentials"
+    credentials.write_text("[default]\naws_access_key_id = AKIAEXAMPLE\n"
+                           "aws_secret_access_key = secretsecretsecret\n")
+    credentials.chmod(0o600)
+    env.local_tenant("buitenland")
+    with_copies(env, "buitenland", "site-a",
+                {"type": "s3", "country": "DE", "site": "site-b", "endpoint": endpoint,
+                 "bucket": "buitenland", "region": region,
+                 "credentials_file": str(credentials)})
+    done = validate(env)
+    assert done.returncode == 3 and "copies.0" in done.stdout, done.stdout
+    assert "Traceback" not in done.stderr
