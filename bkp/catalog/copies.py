@@ -45,13 +45,19 @@ class CopiesTable:
     def good_backups_since(self, tenant: str, snapshot_id: str | None) -> list[dict]:
         """The tenant's backups that made a snapshot after the one that made
         `snapshot_id` (all of them when it is unknown): how many snapshots a copy lags
-        behind. A run stopped while copying made its snapshot too."""
-        rows = list(self.db["runs"].rows_where(
-            "tenant = ? and kind = 'backup' and status in ('ok', 'failed', 'interrupted') "
-            "and snapshot_id is not null", [tenant], order_by="id"))
+        behind. A run stopped while copying made its snapshot too, and a run that died
+        without a record (killed, power loss) may have made one no record names: it counts,
+        so a copy is never called up to date on a night nobody knows about."""
+        dead = {row["id"] for row in self.dead_runs() if row["tenant"] == tenant}
+        rows = [row for row in self.db["runs"].rows_where(
+            "tenant = ? and kind = 'backup' and (snapshot_id is not null and status in "
+            "('ok', 'failed', 'interrupted') or snapshot_id is null and status in "
+            "('interrupted', 'running'))", [tenant], order_by="id")
+            if row["status"] != "running" or row["id"] in dead]
+        rows = [{**row, "ended_at": row["ended_at"] or row["started_at"]} for row in rows]
         if snapshot_id:
             short = snapshot_id[:8]
             for index, row in enumerate(rows):
-                if row["snapshot_id"][:8] == short:
+                if (row["snapshot_id"] or "")[:8] == short:
                     return rows[index + 1:]
         return rows

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BkpEnv
 from tests.adversarial.test_home_faults import remount_read_only, small_filesystem
+from tests.conftest import BkpEnv
 from tests.helpers import big_file, popen_bkp, wait_until
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def originals_at_copy(env: BkpEnv, tenant: str) -> set[str]:
     return {(s.get("original") or s["id"])[:8] for s in listed}
 
 
-@pytest.mark.parametrize("victim", ["bkp", "restic"])
+@pytest.mark.parametrize("victim", ["bkp", "restic", "bkp-killed"])
 def test_a_copy_cut_short_is_behind_in_status_and_the_next_night_fills_it(bkp_env, victim):
     """bkp stopped (SIGTERM) or its restic killed (SIGKILL) while copying: the primary
     holds tonight's snapshot and the copy does not, so status must not say the copy is up
@@ -161,6 +161,9 @@ def test_a_copy_cut_short_is_behind_in_status_and_the_next_night_fills_it(bkp_en
         assert pid, "the copy finished before it could be cut short"
         if victim == "bkp":
             running.send_signal(signal.SIGTERM)
+        elif victim == "bkp-killed":  # no record at all, and its restic dies with it
+            running.kill()
+            os.kill(pid, signal.SIGKILL)
         else:
             os.kill(pid, signal.SIGKILL)
     finally:
