@@ -681,18 +681,22 @@ def restic_command(state, tenant, args):
                    "--target, to load into a server.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
+@copy_option
 @json_option
 @pass_state
-def restore(state, tenant, target, snapshot, includes, force, database, progress, as_json):
+def restore(state, tenant, target, snapshot, includes, force, database, progress, copy_id,
+            as_json):
     """Restore a tenant's snapshot into DIR, verified by restic while writing.
 
     This is access to personal data: who, which tenant, which snapshot and where to is
     recorded in the audit trail. A non-empty target is refused (exit 4) unless --force.
-    With --database, the database's dump is written to the file --target instead.
+    With --database, the database's dump is written to the file --target instead. With
+    --copy, from one of the tenant's copies (the primary site lost); --snapshot then takes
+    the copy's own snapshot id.
     """
     from bkp.tenants.restore import restore_database, restore_tenant
 
-    policy = state.one_policy(tenant)
+    policy = _at_copy(state.one_policy(tenant), copy_id)
     if database is not None:
         if includes or force:
             raise UsageError("--include and --force do not apply to --database: a dump is "
