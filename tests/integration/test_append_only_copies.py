@@ -155,3 +155,64 @@ def test_a_copy_is_proven_immutable_by_its_own_drill_and_restores_when_the_prima
     details = sqlite3.connect(env.home / "catalog.db").execute(
         "select details from audit_log where action = 'restore'").fetchone()[0]
     assert json.loads(details)["copy"] == "offsite", details
+
+
+def test_a_copy_that_claims_append_only_but_deletes_fails_its_drill_and_is_not_proven(
+        bkp_env, rest):
+    env = bkp_env
+    env.local_tenant("schijnsite")
+    add_copies(env, "schijnsite", {
+        # The session's server deletes what it is told: the claim is false.
+        "id": "offsite", "type": "rest", "country": "DE", "site": "site-b",
+        "url": f"{rest.url}/{env.root.name}/schijnsite",
+        "credentials_file": str(rest.credentials_file), "ca_file": str(rest.ca_file),
+        "append_only": True,
+        # Lives on the maintenance host only: the nightly host does not have it.
+        "maintenance_credentials_file": str(env.secrets / "not-here.rest-admin")})
+    env.bkp_json("init", "schijnsite")
+    env.bkp_json("backup", "schijnsite")
+    done = env.bkp("drill", "schijnsite", "--copy", "offsite", "--json")
+    assert done.returncode == 5, (done.stdout, done.stderr)
+    copy_drill = json.loads(done.stdout)["drills"][0]
+    assert copy_drill["immutability"]["deletion"] == "succeeded", copy_drill
+    assert "deletable by the nightly credential" in json.dumps(copy_drill["problems"])
+
+    drill = env.bkp_json("drill", "schijnsite")[0]["drills"][0]
+    [said] = drill["copies_immutability"]
+    assert said["proven"] is False and said["last_proof"]["deletion"] == "succeeded", said
+    assert "copy offsite: immutability NOT proven" in Path(drill["report"]).read_text()
+    status, _ = env.bkp_json("status", "schijnsite")
+    assert status["tenants"][0]["copies"][0]["immutability"]["proven"] is False
+    assert "immutability NOT proven" in env.bkp("status", "schijnsite").stdout
+
+    # The maintenance credential is not on this host: 3, the copy named.
+    done = env.bkp("maintain", "schijnsite", "--json")
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    entry = json.loads(done.stdout)["tenants"][0]
+    assert "copy offsite" in entry["error"] and "is not on this host" in entry["error"]
+
+
+def test_an_object_locked_copy_is_proven_by_its_own_drill_with_the_version_delete(
+        bkp_env, s3):
+    from tests.integration.test_append_only import locked_bucket
+
+    env = bkp_env
+    env.local_tenant("kluis")
+    bucket = locked_bucket(s3, env, "kluis-copy", "COMPLIANCE", days=30)
+    add_copies(env, "kluis", {
+        "id": "vault", "type": "s3", "country": "DE", "site": "site-b",
+        "endpoint": s3.endpoint, "bucket": bucket, "region": "eu-central-1", "prefix": "bkp",
+        "credentials_file": str(s3.credentials_file), "object_lock": True})
+    env.bkp_json("init", "kluis")
+    assert env.bkp_json("backup", "kluis")[0]["runs"][0]["copies"][0]["status"] == "ok"
+    copy_drill = env.bkp_json("drill", "kluis", "--copy", "vault")[0]["drills"][0]
+    assert copy_drill["status"] == "passed", copy_drill
+    proof = copy_drill["immutability"]
+    assert proof["deletion"] == "refused", proof
+    assert proof["method"] == "DeleteObject with the version id", proof
+    # The canary went to the copy's bucket, not anywhere else.
+    key = f"bkp/snapshots/{proof['canary']}"
+    assert s3.client().list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    status, _ = env.bkp_json("status", "kluis")
+    copy = status["tenants"][0]["copies"][0]
+    assert copy["immutability"]["proven"] is True and "maintenance" not in copy, copy
