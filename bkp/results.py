@@ -97,6 +97,7 @@ class MaintainEntry(TenantResult):
     run_id: int | None = None
     duration_s: float | None = None
     restic_calls: int | None = None
+    extra: dict = field(default_factory=dict)  # copies: each append-only copy's result
 
 
 @dataclass

@@ -20,19 +20,25 @@ class CopiesTable:
     def copy_results_of_run(self, run_id: int) -> list[dict]:
         return list(self.db["copy_results"].rows_where("run_id = ?", [run_id], order_by="id"))
 
-    def last_copy_result(self, tenant: str, copy_id: str,
-                         status: str | None = None) -> dict | None:
+    def last_copy_result(self, tenant: str, copy_id: str, status: str | None = None,
+                         kind: str | None = "backup") -> dict | None:
+        """The copy's last result of a run of `kind`: a backup's (what was copied), a
+        maintain's (retention at an append-only copy), or any run's (kind None)."""
         query = "tenant = ? and copy_id = ?" + (" and status = ?" if status else "")
         values = [tenant, copy_id, *([status] if status else [])]
+        if kind is not None:
+            query += " and run_id in (select id from runs where tenant = ? and kind = ?)"
+            values += [tenant, kind]
         rows = list(self.db["copy_results"].rows_where(query, values, order_by="id desc",
                                                         limit=1))
         return rows[0] if rows else None
 
     def copy_kept_snapshots(self, tenant: str, copy_id: str) -> list[dict] | None:
-        """What the copy held after its last good copy (None: not known; list it)."""
+        """What the copy held after the last run that touched it, a backup's copy or a
+        maintenance (None: not known; list it)."""
         import json
 
-        row = self.last_copy_result(tenant, copy_id)
+        row = self.last_copy_result(tenant, copy_id, kind=None)
         if row is None or row["status"] != "ok" or not row.get("kept_snapshots"):
             return None
         # A run that died while copying recorded nothing, though its restic may have
@@ -41,6 +47,14 @@ class CopiesTable:
             "select 1 from runs where tenant = ? and kind = 'backup' and id > ? and status "
             "= 'interrupted' limit 1", [tenant, row["run_id"]]).fetchone()
         return None if died else json.loads(row["kept_snapshots"])
+
+    def last_copy_drill(self, tenant: str, copy_id: str) -> dict | None:
+        """The last finished drill of one copy (`bkp drill TENANT --copy ID`)."""
+        rows = list(self.db["runs"].rows_where(
+            "tenant = ? and kind = 'copy-drill' and copy_id = ? and status != 'running'",
+            [tenant, copy_id], order_by="coalesce(ended_at, started_at) desc, id desc",
+            limit=1))
+        return rows[0] if rows else None
 
     def good_backups_since(self, tenant: str, snapshot_id: str | None) -> list[dict]:
         """The tenant's backups that made a snapshot after the one that made

@@ -285,3 +285,10 @@ def _erasures(db: sqlite_utils.Database) -> None:
     }, pk="id", not_null={"tenant", "kind", "status", "requested_at"},
         foreign_keys=[("id", "records")])
     db["erasures"].create_index(["tenant", "kind", "id"])
+
+
+@migrations(name="0017_runs_copy_id")
+def _runs_copy_id(db: sqlite_utils.Database) -> None:
+    # A copy drill (kind copy-drill) names the copy it drilled: the immutability of an
+    # append-only copy is proven only by its own drill, and status names the last one.
+    db["runs"].add_column("copy_id", str)

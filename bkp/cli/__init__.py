@@ -681,18 +681,22 @@ def restic_command(state, tenant, args):
                    "--target, to load into a server.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal).")
+@copy_option
 @json_option
 @pass_state
-def restore(state, tenant, target, snapshot, includes, force, database, progress, as_json):
+def restore(state, tenant, target, snapshot, includes, force, database, progress, copy_id,
+            as_json):
     """Restore a tenant's snapshot into DIR, verified by restic while writing.
 
     This is access to personal data: who, which tenant, which snapshot and where to is
     recorded in the audit trail. A non-empty target is refused (exit 4) unless --force.
-    With --database, the database's dump is written to the file --target instead.
+    With --database, the database's dump is written to the file --target instead. With
+    --copy, from one of the tenant's copies (the primary site lost); --snapshot then takes
+    the copy's own snapshot id.
     """
     from bkp.tenants.restore import restore_database, restore_tenant
 
-    policy = state.one_policy(tenant)
+    policy = _at_copy(state.one_policy(tenant), copy_id)
     if database is not None:
         if includes or force:
             raise UsageError("--include and --force do not apply to --database: a dump is "
@@ -783,11 +787,11 @@ def maintain(state, tenants, all_, progress, as_json):
     """
     from bkp.context import highest_exit, run_per_tenant
     from bkp.results import MaintainEntry
-    from bkp.tenants.maintain import maintain_tenant
+    from bkp.tenants.maintain import has_maintenance, maintain_tenant
 
     policies, broken = state.select(tenants, all_, MaintainEntry)
     if all_:
-        policies = [p for p in policies if p.destination.append_only]
+        policies = [p for p in policies if has_maintenance(p)]
     show = sys.stderr.isatty() if progress is None else progress
     ctx = state.context(progress=show)
     outcomes = broken + run_per_tenant(policies, lambda p: maintain_tenant(ctx, p),
@@ -795,16 +799,25 @@ def maintain(state, tenants, all_, progress, as_json):
 
     def human():
         if not outcomes:
-            click.echo("no tenant with an append_only destination")
+            click.echo("no tenant with an append_only destination or copy")
         for o in outcomes:
             d = o.data
             if d["status"] == "ok" and d.get("result") != "legal_hold":
-                click.echo(f"{d['tenant']:<24} ok      kept {d['snapshots_kept']} file "
-                           f"snapshots, forgot {d['snapshots_forgotten']} snapshots  "
-                           f"{d['repository']}")
+                if d.get("repository"):
+                    click.echo(f"{d['tenant']:<24} ok      kept {d['snapshots_kept']} file "
+                               f"snapshots, forgot {d['snapshots_forgotten']} snapshots  "
+                               f"{d['repository']}")
+                else:
+                    click.echo(f"{d['tenant']:<24} ok")
             else:
                 click.echo(f"{d['tenant']:<24} {(d.get('result') or d['status']).upper():<7} "
                            f"{d.get('error')}")
+            for copy in d.get("copies") or ():
+                said = (f"kept {copy['snapshots_kept']} file snapshots, forgot "
+                        f"{copy['snapshots_forgotten']} snapshots  {copy['repository']}"
+                        if copy["status"] == "ok" and copy.get("result") != "legal_hold"
+                        else copy.get("error") or copy.get("result"))
+                click.echo(f"{'':<24}   copy {copy['id']}: {copy['status']}  {said}")
 
     emit({"tenants": [o.data for o in outcomes]}, as_json, human)
     return highest_exit(outcomes)
@@ -1254,7 +1267,15 @@ def _copy_line(copy: dict) -> str:
     behind = (f"{lag} snapshot{'' if lag == 1 else 's'} behind"
               + (f" ({copy['lag_hours']} h)" if copy.get("lag_hours") else ""))
     failed = f"; last attempt FAILED: {last['error']}" if last.get("status") == "failed" else ""
-    return f"{'' if copy['ok'] else '! '}copy {copy['id']}: {said}, {behind}{failed}"
+    extra = ""
+    if "maintenance" in copy:
+        extra += f"; {_maintenance_text(copy['maintenance'])}"
+    proof = copy.get("immutability")
+    if proof is not None:
+        extra += (f"; immutability proven by copy drill run {proof['run_id']} "
+                  f"({proof['time'][:19]}Z)" if proof["proven"] else
+                  f"; immutability NOT proven (`bkp drill TENANT --copy {copy['id']}`)")
+    return f"{'' if copy['ok'] else '! '}copy {copy['id']}: {said}, {behind}{failed}{extra}"
 
 
 def _drill_word(row) -> str:

@@ -219,6 +219,8 @@ def run_kind(policy: Policy) -> str:
 def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
     run_id = open_tenant_run(ctx, policy, run_kind(policy), trigger=trigger, slot=slot,
                              restic_version=_restic_version())
+    if policy.copy_id:
+        ctx.catalog.update_run(run_id, copy_id=policy.copy_id)
     result = DrillResult()
     restic: Restic | None = None
     scratch = scratch_root(ctx) / f"drill-{policy.tenant}-{run_id}"
@@ -400,7 +402,9 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
                    **({"immutability": result.immutability.to_json()
                        if result.immutability else None}
                       if policy.destination.immutable else {}),
-                   **({"copy": policy.copy_id} if policy.copy_id else {})})
+                   **({"copy": policy.copy_id} if policy.copy_id else {}),
+                   **({"copies_immutability": copies_immutability(ctx, policy)}
+                      if immutable_copies(policy) else {})})
         report, digest = write_report(ctx, policy, data.to_json())
         data.report, data.report_sha256 = str(report), digest
         ctx.catalog.update_run(run_id, report=data.report)
@@ -413,6 +417,31 @@ def _close(ctx: Context, policy: Policy, run_id: int, result: DrillResult,
                       if result.immutability else None}
                      if policy.destination.immutable else {}))
     return Outcome(policy.tenant, code, data)
+
+
+def immutable_copies(policy: Policy) -> list:
+    return [c for c in policy.copies if c.destination.immutable]
+
+
+def copies_immutability(ctx: Context, policy: Policy) -> list[dict]:
+    """Per append-only or object-locked copy: whether its immutability is proven. The rule
+    is simple and honest: a copy is proven only by its own copy drill (`bkp drill TENANT
+    --copy ID`), which tries to delete the canary there with that copy's nightly
+    credential; this drill proves the destination only, and names the copy's last proof."""
+    return [{"id": copy.id, **copy_proof(ctx.catalog, policy.tenant, copy.id)}
+            for copy in immutable_copies(policy)]
+
+
+def copy_proof(catalog, tenant: str, copy_id: str) -> dict:
+    import json
+
+    row = catalog.last_copy_drill(tenant, copy_id)
+    proof = json.loads(row["immutability"]) if row and row.get("immutability") else None
+    if row is None or proof is None:
+        return {"proven": False, "last_proof": None}
+    return {"proven": proof.get("deletion") == "refused" and row["status"] == "passed",
+            "last_proof": {"time": row["ended_at"] or row["started_at"], "run_id": row["id"],
+                           "status": row["status"], "deletion": proof.get("deletion")}}
 
 
 def _progress(ctx: Context, policy: Policy, line: str) -> None:

@@ -52,6 +52,7 @@ def render_report(policy: Policy, data: dict, operator: str, written: str) -> st
         f"5. Compared the restore time with the RTO of {policy.drill.rto_minutes} minutes.",
         *_database_steps(data.get("databases")),
         *_immutability_step(data.get("immutability"), "immutability" in data),
+        *_copies_immutability(data.get("copies_immutability")),
         "",
         "## Result",
         "",
@@ -93,6 +94,27 @@ def _immutability_step(proof: dict | None, asked: bool) -> list[str]:
     return [f"7. Tried to delete the canary snapshot {proof['canary'][:8]} (a few bytes bkp "
             f"wrote, no tenant data) with the nightly credential, by {proof['method']}: "
             f"{said} ({proof['detail']})."]
+
+
+def _copies_immutability(copies: list | None) -> list[str]:
+    """The append-only or object-locked copies: this drill proves the destination only; a
+    copy is proven by its own copy drill, whose last proof is named."""
+    if not copies:
+        return []
+    lines = ["", "Copies at other sites are proven only by their own copy drill (`bkp drill "
+             "TENANT --copy ID`):", ""]
+    for copy in copies:
+        last = copy.get("last_proof")
+        if copy["proven"]:
+            lines.append(f"- copy {copy['id']}: immutability proven by copy drill run "
+                         f"{last['run_id']} ({last['time'][:19]}Z, the deletion refused).")
+        elif last is None:
+            lines.append(f"- copy {copy['id']}: immutability NOT proven: no copy drill yet.")
+        else:
+            lines.append(f"- copy {copy['id']}: immutability NOT proven: the last copy drill "
+                         f"(run {last['run_id']}, {last['time'][:19]}Z) {last['status']}, "
+                         f"deletion {last.get('deletion') or 'not tried'}.")
+    return lines
 
 
 def write_report(ctx: Context, policy: Policy, data: dict) -> tuple[Path, str]:

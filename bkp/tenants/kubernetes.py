@@ -469,7 +469,10 @@ def tenant_cronjobs(plan: TenantPlan, options: Options) -> list[dict]:
         jobs.append(_cronjob(cronjob_name("drill", policy.tenant), "drill",
                              policy.schedule.drill, drill_deadline,
                              tenant_pod(plan, "drill", options), options, policy.tenant))
-    if policy.destination.append_only:
+    if policy.destination.append_only or any(c.destination.append_only
+                                             for c in policy.copies):
+        # `bkp maintain` applies retention on an append-only destination and on each
+        # append-only copy, with their deleting credentials (the maintenance Secret).
         jobs.append(_cronjob(cronjob_name("maintain", policy.tenant), "maintain",
                              maintenance_schedule(policy.tenant), timeout,
                              tenant_pod(plan, "maintain", options), options, policy.tenant))

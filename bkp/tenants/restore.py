@@ -41,11 +41,18 @@ def selected(listing: Listing, includes: Sequence[str]) -> tuple[int, int]:
     return len(files), sum(n.size for n in files)
 
 
+def from_copy(policy: Policy) -> dict:
+    """`bkp restore TENANT --copy ID` (the primary site lost): the copy restored from, in
+    the result and the audit event. A copy's snapshot ids are its own (`bkp snapshots
+    TENANT --copy ID` lists them, with the original's id)."""
+    return {"copy": policy.copy_id} if policy.copy_id else {}
+
+
 def restore_tenant(ctx: Context, policy: Policy, target: Path, *, snapshot: str | None = None,
                    includes: Sequence[str] = (), force: bool = False) -> dict:
     target = target.absolute()
     details = {"target": str(target), "snapshot": snapshot or "latest",
-               "includes": list(includes), "force": force}
+               "includes": list(includes), "force": force, **from_copy(policy)}
     check_snapshot_id(snapshot)
     try:
         refuse_non_empty(target, force)
@@ -83,7 +90,7 @@ def _restore(ctx: Context, policy: Policy, target: Path, snapshot: str | None,
                                 f"data: {problems}. Run `bkp drill {policy.tenant}` and see "
                                 f"runbooks/restore-drill.md")
     return {"tenant": policy.tenant, "snapshot_id": listing.snapshot_id, "target": str(target),
-            "files": files, "bytes": size, "snapshot_time": listing.time}
+            "files": files, "bytes": size, "snapshot_time": listing.time, **from_copy(policy)}
 
 
 def restore_database(ctx: Context, policy: Policy, name: str, target: Path, *,
@@ -91,7 +98,8 @@ def restore_database(ctx: Context, policy: Policy, name: str, target: Path, *,
     """Write a database's dump (the latest, or `snapshot`) to the file `target`, which must
     not exist: a dump is loaded by the operator, never written over something."""
     target = target.absolute()
-    details = {"target": str(target), "snapshot": snapshot or "latest", "database": name}
+    details = {"target": str(target), "snapshot": snapshot or "latest", "database": name,
+               **from_copy(policy)}
     check_snapshot_id(snapshot)
     try:
         if target.exists() or target.is_symlink():
@@ -117,7 +125,7 @@ def _restore_dump(ctx: Context, policy: Policy, name: str, target: Path,
     restic.dump_to_file(dump["id"], (dump.get("paths") or [""])[0], target, exclusive=True)
     return {"tenant": policy.tenant, "database": name, "snapshot_id": dump["id"],
             "snapshot_time": dump["time"], "target": str(target),
-            "bytes": target.stat().st_size}
+            "bytes": target.stat().st_size, **from_copy(policy)}
 
 
 def _chosen_dump(snapshots: list[dict], policy: Policy, name: str,

@@ -98,7 +98,11 @@ def copies_state(catalog: Catalog, policy: Policy) -> list[dict]:
                 "snapshot_time": good["snapshot_time"]},
             "lag_snapshots": len(behind),
             "lag_hours": 0.0 if good and not behind else lag_hours,
-            "ok": bool(good) and not behind and last["status"] == "ok"})
+            "ok": bool(good) and not behind and last["status"] == "ok",
+            **({"maintenance": copy_maintenance_state(catalog, policy, copy)}
+               if copy.destination.append_only else {}),
+            **({"immutability": copy_immutability_state(catalog, policy, copy)}
+               if copy.destination.immutable else {})})
     return entries
 
 
@@ -123,6 +127,34 @@ def erasure_state(catalog: Catalog, tenant: str) -> dict:
     if unfinished:
         found["erasures"] = unfinished
     return found
+
+
+def copy_maintenance_state(catalog: Catalog, policy: Policy, copy) -> dict:
+    """An append-only copy: how many of the snapshots it holds (as the last copy or
+    maintenance recorded them) the keep rules would drop, and its last maintenance."""
+    from bkp.tenants.copies import forget_plan
+
+    held = catalog.copy_kept_snapshots(policy.tenant, copy.id)
+    pending = None
+    if held is not None:
+        pending = 0 if policy.retention.legal_hold else len(
+            forget_plan(held, policy.retention.keep_rules())[0])
+    last = catalog.last_copy_result(policy.tenant, copy.id, kind="maintain")
+    return {"pending": pending, "last": None if last is None else {
+        "time": last["copied_at"], "status": last["status"], "error": last["error"],
+        "run_id": last["run_id"]}}
+
+
+def copy_immutability_state(catalog: Catalog, policy: Policy, copy) -> dict:
+    """An append-only or object-locked copy: proven only by its own copy drill; the last
+    one."""
+    from bkp.tenants.drill import copy_proof
+
+    proof = copy_proof(catalog, policy.tenant, copy.id)
+    last = proof["last_proof"]
+    return {"proven": proof["proven"], **({"time": last["time"], "run_id": last["run_id"],
+                                          "deletion": last["deletion"]} if last else
+                                         {"time": None, "run_id": None, "deletion": None})}
 
 
 def database_state(catalog: Catalog, policy: Policy, now: datetime) -> list[dict]:

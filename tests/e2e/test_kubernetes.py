@@ -40,7 +40,16 @@ def mixed_fleet(env, tmp_path: Path) -> dict[str, str]:
     env.write_policy("zorg-sftp", {
         "type": "sftp", "country": "NL", "host": "backup01.offsite.example.nl",
         "user": "bkp", "path": "/srv/backup/zorg-sftp", "host_key": host_key,
-        "identity_file": str(identity)})
+        "identity_file": str(identity)}, copies=[{
+            # A second site, append-only: its nightly credential in the nightly pods, its
+            # deleting one only in the maintenance job.
+            "id": "fra", "type": "rest", "country": "DE",
+            "url": "https://backup03.offsite.example.de/zs",
+            "credentials_file": str(secret_file(env, "zorg-sftp-fra.rest",
+                                                "bkp:SECRET-VALUE-copy-rest\n")),
+            "ca_file": str(ca), "append_only": True,
+            "maintenance_credentials_file": str(secret_file(
+                env, "zorg-sftp-fra.rest-admin", "admin:SECRET-VALUE-copy-admin\n"))}])
     env.write_policy("zorg-s3", {
         "type": "s3", "country": "DE", "endpoint": "https://s3.eu-central-1.amazonaws.com",
         "bucket": "zorg-s3-backup", "region": "eu-central-1",
@@ -114,7 +123,8 @@ def test_the_manifests_of_a_mixed_fleet_validate_strictly_and_hold_no_secret(fle
 
     jobs = cronjobs(done.stdout)
     expected = {f"bkp-{task}-{t}" for t in tenants for task in ("backup", "drill")}
-    assert set(jobs) == expected | {"bkp-maintain-zorg-rest", "bkp-gatherer"}
+    assert set(jobs) == expected | {"bkp-maintain-zorg-rest", "bkp-maintain-zorg-sftp",
+                                    "bkp-gatherer"}
     for _name, job in jobs.items():
         spec = job["spec"]
         assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
@@ -164,6 +174,25 @@ def test_each_pod_gets_its_own_tenant_its_secret_files_and_read_only_sources(fle
     assert security["runAsNonRoot"] and security["runAsUser"] == security["fsGroup"] == 10001
     assert env_of(backup)["BKP_SECRET_GROUP"] == "10001"
     assert "add" not in pod(backup)["containers"][0]["securityContext"]["capabilities"]
+
+
+def test_a_copy_s_secret_files_are_mounted_and_its_deleting_one_only_for_maintenance(fleet):
+    env, _tenants, config = fleet
+    jobs = cronjobs(env.bkp("schedule", "--format", "kubernetes",
+                            BKP_CONFIG=str(config)).stdout)
+    nightly = str(env.secrets / "zorg-sftp-fra.rest")
+    admin = str(env.secrets / "zorg-sftp-fra.rest-admin")
+    for task in ("backup", "drill"):
+        at = mounts(jobs[f"bkp-{task}-zorg-sftp"])
+        assert at[nightly]["readOnly"] and at[nightly]["subPath"] == "zorg-sftp-fra.rest"
+        assert admin not in at, task
+    # Only the copy is append-only: the tenant still gets its maintenance job, which holds
+    # the copy's deleting credential from the tenant's maintenance Secret.
+    maintain = jobs["bkp-maintain-zorg-sftp"]
+    assert pod(maintain)["containers"][0]["args"] == ["maintain", "zorg-sftp"]
+    assert mounts(maintain)[admin]["subPath"] == "zorg-sftp-fra.rest-admin"
+    assert any(v.get("secret", {}).get("secretName") == "bkp-zorg-sftp-maintenance"
+               for v in pod(maintain)["volumes"])
 
 
 def test_root_only_with_the_capabilities_reading_the_data_needs(fleet):
