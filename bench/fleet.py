@@ -238,6 +238,16 @@ def gatherer(fleet: Fleet, runs: int) -> dict:
     return out
 
 
+def compile_bytecode() -> None:
+    """bkp's bytecode, as scripts/install.sh (and so the image) leaves it: without it,
+    under PYTHONDONTWRITEBYTECODE every timed run would compile bkp from source."""
+    where = subprocess.run([str(PYTHON), "-c", "import bkp; print(bkp.__path__[0])"],
+                           capture_output=True, text=True, env=clean_env())
+    if where.returncode:
+        die(f"cannot import bkp: {where.stderr[-500:]}")
+    subprocess.run([str(PYTHON), "-m", "compileall", "-q", where.stdout.strip()], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +258,7 @@ def main() -> None:
     args = parser.parse_args()
     if not BKP.exists() or not PYTHON.exists():
         die(f"{BKP} not found: run scripts/install.sh first")
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="bkp-bench-fleet-"))
     try:
         info = environment_info()

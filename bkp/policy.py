@@ -6,6 +6,7 @@ The result is a frozen Policy; nothing downstream reads YAML.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import difflib
 import functools
 import ipaddress
@@ -1578,10 +1579,100 @@ def validate_files(paths: list[Path]) -> list[PolicyReport]:
     """Validate each file, then the rules between files: one file per tenant, one tenant
     per repository."""
     reports = [validate_file(Path(path)) for path in paths]
+    _check_between_files(reports)
+    return reports
+
+
+def _check_between_files(reports: list[PolicyReport]) -> None:
     _check_one_file_per_tenant(reports)
     check_repositories_not_shared(reports)
     _check_repositories_outside_other_sources(reports)
+
+
+def _validate_for_tenants(files: list[Path], wanted: set[str]) -> list[PolicyReport]:
+    """The wanted tenants' files validated in full, with the rules between files checked
+    against every other file of the directory, as `validate_files(files)` would report them
+    for those tenants, without validating a thousand other policies in full.
+
+    Each other file is first read cheaply (`_sketch`: its repositories and sources, no
+    schema, no rules). Only a file that could conflict with a wanted tenant (the same
+    repository, a source overlapping its local repository), or that the cheap read cannot
+    vouch for, is validated in full; the rules between files then run on exactly those. A
+    conflict found in full is always among them: the full validation keeps a repository
+    only when it is built from the same values the sketch reads, so it has the same
+    identity."""
+    own = [validate_file(path) for path in files if path.stem in wanted]
+    identities = {destination.repository_identity()
+                  for report in own for _, destination in report.repositories()}
+    local_repositories = []
+    for report in own:
+        for _, destination in report.repositories():
+            if destination.type == "local" and destination.path:
+                with contextlib.suppress(OSError, ValueError):
+                    local_repositories.append(local_path_identity(destination.path))
+    by_file = {id(path): report for path, report in
+               zip([p for p in files if p.stem in wanted], own, strict=True)}
+    reports = []
+    for path in files:
+        if id(path) in by_file:
+            reports.append(by_file[id(path)])
+        elif _may_conflict(path, identities, local_repositories):
+            reports.append(validate_file(path))
+    _check_between_files(reports)
     return reports
+
+
+def _may_conflict(path: Path, identities: set[tuple], local_repositories: list[str]) -> bool:
+    sketch = _sketch(path)
+    if sketch is None:
+        return True
+    repositories, sources = sketch
+    if not identities.isdisjoint(repositories):
+        return True
+    for source in sources if local_repositories else ():
+        try:
+            identity = local_path_identity(source)
+        except (OSError, ValueError):
+            continue  # the full rule skips it too
+        if any(_within(identity, repo) or _within(repo, identity)
+               for repo in local_repositories):
+            return True
+    return False
+
+
+def _sketch(path: Path) -> tuple[list[tuple], list[str]] | None:
+    """(identities of every repository, absolute sources) of a policy file, read without the
+    schema or the rules; None when the cheap read cannot tell (then the file is validated
+    in full). A file that cannot be read or is no mapping has neither, in full too."""
+    try:
+        text = _read_text(path)
+    except _Unusable:
+        return [], []
+    try:
+        data = _quick_load(text)
+        if not isinstance(data, dict):
+            return [], []
+        repositories = [
+            _build_destination({k: v for k, v in entry.items() if k != "id"})
+            .repository_identity() for _, entry in _destination_entries(data)]
+        return repositories, _absolute_sources(data)
+    except Exception:  # anything unexpected: the full validation decides
+        return None
+
+
+def _quick_load(text: str) -> Any:
+    """The data of a policy as the full read (`_parse_yaml`) gets it, faster. ASCII JSON
+    without a backslash is read by the json module: YAML reads such text to the same
+    strings, keys and structure (a number like 1e3 differs, and only makes the sketch see a
+    repository the full read would refuse). Anything else goes to libyaml when PyYAML has
+    it (its scanner is the one PyYAML's Python scanner was ported from)."""
+    if text.isascii() and "\\" not in text:
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)  # a safe loader: SafeLoader or its C twin
 
 
 def _check_one_file_per_tenant(reports: list[PolicyReport]) -> None:
@@ -1711,12 +1802,11 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
                   ) -> tuple[list[Policy], list[PolicyReport]]:
     """The valid policies of a directory and the reports of the invalid ones.
 
-    With `tenants`, only those files are read and validated: a command for one tenant costs
-    the same in a directory of a thousand (the rules between files, one tenant per
-    repository, are checked by `bkp policy validate` and by every `bkp run`). A tenant
-    with a local repository is the exception: whether that repository lies inside another
-    tenant's source can only be told by reading every policy, and writing there would
-    carry one tenant's backups into another's. A tenant without a policy file is a
+    With `tenants`, only those files are validated in full; the rules between files (one
+    tenant per repository, no local repository inside another tenant's source or the other
+    way round) still hold against every other file, read cheaply (`_validate_for_tenants`),
+    so a command for one tenant stays cheap in a directory of a thousand and still refuses
+    to write one tenant's backups where another's are. A tenant without a policy file is a
     PolicyError.
     """
     for tenant in tenants or ():
@@ -1725,10 +1815,7 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
                              f"{TENANT_ID_RULE}")
     files = policy_files(directory)
     if tenants is not None:
-        wanted = set(tenants)
-        reports = validate_files([f for f in files if f.stem in wanted])
-        if any(d.type == "local" for r in reports for _, d in r.repositories()):
-            reports = validate_files(files)
+        reports = _validate_for_tenants(files, set(tenants))
         known = {report.tenant for report in reports}
         unknown = [tenant for tenant in dict.fromkeys(tenants) if tenant not in known]
         if unknown:
