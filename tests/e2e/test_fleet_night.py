@@ -68,7 +68,7 @@ def night(tmp_path_factory):
     return env, tenants, central, backups, drills
 
 
-def test_every_pod_succeeded_and_left_one_result(night):
+def every_pod_succeeded_and_left_one_result(night):
     env, tenants, _, backups, drills = night
     assert all(done.returncode == 0 for done in backups + drills), \
         [done.stderr for done in backups + drills if done.returncode][:2]
@@ -81,7 +81,7 @@ def test_every_pod_succeeded_and_left_one_result(night):
         assert "left in the inbox" in done.stderr
 
 
-def test_the_gatherer_ingests_everything_once_and_status_is_right(night):
+def the_gatherer_ingests_everything_once_and_status_is_right(night):
     env, tenants, central, _, _ = night
     # One result lost on its way: the repository still has the snapshot.
     lost = sorted((env.root / "inbox").glob(f"*-{tenants[-1]}-backup-*.json"))[0]
@@ -121,7 +121,7 @@ def test_the_gatherer_ingests_everything_once_and_status_is_right(night):
     assert len(pods_backups) == len(tenants) - 1
 
 
-def test_a_tampered_or_forged_result_is_rejected_and_changes_nothing(night):
+def a_tampered_or_forged_result_is_rejected_and_changes_nothing(night):
     env, tenants, central, _, _ = night
     inbox = env.root / "inbox"
     genuine = sorted(inbox.glob(f"*-{tenants[0]}-backup-*.json"))[0]
@@ -150,3 +150,12 @@ def test_a_tampered_or_forged_result_is_rejected_and_changes_nothing(night):
     assert {item["new"] for item in again["results"]["rejected"]} == {False}
     log, _ = env.bkp_json("audit", "log", **central)
     assert len([e for e in log["events"] if e["action"] == "result.rejected"]) == 2
+
+
+def test_a_cluster_night_gathered_once_and_forgeries_rejected(night):
+    """One test in steps: each step depends on the one before (ingested once, then the
+    forgeries), and xdist would otherwise run the steps on different workers, each with
+    its own night."""
+    every_pod_succeeded_and_left_one_result(night)
+    the_gatherer_ingests_everything_once_and_status_is_right(night)
+    a_tampered_or_forged_result_is_rejected_and_changes_nothing(night)
