@@ -2,7 +2,9 @@
 # Install everything, then run one night of bkp (`bkp run`: the due backups and restore
 # drills) over three demo tenants whose backups go to
 # local repositories standing in for the off-site server (one tenant with a copy at a
-# second "site"), show `bkp status`, and end by writing the auditor's evidence report (HTML)
+# second "site"; one tenant with a PostgreSQL database the night dumps and the drill loads),
+# copy bkp's own records to an evidence repository at a third "site", show `bkp status`,
+# and end by writing the auditor's evidence report (HTML)
 # and printing its path.
 # Re-running it is safe: it adds a new night to the same demo installation.
 #   BKP_DEMO_DIR   where the demo lives (default /var/lib/bkp-demo)
@@ -116,6 +118,21 @@ copies:
     path: $demo/site-b/demo-huisarts
 YAML
 mkdir -p "$demo/site-b"
+# bkp's own records (catalog, audit trail, drill reports, certificates) go to an evidence
+# repository at a third "site" after every night, so they survive losing this host.
+evidence_key="$demo/secrets/evidence.key"
+[ -f "$evidence_key" ] || (umask 077; head -c 24 /dev/urandom | base64 > "$evidence_key")
+mkdir -p "$demo/evidence-site"
+cat > "$demo/bkp.yaml" <<YAML
+organization: Demo Hosting bv
+evidence:
+  destination:
+    type: local
+    country: NL
+    path: $demo/evidence-site/bkp-evidence
+  password_file: $evidence_key
+YAML
+export BKP_CONFIG="$demo/bkp.yaml"
 echo "== demo PostgreSQL with demo-zorg's application database"
 start_demo_postgresql
 
