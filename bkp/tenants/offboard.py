@@ -227,6 +227,7 @@ def _erase(ctx, actor, request, ask):
     if not wanted:
         raise UsageError("name the snapshots to erase with --snapshot ID (repeatable); "
                          "`bkp snapshots TENANT` lists them")
+    _snapshot_ids_only(wanted)
     problem = erasure.protection(policy)
     if problem:
         raise SafetyError(problem)
@@ -240,6 +241,7 @@ def _erase(ctx, actor, request, ask):
                                   f"touched")
         record = erasure.current_record(ctx, policy.tenant, "erase", wanted)
         found = {place.id: _matching(place, wanted) for place in places}
+        _one_snapshot_each(wanted, found)
         if record is None:
             unknown = [w for w in wanted if not any(w in m for m in found.values())]
             if unknown:
@@ -258,22 +260,47 @@ def _erase(ctx, actor, request, ask):
         ctx.audit("erase", "started", policy.tenant, record_id=record["id"],
                   attempt=record["attempts"], snapshots=wanted)
         earlier = {d["id"]: d for d in json.loads(record["destinations"] or "[]")}
-        results = [_erase_snapshots(place, wanted, found[place.id], earlier.get(place.id))
+        results = [_erase_snapshots(place, wanted, {w: next(iter(m)) for w, m in
+                                                    found[place.id].items()},
+                                    earlier.get(place.id))
                    for place in places]
         host = erasure.clear_host(ctx, policy.tenant)
         return _finish(ctx, record, results, host)
 
 
-def _matching(place: Target, wanted: list[str]) -> dict[str, str]:
-    """requested id -> the id of that snapshot at this place. A copy made by `restic copy`
-    has its own id and names the original; a short id matches as restic's own do."""
-    matches = {}
+def _snapshot_ids_only(wanted: list[str]) -> None:
+    """A snapshot id or its start, nothing else: "" is the start of every id."""
+    for want in wanted:
+        if not want or any(c not in "0123456789abcdef" for c in want):
+            raise UsageError(f"--snapshot {want!r} is not a snapshot id (hexadecimal, as "
+                             f"`bkp snapshots TENANT` lists them); nothing was touched")
+
+
+def _matching(place: Target, wanted: list[str]) -> dict[str, dict[str, str]]:
+    """requested id -> {id at this place: the snapshot it is (the original's id)}. A copy
+    made by `restic copy` has its own id and names the original; a short id matches as
+    restic's own do."""
+    matches: dict[str, dict[str, str]] = {}
     for snapshot in place.restic().snapshots():
         for want in wanted:
             if any((value or "").startswith(want) for value in
                    (snapshot["id"], snapshot.get("original"))):
-                matches[want] = snapshot["id"]
+                matches.setdefault(want, {})[snapshot["id"]] = \
+                    snapshot.get("original") or snapshot["id"]
     return matches
+
+
+def _one_snapshot_each(wanted: list[str], found: dict[str, dict[str, dict[str, str]]]
+                       ) -> None:
+    """A short id that names two snapshots (at one place, or one here and another at a
+    copy) is ambiguous, as restic says: which one goes must not be bkp's guess (exit 2)."""
+    for want in wanted:
+        snapshots = {original for matches in found.values()
+                     for original in matches.get(want, {}).values()}
+        if len(snapshots) > 1:
+            raise UsageError(f"--snapshot {want} names {len(snapshots)} snapshots "
+                             f"({', '.join(sorted(s[:12] for s in snapshots))}): give "
+                             f"more of the id. Nothing was touched")
 
 
 def _erase_snapshots(place: Target, wanted: list[str], matches: dict[str, str],
