@@ -106,9 +106,11 @@ def request(ctx: Context, kind: str, subject: str, tenant: str | None, what: str
     return row
 
 
-def pending(catalog, subject: str) -> dict | None:
-    """The request waiting for approval for `subject` (a record id), if any."""
-    rows = [r for r in catalog.approvals_for_subject(subject) if r["status"] == "pending"]
+def pending(catalog, subject: str, kind: str | None = None) -> dict | None:
+    """The request waiting for approval for `subject` (a record id), if any; of `kind`
+    when named (a sanitization record and an erasure record may share a number)."""
+    rows = [r for r in catalog.approvals_for_subject(subject) if r["status"] == "pending"
+            and (kind is None or r["kind"] == kind)]
     return rows[-1] if rows else None
 
 

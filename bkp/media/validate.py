@@ -50,7 +50,7 @@ def validate_record(ctx: Context, actor: Actor, operators: tuple, record_id: int
                "person": person(name) if person else None}
     what = (f"{decision} the {header['kind']} of medium {header['serial']} (record "
             f"{record_id}) as {name}, {title}")
-    existing = approvals.pending(ctx.catalog, str(record_id))
+    existing = approvals.pending(ctx.catalog, str(record_id), KIND)
     if existing and json.loads(existing["details"] or "{}").get("signer") != name \
             and not approvals.expired(existing):
         raise SafetyError(f"record {record_id} already waits for another validator's "

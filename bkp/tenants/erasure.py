@@ -189,22 +189,43 @@ def new_record(ctx: Context, policy: Policy, kind: str, *, reason: str | None,
     return cat.get_erasure(ctx.catalog, record_id)
 
 
-def approval_state(ctx: Context, actor: Actor, record: dict, what: str) -> dict | None:
+def approval_state(ctx: Context, actor: Actor, record: dict, what: str,
+                   places: list[Target]) -> dict | None:
     """None when the erasure may go ahead (approved by a second registered person, or no
-    operators registered); else the pending request, made now where there was none."""
+    operators registered); else the pending request, made now where there was none.
+
+    An approval is of the places it names: a policy pointed elsewhere after the approval
+    (another repository, a copy added) needs an approval of its own, or the approver's
+    signature would carry out an erasure nobody read."""
     kind, subject = record["kind"], str(record["id"])
     if not actor.controlled:
         return None
-    if approvals.approved(ctx.catalog, kind, subject) is not None:
+    where = approved_places(places)
+    given = approvals.approved(ctx.catalog, kind, subject)
+    if given is not None and json.loads(given["details"] or "{}").get("places") == where:
         return None
-    waiting = approvals.pending(ctx.catalog, subject)
-    if waiting is not None and approvals.expired(waiting):
+    if given is not None:
+        ctx.audit(kind, "approval does not apply", record["tenant"], record_id=record["id"],
+                  approval_id=given["id"], approved=json.loads(given["details"] or "{}")
+                  .get("places"), now=where)
+        what = (f"{what} (the places changed since request {given['id']} was approved: "
+                f"this asks again)")
+    waiting = approvals.pending(ctx.catalog, subject, kind)
+    if waiting is not None and (approvals.expired(waiting) or json.loads(
+            waiting["details"] or "{}").get("places") != where):
         ctx.catalog.close_approval(waiting["id"], "expired")  # a new request replaces it
         waiting = None
     if waiting is None:
-        waiting = approvals.request(ctx, kind, subject, record["tenant"], what)
+        waiting = approvals.request(ctx, kind, subject, record["tenant"], what,
+                                    {"places": where})
         cat.update_erasure(ctx.catalog, record["id"], status="pending_approval")
     return waiting
+
+
+def approved_places(places: list[Target]) -> list[str]:
+    """What an approval binds: each place and the repository there, normalised."""
+    return [f"{place.id} {json.dumps(list(place.policy.destination.repository_identity()))}"
+            for place in places]
 
 
 def pending_document(record: dict, request: dict) -> dict:

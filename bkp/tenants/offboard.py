@@ -75,7 +75,8 @@ def _offboard(ctx, actor, request, ask):
                                         witness=request.witness, snapshots=None,
                                         method=erasure.METHOD)
         waiting = erasure.approval_state(ctx, actor, record, _what_offboard(policy,
-                                                                            inventory))
+                                                                            inventory),
+                                         places)
         if waiting is not None:
             return erasure.pending_document(record, waiting), 0
         ensure_can_certify(ctx)  # a tenant erased without its certificate is worse
@@ -251,8 +252,8 @@ def _erase(ctx, actor, request, ask):
                                         witness=request.witness, snapshots=wanted,
                                         method=erasure.ERASE_METHOD)
         what = (f"erase snapshot(s) {', '.join(wanted)} of tenant {policy.tenant} at "
-                f"{', '.join(p.id for p in places)}")
-        waiting = erasure.approval_state(ctx, actor, record, what)
+                f"{', '.join(f'{p.id} {p.label}' for p in places)}")
+        waiting = erasure.approval_state(ctx, actor, record, what, places)
         if waiting is not None:
             return erasure.pending_document(record, waiting), 0
         ensure_can_certify(ctx)

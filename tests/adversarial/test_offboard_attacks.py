@@ -8,10 +8,15 @@ import json
 import os
 
 import pytest
+import yaml
 
 from tests.conftest import BkpEnv
+from tests.e2e import test_who_may_act as who_may_act
 
 pytestmark = pytest.mark.integration
+
+# Real OS users with their own keys, and a desk with them registered (who may act).
+people, desk = who_may_act.people, who_may_act.desk
 
 
 def snapshot_ids(env: BkpEnv, tenant: str) -> list[str]:
@@ -58,3 +63,63 @@ def test_a_prefix_of_several_snapshots_erases_none_of_them(bkp_env):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     assert snapshot_ids(bkp_env, "twin-zorg") == ids
+
+
+# ---------------------------------------------------------------- approvals
+
+def files_under(path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir()) \
+        if path.exists() else []
+
+
+def desk_tenant(desk, tenant: str, repository) -> None:
+    source = desk.root / "data" / tenant
+    source.mkdir(parents=True)
+    (source / "dossier.txt").write_text("BSN 123456782\n")
+    password = desk.root / f"{tenant}.key"
+    password.write_text(f"a repository password of {tenant}\n")
+    password.chmod(0o600)
+    repository.parent.mkdir(parents=True, exist_ok=True)
+    (desk.root / "policies" / f"{tenant}.yaml").write_text(yaml.safe_dump({
+        "tenant": tenant, "purpose": "zorgdossiers", "classification": "sensitive",
+        "sources": [str(source)], "password_file": str(password),
+        "destination": {"type": "local", "country": "NL", "path": str(repository)},
+        "retention": {"last": 3}}))
+
+
+def approved_offboarding(desk, tenant: str) -> int:
+    asked = desk.json("alice", "offboard", tenant, "--yes", "--reason", "left us")
+    assert asked["status"] == "pending_approval"
+    record = asked["record_id"]
+    text = desk.bkp("alice", "approve", str(record), "--message").stdout
+    desk.json("vic", "approve", str(record), "--signature", str(desk.sign("vic", text)))
+    return record
+
+
+def test_an_approval_does_not_carry_over_to_a_destination_edited_afterwards(desk, people):
+    """Victor approved erasing acme's repository; the policy was then pointed at another
+    repository (a former customer's, kept for the law) and the approved run erased that."""
+    approved_place = desk.root / "offsite" / "acme-zorg"
+    desk_tenant(desk, "acme-zorg", approved_place)
+    desk.json("alice", "init", "acme-zorg")
+    desk.json("alice", "backup", "acme-zorg")
+    # another repository, not a tenant bkp knows any more (its policy is gone)
+    kept = desk.root / "offsite" / "kept-by-law"
+    desk_tenant(desk, "former-zorg", kept)
+    desk.json("alice", "init", "former-zorg")
+    desk.json("alice", "backup", "former-zorg")
+    (desk.root / "policies" / "former-zorg.yaml").unlink()
+    record = approved_offboarding(desk, "acme-zorg")
+
+    policy = desk.root / "policies" / "acme-zorg.yaml"
+    document = yaml.safe_load(policy.read_text())
+    document["destination"]["path"] = str(kept)
+    policy.write_text(yaml.safe_dump(document))
+    kept_files = files_under(kept)
+    done = desk.json("alice", "offboard", "acme-zorg", "--yes")
+
+    # nothing is erased: the new place waits for an approval of its own, saying why
+    assert done["status"] == "pending_approval" and done["record_id"] == record
+    assert str(kept) in done["message"] and "places changed" in done["message"]
+    assert files_under(kept) == kept_files
+    assert files_under(approved_place)
