@@ -23,6 +23,7 @@ from bkp.context import Context
 from bkp.errors import BkpError, SafetyError, UsageError
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
 from bkp.policy import Policy
+from bkp.restic import KIND_INVENTORY
 from bkp.tenants import erasure
 from bkp.tenants.erasure import Held, Target
 
@@ -106,6 +107,8 @@ def _inventory(place: Target, earlier: dict | None) -> dict:
     snapshots = None
     if summary["keys"]:
         snapshots = erasure.list_snapshots(place)
+    if objects and not earlier:
+        _tenants_own(place, objects, snapshots)
     if snapshots is None and earlier:
         snapshots = earlier.get("snapshot_ids")
     if earlier:  # what was there when the erasure began is what it erased
@@ -114,6 +117,23 @@ def _inventory(place: Target, earlier: dict | None) -> dict:
             "snapshots": len(snapshots) if snapshots is not None else None,
             "snapshot_ids": [s["id"] if isinstance(s, dict) else s for s in snapshots or []],
             **summary}
+
+
+def _tenants_own(place: Target, objects, snapshots) -> None:
+    """Before the first object goes: the location is a restic repository and the tenant's
+    password opens it. A policy pointed at a folder of other files, or at a repository
+    that is someone else's, would otherwise be wiped as "the tenant's backups". A re-run
+    of a started erasure has its first inventory instead (its keys may be gone by then)."""
+    where = f"{place.id} ({place.label})"
+    if not any(o.name == "config" and not o.marker for o in objects):
+        raise SafetyError(f"{where} holds {len(objects)} object(s) but no restic repository "
+                          f"(no config): it is not {place.policy.tenant}'s repository; fix "
+                          f"the policy's destination. Nothing was touched")
+    if snapshots is None:
+        raise SafetyError(f"{where}: restic cannot open this repository with "
+                          f"{place.policy.tenant}'s password, so it is not proven to be "
+                          f"{place.policy.tenant}'s; fix the policy (destination or "
+                          f"password_file). Nothing was touched")
 
 
 def _what_offboard(policy: Policy, inventory: list[dict]) -> str:
@@ -282,13 +302,29 @@ def _matching(place: Target, wanted: list[str]) -> dict[str, dict[str, str]]:
     made by `restic copy` has its own id and names the original; a short id matches as
     restic's own do."""
     matches: dict[str, dict[str, str]] = {}
-    for snapshot in place.restic().snapshots():
+    listed = place.restic().snapshots()
+    for snapshot in listed:
         for want in wanted:
             if any((value or "").startswith(want) for value in
                    (snapshot["id"], snapshot.get("original"))):
                 matches.setdefault(want, {})[snapshot["id"]] = \
                     snapshot.get("original") or snapshot["id"]
+    _with_inventories(listed, matches)
     return matches
+
+
+def _with_inventories(listed: list[dict], matches: dict[str, dict[str, str]]) -> None:
+    """A dump's inventory (its tables and row counts) goes with its dump: it is tagged
+    `dump=` the dump's id (at a copy, the original's), short or whole."""
+    for want, found in list(matches.items()):
+        for snapshot in listed:
+            dump = snapshot.get("dump") or ""
+            if snapshot.get("kind") != KIND_INVENTORY or len(dump) < 8:
+                continue
+            if any(sid.startswith(dump) or original.startswith(dump)
+                   for sid, original in found.items()):
+                matches[f"inventory {snapshot['id'][:8]} of {want}"] = {
+                    snapshot["id"]: snapshot.get("original") or snapshot["id"]}
 
 
 def _one_snapshot_each(wanted: list[str], found: dict[str, dict[str, dict[str, str]]]

@@ -123,3 +123,76 @@ def test_an_approval_does_not_carry_over_to_a_destination_edited_afterwards(desk
     assert str(kept) in done["message"] and "places changed" in done["message"]
     assert files_under(kept) == kept_files
     assert files_under(approved_place)
+
+
+# ---------------------------------------------------------------- not the tenant's repository
+
+def test_offboard_refuses_a_repository_the_tenants_password_does_not_open(bkp_env):
+    """The policy points at a repository that is not the tenant's (another password: a
+    former customer's, whose policy is gone): offboarding wiped it, "0 snapshots erased"."""
+    bkp_env.local_tenant("former-zorg")
+    theirs = backed_up(bkp_env, "former-zorg", nights=1)
+    former = bkp_env.tenants["former-zorg"]["destination"]["path"]
+    (bkp_env.policies / "former-zorg.yaml").unlink()
+    bkp_env.write_policy("acme-zorg", {"type": "local", "country": "NL", "path": former})
+    (bkp_env.secrets / "acme-zorg.key").write_text("another password entirely\n")
+
+    done = bkp_env.bkp("offboard", "acme-zorg", "--yes")
+
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "Nothing was touched" in done.stderr
+    assert snapshot_ids(bkp_env, "former-zorg") == theirs
+
+
+def test_offboard_refuses_a_location_that_is_no_repository(bkp_env, tmp_path):
+    """A destination path mistyped as a folder of other files: every file in it was
+    deleted as 'the tenant's backups'."""
+    folder = tmp_path / "srv"
+    (folder / "www").mkdir(parents=True)
+    (folder / "www" / "index.html").write_text("a website\n")
+    (folder / "notes.txt").write_text("not a backup\n")
+    bkp_env.write_policy("typo-zorg", {"type": "local", "country": "NL", "path": str(folder)})
+
+    done = bkp_env.bkp("offboard", "typo-zorg", "--yes")
+
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert files_under(folder) == ["notes.txt", "www/index.html"]
+
+
+# ---------------------------------------------------------------- a dump's inventory
+
+def tagged_snapshot(env: BkpEnv, tenant: str, name: str, content: bytes, **tags) -> str:
+    """A snapshot tagged as bkp tags a dump or its inventory (plain restic, bkp's tags)."""
+    from bkp.restic import format_tags
+
+    where = env.root / "made" / name
+    where.parent.mkdir(exist_ok=True)
+    where.write_bytes(content)
+    argv = ["backup", "--json", str(where)]
+    for value in format_tags({"tenant": tenant, "purpose": "zorgdossiers",
+                              "classification": "sensitive", **tags}):
+        argv += ["--tag", value]
+    done = env.restic(tenant, *argv)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()
+            if '"summary"' in line][0]["snapshot_id"]
+
+
+def test_erasing_a_dump_erases_its_inventory_too(bkp_env):
+    """A dump's inventory (its tables and row counts) stayed behind its erased dump."""
+    bkp_env.local_tenant("dump-zorg", retention={"last": 50})
+    backed_up(bkp_env, "dump-zorg", nights=1)
+    dump = tagged_snapshot(bkp_env, "dump-zorg", "patients.sql", b"INSERT BSN 123456782;\n",
+                           kind="database", database="patients", database_type="postgresql")
+    inventory = tagged_snapshot(bkp_env, "dump-zorg", "patients.inventory.json",
+                                b'{"tables": {"patients": 1}}', kind="inventory",
+                                database="patients", database_type="postgresql", dump=dump)
+    before = snapshot_ids(bkp_env, "dump-zorg")
+    gone = {i for i in before if i.startswith((dump, inventory))}
+    assert len(gone) == 2
+
+    data, _ = bkp_env.bkp_json("erase", "dump-zorg", "--snapshot", dump[:8], "--yes")
+
+    assert data["status"] == "erased"
+    assert sorted(snapshot_ids(bkp_env, "dump-zorg")) == sorted(set(before) - gone)
