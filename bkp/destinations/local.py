@@ -113,7 +113,18 @@ class LocalDestination:
         def refused(error: OSError) -> None:
             raise OperationError(f"cannot read {error.filename}: {error.strerror}")
 
-        for root, _dirs, files in os.walk(self.path, onerror=refused):
+        for root, dirs, files in os.walk(self.path, onerror=refused):
+            for name in dirs:
+                # os.walk does not follow a linked folder: what lies behind it (restic's
+                # data/ moved to a bigger disk) would stay while the erasure said "nothing
+                # left". Following it could reach anything; the operator decides.
+                if os.path.islink(os.path.join(root, name)):
+                    link = os.path.join(root, name)
+                    raise OperationError(
+                        f"{link} is a link to the folder {os.path.realpath(link)}: bkp "
+                        f"lists and erases only what lies in the repository's own folder; "
+                        f"move that folder's content back into {link} (or point the "
+                        f"policy at it), then re-run")
             for name in files:
                 full = os.path.join(root, name)
                 try:

@@ -175,8 +175,8 @@ def tagged_snapshot(env: BkpEnv, tenant: str, name: str, content: bytes, **tags)
         argv += ["--tag", value]
     done = env.restic(tenant, *argv)
     assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()
-            if '"summary"' in line][0]["snapshot_id"]
+    return next(json.loads(line) for line in done.stdout.splitlines()
+            if '"summary"' in line)["snapshot_id"]
 
 
 def test_erasing_a_dump_erases_its_inventory_too(bkp_env):
@@ -196,3 +196,30 @@ def test_erasing_a_dump_erases_its_inventory_too(bkp_env):
 
     assert data["status"] == "erased"
     assert sorted(snapshot_ids(bkp_env, "dump-zorg")) == sorted(set(before) - gone)
+
+
+# ---------------------------------------------------------------- false verdicts
+
+def test_a_data_folder_linked_to_another_disk_is_not_reported_erased(bkp_env, tmp_path):
+    """The repository's data/ moved to a bigger disk and linked back: the walk did not
+    follow the link, the packs stayed, and the offboarding said ERASED, 0 objects left."""
+    bkp_env.local_tenant("linked-zorg")
+    backed_up(bkp_env, "linked-zorg", nights=1)
+    repository = bkp_env.root / "offsite" / "linked-zorg"
+    bigger = tmp_path / "bigger-disk" / "linked-zorg-data"
+    bigger.parent.mkdir()
+    (repository / "data").rename(bigger)
+    (repository / "data").symlink_to(bigger)
+    packs = files_under(bigger)
+    assert packs
+
+    done = bkp_env.bkp("offboard", "linked-zorg", "--yes", "--json")
+
+    data = json.loads(done.stdout) if done.stdout.strip() else {}
+    assert "Traceback" not in done.stderr
+    if files_under(bigger):  # what stays must not be called erased
+        assert done.returncode in (1, 4), (done.stdout, done.stderr)
+        assert data.get("status") != "erased"
+        assert "data" in (done.stderr + done.stdout)
+    assert files_under(bigger) == packs  # refused before anything was touched
+    assert snapshot_ids(bkp_env, "linked-zorg")
