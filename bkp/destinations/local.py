@@ -105,7 +105,7 @@ class LocalDestination:
     # -------------------------------------------------------------- erasure
 
     def stored_objects(self) -> list[StoredObject]:
-        """Every file (and symlink) below the repository's folder; none when it is gone."""
+        """Every file below the repository's folder; none when it is gone. A link is refused."""
         if not self.path.exists():
             return []
         found = []
@@ -127,6 +127,11 @@ class LocalDestination:
                         f"policy at it), then re-run")
             for name in files:
                 full = os.path.join(root, name)
+                if os.path.islink(full):  # unlinked, what it points at would stay
+                    raise OperationError(
+                        f"{full} is a link to {os.path.realpath(full)}: bkp lists and erases "
+                        f"only what lies in the repository's own folder; move the file back "
+                        f"in its place, then re-run")
                 try:
                     size = os.lstat(full).st_size
                 except FileNotFoundError:

@@ -366,6 +366,13 @@ class SftpDestination:
                                  f"{exc.strerror or exc}") from None
         for entry in sorted(entries, key=lambda e: e.filename):
             path = posixpath.join(folder, entry.filename)
+            if stat.S_ISLNK(entry.st_mode or 0):
+                # Removing the link leaves what it points at (data/ moved to a bigger
+                # disk): "nothing left" would be false. Following it could reach anything.
+                raise OperationError(
+                    f"{path} on {self.dest.host} is a symbolic link: bkp lists and erases "
+                    f"only what lies in the repository's own folder; move what it points at "
+                    f"back into {path}, then re-run")
             if stat.S_ISDIR(entry.st_mode or 0):
                 yield from self._walk(sftp, path)
             else:

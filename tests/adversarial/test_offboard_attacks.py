@@ -223,3 +223,26 @@ def test_a_data_folder_linked_to_another_disk_is_not_reported_erased(bkp_env, tm
         assert "data" in (done.stderr + done.stdout)
     assert files_under(bigger) == packs  # refused before anything was touched
     assert snapshot_ids(bkp_env, "linked-zorg")
+
+
+def test_an_sftp_data_folder_linked_elsewhere_is_not_reported_erased(bkp_env, sshd):
+    """The same on the sftp server: the link was removed, the packs behind it stayed, and
+    the offboarding said ERASED."""
+    from pathlib import Path
+
+    bkp_env.sftp_tenant("sftplink-zorg", sshd)
+    backed_up(bkp_env, "sftplink-zorg", nights=1)
+    on_server = Path(bkp_env.tenants["sftplink-zorg"]["destination"]["path"])
+    bigger = on_server.parent / "bigger-disk-sftplink"
+    (on_server / "data").rename(bigger)
+    (on_server / "data").symlink_to(bigger)
+    packs = files_under(bigger)
+    assert packs
+
+    done = bkp_env.bkp("offboard", "sftplink-zorg", "--yes", "--json")
+
+    assert "Traceback" not in done.stderr
+    assert done.returncode in (1, 4), (done.stdout, done.stderr)
+    assert "data" in done.stderr + done.stdout
+    assert files_under(bigger) == packs  # refused before anything was touched
+    assert snapshot_ids(bkp_env, "sftplink-zorg")
