@@ -27,6 +27,7 @@ from bkp.restic import KIND_INVENTORY
 from bkp.tenants import erasure
 from bkp.tenants.erasure import Held, Target
 
+RESTIC_FOLDERS = ("keys", "data", "index", "snapshots", "locks")  # and the file "config"
 LEFT_NAMED = 20  # objects named in the record when something is left; the count is exact
 
 
@@ -129,6 +130,13 @@ def _tenants_own(place: Target, objects, snapshots) -> None:
         raise SafetyError(f"{where} holds {len(objects)} object(s) but no restic repository "
                           f"(no config): it is not {place.policy.tenant}'s repository; fix "
                           f"the policy's destination. Nothing was touched")
+    foreign = [o.name for o in objects if o.name != "config"
+               and o.name.split("/", 1)[0] not in RESTIC_FOLDERS]
+    if foreign:
+        raise SafetyError(f"{where} also holds {len(foreign)} object(s) restic did not write, "
+                          f"e.g. {', '.join(foreign[:3])}: they are not "
+                          f"{place.policy.tenant}'s backups; move them elsewhere first. "
+                          f"Nothing was touched")
     if snapshots is None:
         raise SafetyError(f"{where}: restic cannot open this repository with "
                           f"{place.policy.tenant}'s password, so it is not proven to be "

@@ -246,3 +246,25 @@ def test_an_sftp_data_folder_linked_elsewhere_is_not_reported_erased(bkp_env, ss
     assert "data" in done.stderr + done.stdout
     assert files_under(bigger) == packs  # refused before anything was touched
     assert snapshot_ids(bkp_env, "sftplink-zorg")
+
+
+def test_files_beside_the_repository_are_not_erased_as_the_tenants(bkp_env, s3):
+    """A bucket whose root is the tenant's repository (prefix "") and also holds a website:
+    restic wrote none of it, yet offboarding deleted every object in the bucket."""
+    bkp_env.s3_tenant("root-zorg", s3)
+    bkp_env.tenants["root-zorg"]["destination"]["prefix"] = ""
+    policy = bkp_env.policies / "root-zorg.yaml"
+    document = yaml.safe_load(policy.read_text())
+    document["destination"]["prefix"] = ""
+    policy.write_text(yaml.safe_dump(document))
+    bucket = document["destination"]["bucket"]
+    backed_up(bkp_env, "root-zorg", nights=1)
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="website/index.html", Body=b"<h1>a website</h1>")
+
+    done = bkp_env.bkp("offboard", "root-zorg", "--yes")
+
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "website/index.html" in done.stderr
+    assert client.get_object(Bucket=bucket, Key="website/index.html")["Body"].read()
+    assert snapshot_ids(bkp_env, "root-zorg")
