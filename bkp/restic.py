@@ -1103,3 +1103,10 @@ class Restic:
         # were injected with this tenant's tag: only the tenant the tags name is listed.
         return [s for s in parse_snapshots(done.stdout) if s["tenant"] == self.tenant]
 
+    def other_tenants(self) -> set[str]:
+        """Tenants other than this one that snapshots in the repository name (a repository
+        never holds another tenant: an erasure of one that does is refused)."""
+        done = self.run(snapshots_argv(self.repo), "snapshots")
+        return {s["tenant"] for s in parse_snapshots(done.stdout)
+                if s["tenant"] and s["tenant"] != self.tenant}
+

@@ -22,6 +22,7 @@ from bkp.access import Actor
 from bkp.context import Context
 from bkp.errors import BkpError, SafetyError, UsageError
 from bkp.evidence.certify import ensure_can_certify, issue_certificate
+from bkp.names import shown
 from bkp.policy import Policy
 from bkp.restic import KIND_INVENTORY
 from bkp.tenants import erasure
@@ -142,6 +143,12 @@ def _tenants_own(place: Target, objects, snapshots) -> None:
                           f"{place.policy.tenant}'s password, so it is not proven to be "
                           f"{place.policy.tenant}'s; fix the policy (destination or "
                           f"password_file). Nothing was touched")
+    others = place.restic().other_tenants()
+    if others:
+        named = ", ".join(shown(t) for t in sorted(others))
+        raise SafetyError(f"{where} holds snapshots of {named}: it is not only "
+                          f"{place.policy.tenant}'s repository; fix the policy's "
+                          f"destination. Nothing was touched")
 
 
 def _what_offboard(policy: Policy, inventory: list[dict]) -> str:

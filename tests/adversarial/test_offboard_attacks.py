@@ -268,3 +268,19 @@ def test_files_beside_the_repository_are_not_erased_as_the_tenants(bkp_env, s3):
     assert "Traceback" not in done.stderr and "website/index.html" in done.stderr
     assert client.get_object(Bucket=bucket, Key="website/index.html")["Body"].read()
     assert snapshot_ids(bkp_env, "root-zorg")
+
+
+def test_offboard_refuses_a_repository_holding_another_tenants_snapshots(bkp_env):
+    """The same password opens it (one password file for two tenants), but every snapshot
+    in it is another tenant's: offboarding wiped them as its own ("0 snapshots erased")."""
+    bkp_env.local_tenant("former-zorg")
+    theirs = backed_up(bkp_env, "former-zorg", nights=1)
+    former = bkp_env.tenants["former-zorg"]["destination"]["path"]
+    (bkp_env.policies / "former-zorg.yaml").unlink()
+    bkp_env.write_policy("acme-zorg", {"type": "local", "country": "NL", "path": former})
+
+    done = bkp_env.bkp("offboard", "acme-zorg", "--yes")
+
+    assert done.returncode == 4, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "former-zorg" in done.stderr
+    assert snapshot_ids(bkp_env, "former-zorg") == theirs
