@@ -190,36 +190,42 @@ def new_record(ctx: Context, policy: Policy, kind: str, *, reason: str | None,
 
 
 def approval_state(ctx: Context, actor: Actor, record: dict, what: str,
-                   places: list[Target]) -> dict | None:
+                   places: list[Target], snapshots: tuple[str, ...] = ()) -> dict | None:
     """None when the erasure may go ahead (approved by a second registered person, or no
     operators registered); else the pending request, made now where there was none.
 
     An approval is of the places it names: a policy pointed elsewhere after the approval
     (another repository, a copy added) needs an approval of its own, or the approver's
-    signature would carry out an erasure nobody read."""
+    signature would carry out an erasure nobody read. The same for the snapshots a short
+    id named when it was approved: another one that later starts the same is not them."""
     kind, subject = record["kind"], str(record["id"])
     if not actor.controlled:
         return None
-    where = approved_places(places)
+    binding = {"places": approved_places(places), "snapshots": sorted(snapshots)}
     given = approvals.approved(ctx.catalog, kind, subject)
-    if given is not None and json.loads(given["details"] or "{}").get("places") == where:
+    if given is not None and _covers(json.loads(given["details"] or "{}"), binding):
         return None
     if given is not None:
         ctx.audit(kind, "approval does not apply", record["tenant"], record_id=record["id"],
-                  approval_id=given["id"], approved=json.loads(given["details"] or "{}")
-                  .get("places"), now=where)
-        what = (f"{what} (the places changed since request {given['id']} was approved: "
-                f"this asks again)")
+                  approval_id=given["id"], now=binding)
+        what = (f"{what} (the places or snapshots changed since request {given['id']} was "
+                f"approved: this asks again)")
     waiting = approvals.pending(ctx.catalog, subject, kind)
-    if waiting is not None and (approvals.expired(waiting) or json.loads(
-            waiting["details"] or "{}").get("places") != where):
+    if waiting is not None and (approvals.expired(waiting) or not _covers(
+            json.loads(waiting["details"] or "{}"), binding)):
         ctx.catalog.close_approval(waiting["id"], "expired")  # a new request replaces it
         waiting = None
     if waiting is None:
-        waiting = approvals.request(ctx, kind, subject, record["tenant"], what,
-                                    {"places": where})
+        waiting = approvals.request(ctx, kind, subject, record["tenant"], what, binding)
         cat.update_erasure(ctx.catalog, record["id"], status="pending_approval")
     return waiting
+
+
+def _covers(approved: dict, binding: dict) -> bool:
+    """The approval names these places, and every snapshot that would go now (a re-run
+    after a partial attempt finds fewer)."""
+    return approved.get("places") == binding["places"] and \
+        set(binding["snapshots"]) <= set(approved.get("snapshots") or [])
 
 
 def approved_places(places: list[Target]) -> list[str]:

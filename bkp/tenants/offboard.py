@@ -286,9 +286,12 @@ def _erase(ctx, actor, request, ask):
             record = erasure.new_record(ctx, policy, "erase", reason=request.reason,
                                         witness=request.witness, snapshots=wanted,
                                         method=erasure.ERASE_METHOD)
-        what = (f"erase snapshot(s) {', '.join(wanted)} of tenant {policy.tenant} at "
+        named = sorted({original for matches in found.values() for by_want in
+                        matches.values() for original in by_want.values()})
+        what = (f"erase snapshot(s) {', '.join(wanted)} ({', '.join(named) or 'none left'}) "
+                f"of tenant {policy.tenant} at "
                 f"{', '.join(f'{p.id} {p.label}' for p in places)}")
-        waiting = erasure.approval_state(ctx, actor, record, what, places)
+        waiting = erasure.approval_state(ctx, actor, record, what, places, tuple(named))
         if waiting is not None:
             return erasure.pending_document(record, waiting), 0
         ensure_can_certify(ctx)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 import yaml
@@ -97,22 +98,22 @@ def approved_offboarding(desk, tenant: str) -> int:
 
 
 def test_an_approval_does_not_carry_over_to_a_destination_edited_afterwards(desk, people):
-    """Victor approved erasing acme's repository; the policy was then pointed at another
-    repository (a former customer's, kept for the law) and the approved run erased that."""
-    approved_place = desk.root / "offsite" / "acme-zorg"
-    desk_tenant(desk, "acme-zorg", approved_place)
+    """Victor approved erasing acme's repository; the policy was then pointed at acme's
+    older repository (kept for the law, its own password opens it) and the approved run
+    erased that one, which nobody approved."""
+    kept = desk.root / "offsite" / "acme-zorg-2019"
+    desk_tenant(desk, "acme-zorg", kept)
     desk.json("alice", "init", "acme-zorg")
     desk.json("alice", "backup", "acme-zorg")
-    # another repository, not a tenant bkp knows any more (its policy is gone)
-    kept = desk.root / "offsite" / "kept-by-law"
-    desk_tenant(desk, "former-zorg", kept)
-    desk.json("alice", "init", "former-zorg")
-    desk.json("alice", "backup", "former-zorg")
-    (desk.root / "policies" / "former-zorg.yaml").unlink()
-    record = approved_offboarding(desk, "acme-zorg")
-
     policy = desk.root / "policies" / "acme-zorg.yaml"
     document = yaml.safe_load(policy.read_text())
+    approved_place = desk.root / "offsite" / "acme-zorg"
+    document["destination"]["path"] = str(approved_place)
+    policy.write_text(yaml.safe_dump(document))
+    desk.json("alice", "init", "acme-zorg")
+    desk.json("alice", "backup", "acme-zorg")
+    record = approved_offboarding(desk, "acme-zorg")
+
     document["destination"]["path"] = str(kept)
     policy.write_text(yaml.safe_dump(document))
     kept_files = files_under(kept)
@@ -120,10 +121,9 @@ def test_an_approval_does_not_carry_over_to_a_destination_edited_afterwards(desk
 
     # nothing is erased: the new place waits for an approval of its own, saying why
     assert done["status"] == "pending_approval" and done["record_id"] == record
-    assert str(kept) in done["message"] and "places changed" in done["message"]
+    assert str(kept) in done["message"] and "changed since request" in done["message"]
     assert files_under(kept) == kept_files
     assert files_under(approved_place)
-
 
 # ---------------------------------------------------------------- not the tenant's repository
 
@@ -284,3 +284,47 @@ def test_offboard_refuses_a_repository_holding_another_tenants_snapshots(bkp_env
     assert done.returncode == 4, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr and "former-zorg" in done.stderr
     assert snapshot_ids(bkp_env, "former-zorg") == theirs
+
+
+def test_an_approved_erasure_erases_only_the_snapshot_that_was_approved(desk, people):
+    """Approved: erase snapshot `c…` (the one id starting so). That snapshot went (by
+    hand), a new one starting with the same digit came: the approved run erased it."""
+    repository = desk.root / "offsite" / "short-zorg"
+    desk_tenant(desk, "short-zorg", repository)
+    policy = desk.root / "policies" / "short-zorg.yaml"
+    document = yaml.safe_load(policy.read_text())
+    document["retention"] = {"last": 100}
+    policy.write_text(yaml.safe_dump(document))
+    password = desk.root / "short-zorg.key"
+
+    def ids() -> list[str]:
+        done = subprocess.run(["restic", "-r", str(repository), "snapshots", "--json"],
+                              capture_output=True, text=True,
+                              env={**os.environ, "RESTIC_PASSWORD_FILE": str(password)})
+        assert done.returncode == 0, done.stderr
+        return [s["id"] for s in json.loads(done.stdout)]
+
+    def backup() -> None:
+        (desk.root / "data" / "short-zorg" / "more.txt").write_bytes(os.urandom(64))
+        desk.json("alice", "backup", "short-zorg")
+
+    desk.json("alice", "init", "short-zorg")
+    backup()
+    approved = ids()[0]
+    digit = approved[0]
+    asked = desk.json("alice", "erase", "short-zorg", "--snapshot", digit, "--yes")
+    record = asked["record_id"]
+    text = desk.bkp("alice", "approve", str(record), "--message").stdout
+    desk.json("vic", "approve", str(record), "--signature", str(desk.sign("vic", text)))
+    forgot = subprocess.run(["restic", "-r", str(repository), "forget", approved],
+                            capture_output=True, text=True,
+                            env={**os.environ, "RESTIC_PASSWORD_FILE": str(password)})
+    assert forgot.returncode == 0, forgot.stderr
+    while not any(i.startswith(digit) for i in ids()):
+        backup()
+    before = ids()
+
+    done = desk.bkp("alice", "erase", "short-zorg", "--snapshot", digit, "--yes", "--json")
+
+    assert "Traceback" not in done.stderr
+    assert ids() == before, (done.stdout, done.stderr)  # nobody approved erasing that one
