@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --dev
 .venv/bin/ruff check .
-# Two workers: most tests wait on restic, sshd and disks rather than on the CPU.
-exec .venv/bin/pytest -q -n "${BKP_TEST_WORKERS:-2}" "$@"
+# Three workers on two cores: many tests wait on restic, sshd, servers and timeouts
+# rather than on the CPU, so a third worker fills those waits.
+exec .venv/bin/pytest -q -n "${BKP_TEST_WORKERS:-3}" "$@"
