@@ -154,6 +154,14 @@ def version() -> Version:
     return parse_version(done.stdout)
 
 
+def version_on_record() -> str | None:
+    """restic's version for a run record: not knowing it never fails a run."""
+    try:
+        return str(version())
+    except BkpError:
+        return None
+
+
 # ---------------------------------------------------------------- argv builders (pure)
 
 def global_args(repo: Repository) -> list[str]:

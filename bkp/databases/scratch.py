@@ -90,17 +90,6 @@ class ScratchServer(Protocol):
         """Create `database`, load the dump file into it; seconds taken. A dump that does
         not load is a VerificationError (exit 5) with the client's error."""
 
-    def _raise_if_environment(self, said: str) -> None:
-        """A load that failed for want of disk space, or because the scratch server itself
-        stopped, says nothing about the dump: the drill could not run (exit 1)."""
-        log_tail = self.service.log_tail() if self.service else ""
-        problem = _no_space(self.place, said, log_tail)
-        if problem:
-            raise OperationError(problem)
-        if self.service is not None and not self.service.running():
-            raise OperationError(f"the scratch server stopped during the load"
-                                 f"{_last_server_error(log_tail)}")
-
     def inventory(self, database: str) -> Inventory:
         """Exact row counts of every base table of `database`."""
 
@@ -250,6 +239,18 @@ def _no_space(place: _Place, *texts: str) -> str | None:
             f"space there or set {SCRATCH_ROOT_ENV} to a folder on a larger disk")
 
 
+def _raise_if_environment(place: _Place, service, said: str) -> None:
+    """A load that failed for want of disk space, or because the scratch server itself
+    stopped, says nothing about the dump: the drill could not run (exit 1)."""
+    log_tail = service.log_tail() if service else ""
+    problem = _no_space(place, said, log_tail)
+    if problem:
+        raise OperationError(problem)
+    if service is not None and not service.running():
+        raise OperationError(f"the scratch server stopped during the load"
+                             f"{_last_server_error(log_tail)}")
+
+
 def _last_server_error(log_tail: str) -> str:
     """The server's last PANIC or FATAL line without quoted values (a server log may echo
     a statement, and with it the tenant's data), as ": ..." or nothing."""
@@ -370,22 +371,11 @@ class ScratchPostgreSQL:
                              "--exit-on-error", "-d", database],
                             database=database, stdin_path=dump)
         if not done.ok:
-            self._raise_if_environment(done.stderr_tail)
+            _raise_if_environment(self.place, self.service, done.stderr_tail)
             reason = _failure(done.stderr_tail, "pg_restore") or "pg_restore failed"
             raise VerificationError(f"the dump of PostgreSQL database {database} does not "
                                     f"load: {reason}")
         return time.monotonic() - started
-
-    def _raise_if_environment(self, said: str) -> None:
-        """A load that failed for want of disk space, or because the scratch server itself
-        stopped, says nothing about the dump: the drill could not run (exit 1)."""
-        log_tail = self.service.log_tail() if self.service else ""
-        problem = _no_space(self.place, said, log_tail)
-        if problem:
-            raise OperationError(problem)
-        if self.service is not None and not self.service.running():
-            raise OperationError(f"the scratch server stopped during the load"
-                                 f"{_last_server_error(log_tail)}")
 
     def inventory(self, database: str) -> Inventory:
         done = self._client([str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v",
@@ -476,22 +466,11 @@ class ScratchMariaDB:
                                  f"{created.stderr_tail}")
         done = self._client(database=database, stdin_path=dump)
         if not done.ok:
-            self._raise_if_environment(done.stderr_tail)
+            _raise_if_environment(self.place, self.service, done.stderr_tail)
             reason = _failure(done.stderr_tail, "mariadb") or "mariadb failed"
             raise VerificationError(f"the dump of MariaDB database {database} does not load: "
                                     f"{reason}")
         return time.monotonic() - started
-
-    def _raise_if_environment(self, said: str) -> None:
-        """A load that failed for want of disk space, or because the scratch server itself
-        stopped, says nothing about the dump: the drill could not run (exit 1)."""
-        log_tail = self.service.log_tail() if self.service else ""
-        problem = _no_space(self.place, said, log_tail)
-        if problem:
-            raise OperationError(problem)
-        if self.service is not None and not self.service.running():
-            raise OperationError(f"the scratch server stopped during the load"
-                                 f"{_last_server_error(log_tail)}")
 
     def inventory(self, database: str) -> Inventory:
         what = f"scratch MariaDB database {database}"

@@ -35,6 +35,7 @@ from bkp.restic import (
     KIND_INVENTORY,
     Restic,
     version,
+    version_on_record,
 )
 from bkp.results import BackupRun
 from bkp.settings import snapshot_host
@@ -85,7 +86,7 @@ def preview_backup(ctx: Context, policy: Policy) -> Outcome:
 def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
     catalog = ctx.catalog
     run_id = open_tenant_run(ctx, policy, "backup", trigger=trigger, slot=slot,
-                             restic_version=_restic_version())
+                             restic_version=version_on_record())
     restic: Restic | None = None
     fields: dict = {}
     dumps: list[DatabaseDump] = []
@@ -120,7 +121,7 @@ def _backup(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Out
             fields.update(pending_retention(ctx, policy, restic, made, destination))
         elif not policy.retention.legal_hold:
             fields.update(apply_retention(ctx, policy, restic, made, destination))
-        fields["repository_bytes"] = _usage(destination)
+        fields["repository_bytes"] = repository_size(destination)
         # The snapshot is safe at the destination; a copy that fails now fails the run
         # (exit 1, naming the copy) but takes nothing away from the destination.
         copies += copy_to_all(ctx, policy, restic, fields.get("snapshot_id"),
@@ -264,19 +265,13 @@ def _observations(policy: Policy, destination) -> str:
                     "encryption_at_rest": ENCRYPTION})
 
 
-def _usage(destination) -> int | None:
+def repository_size(destination) -> int | None:
     """The repository's size is a nicety: failing to read it never fails a good backup."""
     try:
         return destination.usage_bytes()
     except Exception:
         return None
 
-
-def _restic_version() -> str | None:
-    try:
-        return str(version())
-    except BkpError:
-        return None
 
 
 def _progress(ctx: Context, tenant: str):

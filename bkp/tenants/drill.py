@@ -33,7 +33,14 @@ from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError
 from bkp.files import file_sha256
 from bkp.policy import Policy
-from bkp.restic import Listing, Node, NoSnapshot, Restic, parse_restored_snapshot, version
+from bkp.restic import (
+    Listing,
+    Node,
+    NoSnapshot,
+    Restic,
+    parse_restored_snapshot,
+    version_on_record,
+)
 from bkp.results import DrillRun
 from bkp.tenants.canary import Immutability, prove_immutability
 
@@ -218,7 +225,7 @@ def run_kind(policy: Policy) -> str:
 
 def _drill(ctx: Context, policy: Policy, trigger: str, slot: str | None) -> Outcome:
     run_id = open_tenant_run(ctx, policy, run_kind(policy), trigger=trigger, slot=slot,
-                             restic_version=_restic_version())
+                             restic_version=version_on_record())
     if policy.copy_id:
         ctx.catalog.update_run(run_id, copy_id=policy.copy_id)
     result = DrillResult()
@@ -448,10 +455,4 @@ def _progress(ctx: Context, policy: Policy, line: str) -> None:
     if ctx.progress:
         ctx.progress(f"{policy.tenant}: {line}")
 
-
-def _restic_version() -> str | None:
-    try:
-        return str(version())
-    except BkpError:
-        return None
 

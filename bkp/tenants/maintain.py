@@ -20,8 +20,9 @@ import json
 from bkp.context import Context, Outcome, interrupt, locked, open_tenant_run, stopping
 from bkp.errors import BkpError, OperationError, PolicyError
 from bkp.policy import Copy, Destination, Policy, at_copy
-from bkp.restic import Restic, version
+from bkp.restic import Restic, version_on_record
 from bkp.results import MaintainEntry
+from bkp.tenants.backup import repository_size
 from bkp.tenants.retention import forget_beyond_rules, kept_fields
 
 
@@ -85,7 +86,7 @@ def _maintain(ctx: Context, policy: Policy) -> Outcome:
     from bkp.destinations.rest import RestDestination
 
     run_id = open_tenant_run(ctx, policy, "maintain", trigger="manual", slot=None,
-                             restic_version=_restic_version())
+                             restic_version=version_on_record())
     destination = RestDestination(policy, ctx.settings.home, maintenance=True) \
         if policy.destination.append_only else None
     restic: Restic | None = None
@@ -129,7 +130,7 @@ def _maintain_destination(ctx: Context, policy: Policy, destination
         ctx.progress(f"{policy.tenant}: applying retention at {destination.label}")
     kept, forgotten = forget_beyond_rules(policy, restic)
     fields = {**kept_fields(kept), "maintenance_pending": 0,
-              "repository_bytes": _usage(destination)}
+              "repository_bytes": repository_size(destination)}
     return restic, fields, forgotten
 
 
@@ -235,15 +236,3 @@ def _close(ctx: Context, policy: Policy, run_id: int, error: BkpError | None, fi
     return Outcome(policy.tenant, error.exit_code if error else 0, data)
 
 
-def _usage(destination) -> int | None:
-    try:
-        return destination.usage_bytes()
-    except Exception:
-        return None
-
-
-def _restic_version() -> str | None:
-    try:
-        return str(version())
-    except BkpError:
-        return None
