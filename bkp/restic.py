@@ -521,6 +521,59 @@ def parse_backup_progress(line: str) -> dict | None:
     return message if message.get("message_type") == "status" else None
 
 
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class FullDestinationStall:
+    """Watches `backup --json` status lines for restic 0.14's hang after a failed pack
+    upload (it waits for an uploader that has gone and prints status forever). On a local
+    destination the cause can be seen: no progress for a while on a filesystem with no room
+    for a pack. Then it says "full" (a runner stop reason) and keeps what it saw in
+    `detail`; on any doubt it says nothing and the policy's timeout stays the backstop."""
+
+    STALL_SECONDS = 15.0
+    ROOM_NEEDED = 64 << 20  # restic's packs are 16 MiB by default; several are written at once
+
+    def __init__(self, path: str, clock: Callable[[], float] | None = None,
+                 free_bytes: Callable[[str], int] = _free_bytes) -> None:
+        import time
+
+        self.path = path
+        self.clock = clock or time.monotonic
+        self.free_bytes = free_bytes
+        self.detail = ""
+        self._progress: tuple | None = None
+        self._since = self.clock()
+
+    def __call__(self, line: str) -> str | None:
+        status = parse_backup_progress(line)
+        if status is None:
+            return None
+        progress = (status.get("bytes_done"), status.get("files_done"))
+        now = self.clock()
+        if progress != self._progress:
+            self._progress, self._since = progress, now
+            return None
+        if now - self._since < self.STALL_SECONDS:
+            return None
+        try:
+            free = self.free_bytes(self.path)
+        except OSError:
+            return None
+        if free >= self.ROOM_NEEDED:
+            return None
+        self.detail = (f"only {free >> 20} MiB free at {self.path}, and restic made no "
+                       f"progress for {now - self._since:.0f}s")
+        return "full"
+
+
+def stall_watch(repo: Repository) -> FullDestinationStall | None:
+    """A watch for a local repository (its URL is a path); remote free space is not seen."""
+    return FullDestinationStall(repo.url) if repo.url.startswith("/") else None
+
+
 @dataclass(frozen=True)
 class ForgetResult:
     kept: int
@@ -823,8 +876,10 @@ def damage_reported(text: str) -> bool:
     return bool(CAUSES["damage"].pattern.search(text))
 
 
-def classify(done: runner.Completed, repo: Repository, tenant: str, action: str) -> Failure:
-    """One line: what went wrong and what to do, with the exception that carries its code."""
+def classify(done: runner.Completed, repo: Repository, tenant: str, action: str,
+             detail: str | None = None) -> Failure:
+    """One line: what went wrong and what to do, with the exception that carries its code.
+    `detail`: what bkp itself saw, when it stopped restic (restic said nothing)."""
     name = cause_of(done)
     if name == "timeout":
         return Failure(name, f"restic {action} did not finish within {done.duration_s:.0f}s "
@@ -834,7 +889,7 @@ def classify(done: runner.Completed, repo: Repository, tenant: str, action: str)
         return Failure(name, f"restic {action} failed (exit {done.returncode}): "
                              f"{_last_meaningful_line(done.stderr_tail)}", OperationError)
     cause = CAUSES[name]
-    detail = _matching_line(cause.pattern, done.stderr_tail)
+    detail = detail or _matching_line(cause.pattern, done.stderr_tail)
     return Failure(name, cause.advice.format(repo=repo.label or repo.url, tenant=tenant,
                                              detail=detail), cause.error)
 
@@ -906,14 +961,15 @@ class Restic:
 
     def run(self, argv: Sequence[str], action: str, *,
             on_stdout_line: Callable[[str], None] | None = None,
-            check: bool = True, timeout: float | None = None) -> runner.Completed:
+            check: bool = True, timeout: float | None = None,
+            stop_on_stdout: Callable[[str], str | None] | None = None) -> runner.Completed:
         """Run restic; a lock left by a dead restic of this host is removed and the command
         tried once more. A live lock is never removed."""
-        done = self._run_once(argv, on_stdout_line, timeout)
+        done = self._run_once(argv, on_stdout_line, timeout, stop_on_stdout)
         if not done.ok and cause_of(done) == "locked":
             unlocked = self._run_once(unlock_argv(self.repo), None, timeout)
             if unlocked.ok:
-                done = self._run_once(argv, on_stdout_line, timeout)
+                done = self._run_once(argv, on_stdout_line, timeout, stop_on_stdout)
         if check and not done.ok:
             raise self.failure(done, action).exception()
         return done
@@ -921,11 +977,12 @@ class Restic:
     def failure(self, done: runner.Completed, action: str) -> Failure:
         return classify(done, self.repo, self.tenant, action)
 
-    def _run_once(self, argv, on_stdout_line, timeout) -> runner.Completed:
+    def _run_once(self, argv, on_stdout_line, timeout, stop_on_stdout=None) -> runner.Completed:
         self.calls += 1
         return runner.run(argv, env=self.repo.env.env, secrets=self.repo.env.secrets,
                           timeout=timeout or self.timeout, on_stdout_line=on_stdout_line,
-                          drop_env_prefixes=INHERITED_DROPPED, stop_when=stop_on_hopeless)
+                          drop_env_prefixes=INHERITED_DROPPED, stop_when=stop_on_hopeless,
+                          stop_on_stdout=stop_on_stdout)
 
     def init(self) -> None:
         self.run(init_argv(self.repo), "init")
@@ -957,13 +1014,15 @@ class Restic:
             if status and progress:
                 progress(status)
 
+        stall = stall_watch(self.repo)
         done = self.run(backup_argv(self.repo, policy, host, dry_run), "backup",
-                        on_stdout_line=on_line, check=False)
+                        on_stdout_line=on_line, check=False, stop_on_stdout=stall)
         summary = parse_backup_output(done.stdout)
         if done.returncode == EXIT_PARTIAL and summary.snapshot_id and not done.timed_out:
             return summary, EXIT_PARTIAL
         if not done.ok:
-            raise self.failure(done, "backup").exception()
+            seen = stall.detail if stall and done.stopped == "full" else None
+            raise classify(done, self.repo, self.tenant, "backup", detail=seen).exception()
         return summary, 0
 
     def backup_stream(self, policy: Policy, host: str, filename: str, kind: str,

@@ -95,6 +95,7 @@ def run(
     cwd: str | None = None,
     drop_env_prefixes: tuple[str, ...] = (),
     stop_when: Callable[[str], str | None] | None = None,
+    stop_on_stdout: Callable[[str], str | None] | None = None,
     stdout_file: int | None = None,
     user: str | None = None,
     stdin_path: Path | None = None,
@@ -106,9 +107,10 @@ def run(
     false (for commands that print gigabytes); with `stdout_file` (a file descriptor) stdout
     goes there untouched (binary output such as a database dump). `stop_when` sees each
     stderr line and returns a reason to stop the child at once (a cause that retrying
-    cannot fix), or None. `user` runs the child as that system user (see `as_user`);
-    `stdin_path` is a file bkp opens and the child reads as its stdin (the child itself
-    may not be allowed to open it).
+    cannot fix), or None; `stop_on_stdout` does the same for each stdout line (a child
+    that keeps printing progress without making any). `user` runs the child as that
+    system user (see `as_user`); `stdin_path` is a file bkp opens and the child reads as
+    its stdin (the child itself may not be allowed to open it).
     """
     secrets = [s for s in secrets if s] + [v for k, v in (env or {}).items()
                                            if k in SECRET_ENV_NAMES and v]
@@ -140,7 +142,8 @@ def run(
         _live.add(proc)
     try:
         stdout, tail, timed_out, stopped = _communicate(proc, timeout, on_stdout_line,
-                                                        capture_stdout, stdin_data, stop_when)
+                                                        capture_stdout, stdin_data, stop_when,
+                                                        stop_on_stdout)
     except BaseException:
         # Interrupted while waiting (a signal in this thread): the child is in its own
         # session and would outlive us.
@@ -157,7 +160,8 @@ def run(
                      stopped)
 
 
-def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop_when=None):
+def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop_when=None,
+                 stop_on_stdout=None):
     head: list[str] = []
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     seen = [0]
@@ -188,6 +192,10 @@ def _communicate(proc, timeout, on_stdout_line, capture_stdout, stdin_data, stop
                 chunks.append(line)
             if on_stdout_line:
                 on_stdout_line(line.rstrip("\n"))
+            reason = stop_on_stdout(line) if stop_on_stdout and not stopped else None
+            if reason:
+                stopped.append(reason)
+                terminate(proc, grace=2.0)
 
     readers = [threading.Thread(target=read_stderr, daemon=True),
                threading.Thread(target=read_stdout, daemon=True)]
