@@ -163,3 +163,41 @@ def test_bkp_reads_policies_with_libyaml():
     from bkp import policy
 
     assert yaml.__with_libyaml__ and policy._FAST_LOADER is yaml.CSafeLoader
+
+
+def _lines(loader, text):
+    """Each node's line, or "empty" for an empty value (bkp asks the Python parser for the
+    line of those)."""
+    reader = loader(text)
+    try:
+        root = reader.get_single_node()
+    finally:
+        reader.dispose()
+    found, pending = [], [root] if root is not None else []
+    while pending:
+        node = pending.pop()
+        empty = isinstance(node, yaml.ScalarNode) and node.value == ""
+        found.append("empty" if empty else (type(node).__name__, node.start_mark.line))
+        if isinstance(node, yaml.MappingNode):
+            pending += [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            pending += node.value
+    return found
+
+
+@SETTINGS
+@given(text=st.one_of(yamlish_text, json_like.map(lambda v: yaml.safe_dump(
+    v, default_flow_style=False, allow_unicode=True))))
+def test_libyaml_and_the_python_parser_put_nodes_on_the_same_lines(text):
+    """A problem's line comes from libyaml's nodes when it read the file; bkp relies on
+    those lines being the Python parser's for every node but an empty value."""
+    from bkp.policy import _PYTHON_PARSER_ONLY
+
+    if _PYTHON_PARSER_ONLY.search(text):
+        return
+    try:
+        expected = _lines(yaml.SafeLoader, text)
+        found = _lines(yaml.CSafeLoader, text)
+    except Exception:
+        return
+    assert found == expected
