@@ -993,6 +993,7 @@ def _secret_key_paths(value: Any, path: KeyPath) -> Iterator[KeyPath]:
             yield from _secret_key_paths(item, (*path, index))
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet's policies repeat the same few dozen keys
 def _looks_like_secret(key: str) -> bool:
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)  # awsSecretKey -> aws_Secret_Key
     words = re.sub(r"[^a-z0-9]+", "_", words.lower())
@@ -1015,6 +1016,7 @@ def _rule_cron_schedules(data: dict, file: Path) -> Iterator[_Finding]:
                 yield _error(("schedule", key), problem)
 
 
+@functools.lru_cache(maxsize=1024)  # a fleet shares a few schedules
 def cron_problem(expression: str) -> str | None:
     """Why a schedule is not a usable 5-field cron expression, or None when it is."""
     example = 'e.g. "0 2 * * *" for 02:00 every night'
@@ -1720,10 +1722,18 @@ def check_repositories_not_shared(reports: list[PolicyReport]) -> None:
     """No repository (a destination or a copy) belongs to two files."""
     places = [(report, where, destination.repository_identity())
               for report in reports for where, destination in report.repositories()]
+    by_identity: dict = {}  # grouped, not compared pairwise: a fleet has a thousand
+    for place in places:
+        by_identity.setdefault(place[2], []).append(place)
+    files: dict[int, str] = {}
     for report, where, identity in places:
-        others = [(other, other_where) for other, other_where, other_identity in places
-                  if other is not report and other_identity == identity
-                  and _same_file(other.file) != _same_file(report.file)]
+        sharing = by_identity[identity]
+        if len(sharing) < 2:
+            continue
+        for other, _, _ in sharing:
+            files.setdefault(id(other), _same_file(other.file))
+        others = [(other, other_where) for other, other_where, _ in sharing
+                  if other is not report and files[id(other)] != files[id(report)]]
         if not others:
             continue
         names = ", ".join(

@@ -3,7 +3,7 @@ and under which rules."""
 
 from __future__ import annotations
 
-from bkp.catalog.base import utc_now
+from bkp.catalog.base import select, utc_now
 
 
 class AccessTables:
@@ -11,8 +11,8 @@ class AccessTables:
 
     # ------------------------------------------------------------ policy versions
     def latest_policy_version(self, tenant: str) -> dict | None:
-        rows = list(self.db["policy_versions"].rows_where(
-            "tenant = ?", [tenant], order_by="id desc", limit=1))
+        rows = select(self.db, "policy_versions", "tenant = ?", [tenant], order_by="id desc",
+                      limit=1)
         return rows[0] if rows else None
 
     def policy_versions(self, tenant: str) -> list[dict]:
@@ -37,7 +37,7 @@ class AccessTables:
         clause, args = "acknowledged_at is null", []
         if tenant is not None:
             clause, args = clause + " and tenant = ?", [tenant]
-        return list(self.db["policy_flags"].rows_where(clause, args, order_by="id"))
+        return select(self.db, "policy_flags", clause, args, order_by="id")
 
     def acknowledge_policy_flags(self, tenant: str, operator: str, os_user: str) -> list[dict]:
         with self.transaction():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bkp.catalog.base import HOST, utc_now
+from bkp.catalog.base import HOST, select, utc_now
 
 if TYPE_CHECKING:
     from bkp.catalog import Catalog
@@ -58,14 +58,17 @@ def unfinished_erasures(catalog: Catalog, tenant: str, kind: str) -> list[dict]:
 def erasures_of(catalog: Catalog, tenant: str | None = None) -> list[dict]:
     if tenant is None:
         return list(catalog.db["erasures"].rows_where(order_by="id"))
-    return list(catalog.db["erasures"].rows_where("tenant = ?", [tenant], order_by="id"))
+    return select(catalog.db, "erasures", "tenant = ?", [tenant], order_by="id")
 
 
-def offboarded(catalog: Catalog) -> dict[str, dict]:
-    """Tenants whose offboarding has begun to erase, with their latest such record."""
-    rows = catalog.db["erasures"].rows_where(
-        f"kind = 'offboard' and status in ({', '.join('?' for _ in ERASING)})",
-        list(ERASING), order_by="id")
+def offboarded(catalog: Catalog, tenant: str | None = None) -> dict[str, dict]:
+    """Tenants (or this one) whose offboarding has begun to erase, with their latest such
+    record."""
+    clause = f"kind = 'offboard' and status in ({', '.join('?' for _ in ERASING)})"
+    args = list(ERASING)
+    if tenant is not None:
+        clause, args = clause + " and tenant = ?", [*args, tenant]
+    rows = select(catalog.db, "erasures", clause, args, order_by="id")
     return {row["tenant"]: row for row in rows}
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import os
 
-from bkp.catalog.base import HOST, parse_time, process_alive, process_start_ticks, utc_now, where
+from bkp.catalog.base import (
+    HOST,
+    parse_time,
+    process_alive,
+    process_start_ticks,
+    select,
+    utc_now,
+    where,
+)
 
 
 class RunsTable:
@@ -96,8 +104,8 @@ class RunsTable:
         """The most recent run by time: rows rebuilt by `catalog sync` may be added after
         newer ones, so the id alone does not say which is last."""
         clause, args = where(tenant=tenant, kind=kind, status=status)
-        rows = list(self.db["runs"].rows_where(
-            clause, args, order_by="coalesce(ended_at, started_at) desc, id desc", limit=1))
+        rows = select(self.db, "runs", clause, args,
+                      order_by="coalesce(ended_at, started_at) desc, id desc", limit=1)
         return rows[0] if rows else None
 
     def add_database_dump(self, run_id: int, tenant: str, dump: dict) -> None:

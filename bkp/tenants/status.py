@@ -112,7 +112,7 @@ def erasure_state(catalog: Catalog, tenant: str) -> dict:
     from bkp.catalog import erasures_of, offboarded
 
     found = {}
-    record = offboarded(catalog).get(tenant)
+    record = offboarded(catalog, tenant).get(tenant)
     if record is not None:
         found["state"] = "offboarded"
         found["offboarded"] = {"record_id": record["id"], "status": record["status"],
