@@ -1761,13 +1761,16 @@ def _check_repositories_outside_other_sources(reports: list[PolicyReport]) -> No
         return
     files = {id(report): _same_file(report.file) for report in reports}
     by_source: dict[str, list[tuple[str, PolicyReport]]] = {}
+    resolved: dict[str, str | None] = {}  # tenants often name the same source path
     for report in reports:
         for source in report.sources:
-            try:
-                identity = local_path_identity(source)
-            except (OSError, ValueError):
-                continue
-            by_source.setdefault(identity, []).append((source, report))
+            if source not in resolved:
+                try:
+                    resolved[source] = local_path_identity(source)
+                except (OSError, ValueError):
+                    resolved[source] = None
+            if resolved[source] is not None:
+                by_source.setdefault(resolved[source], []).append((source, report))
     ordered = sorted(by_source)
     for report, where, destination in local:
         try:

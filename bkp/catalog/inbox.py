@@ -15,8 +15,21 @@ RESULT_RUN_COLUMNS = (
     "operator", "restic_version", "restic_calls", "files_checked", "bytes_restored", "subset",
     "problems", "sample_checked", "sample_skipped", "rto_minutes", "kept_snapshots",
     "policy_fingerprint", "clock_synchronized", "databases", "immutability",
-    "maintenance_pending", "observations", "restore_s",
+    "maintenance_pending", "observations", "restore_s", "copies",
 )
+# What a run carries beside its own row (`copy_results`, `database_dumps` in a result), so
+# that the central status knows a pod's copies and dumps as it knows a host's.
+RESULT_CHILD_COLUMNS = {
+    "copy_results": ("copy_id", "destination", "status", "snapshot_id", "source_snapshot_id",
+                     "snapshot_time", "snapshots_copied", "snapshots_kept", "error",
+                     "duration_s", "copied_at", "kept_snapshots"),
+    "database_dumps": ("name", "type", "status", "snapshot_id", "inventory_snapshot_id",
+                       "bytes", "tables", "error", "duration_s", "dumped_at"),
+}
+# Without these a row says nothing: it is left out.
+RESULT_CHILD_REQUIRED = {"copy_results": ("copy_id", "status"),
+                         "database_dumps": ("name", "type", "status")}
+RESULT_CHILD_TIME = {"copy_results": "copied_at", "database_dumps": "dumped_at"}
 
 
 class InboxTable:
@@ -29,13 +42,23 @@ class InboxTable:
         return bool(list(self.db["inbox"].rows_where("result_id = ?", [result_id], limit=1)))
 
     def add_result_run(self, tenant: str, run: dict, host: str, report: str | None) -> int:
-        row = {key: run.get(key) for key in RESULT_RUN_COLUMNS if key in run}
-        for key, value in row.items():  # a pod's catalog may keep lists as JSON text or not
-            if isinstance(value, (list, dict)):
-                row[key] = json.dumps(value)
+        row = _columns(run, RESULT_RUN_COLUMNS)
         row.update(tenant=tenant, host=host, source="result", report=report)
         with self.transaction():
-            return self.db["runs"].insert(row).last_pk
+            run_id = self.db["runs"].insert(row).last_pk
+            for table, columns in RESULT_CHILD_COLUMNS.items():
+                children = run.get(table)
+                for child in children if isinstance(children, list) else ():
+                    if not isinstance(child, dict) or not all(
+                            isinstance(child.get(key), str)
+                            for key in RESULT_CHILD_REQUIRED[table]):
+                        continue
+                    values = _columns(child, columns)
+                    time_key = RESULT_CHILD_TIME[table]
+                    values[time_key] = str(values.get(time_key) or run.get("ended_at")
+                                           or utc_now())
+                    self.db[table].insert({**values, "run_id": run_id, "tenant": tenant})
+            return run_id
 
     def note_object(self, name: str, status: str, *, result_id: str | None = None,
                     tenant: str | None = None, kind: str | None = None,
@@ -47,3 +70,11 @@ class InboxTable:
                 "status": status, "reason": reason, "signed_by": signed_by,
                 "run_ids": json.dumps(run_ids) if run_ids is not None else None,
                 "seen_at": utc_now()})
+
+
+def _columns(row: dict, columns: tuple[str, ...]) -> dict:
+    """The known columns of a row from a result; lists and objects as JSON text (a pod's
+    catalog may keep them as text or not)."""
+    picked = {key: row.get(key) for key in columns if key in row}
+    return {key: json.dumps(value) if isinstance(value, (list, dict)) else value
+            for key, value in picked.items()}

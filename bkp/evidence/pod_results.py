@@ -215,7 +215,8 @@ def send_result(catalog, mark: Mark, kind: str, host: str) -> str:
                 reports[Path(run["report"]).name] = Path(run["report"]).read_text(
                     encoding="utf-8")
     document = result_document(
-        mark.tenant, kind, [_portable(run) for run in sorted(runs, key=lambda r: r["id"])],
+        mark.tenant, kind, [_with_children(catalog, run)
+                            for run in sorted(runs, key=lambda r: r["id"])],
         [_portable(event) for event in events], reports, host)
     name = object_name(document)
     open_inbox(mark.results.inbox).put(name, sign(document, mark.key))
@@ -292,6 +293,14 @@ def _verified_document(data: bytes, raw: bytes) -> dict:
     if not isinstance(document, dict):
         raise Rejected("not a document")
     return document
+
+
+def _with_children(catalog, run: dict) -> dict:
+    """The run, and what it recorded beside its row: its copies' and dumps' rows."""
+    return {**_portable(run),
+            "copy_results": [_portable(row) for row in catalog.copy_results_of_run(run["id"])],
+            "database_dumps": [_portable(row)
+                               for row in catalog.database_dumps_of_run(run["id"])]}
 
 
 def _portable(row: dict) -> dict:

@@ -147,3 +147,21 @@ def test_the_gatherer_can_ingest_without_opening_a_repository(pods):
     assert [row["tenant"] for row in listed["tenants"]] == [pods.tenant]
     assert listed["tenants"][0]["added"] == 0 and listed["tenants"][0]["snapshots"] == 1
     assert "snapshots" in subcommands(log)
+
+
+def test_a_pods_copies_reach_the_central_status(bkp_env, pods):
+    """A tenant with a copy at another site, backed up by a pod: the central catalog learns
+    what the pod copied (the copy's row rides in the signed result), so `bkp status` shows
+    the copy up to date instead of never copied."""
+    from tests.integration.test_copies import add_copies, local_copy
+
+    add_copies(bkp_env, "kliniek-west", local_copy(bkp_env, "kliniek-west", id="b"))
+    central = {"BKP_CONFIG": str(bkp_env.root / "bkp.yaml")}
+    bkp_env.bkp_json("init", "kliniek-west", **central)
+    run, _ = pods.backup()
+    assert [c["status"] for c in run["copies"]] == ["ok"], run
+    bkp_env.bkp_json("catalog", "sync", "--all", "--no-snapshots", **central)
+    [tenant] = bkp_env.bkp_json("status", **central)[0]["tenants"]
+    [copy] = tenant["copies"]
+    assert copy["id"] == "b" and copy["last_copied"], copy
+    assert copy["last_copied"]["snapshot_id"] == run["copies"][0]["snapshot_id"], copy
