@@ -142,8 +142,9 @@ class SftpDestination:
             raise SafetyError(
                 f"host key mismatch for {self.dest.host}:{self.dest.port}: the server offers "
                 f"{offered.get_name()} {fingerprint(offered.get_base64())}, the policy pins "
-                f"{pinned_type} {fingerprint(pinned_b64)}. Nothing was sent. Verify the "
-                f"server's key out of band before changing destination.host_key")
+                f"{pinned_type} {fingerprint(pinned_b64)}. Nothing was sent: the connection "
+                f"was refused. Verify the server's key out of band before changing "
+                f"destination.host_key")
         self._authenticate(transport, paramiko)
         return transport, paramiko.SFTPClient.from_transport(transport)
 
