@@ -666,3 +666,26 @@ def mariadb(tmp_path_factory) -> DatabaseServer:
     server = start_mariadb(tmp_path_factory.mktemp("mariadb"))
     yield server
     server.stop()
+
+
+# The slowest tests (measured: each waits a minute or more on restic's retries, a policy
+# timeout or a cluster night) start first, so that three workers share them instead of one
+# worker finishing them alone after the rest of the suite is done.
+SLOWEST_FIRST = (
+    "tests/integration/test_every_destination.py::test_a_backup_disk_unmounted_mid_run",
+    "tests/e2e/test_nightly.py::test_hung_destination_hits_the_policy_timeout",
+    "tests/integration/test_every_destination.py::test_a_destination_that_stops_mid_backup",
+    "tests/integration/test_rest_destination.py::test_nightly_runs_on_an_append_only_server",
+    "tests/e2e/test_fleet_night.py::",
+    "tests/adversarial/test_offboard_attacks.py::test_an_approved_erasure_erases_only",
+    "tests/adversarial/test_repository_damage.py::test_every_damaged_part_fails_the_drill",
+    "tests/integration/test_drill.py::test_deleted_pack_fails_the_drill",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(SLOWEST_FIRST)
+                     if item.nodeid.startswith(prefix)), len(SLOWEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
