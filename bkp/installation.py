@@ -14,14 +14,15 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from bkp import access
 from bkp import policy as policies
 from bkp.errors import PolicyError
 from bkp.names import shown
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 DEFAULT_CONFIG = Path("/etc/bkp/bkp.yaml")
 # The evidence repository is worked on like a tenant's; this name can never be a tenant id
@@ -355,11 +356,11 @@ def _evidence_document(data: dict) -> dict:
 
 def _findings(data: dict, file: Path) -> list:
     findings = []
-    for error in _validator().iter_errors(data):
+    for error in policies.schema_errors(_validator(), data):
         findings += policies._explain(error, data)
     stand_in = _evidence_document(data)
     if isinstance(stand_in.get("destination"), dict):
-        for error in _destination_validator().iter_errors(stand_in):
+        for error in policies.schema_errors(_destination_validator(), stand_in):
             findings += [_under_evidence(f) for f in policies._explain(error, stand_in)]
         for rule in EVIDENCE_RULES:
             findings += [_under_evidence(f) for f in rule(stand_in, file)]
@@ -392,7 +393,7 @@ def _inbox_findings(data: dict, file: Path) -> list:
         return []
     stand_in = {"destination": results["inbox"]}
     findings = []
-    for error in _destination_validator().iter_errors(stand_in):
+    for error in policies.schema_errors(_destination_validator(), stand_in):
         findings += [_under_results(f) for f in policies._explain(error, stand_in)]
     for rule in (policies._rule_values_are_one_line, policies._rule_no_inline_secrets,
                  policies._rule_data_rests_in_eea, policies._rule_transport_encrypted,

@@ -124,3 +124,47 @@ def test_a_keyword_it_does_not_know_is_no_answer():
     assert schema_accepts.accepts({"type": "object", "dependentRequired": {}}, {},
                                   ecma_pattern) is None
     assert schema_accepts.accepts({"$ref": "#/x"}, 1, ecma_pattern) is None
+
+
+def _installation_validators():
+    from bkp import installation
+
+    return [installation._validator(), installation._destination_validator()]
+
+
+INSTALLATION_BASE = {
+    "organization": "Hosting BV",
+    "evidence": {"destination": {"type": "sftp", "country": "NL", "host": "e.example.nl",
+                                 "user": "bkp", "path": "/srv/evidence",
+                                 "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA",
+                                 "identity_file": "/etc/bkp/id"},
+                 "password_file": "/etc/bkp/evidence.key"},
+    "results": {"inbox": {"type": "local", "country": "NL", "path": "/srv/inbox"},
+                "keys": "/etc/bkp/result-keys"},
+}
+
+
+@st.composite
+def mutated_settings(draw):
+    settings_ = copy.deepcopy(INSTALLATION_BASE)
+    paths = list(_paths(settings_))[1:]
+    path = draw(st.sampled_from(paths))
+    parent = settings_
+    for key in path[:-1]:
+        parent = parent[key]
+    if draw(st.booleans()):
+        parent[path[-1]] = draw(values)
+    else:
+        parent[draw(st.sampled_from([*KEYS, "people", "operators", "kubernetes"]))] = draw(
+            values)
+    return settings_
+
+
+@SETTINGS
+@given(document=st.one_of(mutated_settings(), json_like))
+def test_same_answer_as_jsonschema_for_bkp_yaml(document):
+    """bkp.yaml's schema and the destination schema it checks the evidence and inbox
+    against go through the same shortcut."""
+    for validator in _installation_validators():
+        fast = schema_accepts.accepts(validator.schema, document, ecma_pattern)
+        assert fast is None or fast == validator.is_valid(document)
