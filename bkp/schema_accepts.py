@@ -23,49 +23,65 @@ class _Unknown(Exception):
     """A keyword this checker does not implement."""
 
 
+Check = Callable[[Any], bool]
+_compiled: dict[int, tuple[dict | bool, Check | None]] = {}
+
+
 def accepts(schema: dict | bool, value: Any,
             pattern: Callable[[str], re.Pattern]) -> bool | None:
     """True or False as jsonschema would say; None when the schema uses a keyword this
-    checker does not know. `pattern` compiles a schema pattern with its published meaning."""
-    try:
-        return _accepts(schema, value, pattern)
-    except _Unknown:
-        return None
+    checker does not know. `pattern` compiles a schema pattern with its published meaning.
+    A schema is turned into nested checks once (kept by identity: bkp's schemas live as
+    long as the process)."""
+    entry = _compiled.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        try:
+            check = _compile(schema, pattern)
+        except _Unknown:
+            check = None
+        entry = _compiled[id(schema)] = (schema, check)
+    return None if entry[1] is None else entry[1](value)
 
 
-def _accepts(schema, value, pattern) -> bool:
+def _compile(schema: dict | bool, pattern) -> Check:
     if schema is True:
-        return True
+        return _yes
     if schema is False:
-        return False
+        return _no
+    checks = []
     for keyword, argument in schema.items():
-        if keyword in ANNOTATIONS:
+        if keyword in ANNOTATIONS or keyword in ("then", "else"):  # "then": with "if"
             continue
-        check = _KEYWORDS.get(keyword)
-        if check is None:
+        make = _KEYWORDS.get(keyword)
+        if make is None:
             raise _Unknown(keyword)
-        if not check(argument, value, schema, pattern):
-            return False
+        checks.append(make(argument, schema, pattern))
+    if len(checks) == 1:
+        return checks[0]
+
+    def all_of(value: Any) -> bool:
+        return all(check(value) for check in checks)
+    return all_of
+
+
+def _yes(_value: Any) -> bool:
     return True
 
 
-def _is_type(value: Any, name: str) -> bool:
-    if name == "string":
-        return isinstance(value, str)
-    if name == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
-    if name == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if name == "boolean":
-        return isinstance(value, bool)
-    if name == "object":
-        return isinstance(value, dict)
-    if name == "array":
-        return isinstance(value, list)
-    if name == "null":
-        return value is None
-    raise _Unknown(f"type {name}")
+def _no(_value: Any) -> bool:
+    return False
+
+
+_TYPES: dict[str, Check] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (
+        isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+}
 
 
 def _number(value: Any) -> bool:
@@ -87,69 +103,99 @@ def _equal(one: Any, two: Any) -> bool:
     return one == two
 
 
-def _type(argument, value, _schema, _pattern) -> bool:
+def _type(argument, _schema, _pattern) -> Check:
     names = argument if isinstance(argument, list) else [argument]
-    return any(_is_type(value, name) for name in names)
+    unknown = [name for name in names if name not in _TYPES]
+    if unknown:
+        raise _Unknown(f"type {unknown[0]}")
+    tests = [_TYPES[name] for name in names]
+    return lambda value: any(test(value) for test in tests)
 
 
-def _properties(argument, value, _schema, pattern) -> bool:
-    if not isinstance(value, dict):
+def _properties(argument, _schema, pattern) -> Check:
+    compiled = {key: _compile(sub, pattern) for key, sub in argument.items()}
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for key, item in value.items():
+            sub = compiled.get(key)
+            if sub is not None and not sub(item):
+                return False
         return True
-    return all(_accepts(argument[key], value[key], pattern)
-               for key in value if key in argument)
+    return check
 
 
-def _additional(argument, value, schema, pattern) -> bool:
-    if not isinstance(value, dict):
-        return True
+def _additional(argument, schema, pattern) -> Check:
     if "patternProperties" in schema:
         raise _Unknown("patternProperties")
-    known = schema.get("properties", {})
-    return all(_accepts(argument, value[key], pattern) for key in value if key not in known)
+    known = set(schema.get("properties", {}))
+    sub = _compile(argument, pattern)
+    return lambda value: not isinstance(value, dict) or all(
+        sub(item) for key, item in value.items() if key not in known)
 
 
-def _required(argument, value, _schema, _pattern) -> bool:
-    return not isinstance(value, dict) or all(key in value for key in argument)
+def _required(argument, _schema, _pattern) -> Check:
+    return lambda value: not isinstance(value, dict) or all(key in value for key in argument)
 
 
-def _items(argument, value, schema, pattern) -> bool:
+def _items(argument, schema, pattern) -> Check:
     if "prefixItems" in schema:
         raise _Unknown("prefixItems")
-    return not isinstance(value, list) or all(_accepts(argument, item, pattern)
-                                              for item in value)
+    sub = _compile(argument, pattern)
+    return lambda value: not isinstance(value, list) or all(sub(item) for item in value)
 
 
-def _unique(argument, value, _schema, _pattern) -> bool:
-    if not argument or not isinstance(value, list):
-        return True
-    return not any(_equal(a, b) for i, a in enumerate(value) for b in value[i + 1:])
+def _unique(argument, _schema, _pattern) -> Check:
+    if not argument:
+        return _yes
+    return lambda value: not isinstance(value, list) or not any(
+        _equal(a, b) for i, a in enumerate(value) for b in value[i + 1:])
 
 
-def _if(argument, value, schema, pattern) -> bool:
-    if _accepts(argument, value, pattern):
-        return _accepts(schema.get("then", True), value, pattern)
-    return _accepts(schema.get("else", True), value, pattern)
+def _if(argument, schema, pattern) -> Check:
+    condition = _compile(argument, pattern)
+    then = _compile(schema.get("then", True), pattern)
+    otherwise = _compile(schema.get("else", True), pattern)
+    return lambda value: then(value) if condition(value) else otherwise(value)
+
+
+def _pattern(argument, _schema, pattern) -> Check:
+    search = pattern(argument).search
+    return lambda value: not isinstance(value, str) or bool(search(value))
 
 
 def _length(limit: Callable[[int, int], bool]):
-    def check(argument, value, _schema, _pattern) -> bool:
-        return not isinstance(value, str) or limit(len(value), argument)
-    return check
+    def make(argument, _schema, _pattern) -> Check:
+        return lambda value: not isinstance(value, str) or limit(len(value), argument)
+    return make
 
 
 def _count(limit: Callable[[int, int], bool]):
-    def check(argument, value, _schema, _pattern) -> bool:
-        return not isinstance(value, list) or limit(len(value), argument)
-    return check
+    def make(argument, _schema, _pattern) -> Check:
+        return lambda value: not isinstance(value, list) or limit(len(value), argument)
+    return make
 
 
 def _bound(limit: Callable[[Any, Any], bool]):
-    def check(argument, value, _schema, _pattern) -> bool:
-        return not _number(value) or limit(value, argument)
-    return check
+    def make(argument, _schema, _pattern) -> Check:
+        return lambda value: not _number(value) or limit(value, argument)
+    return make
 
 
-_KEYWORDS: dict[str, Callable[[Any, Any, dict, Callable], bool]] = {
+def _branches(combine: Callable[[list[bool]], bool]):
+    def make(argument, _schema, pattern) -> Check:
+        subs = [_compile(branch, pattern) for branch in argument]
+        return lambda value: combine([sub(value) for sub in subs])
+    return make
+
+
+def _not(argument, _schema, pattern) -> Check:
+    sub = _compile(argument, pattern)
+    return lambda value: not sub(value)
+
+
+_KEYWORDS: dict[str, Callable[[Any, dict, Callable], Check]] = {
     "type": _type,
     "properties": _properties,
     "additionalProperties": _additional,
@@ -165,18 +211,12 @@ _KEYWORDS: dict[str, Callable[[Any, Any, dict, Callable], bool]] = {
     "maximum": _bound(lambda v, limit: not v > limit),
     "exclusiveMinimum": _bound(lambda v, limit: not v <= limit),
     "exclusiveMaximum": _bound(lambda v, limit: not v >= limit),
-    "pattern": lambda argument, value, _s, pattern: (
-        not isinstance(value, str) or bool(pattern(argument).search(value))),
-    "const": lambda argument, value, _s, _p: _equal(argument, value),
-    "enum": lambda argument, value, _s, _p: any(_equal(choice, value) for choice in argument),
-    "not": lambda argument, value, _s, pattern: not _accepts(argument, value, pattern),
-    "allOf": lambda argument, value, _s, pattern: all(
-        _accepts(branch, value, pattern) for branch in argument),
-    "anyOf": lambda argument, value, _s, pattern: any(
-        _accepts(branch, value, pattern) for branch in argument),
-    "oneOf": lambda argument, value, _s, pattern: sum(
-        _accepts(branch, value, pattern) for branch in argument) == 1,
+    "pattern": _pattern,
+    "const": lambda argument, _s, _p: lambda value: _equal(argument, value),
+    "enum": lambda argument, _s, _p: lambda value: any(_equal(c, value) for c in argument),
+    "not": _not,
+    "allOf": _branches(all),
+    "anyOf": _branches(any),
+    "oneOf": _branches(lambda answers: sum(answers) == 1),
     "if": _if,
-    "then": lambda *_: True,  # judged with "if"
-    "else": lambda *_: True,
 }
