@@ -201,3 +201,20 @@ def test_libyaml_and_the_python_parser_put_nodes_on_the_same_lines(text):
     except Exception:
         return
     assert found == expected
+
+
+@SETTINGS
+@given(value=json_like, flow=st.sampled_from([False, True, None]))
+def test_bkp_reads_the_values_pyyaml_reads(value, flow):
+    """bkp builds plain trees itself (faster than PyYAML's constructor) and leaves the rest
+    to the constructor: either way, the values PyYAML's safe loader reads."""
+    from bkp.policy import _load_yaml
+
+    try:
+        text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
+        expected = yaml.safe_load(text)
+    except Exception:
+        return
+    for fast in (True, False):
+        _root, _duplicates, data = _load_yaml(text, fast)
+        assert repr(data) == repr(expected)
