@@ -321,15 +321,24 @@ def cluster_schema() -> dict:
 
 
 @functools.cache
+def _schema() -> dict:
+    return schema()
+
+
+@functools.cache
+def _destination_schema() -> dict:
+    tenant = policies.schema()
+    return {"type": "object", "properties": {"destination": tenant["properties"]["destination"]}}
+
+
+@functools.cache
 def _validator() -> Draft202012Validator:
-    return policies.validator_for(schema())
+    return policies.validator_for(_schema())
 
 
 @functools.cache
 def _destination_validator() -> Draft202012Validator:
-    tenant = policies.schema()
-    return policies.validator_for({"type": "object", "properties": {
-        "destination": tenant["properties"]["destination"]}})
+    return policies.validator_for(_destination_schema())
 
 
 # Rules of a policy that hold for the evidence repository too (on a stand-in document with
@@ -356,11 +365,12 @@ def _evidence_document(data: dict) -> dict:
 
 def _findings(data: dict, file: Path) -> list:
     findings = []
-    for error in policies.schema_errors(_validator(), data):
+    for error in policies.schema_errors(_schema(), data, _validator):
         findings += policies._explain(error, data)
     stand_in = _evidence_document(data)
     if isinstance(stand_in.get("destination"), dict):
-        for error in policies.schema_errors(_destination_validator(), stand_in):
+        for error in policies.schema_errors(_destination_schema(), stand_in,
+                                       _destination_validator):
             findings += [_under_evidence(f) for f in policies._explain(error, stand_in)]
         for rule in EVIDENCE_RULES:
             findings += [_under_evidence(f) for f in rule(stand_in, file)]
@@ -393,7 +403,8 @@ def _inbox_findings(data: dict, file: Path) -> list:
         return []
     stand_in = {"destination": results["inbox"]}
     findings = []
-    for error in policies.schema_errors(_destination_validator(), stand_in):
+    for error in policies.schema_errors(_destination_schema(), stand_in,
+                                       _destination_validator):
         findings += [_under_results(f) for f in policies._explain(error, stand_in)]
     for rule in (policies._rule_values_are_one_line, policies._rule_no_inline_secrets,
                  policies._rule_data_rests_in_eea, policies._rule_transport_encrypted,

@@ -16,7 +16,7 @@ import os
 import posixpath
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
@@ -768,12 +768,13 @@ def validator_for(document: dict) -> Draft202012Validator:
     return _validator_class()(document)
 
 
-def schema_errors(validator: Draft202012Validator, data: Any) -> Iterator[ValidationError]:
-    """The validator's errors for `data`; none, without asking it, when the fast check says
-    the data is valid."""
-    if schema_accepts.accepts(validator.schema, data, ecma_pattern):
+def schema_errors(document: dict, data: Any,
+                  validator: Callable[[], Draft202012Validator]) -> Iterator[ValidationError]:
+    """The errors of `data` against the schema `document` (its `validator`, made only when
+    needed); none, without asking jsonschema, when the fast check says the data is valid."""
+    if schema_accepts.accepts(document, data, ecma_pattern):
         return iter(())
-    return validator.iter_errors(data)
+    return validator().iter_errors(data)
 
 
 @functools.cache
@@ -815,7 +816,7 @@ def _destination_key_owners() -> dict[str, tuple[str, ...]]:
 
 def _schema_findings(data: Any) -> Iterator[_Finding]:
     # Valid: known a dozen times faster than by asking jsonschema (a fleet's status).
-    for error in schema_errors(_validator(), data):
+    for error in schema_errors(_published_schema(), data, _validator):
         yield from _explain(error, data)
 
 

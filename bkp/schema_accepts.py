@@ -165,6 +165,17 @@ def _pattern(argument, _schema, pattern) -> Check:
     return lambda value: not isinstance(value, str) or bool(search(value))
 
 
+def _property_names(argument, _schema, pattern) -> Check:
+    sub = _compile(argument, pattern)
+    return lambda value: not isinstance(value, dict) or all(sub(key) for key in value)
+
+
+def _members(limit: Callable[[int, int], bool]):
+    def make(argument, _schema, _pattern) -> Check:
+        return lambda value: not isinstance(value, dict) or limit(len(value), argument)
+    return make
+
+
 def _length(limit: Callable[[int, int], bool]):
     def make(argument, _schema, _pattern) -> Check:
         return lambda value: not isinstance(value, str) or limit(len(value), argument)
@@ -204,6 +215,9 @@ _KEYWORDS: dict[str, Callable[[Any, dict, Callable], Check]] = {
     "uniqueItems": _unique,
     "minItems": _count(lambda n, limit: n >= limit),
     "maxItems": _count(lambda n, limit: n <= limit),
+    "propertyNames": _property_names,
+    "minProperties": _members(lambda n, limit: n >= limit),
+    "maxProperties": _members(lambda n, limit: n <= limit),
     "minLength": _length(lambda n, limit: n >= limit),
     "maxLength": _length(lambda n, limit: n <= limit),
     # Written as jsonschema fails them, so that NaN passes here as it passes there.
