@@ -152,4 +152,33 @@ report="$demo/reports/evidence-report-$(date -u +%Y%m%dT%H%M%SZ).html"
 "$bkp" report --format html --output "$report"
 "$bkp" report verify "$report"
 echo "evidence report: $report"
+echo "== the same nights on Kubernetes: one CronJob per tenant and task (bkp schedule)"
+# A cluster reaches each tenant's files and the backup disks through volumes named in its
+# own bkp.yaml (here PersistentVolumeClaims), and leaves its signed results in an inbox the
+# central gatherer (`bkp catalog sync --all`) ingests. demo-zorg stays on this host: its
+# database is reached by a local socket, which a pod does not have.
+cluster="$demo/cluster"
+mkdir -p "$cluster/policies" "$cluster/result-keys" "$cluster/inbox"
+cp "$BKP_POLICIES/demo-bakkerij.yaml" "$BKP_POLICIES/demo-huisarts.yaml" "$cluster/policies/"
+cat > "$cluster/bkp.yaml" <<YAML
+organization: Demo Hosting bv
+kubernetes:
+  namespace: bkp-demo
+  tenants:
+    demo-bakkerij:
+      sources: {persistentVolumeClaim: {claimName: demo-bakkerij-files}}
+      repository: {persistentVolumeClaim: {claimName: demo-backup-disk}}
+    demo-huisarts:
+      sources: {persistentVolumeClaim: {claimName: demo-huisarts-files}}
+      repository: {persistentVolumeClaim: {claimName: demo-backup-disk}}
+  inbox: {persistentVolumeClaim: {claimName: demo-results}}
+results:
+  inbox: {type: local, country: NL, path: $cluster/inbox}
+  keys: $cluster/result-keys
+YAML
+BKP_POLICIES="$cluster/policies" "$bkp" --config "$cluster/bkp.yaml" catalog result-keys --all \
+  >/dev/null
+BKP_POLICIES="$cluster/policies" "$bkp" --config "$cluster/bkp.yaml" schedule \
+  --format kubernetes --image registry.example.nl/bkp:demo --output "$cluster/manifests.yaml"
+echo "manifests: $cluster/manifests.yaml ($(grep -c '^kind: CronJob' "$cluster/manifests.yaml") CronJobs)"
 exit "$rc"
