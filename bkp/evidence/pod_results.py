@@ -13,10 +13,12 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bkp.errors import PolicyError
@@ -136,7 +138,7 @@ def verify(name: str, data: bytes, public_key_of) -> Verified:
         raise Rejected(f"larger than {MAX_RESULT_BYTES} bytes: not a result")
     try:
         signed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the parser
         raise Rejected("not a JSON document") from None
     if not isinstance(signed, dict) or not isinstance(signed.get("document"), dict):
         raise Rejected("not a signed result (no document)")
@@ -150,7 +152,7 @@ def verify(name: str, data: bytes, public_key_of) -> Verified:
     try:
         signature = base64.b64decode(signed["signature"], validate=True)
         Ed25519PublicKey.from_public_bytes(raw).verify(signature, canonical(document))
-    except (ValueError, InvalidSignature):
+    except (ValueError, InvalidSignature, RecursionError):
         raise Rejected(f"the signature is not {tenant}'s: the result was changed, or signed "
                        f"with another key") from None
     problem = _shape_problem(name, document)
@@ -176,7 +178,120 @@ def _shape_problem(name: str, document: dict) -> str | None:
             return f"speaks for another tenant ({other!s}): a pod speaks for its own only"
     if not isinstance(document.get("reports", {}), dict):
         return "reports is not a mapping"
+    return _runs_problem(document)
+
+
+# ---------------------------------------------------------------- what a run may say
+
+# A run's verdicts by kind, once closed: a pod sends its runs when its command ends.
+RUN_STATUSES = {"backup": ("ok", "failed", "interrupted"),
+                "drill": ("passed", "failed", "error", "interrupted")}
+CATALOG_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+# A pod's clock may run a little ahead of the gatherer's; a run ended days from now would
+# stay "the last backup" and hide every night after it.
+CLOCK_SLACK = timedelta(days=1)
+
+
+def _runs_problem(document: dict) -> str | None:
+    """Why the runs cannot enter the catalog as they are, or None. Only values a catalog
+    column can hold as the pod's catalog held them (SQLite integers, finite numbers, times
+    as bkp writes them), each run of the result's own kind, closed, and confirmed by its own
+    audit event: what the central status and audit trail later read must not fail them."""
+    from bkp.catalog.inbox import (
+        RESULT_CHILD_COLUMNS,
+        RESULT_CHILD_REQUIRED,
+        RESULT_CHILD_TIME,
+        RESULT_RUN_COLUMNS,
+    )
+
+    kind = document["kind"]
+    latest = datetime.now(UTC) + CLOCK_SLACK
+    confirmed = _confirmed(document["events"])
+    if confirmed is None:
+        return "an event names its run by something that is not a run id"
+    ids = [run.get("id") for run in document["runs"]]
+    if not all(type(i) is int for i in ids) or len(set(ids)) != len(ids):
+        return "a run has no id of its own"
+    for run in document["runs"]:
+        what = f"run {run['id']}"
+        if run.get("kind") != kind or run.get("status") not in RUN_STATUSES[kind]:
+            return (f"{what} is a {run.get('kind')!s} {run.get('status')!s}: a {kind} result "
+                    f"carries closed {kind} runs only")
+        if (kind, run["id"], run["status"]) not in confirmed:
+            return (f"{what} ({run['status']}) is not what the result's own audit events "
+                    f"record of it")
+        problem = (_values_problem(run, RESULT_RUN_COLUMNS, ("started_at", "ended_at"), latest)
+                   or (None if run.get("started_at") and run.get("ended_at")
+                       else "has no start and end time"))
+        for table, columns in RESULT_CHILD_COLUMNS.items():
+            rows = run.get(table, [])
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                problem = problem or f"{table} is not a list of records"
+                continue
+            for row in rows:
+                if all(isinstance(row.get(k), str) for k in RESULT_CHILD_REQUIRED[table]):
+                    problem = problem or _values_problem(
+                        row, columns, (RESULT_CHILD_TIME[table],), latest)
+        if problem:
+            return f"{what}: {problem}"
     return None
+
+
+def _confirmed(events: list[dict]) -> set[tuple] | None:
+    """(action, run id, outcome) of every event that names a run; None when one names it
+    by something else."""
+    found = set()
+    for event in events:
+        details = event.get("details")
+        if isinstance(details, str):
+            try:
+                details = json.loads(details)
+            except (ValueError, RecursionError):
+                details = None
+        if not isinstance(details, dict) or details.get("run_id") is None:
+            continue
+        if type(details["run_id"]) is not int:
+            return None
+        found.add((event.get("action"), details["run_id"], event.get("outcome")))
+    return found
+
+
+def _values_problem(row: dict, columns: tuple[str, ...], times: tuple[str, ...],
+                    latest: datetime) -> str | None:
+    for key in columns:
+        value = row.get(key)
+        if key in times and value is not None and not _catalog_time(value, latest):
+            return f"{key} {str(value)[:40]!r} is not a time bkp writes, nor a past one"
+        if not _storable(value):
+            return f"{key} is not a value the catalog can hold"
+    return None
+
+
+def _catalog_time(value, latest: datetime) -> bool:
+    if not isinstance(value, str) or not CATALOG_TIME.fullmatch(value):
+        return False
+    try:
+        moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return moment <= latest
+
+
+def _storable(value) -> bool:
+    """A value SQLite keeps as it is (lists and mappings are kept as JSON text)."""
+    if value is None or isinstance(value, (str, bool)):
+        return True
+    if isinstance(value, int):
+        return -(1 << 63) <= value < (1 << 63)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, dict)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (ValueError, RecursionError):
+            return False
+        return True
+    return False
 
 
 # ---------------------------------------------------------------- the pod's side

@@ -22,10 +22,14 @@ def keys(tmp_path):
 
 
 def result(tenant="acme-zorg", runs=None, events=None):
+    # as a pod writes them: a closed run, and the audit event that records it
     runs = runs if runs is not None else [{"id": 1, "tenant": tenant, "kind": "backup",
-                                           "status": "ok", "snapshot_id": "0123abcd"}]
+                                           "status": "ok", "snapshot_id": "0123abcd",
+                                           "started_at": "2026-01-05T02:00:00.000000Z",
+                                           "ended_at": "2026-01-05T02:01:00.000000Z"}]
     events = events if events is not None else [{"tenant": tenant, "action": "backup",
-                                                 "outcome": "ok", "details": "{}"}]
+                                                 "outcome": "ok",
+                                                 "details": '{"run_id":1}'}]
     return pod_results.result_document(tenant, "backup", runs, events, {}, "pod-1")
 
 
