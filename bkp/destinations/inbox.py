@@ -4,8 +4,10 @@ thousand key derivations. Names sort in time order (they start with the time wri
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,11 @@ from bkp.policy import Destination
 MAX_RESULT_BYTES = 4 << 20
 NAME = re.compile(r"[0-9]{8}T[0-9]{12}Z-[a-z0-9][a-z0-9-]{1,62}-(backup|drill)-[0-9a-f]{12}"
                   r"\.json")
+
+
+class NotAResult(OperationError):
+    """An object of the inbox that cannot be a result whatever it holds (a named pipe, a
+    link): rejected as such, never opened as one."""
 
 
 def is_result_name(name: str) -> bool:
@@ -60,8 +67,19 @@ class LocalInbox:
                                  f"{exc.strerror or exc}") from None
 
     def get(self, name: str) -> bytes:
+        # Every pod may write here: a named pipe would hold the gatherer forever, a link
+        # would make it read a file of its own host.
         try:
-            with open(self.path / name, "rb") as fh:
+            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotAResult(f"{name} is a link, not a result") from None
+            raise OperationError(f"cannot read {name} from the results inbox: "
+                                 f"{exc.strerror or exc}") from None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise NotAResult(f"{name} is not a plain file, not a result")
                 return fh.read(MAX_RESULT_BYTES + 1)
         except OSError as exc:
             raise OperationError(f"cannot read {name} from the results inbox: "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bkp.context import Context
-from bkp.destinations.inbox import is_result_name, open_inbox
+from bkp.destinations.inbox import NotAResult, is_result_name, open_inbox
 from bkp.errors import BkpError
 from bkp.evidence.pod_results import Rejected, Verified, load_public, verify
 
@@ -75,6 +75,9 @@ def ingest_inbox(ctx: Context, results, tenants: set[str]) -> IngestReport:
             continue
         try:
             data = inbox.get(name)
+        except NotAResult as exc:
+            _reject(ctx, name, b"", str(exc), report)
+            continue
         except BkpError as exc:
             report.error = str(exc)  # read again by the next gathering
             continue
@@ -92,17 +95,20 @@ def _ingest_one(ctx: Context, name: str, data: bytes, public_key_of,
             raise Rejected(f"a copy of result {verified.document['id']}, already ingested "
                            f"under another name")
     except Rejected as exc:
-        reason = str(exc)
-        digest = hashlib.sha256(data).hexdigest()
-        with ctx.catalog.transaction():
-            ctx.catalog.note_object(name, "rejected", reason=reason)
-            ctx.audit("result.rejected", "failed", object=name, reason=reason, sha256=digest)
-        report.rejected.append({"object": name, "reason": reason, "new": True})
+        _reject(ctx, name, data, str(exc), report)
         return
     with ctx.catalog.transaction():  # the runs, the events and the note: all or nothing
         run_ids = _record(ctx, name, verified)
     report.ingested.append({"object": name, "tenant": verified.document["tenant"],
                             "kind": verified.document["kind"], "run_ids": run_ids})
+
+
+def _reject(ctx: Context, name: str, data: bytes, reason: str, report: IngestReport) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    with ctx.catalog.transaction():
+        ctx.catalog.note_object(name, "rejected", reason=reason)
+        ctx.audit("result.rejected", "failed", object=name, reason=reason, sha256=digest)
+    report.rejected.append({"object": name, "reason": reason, "new": True})
 
 
 def _record(ctx: Context, name: str, verified: Verified) -> list[int]:

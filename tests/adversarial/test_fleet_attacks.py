@@ -10,6 +10,7 @@ write to the inbox."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -213,3 +214,28 @@ def test_a_result_nested_past_any_parser_is_rejected_not_a_crash(night, central)
     done = central.sync(expect=5)
     assert [item["object"] for item in done["results"]["rejected"]] == [deep]
     assert done["results"]["ingested"] == 1
+
+
+# ---------------------------------------------------------------- the inbox itself
+
+def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night, central,
+                                                                         tmp_path):
+    """A shared-directory inbox is writable by every pod: one leaves a named pipe (opening it
+    waited for a writer forever: the gatherer never finished) and a link to a file of the
+    gatherer's host. Both are rejected as no result; the genuine result is gathered."""
+    from bkp.evidence.pod_results import object_name
+
+    document = genuine_document(night)
+    pipe = object_name({**document, "id": "c" * 32}).replace("2", "1", 1)
+    link = object_name({**document, "id": "d" * 32}).replace("2", "1", 1)
+    os.mkfifo(central.inbox / pipe)
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("BSN 123456782\n")
+    (central.inbox / link).symlink_to(secret)
+    central.put(night[1].name, night[1].read_bytes())
+    done = central.bkp("catalog", "sync", "--all", "--json", timeout=120)
+    assert done.returncode == 5, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert sorted(item["object"] for item in results["rejected"]) == sorted([pipe, link])
+    assert results["ingested"] == 1
+    assert "123456782" not in done.stdout + done.stderr
