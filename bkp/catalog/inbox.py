@@ -45,7 +45,14 @@ class InboxTable:
         row = _columns(run, RESULT_RUN_COLUMNS)
         row.update(tenant=tenant, host=host, source="result", report=report)
         with self.transaction():
-            run_id = self.db["runs"].insert(row).last_pk
+            rebuilt = self._rebuilt_backup(tenant, row)
+            if rebuilt is not None:
+                # Listed from the repository before the result came: the result completes
+                # that row (one snapshot, one backup), under the id the listing gave it.
+                self.db["runs"].update(rebuilt, row)
+                run_id = rebuilt
+            else:
+                run_id = self.db["runs"].insert(row).last_pk
             for table, columns in RESULT_CHILD_COLUMNS.items():
                 children = run.get(table)
                 for child in children if isinstance(children, list) else ():
@@ -59,6 +66,18 @@ class InboxTable:
                                            or utc_now())
                     self.db[table].insert({**values, "run_id": run_id, "tenant": tenant})
             return run_id
+
+    def _rebuilt_backup(self, tenant: str, row: dict) -> int | None:
+        """The id of the backup row `catalog sync` rebuilt from the repository for the same
+        snapshot as this result's run (short and full ids share their first 8 hex)."""
+        snapshot = row.get("snapshot_id")
+        if row.get("kind") != "backup" or not isinstance(snapshot, str) or len(snapshot) < 8:
+            return None
+        found = self.db.execute(
+            "select id from runs where tenant = ? and kind = 'backup' and source = "
+            "'repository' and substr(snapshot_id, 1, 8) = ? order by id limit 1",
+            [tenant, snapshot[:8]]).fetchone()
+        return found[0] if found else None
 
     def note_object(self, name: str, status: str, *, result_id: str | None = None,
                     tenant: str | None = None, kind: str | None = None,

@@ -239,3 +239,30 @@ def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night,
     assert sorted(item["object"] for item in results["rejected"]) == sorted([pipe, link])
     assert results["ingested"] == 1
     assert "123456782" not in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------- the morning after
+
+def test_a_result_that_arrives_after_the_snapshot_listing_is_the_same_backup(night, central):
+    """The gatherer lists the repositories while a pod is still copying (or its result is
+    still on its way): the snapshot is rebuilt from the repository first. When the result
+    arrives it completes that row instead of adding a second backup for one snapshot: the
+    report counted two backups that night, one of them without any observation of where the
+    data went (encryption `not_evidenced`)."""
+    first = central.sync()
+    assert next(r for r in first["tenants"] if r["tenant"] == TENANT)["added"] == 1
+    central.put(night[1].name, night[1].read_bytes())
+    second = central.sync()
+    assert second["results"]["ingested"] == 1
+    assert all(row["added"] == 0 for row in second["tenants"])
+    central.bkp("certificate", "key", "create")
+    report, _ = central.bkp_json("report")
+    tenant = next(t for t in report["tenants"] if t["tenant"] == TENANT)
+    assert tenant["backups"]["count"] == 1, tenant["backups"]
+    assert tenant["backups"]["rebuilt_by_sync"] == 0
+    encrypted = next(c for c in tenant["controls"] if c["id"] == "encrypted")
+    assert encrypted["status"] == "met", encrypted
+    status = status_row(central, TENANT)
+    assert status["last_backup"]["status"] == "ok" and status["state"] == "ok"
+    verified, _ = central.bkp_json("audit", "verify")
+    assert verified["valid"] is True, verified["problems"]
