@@ -266,3 +266,109 @@ def test_a_result_that_arrives_after_the_snapshot_listing_is_the_same_backup(nig
     assert status["last_backup"]["status"] == "ok" and status["state"] == "ok"
     verified, _ = central.bkp_json("audit", "verify")
     assert verified["valid"] is True, verified["problems"]
+
+
+def test_a_replayed_or_misattributed_result_is_recorded_once(night, central):
+    """Someone who can write to the inbox but holds no key: the genuine result again under
+    another object name, the same bytes named as the other tenant's, and a result signed
+    with kliniek-a's key that claims to be kliniek-b's."""
+    env = night[0]
+    genuine = night[1]
+    central.put(genuine.name, genuine.read_bytes())
+    replay = genuine.name[:-17] + "0123456789ab.json"
+    central.put(replay, genuine.read_bytes())
+    elsewhere = genuine.name.replace(f"-{TENANT}-", f"-{OTHER}-")
+    central.put(elsewhere, genuine.read_bytes())
+    claimed = reworded(night, lambda d: None, new_id="e" * 32)
+    claimed["tenant"] = OTHER
+    for item in claimed["runs"] + claimed["events"]:
+        item["tenant"] = OTHER
+    name, data = signed(env, claimed, signer=TENANT)
+    central.put(name, data)
+    done = central.sync(expect=5)
+    assert done["results"]["ingested"] == 1
+    reasons = {item["object"]: item["reason"] for item in done["results"]["rejected"]}
+    # whichever name sorts first is the one recorded; the other is its copy
+    assert set(reasons) - {genuine.name, replay} == {elsewhere, name}, reasons
+    assert len(set(reasons) & {genuine.name, replay}) == 1
+    assert reasons[name].startswith("the signature is not kliniek-b's")
+    status, _ = central.bkp_json("status")
+    rows = {row["tenant"]: row for row in status["tenants"]}
+    assert rows[OTHER]["last_backup"] is None
+    assert rows[TENANT]["last_backup"]["status"] == "ok"
+    log, _ = central.bkp_json("audit", "log")
+    assert len([e for e in log["events"] if e["action"] == "backup"]) == 1
+
+
+def test_a_failed_pod_night_reads_failed_centrally(night, central):
+    """The pod's Secret holds a wrong repository password: the job fails (exit 1), its
+    result says so, and the central status says failed although an older snapshot is in the
+    repository (found by the listing)."""
+    env = night[0]
+    wrong = env.root / "wrong-password"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)
+    policy = yaml.safe_load((env.policies / f"{TENANT}.yaml").read_text())
+    failing = env.root / "failing-policies"
+    failing.mkdir(exist_ok=True)
+    (failing / f"{TENANT}.yaml").write_text(yaml.safe_dump({**policy,
+                                                            "password_file": str(wrong)}))
+    base = env.root / "pods" / "failing"
+    (base / "home").mkdir(parents=True, mode=0o700)
+    done = subprocess.run(
+        [sys.executable, "-m", "bkp", "backup", TENANT], capture_output=True, text=True,
+        timeout=300, env=env.env(BKP_HOME=str(base / "home"), BKP_POLICIES=str(failing),
+                                 BKP_CONFIG=str(central.config), BKP_SNAPSHOT_HOST=TENANT,
+                                 BKP_OPERATOR="scheduler",
+                                 BKP_RESULT_KEY=str(env.root / "keys" /
+                                                    f"{TENANT}.result.key")))
+    assert done.returncode not in (0, 5), done.stderr
+    gathered = central.sync()
+    assert gathered["results"]["ingested"] == 1
+    row = status_row(central, TENANT)
+    assert row["last_backup"]["status"] == "failed", row
+    assert row["state"] == "failed"
+    assert row["last_good_backup"] is not None  # night 1, from the repository's listing
+
+
+# ---------------------------------------------------------------- the pod's kept record
+
+def test_a_kept_record_forged_or_stale_never_skips_a_forget(bkp_env):
+    """`daily: 7` and two nights on one day: restic keeps only the day's newest snapshot, so
+    the second night must forget the first. A kept record that lists exactly the repository's
+    snapshot but dated a day earlier (then everything would look kept) is believed only when
+    the tenant's own key signed it: signed with another key, restic decides and forgets. The
+    first night's genuine record, replayed after a later night, does not describe the
+    repository either."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from bkp.evidence.pod_results import sign
+    from tests.e2e.test_pod_retention import Pods
+
+    tenant = "kliniek-oost"
+    bkp_env.local_tenant(tenant, retention={"daily": 7})
+    config = results_config(bkp_env.root / "bkp.yaml", bkp_env.root / "inbox",
+                            bkp_env.root / "keys")
+    bkp_env.bkp_json("init", tenant, BKP_CONFIG=str(config))
+    bkp_env.bkp_json("catalog", "result-keys", "--all", BKP_CONFIG=str(config))
+    pods = Pods(bkp_env, tenant)
+    first, _ = pods.backup()
+    record = bkp_env.root / "inbox" / "kept" / f"{tenant}.json"
+    night_one = record.read_bytes()
+    document = json.loads(night_one)["document"]
+    [snapshot] = document["snapshots"]
+    document["snapshots"] = [{**snapshot, "time": "2020-01-01T02:00:00Z"}]
+    record.write_bytes(sign(document, Ed25519PrivateKey.generate()))
+
+    second, calls = pods.backup()
+    assert "forget" in calls or "snapshots" in calls, calls
+    listed = {s["id"][:8] for s in json.loads(bkp_env.restic(tenant, "snapshots",
+                                                             "--json").stdout)}
+    assert listed == {second["snapshot_id"][:8]}, (first["snapshot_id"], listed)
+
+    record.write_bytes(night_one)  # a stale record, validly signed
+    third, calls = pods.backup()
+    assert "forget" in calls or "snapshots" in calls, calls
+    listed = {s["id"][:8] for s in json.loads(bkp_env.restic(tenant, "snapshots",
+                                                             "--json").stdout)}
+    assert listed == {third["snapshot_id"][:8]}
