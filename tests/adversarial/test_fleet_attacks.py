@@ -372,3 +372,48 @@ def test_a_kept_record_forged_or_stale_never_skips_a_forget(bkp_env):
     listed = {s["id"][:8] for s in json.loads(bkp_env.restic(tenant, "snapshots",
                                                              "--json").stdout)}
     assert listed == {third["snapshot_id"][:8]}
+
+
+def test_a_gatherer_killed_mid_ingest_loses_nothing_and_records_nothing_twice(night,
+                                                                             central):
+    """SIGKILL while the gatherer works through a night of results, then the next gathering:
+    every result recorded exactly once, with its run and its events, and the chain sound."""
+    import signal
+    import sqlite3
+
+    from tests.helpers import wait_until
+
+    env = night[0]
+    count = 60
+    for index in range(count):
+        new_id = f"{index:012x}" + "0" * 20  # the object's name shows the first 12
+        central.put(*signed(env, reworded(night, lambda d: None, new_id=new_id)))
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "bkp", "catalog", "sync", "--all", "--no-snapshots"],
+        env=env.env(**central.vars()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    catalog = central.home / "catalog.db"
+
+    def ingested() -> int:
+        try:
+            with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1) as db:
+                return db.execute("select count(*) from inbox").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    try:
+        wait_until(lambda: ingested() >= 3 or victim.poll() is not None, timeout=120,
+                   what="the gatherer to ingest a few results")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the gatherer finished before the kill"
+    done = central.bkp_json("catalog", "sync", "--all", "--no-snapshots")[0]
+    assert done["results"]["ingested"] + done["results"]["already_ingested"] == count
+    assert done["results"]["rejected"] == []
+    log, _ = central.bkp_json("audit", "log")
+    backups = [e for e in log["events"] if e["action"] == "backup"]
+    assert len(backups) == count
+    assert len({e["details"]["run_id"] for e in backups}) == count
+    assert len([e for e in log["events"] if e["action"] == "result.ingested"]) == count
+    verified, _ = central.bkp_json("audit", "verify")
+    assert verified["valid"] is True, verified["problems"]
