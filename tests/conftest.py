@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests import contract
+from tests.cheap_keys import cheapen
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,7 +267,20 @@ class BkpEnv:
         done = subprocess.run([sys.executable, "-m", "bkp", *args], capture_output=True,
                               text=True, env=self.env(**env), timeout=timeout)
         contract.check(list(args), done.stdout)
+        if (args and args[0] == "init" and done.returncode == 0
+                and not os.environ.get("BKP_TEST_RESTIC_KDF")):  # set: restic's own cost
+            self.cheapen_keys()
         return done
+
+    def cheapen_keys(self) -> None:
+        """Every repository of the tenants on this machine's disk (local, and sftp served
+        from it) gets a cheap key derivation (tests/cheap_keys.py): the suite's CPU."""
+        for doc in self.tenants.values():
+            places = [doc.get("destination"), *(doc.get("copies") or [])]
+            for place in places:
+                if (isinstance(place, dict) and place.get("type") in ("local", "sftp")
+                        and Path(str(place.get("path"))).is_dir()):
+                    cheapen(Path(place["path"]), self.password)
 
     def bkp_json(self, *args: str, expect: int | None = 0, **env) -> tuple[dict, int]:
         done = self.bkp(*args, "--json", **env)
