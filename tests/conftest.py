@@ -254,6 +254,8 @@ class BkpEnv:
     secrets: Path
     password: str = "correct horse battery staple 4711"
     tenants: dict = field(default_factory=dict)
+    # REST servers' URLs and the directories they serve (see cheapen_keys)
+    rest_roots: dict = field(default_factory=dict)
 
     def env(self, **extra) -> dict:
         env = {k: v for k, v in os.environ.items()
@@ -278,9 +280,17 @@ class BkpEnv:
         for doc in self.tenants.values():
             places = [doc.get("destination"), *(doc.get("copies") or [])]
             for place in places:
-                if (isinstance(place, dict) and place.get("type") in ("local", "sftp")
-                        and Path(str(place.get("path"))).is_dir()):
-                    cheapen(Path(place["path"]), self.password)
+                path = self._path_on_disk(place) if isinstance(place, dict) else None
+                if path is not None and path.is_dir():
+                    cheapen(path, self.password)
+
+    def _path_on_disk(self, place: dict) -> Path | None:
+        if place.get("type") in ("local", "sftp"):
+            return Path(str(place.get("path")))
+        for url, root in self.rest_roots.items():
+            if place.get("type") == "rest" and str(place.get("url")).startswith(url + "/"):
+                return root / str(place["url"])[len(url) + 1:]
+        return None
 
     def bkp_json(self, *args: str, expect: int | None = 0, **env) -> tuple[dict, int]:
         done = self.bkp(*args, "--json", **env)
@@ -350,6 +360,7 @@ class BkpEnv:
             **overrides)
 
     def rest_tenant(self, tenant: str, server: RestServer, **overrides) -> Path:
+        self.rest_roots[server.url] = server.root
         return self.write_policy(tenant, {
             "type": "rest", "country": "DE", "url": f"{server.url}/{self.root.name}/{tenant}",
             "credentials_file": str(server.credentials_file), "ca_file": str(server.ca_file)},
