@@ -211,7 +211,27 @@ def _key_prefix_identity(prefix: str) -> str:
 
 def local_path_identity(path: str) -> str:
     """A path on this machine as the kernel sees it: symlinks followed, `..` resolved."""
+    if _resolved_paths is not None:
+        if path not in _resolved_paths:
+            _resolved_paths[path] = os.path.realpath(_path_identity(path))
+        return _resolved_paths[path]
     return os.path.realpath(_path_identity(path))
+
+
+# While a directory of policies is validated, each path is resolved once (a fleet names the
+# same sources and backup disks a thousand times); at any other time, afresh.
+_resolved_paths: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def _paths_resolved_once() -> Iterator[None]:
+    global _resolved_paths
+    outer, _resolved_paths = _resolved_paths, ({} if _resolved_paths is None
+                                               else _resolved_paths)
+    try:
+        yield
+    finally:
+        _resolved_paths = outer
 
 
 DEFAULT_DATABASE_PORTS = {"postgresql": 5432, "mariadb": 3306}
@@ -1673,8 +1693,9 @@ def _problems(document: _Document, findings: list[_Finding]) -> list[Problem]:
 def validate_files(paths: list[Path]) -> list[PolicyReport]:
     """Validate each file, then the rules between files: one file per tenant, one tenant
     per repository."""
-    reports = [validate_file(Path(path)) for path in paths]
-    _check_between_files(reports)
+    with _paths_resolved_once():
+        reports = [validate_file(Path(path)) for path in paths]
+        _check_between_files(reports)
     return reports
 
 
