@@ -63,13 +63,15 @@ def plan(size: int, seed: bytes | None = None, count: int = COUNT) -> MarkerPlan
     if blocks <= count:
         return MarkerPlan(seed, tuple(b * BLOCK for b in range(blocks)))
     chosen = {0, blocks - 1}
-    span = blocks / (count - 2)
+    # One pick in each subsection of the blocks between the first and the last: never one
+    # of those two again, so the plan holds `count` distinct blocks.
+    span = (blocks - 2) / (count - 2)
     for index in range(count - 2):
-        start = int(index * span)
-        width = max(int((index + 1) * span) - start, 1)
+        start = 1 + int(index * span)
+        width = max(1 + int((index + 1) * span) - start, 1)
         pick = int.from_bytes(hashlib.sha256(seed + index.to_bytes(4, "big")).digest()[:8],
                               "big") % width
-        chosen.add(min(start + pick, blocks - 1))
+        chosen.add(start + pick)
     return MarkerPlan(seed, tuple(sorted(b * BLOCK for b in chosen)))
 
 

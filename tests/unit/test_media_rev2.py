@@ -221,3 +221,16 @@ def test_a_tenants_medium_of_unknown_classification_is_refused():
     with pytest.raises(SafetyError, match="classification of tenant acme's data"):
         check_classification_rules({"serial": "S", "tenant": "acme"}, request, None, None)
     check_classification_rules({"serial": "S"}, request, None, None)  # no tenant named
+
+
+def test_a_marker_plan_always_has_its_full_count_of_distinct_blocks():
+    """A subsection's pick could land on the first or last block, chosen already: the plan
+    then held 63 markers, and the certificate promised 64 (seen in CI)."""
+    from bkp.media import markers
+
+    for size_blocks in (markers.COUNT + 1, markers.COUNT + 2, 100, 1000, 4096, 123457):
+        for seed in range(200):
+            plan = markers.plan(size_blocks * markers.BLOCK, seed=seed.to_bytes(16, "big"))
+            assert len(plan.offsets) == markers.COUNT, (size_blocks, seed)
+            assert plan.offsets[0] == 0
+            assert plan.offsets[-1] == (size_blocks - 1) * markers.BLOCK
