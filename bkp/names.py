@@ -44,6 +44,8 @@ def control_character(text: str) -> str | None:
     """The first character that would break a line-based format (a line of a crontab, a
     systemd unit, a log, an ssh_config): control characters (C0, DEL, C1), line and
     paragraph separators, and lone surrogates (bytes that are not UTF-8). None if clean."""
+    if text.isascii() and text.isprintable():  # the common case, without a lookup per char
+        return None
     for char in text:
         if unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs"):
             return char

@@ -63,3 +63,15 @@ def test_real_world_serials_are_accepted(serial):
 def test_serials_that_are_no_serial_are_refused(serial):
     problem = names.serial_problem(serial)
     assert problem and "serial" in problem and "\n" not in problem
+
+
+def test_the_ascii_shortcut_of_control_character_agrees_with_the_rule():
+    """Printable ASCII skips the per-character lookup; every ASCII character still gets the
+    answer of the Unicode categories."""
+    import unicodedata
+
+    from bkp.names import control_character
+
+    for char in map(chr, range(128)):
+        expected = char if unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs") else None
+        assert control_character(f"ab{char}cd") == expected, repr(char)
