@@ -170,21 +170,10 @@ def _property_names(argument, _schema, pattern) -> Check:
     return lambda value: not isinstance(value, dict) or all(sub(key) for key in value)
 
 
-def _members(limit: Callable[[int, int], bool]):
+def _size(kind: type, limit: Callable[[int, int], bool]):
+    """A bound on the length of a string, list or mapping; other values pass."""
     def make(argument, _schema, _pattern) -> Check:
-        return lambda value: not isinstance(value, dict) or limit(len(value), argument)
-    return make
-
-
-def _length(limit: Callable[[int, int], bool]):
-    def make(argument, _schema, _pattern) -> Check:
-        return lambda value: not isinstance(value, str) or limit(len(value), argument)
-    return make
-
-
-def _count(limit: Callable[[int, int], bool]):
-    def make(argument, _schema, _pattern) -> Check:
-        return lambda value: not isinstance(value, list) or limit(len(value), argument)
+        return lambda value: not isinstance(value, kind) or limit(len(value), argument)
     return make
 
 
@@ -213,13 +202,13 @@ _KEYWORDS: dict[str, Callable[[Any, dict, Callable], Check]] = {
     "required": _required,
     "items": _items,
     "uniqueItems": _unique,
-    "minItems": _count(lambda n, limit: n >= limit),
-    "maxItems": _count(lambda n, limit: n <= limit),
+    "minItems": _size(list, lambda n, limit: n >= limit),
+    "maxItems": _size(list, lambda n, limit: n <= limit),
     "propertyNames": _property_names,
-    "minProperties": _members(lambda n, limit: n >= limit),
-    "maxProperties": _members(lambda n, limit: n <= limit),
-    "minLength": _length(lambda n, limit: n >= limit),
-    "maxLength": _length(lambda n, limit: n <= limit),
+    "minProperties": _size(dict, lambda n, limit: n >= limit),
+    "maxProperties": _size(dict, lambda n, limit: n <= limit),
+    "minLength": _size(str, lambda n, limit: n >= limit),
+    "maxLength": _size(str, lambda n, limit: n <= limit),
     # Written as jsonschema fails them, so that NaN passes here as it passes there.
     "minimum": _bound(lambda v, limit: not v < limit),
     "maximum": _bound(lambda v, limit: not v > limit),
