@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -536,19 +537,17 @@ class FullDestinationStall:
     STALL_SECONDS = 15.0
     ROOM_NEEDED = 64 << 20  # restic's packs are 16 MiB by default; several are written at once
 
-    def __init__(self, path: str, clock: Callable[[], float] | None = None,
+    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic,
                  free_bytes: Callable[[str], int] = _free_bytes) -> None:
-        import time
-
         self.path = path
-        self.clock = clock or time.monotonic
+        self.clock = clock
         self.free_bytes = free_bytes
         self.detail = ""
         self._progress: tuple | None = None
         self._since = self.clock()
 
-    def __call__(self, line: str) -> str | None:
-        status = parse_backup_progress(line)
+    def seen(self, status: dict | None) -> str | None:
+        """One parsed status line (None: a line that is not one)."""
         if status is None:
             return None
         progress = (status.get("bytes_done"), status.get("files_done"))
@@ -1009,14 +1008,18 @@ class Restic:
     def backup(self, policy: Policy, host: str,
                progress: Callable[[dict], None] | None = None,
                dry_run: bool = False) -> tuple[BackupSummary, int]:
-        def on_line(line: str) -> None:
+        stall = stall_watch(self.repo)
+
+        def on_line(line: str) -> str | None:
+            """Progress for the caller; a reason to stop restic when it hangs on a full
+            disk (each line parsed once for both)."""
             status = parse_backup_progress(line)
             if status and progress:
                 progress(status)
+            return stall.seen(status) if stall else None
 
-        stall = stall_watch(self.repo)
         done = self.run(backup_argv(self.repo, policy, host, dry_run), "backup",
-                        on_stdout_line=on_line, check=False, stop_on_stdout=stall)
+                        check=False, stop_on_stdout=on_line)
         summary = parse_backup_output(done.stdout)
         if done.returncode == EXIT_PARTIAL and summary.snapshot_id and not done.timed_out:
             return summary, EXIT_PARTIAL
