@@ -53,19 +53,21 @@ class InboxTable:
                 run_id = rebuilt
             else:
                 run_id = self.db["runs"].insert(row).last_pk
-            for table, columns in RESULT_CHILD_COLUMNS.items():
-                children = run.get(table)
-                for child in children if isinstance(children, list) else ():
-                    if not isinstance(child, dict) or not all(
-                            isinstance(child.get(key), str)
-                            for key in RESULT_CHILD_REQUIRED[table]):
-                        continue
-                    values = _columns(child, columns)
-                    time_key = RESULT_CHILD_TIME[table]
-                    values[time_key] = str(values.get(time_key) or run.get("ended_at")
-                                           or utc_now())
-                    self.db[table].insert({**values, "run_id": run_id, "tenant": tenant})
+            self._add_result_children(run_id, tenant, run)
             return run_id
+
+    def _add_result_children(self, run_id: int, tenant: str, run: dict) -> None:
+        """The run's copy and dump rows, under this catalog's run id."""
+        for table, columns in RESULT_CHILD_COLUMNS.items():
+            children = run.get(table)
+            for child in children if isinstance(children, list) else ():
+                if not isinstance(child, dict) or not all(
+                        isinstance(child.get(key), str) for key in RESULT_CHILD_REQUIRED[table]):
+                    continue
+                values = _columns(child, columns)
+                time_key = RESULT_CHILD_TIME[table]
+                values[time_key] = str(values.get(time_key) or run.get("ended_at") or utc_now())
+                self.db[table].insert({**values, "run_id": run_id, "tenant": tenant})
 
     def _rebuilt_backup(self, tenant: str, row: dict) -> int | None:
         """The id of the backup row `catalog sync` rebuilt from the repository for the same

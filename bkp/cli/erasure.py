@@ -15,6 +15,15 @@ def say(message: str) -> None:
 
 
 def register(cli, pass_state, emit, json_option) -> None:
+    def _finish(state, data: dict, code: int, kind: str, as_json: bool) -> int:
+        """A certificate was issued: bkp's records go to the evidence repository at once."""
+        if data.get("certificate"):
+            from bkp.cli.media import push_evidence
+
+            data["evidence"] = push_evidence(state)
+        emit(data, as_json, lambda: _print_erasure(data, kind))
+        return code
+
     @cli.command()
     @click.argument("tenant")
     @click.option("--reason", metavar="TEXT", callback=checked_text(TEXT_LIMIT),
@@ -47,12 +56,7 @@ def register(cli, pass_state, emit, json_option) -> None:
         data, code = run_offboard(ctx, state.actor(), request, _asker(
             f"About to ERASE EVERY BACKUP of tenant {tenant} at every place it rests, "
             f"beyond recovery."))
-        if data.get("certificate"):
-            from bkp.cli.media import push_evidence
-
-            data["evidence"] = push_evidence(state)
-        emit(data, as_json, lambda: _print_erasure(data, "offboard"))
-        return code
+        return _finish(state, data, code, "offboard", as_json)
 
     @cli.command()
     @click.argument("tenant")
@@ -88,12 +92,7 @@ def register(cli, pass_state, emit, json_option) -> None:
         data, code = run_erase(ctx, state.actor(), request, _asker(
             f"About to ERASE snapshot(s) {', '.join(snapshots)} of tenant {tenant} at "
             f"every place it rests, beyond recovery."))
-        if data.get("certificate"):
-            from bkp.cli.media import push_evidence
-
-            data["evidence"] = push_evidence(state)
-        emit(data, as_json, lambda: _print_erasure(data, "erase"))
-        return code
+        return _finish(state, data, code, "erase", as_json)
 
 
 def _asker(warning: str):
