@@ -132,6 +132,13 @@ class S3Server:
     access_key: str = "AKIDBKPTEST00000000"
     secret_key: str = "bkp-test-secret-key-never-printed-0001"
 
+    def write_credentials(self) -> None:
+        """The credentials file a policy names (an AWS shared-credentials file, mode 600)."""
+        self.credentials_file.write_text(
+            f"[default]\naws_access_key_id = {self.access_key}\n"
+            f"aws_secret_access_key = {self.secret_key}\n")
+        self.credentials_file.chmod(0o600)
+
     def client(self, region: str = "eu-central-1"):
         import boto3
 
@@ -157,10 +164,7 @@ def start_s3(base: Path) -> tuple[S3Server, subprocess.Popen]:
                                 stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "moto_server", log=log)
     server = S3Server(f"http://127.0.0.1:{port}", base / "credentials")
-    server.credentials_file.write_text(
-        f"[default]\naws_access_key_id = {server.access_key}\n"
-        f"aws_secret_access_key = {server.secret_key}\n")
-    server.credentials_file.chmod(0o600)
+    server.write_credentials()
     return server, proc
 
 

@@ -151,7 +151,7 @@ def admin_credentials(env: BkpEnv, tenant: str) -> Path:
 
 def every_command_line_until(proc) -> list[str]:
     """Every process argument list seen on the host while `proc` runs (what ps shows)."""
-    from tests.integration.test_rest_destination import command_lines
+    from tests.helpers import command_lines
 
     seen: set[str] = set()
     while proc.poll() is None:

@@ -28,7 +28,7 @@ from tests.conftest import (
     stop,
     wait_for_port,
 )
-from tests.helpers import big_file, popen_bkp, restic_doing, wait_until
+from tests.helpers import big_file, command_lines, popen_bkp, restic_doing, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -189,10 +189,7 @@ def start_locked_s3(base: Path) -> tuple[S3Server, subprocess.Popen]:
     key = iam.create_access_key(UserName="bkp")["AccessKey"]
     server = S3Server(endpoint, base / "credentials", key["AccessKeyId"],
                       key["SecretAccessKey"])
-    server.credentials_file.write_text(
-        f"[default]\naws_access_key_id = {server.access_key}\n"
-        f"aws_secret_access_key = {server.secret_key}\n")
-    server.credentials_file.chmod(0o600)
+    server.write_credentials()
     return server, proc
 
 
@@ -204,14 +201,6 @@ def locked_s3_pair(tmp_path_factory):
         stop(proc)
 
 
-def command_lines() -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            found.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue
-    return found
 
 
 # ------------------------------------------------------------------ the trap: two of a kind

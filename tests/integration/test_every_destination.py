@@ -337,9 +337,7 @@ def checking_keys(server: S3Server) -> S3Server:
         headers={"Content-Type": "text/plain"})).close()
     checked = S3Server(server.endpoint, server.credentials_file.with_name("iam-credentials"),
                        key["AccessKeyId"], key["SecretAccessKey"])
-    checked.credentials_file.write_text(f"[default]\naws_access_key_id = {checked.access_key}\n"
-                                        f"aws_secret_access_key = {checked.secret_key}\n")
-    checked.credentials_file.chmod(0o600)
+    checked.write_credentials()
     return checked
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import BkpEnv, RestServer, start_rest, stop
 from tests.e2e.test_cli import restic_shim
-from tests.helpers import big_file, popen_bkp, restic_doing, wait_until
+from tests.helpers import big_file, command_lines, popen_bkp, restic_doing, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,6 @@ def objects(folder: Path) -> dict[str, int]:
             if p.is_file()} if folder.exists() else {}
 
 
-def command_lines() -> list[str]:
-    """The argument list of every process on the host, as `ps` shows them."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            found.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue
-    return found
 
 
 def test_the_rest_credential_is_never_in_argv_output_catalog_or_logs(bkp_env, rest):
