@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
-from croniter import croniter
 
 from bkp import eea, schema_accepts
+from bkp.cron import croniter
 from bkp.errors import PolicyError, UsageError
 from bkp.names import TENANT_ID_RULE, control_character, is_tenant_id, shown
 from bkp.secrets import ca_file_problem, secret_file_problem

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from croniter import croniter
-
 from bkp.catalog import as_json
 from bkp.context import Context, Outcome, interrupt, locked, open_tenant_run, stopping
+from bkp.cron import croniter
 from bkp.databases.drill import drill_databases
 from bkp.destinations import open_repository
 from bkp.errors import BkpError, OperationError, VerificationError

@@ -15,9 +15,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from bkp import names
+from bkp.cron import croniter
 from bkp.errors import PolicyError
 from bkp.policy import url_transport_problem
 

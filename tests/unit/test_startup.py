@@ -1,0 +1,29 @@
+"""What every bkp command pays before it does anything: a thousand pods a night pay it each,
+and so does every `bkp status`."""
+
+import subprocess
+import sys
+
+PROBE = """
+import sys
+started = []
+sys.addaudithook(lambda event, args: started.append(args[1]) if event == "subprocess.Popen"
+                 else None)
+import bkp.cli, bkp.tenants.backup, bkp.tenants.status, bkp.tenants.drill
+import bkp.tenants.schedule
+print(repr(started))
+"""
+
+
+def test_importing_bkp_starts_no_process():
+    # croniter runs `file -b` on the interpreter at import (bkp.cron keeps it from doing so)
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_cron_expressions_are_still_judged_by_croniter():
+    from bkp.cron import croniter
+
+    assert croniter.is_valid("0 2 * * *")
+    assert not croniter.is_valid("0 25 * * *")
