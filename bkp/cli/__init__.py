@@ -483,7 +483,7 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
     from bkp.context import highest_exit, run_per_tenant
     from bkp.results import BackupRun
     from bkp.tenants.backup import backup_tenant
-    from bkp.tenants.run import pinged
+    from bkp.tenants.monitoring import pinged
 
     policies, broken = state.select(tenants, all_, BackupRun)
     if dry_run:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bkp import names
 from bkp.context import Outcome
-from bkp.policy import url_transport_problem
+from bkp.policy import Policy, url_transport_problem
 
 log = logging.getLogger("bkp.monitoring")
 
@@ -130,3 +130,14 @@ def write_textfile(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def pinged(policy: Policy, work) -> Outcome:
+    """Run one tenant's backup between its own healthcheck pings (start, then success or
+    fail)."""
+    url = policy.monitoring.healthcheck_url
+    ping(url, "start")
+    outcome = work()
+    ping(url, "fail" if outcome.exit_code else "success",
+                    ping_body(runs=[outcome]))
+    return outcome

@@ -20,6 +20,7 @@ from bkp.results import BackupRun, DrillRun
 from bkp.tenants import monitoring
 from bkp.tenants.backup import backup_tenant
 from bkp.tenants.drill import drill_tenant
+from bkp.tenants.monitoring import pinged
 from bkp.tenants.schedule import Due, plan_due, slot_label
 from bkp.tenants.status import tenant_status
 
@@ -102,17 +103,6 @@ def records_changed_since_evidence(ctx: Context) -> bool:
     the newest one)."""
     last = ctx.catalog.last_audit_event()
     return last is None or not (last["action"] == "evidence" and last["outcome"] == "ok")
-
-
-def pinged(policy: Policy, work) -> Outcome:
-    """Run one tenant's backup between its own healthcheck pings (start, then success or
-    fail)."""
-    url = policy.monitoring.healthcheck_url
-    monitoring.ping(url, "start")
-    outcome = work()
-    monitoring.ping(url, "fail" if outcome.exit_code else "success",
-                    monitoring.ping_body(runs=[outcome]))
-    return outcome
 
 
 def metric_samples(ctx: Context, policies: list[Policy], report: RunReport | None = None):
