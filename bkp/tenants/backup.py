@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from bkp.catalog import as_json
 from bkp.context import (
@@ -22,7 +23,6 @@ from bkp.context import (
     open_tenant_run,
     stopping,
 )
-from bkp.databases.dump import DatabaseDump, dump_database
 from bkp.destinations import destination_for
 from bkp.errors import BkpError, OperationError, SafetyError, VerificationError
 from bkp.policy import Policy
@@ -41,6 +41,9 @@ from bkp.results import BackupRun
 from bkp.settings import snapshot_host
 from bkp.tenants.copies import CopyResult, copy_to_all, failure_of
 from bkp.tenants.retention import apply_retention, pending_retention
+
+if TYPE_CHECKING:
+    from bkp.databases.dump import DatabaseDump
 
 
 def check_sources(policy: Policy) -> None:
@@ -176,6 +179,9 @@ def _dump_databases(ctx: Context, policy: Policy, restic: Restic,
                     made: list[dict]) -> list[DatabaseDump]:
     if not policy.databases:
         return []
+    # Imported here: most tenants have no database, and every pod pays its imports.
+    from bkp.databases.dump import dump_database
+
     host = snapshot_host()
     dumps = []
     for database in policy.databases:

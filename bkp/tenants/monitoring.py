@@ -12,8 +12,6 @@ import logging
 import os
 import re
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -40,6 +38,9 @@ def ping(base: str | None, event: str, body: str = "") -> bool:
     if problem:
         log.warning("healthcheck ping not sent to %s: %s", _without_query(base), problem)
         return False
+    import urllib.error  # a pod with no healthcheck URL never needs http (start-up cost)
+    import urllib.request
+
     url = ping_url(base, event)
     request = urllib.request.Request(url, data=body.encode("utf-8")[:BODY_LIMIT], method="POST",
                                      headers={"User-Agent": "bkp"})
