@@ -25,9 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import sqlite_utils
-
-from bkp.catalog import schema
+from bkp.catalog import schema, tables
 from bkp.catalog.access import AccessTables
 from bkp.catalog.audit_log import AuditLogTable, audit_event
 from bkp.catalog.base import (
@@ -225,11 +223,9 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
                 raise _explain(exc, path, "read") from None
             finally:
                 source.close()
-        db = sqlite_utils.Database(memory)
-        schema.adopt_legacy_record(db)
-        schema.migrations.apply(db)
+        schema.apply(memory)
         catalog = cls(path or Path(":memory:"), read_only=True, _connection=memory)
-        _refuse_missing_tables(db, catalog.path)
+        _refuse_missing_tables(catalog.db, catalog.path)
         return catalog
 
     @classmethod
@@ -253,10 +249,9 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
                 _refuse_newer(db, self.path)
                 pending = schema.pending_names(db)
                 if pending and not new and db.table_names():
-                    _keep_copy(self.db.conn, self.path, pending[0])
-                with db.atomic():
-                    schema.adopt_legacy_record(db)
-                schema.migrations.apply(db)
+                    _keep_copy(db.conn, self.path, pending[0])
+                if pending:
+                    schema.apply(db.conn)
                 _refuse_missing_tables(db, self.path)
         except sqlite3.Error as exc:
             self.close()
@@ -287,17 +282,17 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
         return conn
 
     @property
-    def db(self) -> sqlite_utils.Database:
+    def db(self) -> tables.Database:
         if self._shared is not None:
             if getattr(self, "_shared_db", None) is None:
-                self._shared_db = sqlite_utils.Database(self._shared)
+                self._shared_db = tables.Database(self._shared)
             return self._shared_db
         db = getattr(self._local, "db", None)
         if db is None:
             conn = self._new_connection()
             with self._guard:
                 self._connections.append(conn)
-            db = self._local.db = sqlite_utils.Database(conn)
+            db = self._local.db = tables.Database(conn)
         return db
 
     def close(self) -> None:
@@ -375,14 +370,14 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _refuse_newer(db: sqlite_utils.Database, path: Path) -> None:
+def _refuse_newer(db: tables.Database, path: Path) -> None:
     unknown = schema.unknown_names(db)
     if unknown:
         raise CatalogError(f"the catalog {path} was written by a newer bkp (schema "
                            f"{', '.join(unknown)} unknown here): upgrade bkp on this host")
 
 
-def _refuse_missing_tables(db: sqlite_utils.Database, path: Path) -> None:
+def _refuse_missing_tables(db: tables.Database, path: Path) -> None:
     missing = schema.missing_tables(db)
     if missing:
         raise CatalogDamaged(f"the catalog {path} lacks its table(s) {', '.join(missing)}: it "

@@ -1,4 +1,6 @@
 """The catalog's schema: sqlite-utils migrations, applied in the order they are registered.
+sqlite-utils is imported only to apply them: reading which ones a catalog has needs none of it
+(see tables.py for why that matters).
 
 Each migration runs in its own transaction together with the record that it ran
 (`_sqlite_migrations`, set "bkp"). Catalogs made before sqlite-utils 4 kept that record in
@@ -7,12 +9,46 @@ Each migration runs in its own transaction together with the record that it ran
 
 from __future__ import annotations
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
 
 SET = "bkp"
-migrations = Migrations(SET)
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' record of what it applied
 LEGACY_TABLE = "_migrations"
+_REGISTERED: list[tuple[str, Callable]] = []
+
+
+def migration(name: str):
+    def register(function: Callable) -> Callable:
+        _REGISTERED.append((name, function))
+        return function
+    return register
+
+
+@functools.cache
+def migrations() -> Migrations:
+    """The registered migrations as sqlite-utils' set, which applies them."""
+    from sqlite_utils.migrations import Migrations
+
+    chosen = Migrations(SET)
+    for name, function in _REGISTERED:
+        chosen(name=name)(function)
+    return chosen
+
+
+def apply(conn) -> None:
+    """Apply what is pending, on this connection."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    with db.atomic():
+        adopt_legacy_record(db)
+    migrations().apply(db)
 
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
@@ -20,7 +56,7 @@ TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitization
           "database_dumps", "inbox", "copy_results", "erasures")
 
 
-@migrations(name="0001_runs")
+@migration("0001_runs")
 def _runs(db: sqlite_utils.Database) -> None:
     db["runs"].create({
         "id": int, "tenant": str, "kind": str, "trigger": str, "slot": str,
@@ -34,7 +70,7 @@ def _runs(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["status"])
 
 
-@migrations(name="0002_audit_log")
+@migration("0002_audit_log")
 def _audit_log(db: sqlite_utils.Database) -> None:
     db["audit_log"].create({
         "seq": int, "time": str, "operator": str, "os_user": str, "host": str,
@@ -44,7 +80,7 @@ def _audit_log(db: sqlite_utils.Database) -> None:
     db["audit_log"].create_index(["tenant", "time"])
 
 
-@migrations(name="0003_drill_fields")
+@migration("0003_drill_fields")
 def _drill_fields(db: sqlite_utils.Database) -> None:
     # Drills are runs of kind "drill": one table keeps the schedule logic and the
     # interrupted-run recovery the same for backups and drills.
@@ -54,7 +90,7 @@ def _drill_fields(db: sqlite_utils.Database) -> None:
         db["runs"].add_column(column, kind)
 
 
-@migrations(name="0100_media_register")
+@migration("0100_media_register")
 def _media_register(db: sqlite_utils.Database) -> None:
     db["media"].create({
         "serial": str, "type": str, "vendor": str, "model": str, "capacity": int,
@@ -69,7 +105,7 @@ def _media_register(db: sqlite_utils.Database) -> None:
     db["media_events"].create_index(["serial", "id"])
 
 
-@migrations(name="0101_sanitization_records")
+@migration("0101_sanitization_records")
 def _sanitization_records(db: sqlite_utils.Database) -> None:
     # One id space for sanitizations and destructions: `bkp certificate RECORD_ID` needs no
     # kind to find a record.
@@ -104,23 +140,32 @@ def _sanitization_records(db: sqlite_utils.Database) -> None:
 
 
 def registered_names() -> list[str]:
-    return [m.name for m in migrations._migrations]
+    return [name for name, _ in _REGISTERED]
 
 
-def applied_names(db: sqlite_utils.Database) -> list[str]:
-    """Applied migrations, from sqlite-utils' record and from the pre-4 one."""
-    names = [m.name for m in migrations.applied(db)]
-    if db[LEGACY_TABLE].exists():
-        names += [row["name"] for row in db[LEGACY_TABLE].rows if row["name"] not in names]
+def applied_names(db) -> list[str]:
+    """Applied migrations, from sqlite-utils' record and from the pre-4 one (any object with
+    sqlite3's execute: a connection, tables.Database or sqlite_utils.Database)."""
+    present = {row[0] for row in db.execute(
+        "select name from sqlite_master where type = 'table' and name in (?, ?)",
+        [MIGRATIONS_TABLE, LEGACY_TABLE])}
+    names = []
+    if MIGRATIONS_TABLE in present:
+        names = [row[0] for row in db.execute(
+            f"select name from [{MIGRATIONS_TABLE}] where migration_set = ? order by rowid",
+            [SET])]
+    if LEGACY_TABLE in present:
+        names += [row[0] for row in db.execute(f"select name from [{LEGACY_TABLE}] order by "
+                                               f"rowid") if row[0] not in names]
     return names
 
 
-def pending_names(db: sqlite_utils.Database) -> list[str]:
+def pending_names(db) -> list[str]:
     applied = set(applied_names(db))
     return [name for name in registered_names() if name not in applied]
 
 
-def unknown_names(db: sqlite_utils.Database) -> list[str]:
+def unknown_names(db) -> list[str]:
     """Migrations a newer bkp applied that this one does not know."""
     known = set(registered_names())
     return [name for name in applied_names(db) if name not in known]
@@ -130,34 +175,34 @@ def adopt_legacy_record(db: sqlite_utils.Database) -> None:
     """Copy the pre-4 record of applied migrations into sqlite-utils' table, once."""
     if not db[LEGACY_TABLE].exists():
         return
-    migrations.ensure_migrations_table(db)
-    recorded = {m.name for m in migrations.applied(db)}
+    migrations().ensure_migrations_table(db)
+    recorded = {m.name for m in migrations().applied(db)}
     for row in db[LEGACY_TABLE].rows:
         if row["name"] not in recorded:
-            db[migrations.migrations_table].insert({
+            db[MIGRATIONS_TABLE].insert({
                 "migration_set": SET, "name": row["name"], "applied_at": row["applied_at"]})
 
 
-def missing_tables(db: sqlite_utils.Database) -> list[str]:
+def missing_tables(db) -> list[str]:
     present = set(db.table_names())
     return [name for name in TABLES if name not in present]
 
 
-@migrations(name="0004_run_source")
+@migration("0004_run_source")
 def _run_source(db: sqlite_utils.Database) -> None:
     # Where a run row comes from: bkp's own record of the work ("bkp", the default), or
     # rebuilt from a repository's snapshots by `bkp catalog sync` ("repository").
     db["runs"].add_column("source", str)
 
 
-@migrations(name="0005_kept_snapshots")
+@migration("0005_kept_snapshots")
 def _kept_snapshots(db: sqlite_utils.Database) -> None:
     # The snapshots a backup left in the repository ({"id", "time"} as JSON, from forget's
     # own answer): the next night can tell that its keep rules would forget nothing.
     db["runs"].add_column("kept_snapshots", str)
 
 
-@migrations(name="0006_who_may_act")
+@migration("0006_who_may_act")
 def _who_may_act(db: sqlite_utils.Database) -> None:
     # Which policy each run used (its fingerprint), and whether the clock that stamped it
     # was synchronised: a time is evidence only when the clock can be trusted.
@@ -187,7 +232,7 @@ def _who_may_act(db: sqlite_utils.Database) -> None:
     db["approvals"].create_index(["kind", "subject"])
 
 
-@migrations(name="0007_database_dumps")
+@migration("0007_database_dumps")
 def _database_dumps(db: sqlite_utils.Database) -> None:
     # One row per database per backup run: what was dumped, into which snapshot, and the
     # tables and row counts it held at that moment (JSON) for the drills to compare with.
@@ -202,7 +247,7 @@ def _database_dumps(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("databases", str)
 
 
-@migrations(name="0010_immutability_proof")
+@migration("0010_immutability_proof")
 def _immutability_proof(db: sqlite_utils.Database) -> None:
     # A drill of an append-only or object-locked destination: the canary it tried to delete
     # with the nightly credential, how, and whether the deletion was refused (JSON).
@@ -212,7 +257,7 @@ def _immutability_proof(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("maintenance_pending", int)
 
 
-@migrations(name="0012_results_inbox")
+@migration("0012_results_inbox")
 def _results_inbox(db: sqlite_utils.Database) -> None:
     # Each object of the results inbox the gatherer has seen, once: ingested (with the runs
     # it became) or rejected (with why). A result read twice is recorded once.
@@ -223,7 +268,7 @@ def _results_inbox(db: sqlite_utils.Database) -> None:
     db["inbox"].create_index(["result_id"], unique=True)
 
 
-@migrations(name="0013_run_observations")
+@migration("0013_run_observations")
 def _run_observations(db: sqlite_utils.Database) -> None:
     # What a backup run saw of where its data went (transport, pinned host key, the
     # bucket's own region, TLS; JSON): the evidence report judges off-site and encryption
@@ -232,7 +277,7 @@ def _run_observations(db: sqlite_utils.Database) -> None:
     # A drill's restore time (restore and listing check), the figure compared with the RTO.
     db["runs"].add_column("restore_s", float)
 
-@migrations(name="0014_sanitization_rev2")
+@migration("0014_sanitization_rev2")
 def _sanitization_rev2(db: sqlite_utils.Database) -> None:
     # NIST SP 800-88 Rev. 2 and IEEE 2883: the classification a medium was registered with,
     # each person's details as they were when the record was made (JSON), the technique,
@@ -250,7 +295,7 @@ def _sanitization_rev2(db: sqlite_utils.Database) -> None:
         db["destructions"].add_column(column, str)
 
 
-@migrations(name="0015_copy_results")
+@migration("0015_copy_results")
 def _copy_results(db: sqlite_utils.Database) -> None:
     # One row per copy per backup run: whether tonight's snapshot reached the copy at the
     # other site, under which id there, and how many snapshots the copy lacked and got.
@@ -270,7 +315,7 @@ def _copy_results(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("copies", str)
 
 
-@migrations(name="0016_erasures")
+@migration("0016_erasures")
 def _erasures(db: sqlite_utils.Database) -> None:
     # Erasure records share the record id space with sanitizations and destructions, so
     # `bkp certificate RECORD_ID` and `bkp approve RECORD_ID` need no kind. They erase a
@@ -287,7 +332,7 @@ def _erasures(db: sqlite_utils.Database) -> None:
     db["erasures"].create_index(["tenant", "kind", "id"])
 
 
-@migrations(name="0017_runs_copy_id")
+@migration("0017_runs_copy_id")
 def _runs_copy_id(db: sqlite_utils.Database) -> None:
     # A copy drill (kind copy-drill) names the copy it drilled: the immutability of an
     # append-only copy is proven only by its own drill, and status names the last one.

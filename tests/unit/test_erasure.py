@@ -64,7 +64,7 @@ def test_the_migration_keeps_sanitization_records_and_makes_room_for_erasures(tm
     path = tmp_path / "catalog.db"
     db = sqlite_utils.Database(path)
     db.conn.execute("PRAGMA foreign_keys=ON")
-    catalog_schema.migrations.apply(db, stop_before="0016_erasures")
+    catalog_schema.migrations().apply(db, stop_before="0016_erasures")
     assert catalog_schema.pending_names(db)[0] == "0016_erasures"  # a catalog of before
     db["media"].insert({"serial": "S1", "type": "hdd", "registered_at": "t"})
     db["records"].insert({"kind": "sanitization", "serial": "S1", "created_at": "t"})
