@@ -246,6 +246,8 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
         try:
             with _migration_lock(self.path):
                 db = self.db
+                if not db.table_names():
+                    schema.create(db.conn)
                 _refuse_newer(db, self.path)
                 pending = schema.pending_names(db)
                 if pending and not new and db.table_names():

@@ -10,7 +10,10 @@ Each migration runs in its own transaction together with the record that it ran
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,6 +52,43 @@ def apply(conn) -> None:
     with db.atomic():
         adopt_legacy_record(db)
     migrations().apply(db)
+
+
+# What every migration together leaves, as SQL: a new catalog (every pod's) is made from it in
+# one transaction, without sqlite-utils and its seventeen steps. tests/unit/test_catalog_tables
+# proves it equal to the migrations' result; after adding a migration, write it anew with
+# `python -c 'from bkp.catalog import schema; schema.write_snapshot()'`.
+SNAPSHOT = Path(__file__).with_name("schema.sql")
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Make the schema in a database without tables, and record every migration as applied
+    (as sqlite-utils records them)."""
+    statements = [s for s in SNAPSHOT.read_text(encoding="utf-8").split(";\n") if s.strip()]
+    applied_at = str(datetime.now(UTC))
+    conn.execute("begin immediate")
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        conn.executemany(f"insert into [{MIGRATIONS_TABLE}] (migration_set, name, applied_at) "
+                         f"values (?, ?, ?)",
+                         [(SET, name, applied_at) for name in registered_names()])
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+def snapshot_sql() -> str:
+    """The schema the migrations make, in the order SQLite keeps it."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        apply(conn)
+        rows = conn.execute("select sql from sqlite_master where sql is not null and name "
+                            "not like 'sqlite_%' order by rowid").fetchall()
+    finally:
+        conn.close()
+    return "".join(f"{sql};\n" for (sql,) in rows)
 
 # Tables the code relies on; one missing means the catalog was damaged or tampered with.
 TABLES = ("runs", "audit_log", "media", "media_events", "records", "sanitizations",
@@ -337,3 +377,9 @@ def _runs_copy_id(db: sqlite_utils.Database) -> None:
     # A copy drill (kind copy-drill) names the copy it drilled: the immutability of an
     # append-only copy is proven only by its own drill, and status names the last one.
     db["runs"].add_column("copy_id", str)
+
+
+
+def write_snapshot() -> Path:
+    SNAPSHOT.write_text(snapshot_sql(), encoding="utf-8")
+    return SNAPSHOT

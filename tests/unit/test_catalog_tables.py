@@ -58,14 +58,41 @@ def test_a_given_key_is_the_last_key_and_rows_filter_order_and_count(tmp_path):
     assert {"runs", "erasures", "records"} <= set(db.table_names())
 
 
-def test_reading_an_up_to_date_catalog_needs_no_sqlite_utils(tmp_path):
+def test_making_and_reading_an_up_to_date_catalog_needs_no_sqlite_utils(tmp_path):
     import subprocess
     import sys
 
     Catalog(tmp_path / "catalog.db").close()
     probe = ("import sys; from pathlib import Path; from bkp.catalog import Catalog; "
              f"c = Catalog.read_only(Path({str(tmp_path / 'catalog.db')!r})); c.last_run('a', "
-             "'backup'); Catalog(c.path).close(); print('sqlite_utils' in sys.modules)")
+             "'backup'); Catalog(c.path).close(); "
+             f"Catalog(Path({str(tmp_path / 'new' / 'catalog.db')!r})).close(); "
+             "print('sqlite_utils' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_new_catalog_is_made_as_the_migrations_would_make_it(tmp_path):
+    assert schema.SNAPSHOT.read_text(encoding="utf-8") == schema.snapshot_sql(), (
+        "bkp/catalog/schema.sql is stale: run "
+        "python -c 'from bkp.catalog import schema; schema.write_snapshot()'")
+    migrated, created = _fresh(tmp_path / "m.db"), sqlite3.connect(tmp_path / "c.db",
+                                                                   isolation_level=None)
+    schema.create(created)
+    shape = ("select type, name, tbl_name, sql from sqlite_master where name not like "
+             "'sqlite_%' order by name")
+    assert created.execute(shape).fetchall() == migrated.execute(shape).fetchall()
+    assert schema.applied_names(created) == schema.applied_names(migrated) \
+        == schema.registered_names()
+    assert schema.pending_names(created) == []
+
+
+def test_a_failed_creation_leaves_no_half_schema(tmp_path, monkeypatch):
+    broken = tmp_path / "schema.sql"
+    broken.write_text('CREATE TABLE "runs" ("id" INTEGER PRIMARY KEY);\nNOT SQL;\n')
+    monkeypatch.setattr(schema, "SNAPSHOT", broken)
+    conn = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError):
+        schema.create(conn)
+    assert conn.execute("select count(*) from sqlite_master").fetchone()[0] == 0
