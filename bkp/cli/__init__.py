@@ -557,13 +557,12 @@ def _send_result(ctx, mark, kind: str) -> None:
 
 def _alerts_follow(state, ctx) -> None:
     """After a manual backup or drill: metrics rewritten, a fixed night's check cleared."""
-    from bkp.tenants.run import after_manual_work
-
     installation = state.installation()
     url = os.environ.get("BKP_HEALTHCHECK_URL") or installation.healthcheck_url
     textfile = os.environ.get("BKP_PROMETHEUS_TEXTFILE") or installation.prometheus_textfile
     if not (url or textfile):
         return
+    from bkp.tenants.run import after_manual_work  # the nightly run's code: only when needed
     everyone, _ = state.select((), True)
     after_manual_work(ctx, everyone, url, Path(textfile) if textfile else None)
 

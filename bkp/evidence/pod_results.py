@@ -62,19 +62,28 @@ def fingerprint(raw: bytes) -> str:
     return "SHA256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
+# An Ed25519 private key in PKCS #8 (RFC 8410) is this DER prefix and the 32-byte seed.
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+_PEM = re.compile(rb"-----BEGIN PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*"
+                  rb"-----END PRIVATE KEY-----\s*")
+
+
 def load_private(path: Path):
+    """The key `create_key` wrote. Read here rather than by cryptography's PEM loader, whose
+    module (with the SSH formats) costs a pod more start-up than all of the signing."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     check_private_file(path, RESULT_KEY_ENV)
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+        pem = _PEM.fullmatch(path.read_bytes())
+        der = base64.b64decode(b"".join(pem.group(1).split()), validate=True) if pem else b""
+    except (OSError, ValueError) as exc:
         raise PolicyError(f"{RESULT_KEY_ENV} {path} is not a result key (an Ed25519 private "
                           f"key from `bkp catalog result-keys`): {type(exc).__name__}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PolicyError(f"{RESULT_KEY_ENV} {path} is not an Ed25519 key")
-    return key
+    if len(der) != len(_PKCS8_ED25519) + 32 or not der.startswith(_PKCS8_ED25519):
+        raise PolicyError(f"{RESULT_KEY_ENV} {path} is not a result key (an Ed25519 private "
+                          f"key in PKCS #8 PEM, from `bkp catalog result-keys`)")
+    return Ed25519PrivateKey.from_private_bytes(der[len(_PKCS8_ED25519):])
 
 
 def load_public(path: Path) -> bytes | None:
@@ -104,10 +113,7 @@ def object_name(document: dict) -> str:
 
 
 def sign(document: dict, key) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                        serialization.PublicFormat.Raw)
+    raw = key.public_key().public_bytes_raw()
     signed = {"document": document,
               "signature": base64.b64encode(key.sign(canonical(document))).decode(),
               "signed_by": fingerprint(raw)}

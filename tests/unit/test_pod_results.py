@@ -94,3 +94,25 @@ def test_the_private_key_is_refused_when_others_may_read_it(tmp_path, keys):
     private.chmod(0o644)
     with pytest.raises(Exception, match="accessible by group or others"):
         pod_results.load_private(private)
+
+
+def test_the_private_key_is_read_as_cryptography_reads_it_and_nothing_else_is(tmp_path, keys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    from bkp.errors import PolicyError
+
+    private = tmp_path / "acme-zorg.result.key"
+    theirs = serialization.load_pem_private_key(private.read_bytes(), password=None)
+    assert pod_results.load_private(private).public_key().public_bytes_raw() == \
+        theirs.public_key().public_bytes_raw()
+    pem = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        *pem, serialization.NoEncryption())
+    locked = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        *pem, serialization.BestAvailableEncryption(b"secret"))
+    for wrong in (other, locked, b"", b"not a key", private.read_bytes() + b"tail",
+                  private.read_bytes().replace(b"PRIVATE KEY", b"PUBLIC KEY")):
+        private.write_bytes(wrong)
+        with pytest.raises(PolicyError, match="is not a result key"):
+            pod_results.load_private(private)
