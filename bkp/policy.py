@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -544,9 +545,9 @@ def _tidy(problems: list[Problem]) -> list[Problem]:
 
 def _read_text(path: Path) -> str:
     try:
-        if path.exists() and not path.is_file():
-            raise _Unusable(Problem("", "not a regular file"))
-        with path.open("rb") as stream:
+        # Non-blocking: a named pipe in the policies directory must not hold bkp forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") if _regular(fd) else _closed(fd) as stream:
             raw = stream.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise _Unusable(Problem("", f"cannot read the policy file: {exc.strerror or exc}")) from exc
@@ -557,6 +558,20 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise _Unusable(Problem("", "not UTF-8 text: a policy is a UTF-8 YAML file", line)) from exc
+
+
+def _regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _closed(fd: int):
+    """A directory, pipe or device: closed again, and refused."""
+    os.close(fd)
+    raise _Unusable(Problem("", "not a regular file"))
 
 
 def _parse_yaml(text: str, fast: bool = False) -> _Document:
@@ -1442,8 +1457,11 @@ def _rule_local_is_not_off_site(data: dict, file: Path) -> Iterator[_Finding]:
 
 def _rule_copies_at_other_sites(data: dict, file: Path) -> Iterator[_Finding]:
     """BIO 8.13.03: one incident must not damage both the data's backup and its copy."""
+    entries = _destination_entries(data)
+    if len(entries) < 2:
+        return  # no copy: nothing to compare
     placed: list[tuple[str, Destination]] = []
-    for where, entry in _destination_entries(data):
+    for where, entry in entries:
         destination = _site_view(entry)
         if destination is None:
             continue
@@ -1540,9 +1558,11 @@ def _rule_database_transport_encrypted(data: dict, file: Path) -> Iterator[_Find
 
 def _rule_database_clients_installed(data: dict, file: Path) -> Iterator[_Finding]:
     """A missing pg_dump is found now, not at 02:00."""
+    kinds = {d.get("type"): i for i, d in reversed(_database_entries(data))}
+    if not kinds:
+        return  # most tenants: the client code is not even imported (a fleet's status)
     from bkp.databases.clients import missing_client
 
-    kinds = {d.get("type"): i for i, d in reversed(_database_entries(data))}
     for kind, index in kinds.items():
         problem = missing_client(kind) if kind in DEFAULT_DATABASE_PORTS else None
         if problem:

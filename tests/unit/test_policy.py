@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -882,3 +883,9 @@ def test_keep_until_is_a_date_that_exists(tmp_path):
         ["2033-02-30 is not a date that exists"]
     assert "YYYY-MM-DD" in checked("'in seven years'").errors[0].message
     assert not checked("2033-12-31T10:00:00").valid
+
+
+def test_a_named_pipe_among_the_policies_is_refused_without_waiting_for_a_writer(tmp_path):
+    pipe = tmp_path / "acme.yaml"
+    os.mkfifo(pipe)
+    assert "not a regular file" in validate_file(pipe).errors[0].message
