@@ -592,7 +592,7 @@ def _parse_yaml(text: str, fast: bool = False) -> _Document:
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
         # Constructors raise plain errors too, e.g. for an impossible date like 2024-02-30.
         raise _Unusable(Problem("", f"cannot read a YAML value: {exc}")) from exc
-    return _Document(_to_plain(data), root, tuple(duplicates), text if fast else None)
+    return _Document(data, root, tuple(duplicates), text if fast else None)
 
 
 # libyaml reads a thousand policies about six times faster than PyYAML's Python parser
@@ -608,10 +608,13 @@ _PYTHON_PARSER_ONLY = re.compile(f"[\t!\ufeff]|{yaml.reader.Reader.NON_PRINTABLE
 
 
 def _load_yaml(text: str, fast: bool = True) -> tuple[yaml.Node | None, list[KeyPath], Any]:
-    """The node tree (for lines), repeated keys, and the data; safe tags only."""
+    """The node tree (for lines), repeated keys, and the data as plain JSON-like values;
+    safe tags only."""
     if fast and _FAST_LOADER is not None and not _PYTHON_PARSER_ONLY.search(text):
         try:
             return _load_yaml_with(_FAST_LOADER, text)
+        except _Unusable:
+            raise  # read, and refused for what it holds: the Python parser would agree
         except Exception:
             pass
     return _load_yaml_with(yaml.SafeLoader, text)
@@ -622,13 +625,15 @@ def _load_yaml_with(loader_class: type, text: str) -> tuple[yaml.Node | None, li
     loader = loader_class(text)
     try:
         root = loader.get_single_node()
+        walk = _PlainWalk(loader)
+        try:
+            return root, walk.duplicates, walk.data(root, (), 0)
+        except _NotPlain:
+            pass
         # Before constructing: merge keys (<<) are flattened into the nodes by then.
         duplicates = list(_duplicate_keys(root))
-        try:
-            data = _plain_data(loader, root, set())
-        except _NotPlain:
-            data = loader.construct_document(root) if root is not None else None
-        return root, duplicates, data
+        data = loader.construct_document(root) if root is not None else None
+        return root, duplicates, _to_plain(data)
     finally:
         loader.dispose()
 
@@ -643,32 +648,54 @@ _SCALAR_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
                           "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"})
 
 
-def _plain_data(loader, node: yaml.Node | None, seen: set[int]) -> Any:
+class _PlainWalk:
     """The data of a tree of plain mappings, lists and scalars, as PyYAML's safe constructor
-    builds it, in a third of its time (a fleet's status reads a thousand policies). Aliases,
-    merge keys, dates and other tags are left to the constructor (_NotPlain)."""
-    if node is None:
-        return None
-    if id(node) in seen:
-        raise _NotPlain  # an alias: the constructor shares the object, and finds cycles
-    seen.add(id(node))
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag == _STR_TAG:
-            return node.value
-        if node.tag in _SCALAR_TAGS:
-            return loader.construct_object(node)
+    and _to_plain together make it, and the keys written twice, in one walk and a third of
+    their time (a fleet's status reads a thousand policies). Aliases, merge keys, dates and
+    other tags are left to them (_NotPlain)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.duplicates: list[KeyPath] = []
+        self.seen: set[int] = set()
+
+    def data(self, node: yaml.Node | None, path: KeyPath, depth: int) -> Any:
+        if node is None:
+            return None
+        if id(node) in self.seen:
+            raise _NotPlain  # an alias: the constructor shares the object, and finds cycles
+        self.seen.add(id(node))
+        if len(self.seen) > MAX_VALUES or depth > MAX_DEPTH:
+            raise _NotPlain  # _to_plain says why
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _STR_TAG:
+                return node.value
+            if node.tag in _SCALAR_TAGS:
+                return self.loader.construct_object(node)
+            raise _NotPlain
+        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
+            return [self.data(item, (*path, index), depth + 1)
+                    for index, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
+            return self._mapping(node, path, depth)
         raise _NotPlain
-    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-        return [_plain_data(loader, item, seen) for item in node.value]
-    if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
-        data = {}
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict:
+        data: dict[Any, Any] = {}
+        written: set[str] = set()
         for key_node, value_node in node.value:
             if not (isinstance(key_node, yaml.ScalarNode)
                     and (key_node.tag == _STR_TAG or key_node.tag in _SCALAR_TAGS)):
                 raise _NotPlain  # a merge key, a complex key
-            data[_plain_data(loader, key_node, seen)] = _plain_data(loader, value_node, seen)
-        return data
-    raise _NotPlain
+            if key_node.value in written:
+                self.duplicates.append((*path, key_node.value))
+            written.add(key_node.value)
+            key = self.data(key_node, path, depth + 1)
+            data[key] = self.data(value_node, (*path, key_node.value), depth + 1)
+        if all(type(key) is str for key in data):
+            return data
+        # As the constructor keys them first (1 and true are one key), then as text.
+        return {_key_text(key): value for key, value in data.items()}
 
 
 def _duplicate_keys(root: yaml.Node | None) -> Iterator[KeyPath]:
