@@ -379,6 +379,15 @@ def _runs_copy_id(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("copy_id", str)
 
 
+@migration("0018_runs_latest_first")
+def _runs_latest_first(db: sqlite_utils.Database) -> None:
+    # `bkp status` asks for each tenant's latest run of each kind, latest by
+    # coalesce(ended_at, started_at) then id. Without an index in that order every question
+    # sorted all of the tenant's runs: after a year of nights, status over a thousand
+    # tenants took seconds.
+    db.execute('create index "idx_runs_tenant_kind_latest" on "runs" '
+               '("tenant", "kind", coalesce("ended_at", "started_at"), "id")')
+
 
 def write_snapshot() -> Path:
     SNAPSHOT.write_text(snapshot_sql(), encoding="utf-8")

@@ -261,3 +261,4 @@ CREATE TABLE "erasures" (
 );
 CREATE INDEX "idx_erasures_tenant_kind_id"
     ON "erasures" ("tenant", "kind", "id");
+CREATE INDEX "idx_runs_tenant_kind_latest" on "runs" ("tenant", "kind", coalesce("ended_at", "started_at"), "id");

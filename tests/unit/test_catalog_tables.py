@@ -96,3 +96,20 @@ def test_a_failed_creation_leaves_no_half_schema(tmp_path, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         schema.create(conn)
     assert conn.execute("select count(*) from sqlite_master").fetchone()[0] == 0
+
+
+def test_a_tenants_latest_run_is_found_without_sorting_its_history(tmp_path):
+    # Status asks this three times per tenant: sorting a year of nights for each answer
+    # made `bkp status` over a fleet take seconds.
+    catalog = Catalog(tmp_path / "catalog.db")
+    for day in range(1, 28):  # the last one (27) fails
+        run = catalog.open_run("acme", "backup", operator="cron")
+        catalog.close_run(run, "ok" if day % 3 else "failed")
+    plans = []
+    catalog.db.conn.set_trace_callback(plans.append)
+    last, good = catalog.last_run("acme", "backup"), catalog.last_run("acme", "backup", "ok")
+    catalog.db.conn.set_trace_callback(None)
+    assert last["status"] == "failed" and good["status"] == "ok"
+    for sql in [s for s in plans if s.startswith("select")]:
+        plan = " ".join(row[3] for row in catalog.db.execute(f"explain query plan {sql}"))
+        assert "idx_runs_tenant_kind_latest" in plan and "TEMP B-TREE" not in plan, plan
