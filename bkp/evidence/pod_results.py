@@ -376,8 +376,6 @@ def read_kept(mark: Mark) -> list[dict] | None:
     """The pod's own last record of its tenant's snapshots, when there is one signed with
     this tenant's key; None otherwise (missing, unreadable, changed, another key's). Only a
     hint: the backup trusts it only when the repository holds exactly these snapshots."""
-    from cryptography.hazmat.primitives import serialization
-
     from bkp.destinations.inbox import open_inbox
     from bkp.errors import BkpError
 
@@ -385,10 +383,8 @@ def read_kept(mark: Mark) -> list[dict] | None:
         data = open_inbox(mark.results.inbox).get(kept_object_name(mark.tenant))
     except BkpError:
         return None
-    raw = mark.key.public_key().public_bytes(serialization.Encoding.Raw,
-                                            serialization.PublicFormat.Raw)
     try:
-        document = _verified_document(data, raw)
+        document = _verified_document(data, mark.key.public_key().public_bytes_raw())
     except Rejected:
         return None
     snapshots = document.get("snapshots")

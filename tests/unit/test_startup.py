@@ -27,3 +27,14 @@ def test_cron_expressions_are_still_judged_by_croniter():
 
     assert croniter.is_valid("0 2 * * *")
     assert not croniter.is_valid("0 25 * * *")
+
+
+def test_a_pods_backup_leaves_the_ssh_key_formats_unimported():
+    # cryptography's serialization package (with the SSH formats and bcrypt) costs a pod
+    # more start-up than all of its signing; a pod reads and signs with Ed25519 alone.
+    probe = ("import sys, bkp.cli, bkp.tenants.backup, bkp.evidence.pod_results as p, "
+             "bkp.catalog; print(sorted(m for m in sys.modules if m.startswith("
+             "'cryptography.hazmat.primitives.serialization') or m == 'sqlite_utils'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout
