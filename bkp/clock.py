@@ -49,11 +49,19 @@ class ClockState:
         return f"clock synchronised (max error {self.max_error_ms:g} ms)"
 
 
+def _libc():
+    # glibc's name first: find_library runs `ldconfig -p`, a process start per command.
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 @functools.cache
 def state() -> ClockState:
     """The kernel's view, once per process (a command takes seconds, not hours)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         timex = _Timex()
         answer = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError) as exc:

@@ -11,12 +11,15 @@ sys.addaudithook(lambda event, args: started.append(args[1]) if event == "subpro
                  else None)
 import bkp.cli, bkp.tenants.backup, bkp.tenants.status, bkp.tenants.drill
 import bkp.tenants.schedule
+import bkp.clock
+bkp.clock.state()  # the kernel's clock state, asked through libc
 print(repr(started))
 """
 
 
 def test_importing_bkp_starts_no_process():
-    # croniter runs `file -b` on the interpreter at import (bkp.cron keeps it from doing so)
+    # croniter runs `file -b` on the interpreter at import (bkp.cron keeps it from doing so);
+    # ctypes' find_library runs `ldconfig -p` (bkp.clock names glibc first)
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]", done.stdout
