@@ -22,7 +22,7 @@ from pathlib import Path
 from bkp import secrets
 from bkp.destinations import Preflight, StoredObject, cache_options, snapshot_names
 from bkp.errors import BkpError, OperationError, PolicyError, SafetyError
-from bkp.policy import Policy
+from bkp.policy import Destination, Policy
 from bkp.restic import Repository
 
 CONNECT_TIMEOUT = 20
@@ -90,6 +90,68 @@ def load_identity(path: Path):
                       f"by bkp)")
 
 
+def connect(dest: Destination):
+    """(transport, sftp client) of a session with `dest`'s server, authenticated with its
+    identity_file only after the server proved to hold the pinned host key: on a mismatch
+    nothing is sent, no credential offered (SafetyError). The caller closes the transport."""
+    import paramiko
+
+    pinned_type, pinned_b64 = dest.host_key.split()[:2]
+    try:
+        sock = socket.create_connection((dest.host, dest.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise OperationError(
+            f"cannot reach sftp destination {dest.host}:{dest.port}: "
+            f"{exc.strerror or exc}; check the network and the server") from None
+    transport = paramiko.Transport(sock)
+    transport.get_security_options().key_types = _KEY_TYPES.get(pinned_type, [pinned_type])
+    try:
+        transport.start_client(timeout=CONNECT_TIMEOUT)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        raise OperationError(
+            f"SSH handshake with {dest.host}:{dest.port} failed ({exc}); the "
+            f"server may not offer a {pinned_type} host key") from None
+    offered = transport.get_remote_server_key()
+    if offered.get_name() != pinned_type or offered.get_base64() != pinned_b64:
+        transport.close()
+        raise SafetyError(
+            f"host key mismatch for {dest.host}:{dest.port}: the server offers "
+            f"{offered.get_name()} {fingerprint(offered.get_base64())}, the policy pins "
+            f"{pinned_type} {fingerprint(pinned_b64)}. Nothing was sent: the connection "
+            f"was refused. Verify the server's key out of band before changing "
+            f"destination.host_key")
+    _authenticate(dest, transport, paramiko)
+    return transport, paramiko.SFTPClient.from_transport(transport)
+
+
+def _authenticate(dest: Destination, transport, paramiko) -> None:
+    try:
+        key = load_identity(Path(dest.identity_file))
+    except BkpError:
+        transport.close()
+        raise
+    try:
+        transport.auth_publickey(dest.user, key)
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        transport.close()
+        raise OperationError(
+            f"the SSH server refused identity_file {dest.identity_file} for user "
+            f"{dest.user} ({exc}); check authorized_keys on the server") from None
+
+
+def makedirs(sftp, path: str) -> None:
+    """`path` and its parents on the server, each new folder 0700."""
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = posixpath.join(current, part)
+        try:
+            if not stat.S_ISDIR(sftp.stat(current).st_mode):
+                raise OperationError(f"{current} on the sftp server is not a directory")
+        except FileNotFoundError:
+            sftp.mkdir(current, mode=0o700)
+
+
 @dataclass
 class SftpDestination:
     policy: Policy
@@ -116,54 +178,8 @@ class SftpDestination:
 
     # -------------------------------------------------------------- paramiko side
 
-    def _connect(self):
-        import paramiko
-
-        pinned_type, pinned_b64 = self.dest.host_key.split()[:2]
-        try:
-            sock = socket.create_connection((self.dest.host, self.dest.port),
-                                            timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
-            raise OperationError(
-                f"cannot reach sftp destination {self.dest.host}:{self.dest.port}: "
-                f"{exc.strerror or exc}; check the network and the server") from None
-        transport = paramiko.Transport(sock)
-        transport.get_security_options().key_types = _KEY_TYPES.get(pinned_type, [pinned_type])
-        try:
-            transport.start_client(timeout=CONNECT_TIMEOUT)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            transport.close()
-            raise OperationError(
-                f"SSH handshake with {self.dest.host}:{self.dest.port} failed ({exc}); the "
-                f"server may not offer a {pinned_type} host key") from None
-        offered = transport.get_remote_server_key()
-        if offered.get_name() != pinned_type or offered.get_base64() != pinned_b64:
-            transport.close()
-            raise SafetyError(
-                f"host key mismatch for {self.dest.host}:{self.dest.port}: the server offers "
-                f"{offered.get_name()} {fingerprint(offered.get_base64())}, the policy pins "
-                f"{pinned_type} {fingerprint(pinned_b64)}. Nothing was sent: the connection "
-                f"was refused. Verify the server's key out of band before changing "
-                f"destination.host_key")
-        self._authenticate(transport, paramiko)
-        return transport, paramiko.SFTPClient.from_transport(transport)
-
-    def _authenticate(self, transport, paramiko) -> None:
-        try:
-            key = load_identity(Path(self.dest.identity_file))
-        except BkpError:
-            transport.close()
-            raise
-        try:
-            transport.auth_publickey(self.dest.user, key)
-        except (paramiko.SSHException, OSError, ValueError) as exc:
-            transport.close()
-            raise OperationError(
-                f"the SSH server refused identity_file {self.dest.identity_file} for user "
-                f"{self.dest.user} ({exc}); check authorized_keys on the server") from None
-
     def preflight(self) -> Preflight:
-        transport, sftp = self._connect()
+        transport, sftp = connect(self.dest)
         try:
             try:
                 sftp.stat(posixpath.join(self.dest.path, "config"))
@@ -185,7 +201,7 @@ class SftpDestination:
         """One paramiko session (~0.4 s): still less than a restic process, whose key
         derivation alone costs more."""
         try:
-            transport, sftp = self._connect()
+            transport, sftp = connect(self.dest)
         except BkpError:
             return None
         try:
@@ -196,22 +212,11 @@ class SftpDestination:
             transport.close()
 
     def prepare(self) -> None:
-        transport, sftp = self._connect()
+        transport, sftp = connect(self.dest)
         try:
-            self._makedirs(sftp, self.dest.path)
+            makedirs(sftp, self.dest.path)
         finally:
             transport.close()
-
-    @staticmethod
-    def _makedirs(sftp, path: str) -> None:
-        current = "/"
-        for part in [p for p in path.split("/") if p]:
-            current = posixpath.join(current, part)
-            try:
-                if not stat.S_ISDIR(sftp.stat(current).st_mode):
-                    raise OperationError(f"{current} on the sftp server is not a directory")
-            except FileNotFoundError:
-                sftp.mkdir(current, mode=0o700)
 
     # -------------------------------------------------------------- restic side
 
@@ -308,14 +313,14 @@ class SftpDestination:
     # -------------------------------------------------------------- erasure (paramiko)
 
     def stored_objects(self) -> list[StoredObject]:
-        transport, sftp = self._connect()
+        transport, sftp = connect(self.dest)
         try:
             return [stored for stored, _ in self._walk(sftp)]
         finally:
             transport.close()
 
     def remove_keys(self) -> list[StoredObject]:
-        transport, sftp = self._connect()
+        transport, sftp = connect(self.dest)
         try:
             keys = [stored for stored, _ in self._walk(sftp) if stored.is_key]
             for key in keys:
@@ -325,7 +330,7 @@ class SftpDestination:
             transport.close()
 
     def remove_objects(self) -> list[StoredObject]:
-        transport, sftp = self._connect()
+        transport, sftp = connect(self.dest)
         try:
             removed, folders = [], set()
             for stored, folder in self._walk(sftp):
