@@ -218,9 +218,10 @@ def schema() -> dict:
                 "required": ["inbox", "keys"],
                 "properties": {
                     "inbox": {"description": "Where the results go: a destination of type "
-                                             "s3 (an EEA bucket) or local (a shared "
-                                             "directory), with a destination's keys and "
-                                             "rules.", "type": "object"},
+                                             "s3 (an EEA bucket), sftp (a directory on an "
+                                             "EEA server, pinned host key) or local (a "
+                                             "shared directory), with a destination's keys "
+                                             "and rules.", "type": "object"},
                     "keys": {**ABSOLUTE, "description": "Directory of the tenants' result "
                              "keys: TENANT.result.key (private, into the tenant's Secret) "
                              "and TENANT.result.pub (`bkp catalog result-keys`)."},
@@ -392,7 +393,8 @@ def _findings(data: dict, file: Path) -> list:
     return findings
 
 
-INBOX_TYPES = ("s3", "local")
+# Where plain objects can be written, listed and read without a restic repository.
+INBOX_TYPES = ("s3", "sftp", "local")
 
 
 def _inbox_findings(data: dict, file: Path) -> list:
@@ -413,7 +415,7 @@ def _inbox_findings(data: dict, file: Path) -> list:
     kind = results["inbox"].get("type")
     if kind not in INBOX_TYPES and isinstance(kind, str):
         findings.append(policies._error(("results", "inbox", "type"),
-                                        f"a results inbox is s3 or local, not {kind}"))
+                                        f"a results inbox is s3, sftp or local, not {kind}"))
     return findings
 
 

@@ -19,7 +19,7 @@ import click
 
 from bkp import __version__
 from bkp.cli.values import NAME_LIMIT, TEXT_LIMIT, checked_text
-from bkp.errors import BkpError, PolicyError, UsageError
+from bkp.errors import BkpError, PolicyError, SafetyError, UsageError
 
 log = logging.getLogger("bkp")
 
@@ -78,7 +78,6 @@ class State:
     def authorize(self, act: str | None, record: bool = True) -> None:
         """Refuse (4, recorded) what this actor's role does not allow."""
         from bkp.access import authorize
-        from bkp.errors import SafetyError
 
         try:
             authorize(self.actor(), act)
@@ -500,10 +499,10 @@ def backup(state, tenants, all_, jobs, progress, dry_run, as_json):
     mark = _result_mark(state, ctx, policies, remember=True)
     outcomes = broken + run_per_tenant(
         policies, lambda p: pinged(p, lambda: backup_tenant(ctx, p)), jobs, result=BackupRun)
-    _send_result(ctx, mark, "backup")
+    refused = _send_result(ctx, mark, "backup")
     _alerts_follow(state, ctx)
     emit({"runs": [o.data for o in outcomes]}, as_json, lambda: _print_runs(outcomes))
-    return highest_exit(outcomes)
+    return max(highest_exit(outcomes), refused)
 
 
 def _result_mark(state, ctx, policies, *, remember: bool = False):
@@ -532,27 +531,32 @@ def _result_mark(state, ctx, policies, *, remember: bool = False):
     return mark
 
 
-def _send_result(ctx, mark, kind: str) -> None:
+def _send_result(ctx, mark, kind: str) -> int:
     """The job's signed result into the inbox. A result that cannot be left there does not
-    change the job's exit code: the gatherer still finds the snapshot in the repository."""
+    change the job's exit code (the gatherer still finds the snapshot in the repository),
+    unless the inbox was refused for safety (an sftp server that does not hold the pinned
+    host key): then 4, so that the job fails where the cluster's alerts see it. Else 0."""
     import socket
 
+    from bkp.destinations.inbox import open_inbox
     from bkp.evidence.pod_results import send_kept, send_result
 
     if mark is None:
-        return
-    try:
-        name = send_result(ctx.catalog, mark, kind, socket.gethostname())
-    except BkpError as exc:
-        say(f"warning: the result was not left in the inbox: {exc}")
-        return
-    say(f"result {name} left in the inbox")
-    if kind == "backup":
+        return 0
+    with open_inbox(mark.results.inbox) as inbox:  # one session for the result and record
         try:
-            send_kept(ctx.catalog, mark)
-        except BkpError as exc:  # tomorrow's pod lets restic list instead
-            say(f"warning: the record of the kept snapshots was not left in the inbox: "
-                f"{exc}")
+            name = send_result(ctx.catalog, mark, kind, socket.gethostname(), inbox)
+        except BkpError as exc:
+            say(f"warning: the result was not left in the inbox: {exc}")
+            return SafetyError.exit_code if isinstance(exc, SafetyError) else 0
+        say(f"result {name} left in the inbox")
+        if kind == "backup":
+            try:
+                send_kept(ctx.catalog, mark, inbox)
+            except BkpError as exc:  # tomorrow's pod lets restic list instead
+                say(f"warning: the record of the kept snapshots was not left in the inbox: "
+                    f"{exc}")
+    return 0
 
 
 def _alerts_follow(state, ctx) -> None:
@@ -755,7 +759,7 @@ def drill(state, tenants, all_, due, progress, copy_id, as_json):
     mark = _result_mark(state, ctx, policies)
     outcomes = broken + run_per_tenant(policies, lambda p: drill_tenant(ctx, p),
                                        result=DrillRun)
-    _send_result(ctx, mark, "drill")
+    refused = _send_result(ctx, mark, "drill")
     _alerts_follow(state, ctx)
 
     def human():
@@ -764,7 +768,7 @@ def drill(state, tenants, all_, due, progress, copy_id, as_json):
         _print_drills(outcomes)
 
     emit({"drills": [o.data for o in outcomes]}, as_json, human)
-    return highest_exit(outcomes)
+    return max(highest_exit(outcomes), refused)
 
 
 @cli.command()
@@ -1169,7 +1173,6 @@ def status(state, tenants, as_json):
 def _access(state) -> dict:
     """Who acts and under which rules; an unreadable bkp.yaml or a refused --operator is
     said, not raised: status still shows the tenants."""
-    from bkp.errors import SafetyError
     from bkp.tenants.status import access_status
 
     try:

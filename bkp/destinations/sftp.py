@@ -90,10 +90,12 @@ def load_identity(path: Path):
                       f"by bkp)")
 
 
-def connect(dest: Destination):
+def connect(dest: Destination, setting: str = "destination"):
     """(transport, sftp client) of a session with `dest`'s server, authenticated with its
     identity_file only after the server proved to hold the pinned host key: on a mismatch
-    nothing is sent, no credential offered (SafetyError). The caller closes the transport."""
+    nothing is sent, no credential offered (SafetyError). The caller closes the transport.
+    `setting`: where `dest` is written (a policy's destination, bkp.yaml's results.inbox),
+    for the operator who has to check its host_key."""
     import paramiko
 
     pinned_type, pinned_b64 = dest.host_key.split()[:2]
@@ -117,10 +119,10 @@ def connect(dest: Destination):
         transport.close()
         raise SafetyError(
             f"host key mismatch for {dest.host}:{dest.port}: the server offers "
-            f"{offered.get_name()} {fingerprint(offered.get_base64())}, the policy pins "
-            f"{pinned_type} {fingerprint(pinned_b64)}. Nothing was sent: the connection "
-            f"was refused. Verify the server's key out of band before changing "
-            f"destination.host_key")
+            f"{offered.get_name()} {fingerprint(offered.get_base64())}, {setting}.host_key "
+            f"pins {pinned_type} {fingerprint(pinned_b64)}. Nothing was sent: the "
+            f"connection was refused. Verify the server's key out of band before changing "
+            f"{setting}.host_key")
     _authenticate(dest, transport, paramiko)
     return transport, paramiko.SFTPClient.from_transport(transport)
 

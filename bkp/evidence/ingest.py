@@ -32,12 +32,13 @@ class IngestReport:
     rejected: list[dict] = field(default_factory=list)
     already: int = 0
     error: str | None = None
+    error_exit: int = 1  # the error's own exit code: 4 for an inbox refused for safety
 
     @property
     def exit_code(self) -> int:
         if self.rejected:
             return 5
-        return 1 if self.error else 0
+        return self.error_exit if self.error else 0
 
     def to_json(self) -> dict:
         return {"ingested": len(self.ingested), "already_ingested": self.already,
@@ -48,13 +49,19 @@ def ingest_inbox(ctx: Context, results, tenants: set[str]) -> IngestReport:
     """Every new object of the inbox, oldest first. `results`: the installation's Results;
     `tenants`: the tenants with a valid policy here (a result of another is rejected)."""
     report = IngestReport()
-    try:
-        inbox = open_inbox(results.inbox)
-        names = inbox.names()
-    except BkpError as exc:
-        report.error = str(exc)
-        ctx.audit("results.ingest", "failed", error=report.error)
-        return report
+    with open_inbox(results.inbox) as inbox:  # one connection for the whole ingest
+        try:
+            names = inbox.names()
+        except BkpError as exc:
+            report.error, report.error_exit = str(exc), exc.exit_code
+            ctx.audit("results.ingest", "failed", error=report.error)
+            return report
+        _ingest_names(ctx, inbox, names, results, tenants, report)
+    return report
+
+
+def _ingest_names(ctx: Context, inbox, names: list[str], results, tenants: set[str],
+                  report: IngestReport) -> None:
     seen = ctx.catalog.seen_objects()
     keys: dict[str, bytes | None] = {}
 
@@ -79,10 +86,9 @@ def ingest_inbox(ctx: Context, results, tenants: set[str]) -> IngestReport:
             _reject(ctx, name, b"", str(exc), report)
             continue
         except BkpError as exc:
-            report.error = str(exc)  # read again by the next gathering
+            report.error, report.error_exit = str(exc), exc.exit_code  # read again next time
             continue
         _ingest_one(ctx, name, data, public_key_of, report)
-    return report
 
 
 def _ingest_one(ctx: Context, name: str, data: bytes, public_key_of,

@@ -320,11 +320,9 @@ def mark_before_work(catalog, tenant: str, key_path: Path, results) -> Mark:
                 runs[0]["id"] if runs else 0)
 
 
-def send_result(catalog, mark: Mark, kind: str, host: str) -> str:
-    """Sign what this command recorded for the tenant and leave it in the inbox; the
-    object's name. OperationError when the inbox cannot take it."""
-    from bkp.destinations.inbox import open_inbox
-
+def send_result(catalog, mark: Mark, kind: str, host: str, inbox) -> str:
+    """Sign what this command recorded for the tenant and leave it in `inbox` (an open
+    results inbox); the object's name. OperationError when the inbox cannot take it."""
     runs = [run for run in catalog.runs(mark.tenant, kind) if run["id"] > mark.last_run_id]
     events = [event for event in catalog.audit_events(tenant=mark.tenant)
               if event["seq"] > mark.last_seq]
@@ -340,7 +338,7 @@ def send_result(catalog, mark: Mark, kind: str, host: str) -> str:
                             for run in sorted(runs, key=lambda r: r["id"])],
         [_portable(event) for event in events], reports, host)
     name = object_name(document)
-    open_inbox(mark.results.inbox).put(name, sign(document, mark.key))
+    inbox.put(name, sign(document, mark.key))
     return name
 
 
@@ -354,13 +352,11 @@ def kept_object_name(tenant: str) -> str:
     return f"kept/{tenant}.json"
 
 
-def send_kept(catalog, mark: Mark) -> bool:
+def send_kept(catalog, mark: Mark, inbox) -> bool:
     """The snapshots this job's good backup left in the tenant's repository, signed with its
-    own result key: what tomorrow's pod, which has no catalog, knows them from. False when
-    the job recorded none (failed, legal hold): the old record stays, and tomorrow's
-    repository listing will not confirm it."""
-    from bkp.destinations.inbox import open_inbox
-
+    own result key, into `inbox`: what tomorrow's pod, which has no catalog, knows them
+    from. False when the job recorded none (failed, legal hold): the old record stays, and
+    tomorrow's repository listing will not confirm it."""
     row = catalog.last_listing(mark.tenant)
     if row is None or row["id"] <= mark.last_run_id or not row.get("kept_snapshots"):
         return False
@@ -368,7 +364,7 @@ def send_kept(catalog, mark: Mark) -> bool:
     written = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     document = {"format": KEPT_FORMAT, "tenant": mark.tenant, "written_at": written,
                 "snapshots": kept}
-    open_inbox(mark.results.inbox).put(kept_object_name(mark.tenant), sign(document, mark.key))
+    inbox.put(kept_object_name(mark.tenant), sign(document, mark.key))
     return True
 
 
@@ -380,7 +376,10 @@ def read_kept(mark: Mark) -> list[dict] | None:
     from bkp.errors import BkpError
 
     try:
-        data = open_inbox(mark.results.inbox).get(kept_object_name(mark.tenant))
+        # A session of its own: the backup that follows may take hours, and a server
+        # drops an idle one.
+        with open_inbox(mark.results.inbox) as inbox:
+            data = inbox.get(kept_object_name(mark.tenant))
     except BkpError:
         return None
     try:

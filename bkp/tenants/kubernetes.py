@@ -230,8 +230,7 @@ def plan_tenant(policy: Policy, cluster: Cluster, results=None) -> TenantPlan | 
             return (f"has no result key {key} to sign its jobs' results with: run `bkp "
                     f"catalog result-keys {tenant}`")
         nightly.append(_normal(str(key)))
-        if results.inbox.type == "s3":
-            nightly.append(_normal(str(results.inbox.credentials_file)))
+        nightly += [_normal(str(path)) for path in inbox_secret_files(results.inbox)]
     deleting = [_normal(p) for p in _named_files(document, MAINTENANCE_FILE_KEYS)]
     sources = _mounted_sources([_normal(s) for s in policy.sources], setup)
     if isinstance(sources, str):
@@ -249,6 +248,16 @@ def plan_tenant(policy: Policy, cluster: Cluster, results=None) -> TenantPlan | 
         secret=secret_name(tenant), files=_secret_files(nightly),
         maintenance_secret=secret_name(tenant, True) if deleting else None,
         maintenance_files=_secret_files(deleting), sources=sources)
+
+
+def inbox_secret_files(inbox) -> list:
+    """The files every job and the gatherer need to reach the results inbox: an s3 inbox's
+    credentials, an sftp inbox's SSH key; mounted from each tenant's Secret like its own."""
+    if inbox.type == "s3":
+        return [inbox.credentials_file]
+    if inbox.type == "sftp":
+        return [inbox.identity_file]
+    return []  # a shared directory: a volume (kubernetes.inbox)
 
 
 def _mounted_sources(sources: list[str], setup: ClusterTenant
@@ -395,8 +404,8 @@ def tenant_pod(plan: TenantPlan, task: str, options: Options) -> dict:
 
 def _inbox_mount(options: Options, volumes: list[dict], mounts: list[dict],
                  read_only: bool) -> None:
-    """A shared-directory inbox is a volume of its own (kubernetes.inbox); an s3 inbox needs
-    only its credentials, which are among the Secret's files."""
+    """A shared-directory inbox is a volume of its own (kubernetes.inbox); an s3 or sftp
+    inbox needs only its credentials or SSH key, which are among the Secret's files."""
     results = options.results
     if results.inbox.type != "local":
         return

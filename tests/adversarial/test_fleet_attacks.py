@@ -40,10 +40,14 @@ def pod(env, tenant: str, command: str, name: str, config: Path) -> subprocess.C
                     BKP_RESULT_KEY=str(env.root / "keys" / f"{tenant}.result.key")))
 
 
-def results_config(path: Path, inbox: Path, keys: Path) -> Path:
-    path.write_text(yaml.safe_dump({"results": {
-        "inbox": {"type": "local", "country": "NL", "path": str(inbox)},
-        "keys": str(keys)}}))
+def results_config(path: Path, inbox: Path, keys: Path, sshd=None) -> Path:
+    """bkp.yaml with the inbox `inbox`: a shared directory, or with `sshd` that directory on
+    the sftp server."""
+    place = {"type": "local", "country": "NL", "path": str(inbox)} if sshd is None else {
+        "type": "sftp", "country": "NL", "host": sshd.host, "port": sshd.port,
+        "user": sshd.user, "path": str(inbox), "host_key": sshd.host_key,
+        "identity_file": str(sshd.identity_file)}
+    path.write_text(yaml.safe_dump({"results": {"inbox": place, "keys": str(keys)}}))
     return path
 
 
@@ -66,13 +70,13 @@ def night(tmp_path_factory):
 class Central:
     """A central catalog of the test's own, gathering from an inbox of its own."""
 
-    def __init__(self, env, root: Path):
+    def __init__(self, env, root: Path, sshd=None):
         self.env = env
-        self.inbox = root / "inbox"
+        self.inbox = root / "inbox"  # with `sshd`: the same directory, on the sftp server
         self.inbox.mkdir(parents=True)
         self.home = root / "central"
         self.home.mkdir(mode=0o700)
-        self.config = results_config(root / "bkp.yaml", self.inbox, env.root / "keys")
+        self.config = results_config(root / "bkp.yaml", self.inbox, env.root / "keys", sshd)
 
     def vars(self, **extra) -> dict:
         return {"BKP_HOME": str(self.home), "BKP_CONFIG": str(self.config), **extra}
@@ -218,13 +222,17 @@ def test_a_result_nested_past_any_parser_is_rejected_not_a_crash(night, central)
 
 # ---------------------------------------------------------------- the inbox itself
 
-def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night, central,
-                                                                         tmp_path):
-    """A shared-directory inbox is writable by every pod: one leaves a named pipe (opening it
-    waited for a writer forever: the gatherer never finished) and a link to a file of the
-    gatherer's host. Both are rejected as no result; the genuine result is gathered."""
+@pytest.mark.parametrize("kind", ["local", "sftp"])
+def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night, kind,
+                                                                         request, tmp_path):
+    """A shared-directory inbox (or an sftp one) is writable by every pod: one leaves a named
+    pipe (opening it waited for a writer forever: the gatherer, or the server's sftp process,
+    never finished) and a link to a file of the gatherer's host (or the server's). Both are
+    rejected as no result; the genuine result is gathered."""
     from bkp.evidence.pod_results import object_name
 
+    central = Central(night[0], tmp_path / "gathering",
+                      request.getfixturevalue("sshd") if kind == "sftp" else None)
     document = genuine_document(night)
     pipe = object_name({**document, "id": "c" * 32}).replace("2", "1", 1)
     link = object_name({**document, "id": "d" * 32}).replace("2", "1", 1)
@@ -236,7 +244,9 @@ def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night,
     done = central.bkp("catalog", "sync", "--all", "--json", timeout=120)
     assert done.returncode == 5, done.stderr
     results = json.loads(done.stdout)["results"]
-    assert sorted(item["object"] for item in results["rejected"]) == sorted([pipe, link])
+    reasons = {item["object"]: item["reason"] for item in results["rejected"]}
+    assert reasons == {link: f"{link} is a link, not a result",  # never opened, nor followed
+                       pipe: f"{pipe} is not a plain file, not a result"}
     assert results["ingested"] == 1
     assert "123456782" not in done.stdout + done.stderr
 

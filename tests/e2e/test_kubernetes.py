@@ -305,13 +305,33 @@ def with_results(env, config: Path, where: dict, **cluster) -> dict:
     return text
 
 
-def test_jobs_sign_their_results_and_the_gatherer_holds_public_keys_only(fleet, tmp_path):
+def bucket_or_server_inbox(env, kind: str, tmp_path: Path) -> tuple[dict, Path]:
+    """An s3 or sftp results inbox whose credential holds a recognisable value; the inbox
+    and its credential's file."""
+    if kind == "s3":
+        credentials = secret_file(env, "inbox.s3", "[default]\naws_access_key_id = AKIAIN\n"
+                                                   "aws_secret_access_key = SECRET-VALUE-in\n")
+        return {"type": "s3", "country": "NL", "endpoint": "https://s3.nl-ams.example.eu",
+                "bucket": "inbox", "region": "nl-ams",
+                "credentials_file": str(credentials)}, credentials
+    identity = env.secrets / "inbox_ed25519"
+    _keygen(identity)
+    identity.write_text(identity.read_text() + "# SECRET-VALUE-inbox-identity\n")
+    return {"type": "sftp", "country": "NL", "host": "inbox.offsite.example.nl",
+            "user": "bkp-inbox", "path": "/srv/bkp-inbox",
+            "host_key": _keygen(tmp_path / "inbox_host_key"),
+            "identity_file": str(identity)}, identity
+
+
+@pytest.mark.parametrize("kind", ["s3", "sftp"])
+def test_jobs_sign_their_results_and_the_gatherer_holds_public_keys_only(fleet, tmp_path,
+                                                                         kind):
+    """Every job and the gatherer reach an s3 or sftp inbox with its credential (a bucket's
+    credentials, an SSH key) mounted from the tenant's Secret like the tenant's own files:
+    never a value in the manifests."""
     env, tenants, config = fleet
-    inbox_credentials = secret_file(env, "inbox.s3", "[default]\naws_access_key_id = AKIAIN\n"
-                                                     "aws_secret_access_key = SECRET-VALUE-in\n")
-    with_results(env, config, {"type": "s3", "country": "NL",
-                               "endpoint": "https://s3.nl-ams.example.eu", "bucket": "inbox",
-                               "region": "nl-ams", "credentials_file": str(inbox_credentials)})
+    inbox, credential = bucket_or_server_inbox(env, kind, tmp_path)
+    with_results(env, config, inbox)
     done = env.bkp("schedule", "--format", "kubernetes", BKP_CONFIG=str(config))
     assert done.returncode == 0, done.stderr
     manifests = tmp_path / "signed.yaml"
@@ -320,13 +340,23 @@ def test_jobs_sign_their_results_and_the_gatherer_holds_public_keys_only(fleet, 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SECRET-VALUE" not in done.stdout and "PRIVATE KEY" not in done.stdout
     jobs = cronjobs(done.stdout)
-    key = str(env.root / "result-keys" / "zorg-sftp.result.key")
-    for task in ("backup", "drill"):
-        job = jobs[f"bkp-{task}-zorg-sftp"]
-        assert env_of(job)["BKP_RESULT_KEY"] == key
-        assert mounts(job)[key]["readOnly"] and str(inbox_credentials) in mounts(job)
+    for tenant in tenants:
+        key = str(env.root / "result-keys" / f"{tenant}.result.key")
+        for task in ("backup", "drill"):
+            job = jobs[f"bkp-{task}-{tenant}"]
+            assert env_of(job)["BKP_RESULT_KEY"] == key
+            assert mounts(job)[key]["readOnly"]
+            mounted = mounts(job)[str(credential)]
+            assert mounted["readOnly"] and mounted["subPath"] == credential.name
+            volume = next(v for v in pod(job)["volumes"] if v["name"] == mounted["name"])
+            assert volume["secret"]["secretName"] == f"bkp-{tenant}"
+            assert volume["secret"]["defaultMode"] == 0o400
+        assert f"--from-file={credential.name}={credential}" in next(
+            line for line in done.stdout.splitlines()
+            if f"create secret generic bkp-{tenant} " in line)
     assert "BKP_RESULT_KEY" not in env_of(jobs["bkp-maintain-zorg-rest"])
     gatherer = mounts(jobs["bkp-gatherer"])
+    assert gatherer[str(credential)]["readOnly"]
     assert not [path for path in gatherer if path.endswith(".result.key")]
     assert gatherer[str(env.root / "result-keys")]["readOnly"]
     public = next(doc for doc in yaml.safe_load_all(done.stdout)

@@ -332,3 +332,39 @@ def test_settings_evidence_destination_patterns_match_in_full(tmp_path):
                         "identity_file": str(identity)},
         "password_env": "BKP_EVIDENCE_PW"}})
     assert errors_at(report, "evidence.destination.host")
+
+
+def sftp_inbox(tmp_path: Path, **values) -> dict:
+    inbox = {"type": "sftp", "country": "NL", "host": "inbox.example.nl", "user": "bkp",
+             "path": "/srv/bkp-inbox", "host_key": ssh_key_line(),
+             "identity_file": secret_file(tmp_path, "inbox_ed25519")}
+    inbox.update(values)
+    return {"results": {"inbox": {k: v for k, v in inbox.items() if v is not None},
+                        "keys": str(tmp_path / "keys")}}
+
+
+def test_an_sftp_results_inbox_is_accepted_with_a_destination_s_rules(tmp_path):
+    report = validate_settings(tmp_path, sftp_inbox(tmp_path))
+    assert not report.errors and not report.warnings, report.describe()
+
+
+@pytest.mark.parametrize("values, path, says", [
+    ({"host_key": None}, "results.inbox.host_key", "host_key"),
+    ({"country": "US"}, "results.inbox.country", "outside the EEA"),
+    ({"identity_file": None}, "results.inbox.identity_file", "identity_file"),
+    ({"host": "inbox.example.nl\n"}, "results.inbox.host", ""),
+    ({"port": 0}, "results.inbox.port", ""),
+])
+def test_an_sftp_results_inbox_breaking_a_destination_rule_is_refused(tmp_path, values,
+                                                                      path, says):
+    report = validate_settings(tmp_path, sftp_inbox(tmp_path, **values))
+    problems = errors_at(report, path)
+    assert problems and all(says in p.message for p in problems), report.describe()
+
+
+def test_an_sftp_results_inbox_key_open_to_others_is_refused(tmp_path):
+    document = sftp_inbox(tmp_path)
+    Path(document["results"]["inbox"]["identity_file"]).chmod(0o644)
+    problem = only_error_at(validate_settings(tmp_path, document),
+                            "results.inbox.identity_file")
+    assert "chmod 600" in problem.message
