@@ -889,3 +889,20 @@ def test_a_named_pipe_among_the_policies_is_refused_without_waiting_for_a_writer
     pipe = tmp_path / "acme.yaml"
     os.mkfifo(pipe)
     assert "not a regular file" in validate_file(pipe).errors[0].message
+
+
+def test_paths_resolved_once_are_resolved_as_realpath_resolves_them(tmp_path):
+    from bkp.policy import _resolved_once
+
+    (tmp_path / "disk" / "repos").mkdir(parents=True)
+    (tmp_path / "disk" / "repos" / "acme").mkdir()
+    (tmp_path / "mnt").symlink_to(tmp_path / "disk")
+    (tmp_path / "disk" / "repos" / "loop").symlink_to("../repos/loop")
+    (tmp_path / "disk" / "up").symlink_to("..")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "x")
+    (tmp_path / "file").write_text("")
+    memo: dict[str, str] = {}
+    for tail in ("mnt/repos/acme", "mnt/repos/acme/new", "disk/up/mnt/repos", "mnt/repos/loop",
+                 "dangling/more", "file/under", "absent/a/b", "mnt", ""):
+        path = str(tmp_path / tail) if tail else "/"
+        assert _resolved_once(path, memo) == os.path.realpath(path), tail
