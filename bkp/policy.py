@@ -229,8 +229,8 @@ def _resolved_once(path: str, resolved: dict[str, str]) -> str:
             candidate = posixpath.join(_resolved_once(parent, resolved), name)
             try:
                 link = stat.S_ISLNK(os.lstat(candidate).st_mode)
-            except OSError:  # missing or unreadable: realpath says what it makes of that
-                link = True
+            except OSError:  # missing or unreadable: realpath too takes it as it stands
+                link = False
             resolved[path] = os.path.realpath(candidate) if link else candidate
     return resolved[path]
 
@@ -2005,7 +2005,8 @@ def load_policies(directory: Path, tenants: list[str] | None = None,
                              f"{TENANT_ID_RULE}")
     files = policy_files(directory)
     if tenants is not None:
-        reports = _validate_for_tenants(files, set(tenants))
+        with _paths_resolved_once():
+            reports = _validate_for_tenants(files, set(tenants))
         known = {report.tenant for report in reports}
         unknown = [tenant for tenant in dict.fromkeys(tenants) if tenant not in known]
         if unknown:
