@@ -51,16 +51,5 @@ def where(**filters) -> tuple[str | None, list]:
 
 def select(db, table: str, clause: str | None = None, args: list | tuple = (),
            order_by: str | None = None, limit: int | None = None) -> list[dict]:
-    """Rows as dicts, like sqlite_utils' rows_where without its check that the table exists
-    (one more query each time; the catalog's tables always do): `bkp status` of a fleet
-    asks a few thousand of these."""
-    sql = f"select * from [{table}]"
-    if clause:
-        sql += f" where {clause}"
-    if order_by:
-        sql += f" order by {order_by}"
-    if limit is not None:
-        sql += f" limit {int(limit)}"
-    cursor = db.execute(sql, list(args))
-    columns = [column[0] for column in cursor.description]
-    return [dict(zip(columns, row, strict=True)) for row in cursor]
+    """Rows as dicts (`db` is the catalog's tables.Database)."""
+    return list(db[table].rows_where(clause, args, order_by=order_by, limit=limit))
