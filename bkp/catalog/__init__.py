@@ -223,7 +223,10 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
                 raise _explain(exc, path, "read") from None
             finally:
                 source.close()
-        schema.apply(memory)
+        if path is None:
+            schema.create(memory)
+        else:
+            schema.apply(memory)
         catalog = cls(path or Path(":memory:"), read_only=True, _connection=memory)
         _refuse_missing_tables(catalog.db, catalog.path)
         return catalog

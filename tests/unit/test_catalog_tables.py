@@ -113,3 +113,9 @@ def test_a_tenants_latest_run_is_found_without_sorting_its_history(tmp_path):
     for sql in [s for s in plans if s.startswith("select")]:
         plan = " ".join(row[3] for row in catalog.db.execute(f"explain query plan {sql}"))
         assert "idx_runs_tenant_kind_latest" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def test_a_host_without_a_catalog_reads_an_empty_one_with_the_whole_schema():
+    empty = Catalog.empty()
+    assert schema.pending_names(empty.db) == [] and schema.missing_tables(empty.db) == []
+    assert empty.last_run("acme", "backup") is None
