@@ -1,0 +1,93 @@
+"""Attacks on today's start-up work: the catalog made in one transaction from schema.sql,
+its rows through plain sqlite3, the policy reader's one walk of the YAML nodes, the result
+key read without cryptography, and the sftp results inbox. Real SQLite files, the real CLI
+as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import popen_bkp, wait_until
+
+pytestmark = pytest.mark.integration
+
+# A bkp process that makes a new catalog and stops inside its one creation transaction,
+# after every table was made and before the commit, until its stdin closes: the moment a
+# second bkp process started at the same time on an empty BKP_HOME can meet.
+PAUSED_CREATOR = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from bkp.catalog import Catalog, schema
+
+    names = schema.registered_names
+    paused = []
+
+    def pause():
+        if not paused:
+            paused.append(True)
+            Path(sys.argv[2]).write_text("inside")
+            sys.stdin.read()
+        return names()
+
+    schema.registered_names = pause
+    Catalog(Path(sys.argv[1])).close()
+""")
+
+
+def paused_creator(env, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    inside = tmp_path / "creator-inside"
+    creator = subprocess.Popen([sys.executable, "-c", PAUSED_CREATOR,
+                                str(env.home / "catalog.db"), str(inside)],
+                               stdin=subprocess.PIPE, env=env.env(), text=True)
+    wait_until(lambda: inside.exists() or creator.poll() is not None, what="the creator")
+    assert creator.poll() is None, "the creator ended before its transaction"
+    return creator, inside
+
+
+def waits_for_flock(pid: int) -> bool:
+    """`pid` is blocked on a flock (the catalog's migration lock)."""
+    return any(" -> " in line and f" {pid} " in line
+               for line in Path("/proc/locks").read_text().splitlines())
+
+
+def test_two_commands_on_a_new_home_neither_calls_the_catalog_lost(bkp_env, tmp_path):
+    """A `bkp init` started while another bkp is making the brand-new catalog waits for it
+    and works; `bkp status` then says there is no catalog yet, never that one was lost."""
+    env = bkp_env
+    env.local_tenant("race")
+    creator, _ = paused_creator(env, tmp_path)
+    try:
+        status = env.bkp("status", "race")
+        assert status.returncode == 0 and "lost" not in status.stderr, status.stderr
+        acting = popen_bkp(env, "init", "race")
+        wait_until(lambda: acting.poll() is not None or waits_for_flock(acting.pid),
+                   what="bkp init to finish or wait for the creation")
+    finally:
+        creator.communicate("")
+    out, err = acting.communicate(timeout=120)
+    assert creator.returncode == 0
+    assert acting.returncode == 0, (out, err)
+    assert "lost" not in err, err
+    after = env.bkp("status", "race")
+    assert after.returncode == 0 and "lost" not in after.stderr, after.stderr
+
+
+def test_a_creation_killed_midway_leaves_a_home_the_next_command_starts_in(bkp_env, tmp_path):
+    """A pod evicted while making its catalog recorded nothing: the next command makes the
+    catalog (no `bkp catalog init` needed, nothing called lost)."""
+    env = bkp_env
+    env.local_tenant("evicted")
+    creator, _ = paused_creator(env, tmp_path)
+    creator.kill()
+    creator.wait(timeout=30)
+    status = env.bkp("status", "evicted")
+    assert "lost" not in status.stderr, status.stderr
+    done = env.bkp("init", "evicted")
+    assert done.returncode == 0, done.stderr
+    listed = env.bkp_json("status", "evicted")[0]
+    assert [t["tenant"] for t in listed["tenants"]] == ["evicted"]
