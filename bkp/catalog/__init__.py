@@ -445,13 +445,24 @@ def home_was_used(home: Path) -> list[str]:
     signs = []
     if (home / HOME_MARKER).exists():
         signs.append(f"{HOME_MARKER} (written when the catalog was created)")
-    if (home / f"{CATALOG_FILE}-wal").exists():
+    if _holds_frames(home / f"{CATALOG_FILE}-wal"):
         signs.append(f"{CATALOG_FILE}-wal")
     for folder in ("keys", "reports", "certificates"):
         with suppress(OSError):
             if (home / folder).is_dir() and any((home / folder).iterdir()):
                 signs.append(f"{folder}/")
     return signs
+
+
+def _holds_frames(wal: Path) -> bool:
+    """A write-ahead log with something written in it. SQLite makes the file empty when a
+    connection opens the catalog, and the one transaction that creates a new catalog writes
+    nothing there until it commits: an empty log is another bkp making the catalog right
+    now, or one killed while making it (an evicted pod), never records that were lost."""
+    try:
+        return wal.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def check_home(home: Path) -> None:
