@@ -5,6 +5,9 @@ as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -37,6 +40,28 @@ PAUSED_CREATOR = textwrap.dedent("""
     schema.registered_names = pause
     Catalog(Path(sys.argv[1])).close()
 """)
+
+
+def as_yesterdays(catalog: Path) -> None:
+    """The catalog as yesterday's bkp left it: every migration up to 0017 (0018, the index
+    for status' latest run, is today's), closed cleanly (no write-ahead log left)."""
+    conn = sqlite3.connect(catalog, isolation_level=None)
+    conn.execute("drop index idx_runs_tenant_kind_latest")
+    conn.execute("delete from _sqlite_migrations where name = '0018_runs_latest_first'")
+    conn.execute("pragma wal_checkpoint(truncate)")
+    conn.close()
+    assert not (catalog.parent / "catalog.db-wal").exists()
+
+
+@contextlib.contextmanager
+def read_only_view(path: Path):
+    """`path` itself, bind-mounted read-only over itself (we are root)."""
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
 
 
 def paused_creator(env, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
@@ -91,3 +116,22 @@ def test_a_creation_killed_midway_leaves_a_home_the_next_command_starts_in(bkp_e
     assert done.returncode == 0, done.stderr
     listed = env.bkp_json("status", "evicted")[0]
     assert [t["tenant"] for t in listed["tenants"]] == ["evicted"]
+
+
+def test_yesterdays_catalog_on_a_read_only_home_is_read_not_called_broken(bkp_env):
+    """Every catalog made before today still lacks migration 0018, so a read-only command
+    migrates a copy in memory. On a read-only BKP_HOME (a frozen or mounted copy) that copy
+    must be read as the catalog itself is: `audit verify` saying the trail is broken
+    (exit 5) would be a false verdict."""
+    env = bkp_env
+    env.local_tenant("frozen")
+    env.bkp_json("init", "frozen")
+    env.bkp_json("backup", "frozen")
+    as_yesterdays(env.home / "catalog.db")
+    with read_only_view(env.home):
+        verify = env.bkp("audit", "verify", "--json")
+        status = env.bkp("status", "frozen", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(verify.stdout)["valid"]
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["tenants"][0]["last_backup"]["status"] == "ok"
