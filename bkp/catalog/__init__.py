@@ -216,7 +216,9 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
         schema and nothing is ever written to a file."""
         memory = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         if path is not None:
-            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            # read as the catalog itself is (a read-only BKP_HOME included): every catalog
+            # made before a new migration comes this way until a command acts on it
+            source = sqlite3.connect(f"file:{path}?{_read_only_mode(path)}", uri=True)
             try:
                 source.backup(memory)
             except sqlite3.Error as exc:
