@@ -251,6 +251,32 @@ def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night,
     assert "123456782" not in done.stdout + done.stderr
 
 
+
+@pytest.mark.parametrize("kind", ["local", "sftp"])
+def test_an_object_whose_name_is_not_utf8_is_rejected_and_the_night_gathered(night, kind,
+                                                                             request,
+                                                                             tmp_path):
+    """Anyone who can write to the inbox (every pod) can leave an object whose name is not
+    UTF-8. It is no result: rejected once, and the genuine result beside it gathered. A
+    traceback there stops every night's gathering until someone finds the name."""
+    central = Central(night[0], tmp_path / "gathering",
+                      request.getfixturevalue("sshd") if kind == "sftp" else None)
+    central.put(night[1].name, night[1].read_bytes())
+    odd = os.fsencode(central.inbox) + b"/20261124T010203000000Z-\xff\xfe.json"
+    with open(odd, "wb") as fh:
+        fh.write(b"{}")
+    done = central.bkp("catalog", "sync", "--all", "--json", timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 5, done.stdout + done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert results["ingested"] == 1 and len(results["rejected"]) == 1, results
+    again = central.bkp("catalog", "sync", "--all", "--json", timeout=120)
+    assert again.returncode == 5 and "Traceback" not in again.stderr, again.stderr
+    assert json.loads(again.stdout)["results"]["already_ingested"] == 1
+    verify = central.bkp("audit", "verify", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 # ---------------------------------------------------------------- the morning after
 
 def test_a_result_that_arrives_after_the_snapshot_listing_is_the_same_backup(night, central):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversarial.test_fleet_attacks import night  # noqa: F401 (a fixture)
 from tests.helpers import popen_bkp, wait_until
 
 pytestmark = pytest.mark.integration
@@ -138,31 +136,3 @@ def test_yesterdays_catalog_on_a_read_only_home_is_read_not_called_broken(bkp_en
     assert status.returncode == 0, status.stdout + status.stderr
     assert json.loads(status.stdout)["tenants"][0]["last_backup"]["status"] == "ok"
 
-
-# ---------------------------------------------------------------- the sftp results inbox
-
-@pytest.mark.parametrize("kind", ["local", "sftp"])
-def test_an_object_whose_name_is_not_utf8_is_rejected_and_the_night_gathered(night, kind,
-                                                                             request,
-                                                                             tmp_path):
-    """Anyone who can write to the inbox (every pod) can leave an object whose name is not
-    UTF-8. It is no result: rejected once, and the genuine result beside it gathered. A
-    traceback there stops every night's gathering until someone finds the name."""
-    from tests.adversarial.test_fleet_attacks import Central
-
-    central = Central(night[0], tmp_path / "gathering",
-                      request.getfixturevalue("sshd") if kind == "sftp" else None)
-    central.put(night[1].name, night[1].read_bytes())
-    odd = os.fsencode(central.inbox) + b"/20261124T010203000000Z-\xff\xfe.json"
-    with open(odd, "wb") as fh:
-        fh.write(b"{}")
-    done = central.bkp("catalog", "sync", "--all", "--json", timeout=120)
-    assert "Traceback" not in done.stderr, done.stderr
-    assert done.returncode == 5, done.stdout + done.stderr
-    results = json.loads(done.stdout)["results"]
-    assert results["ingested"] == 1 and len(results["rejected"]) == 1, results
-    again = central.bkp("catalog", "sync", "--all", "--json", timeout=120)
-    assert again.returncode == 5 and "Traceback" not in again.stderr, again.stderr
-    assert json.loads(again.stdout)["results"]["already_ingested"] == 1
-    verify = central.bkp("audit", "verify", "--json")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
