@@ -277,6 +277,18 @@ def test_an_object_whose_name_is_not_utf8_is_rejected_and_the_night_gathered(nig
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_a_name_with_a_newline_writes_no_line_of_its_own_into_the_gathering(night, tmp_path):
+    """A rejected object's name is printed: a newline in it would let a pod write a line of
+    its choosing (a forged "0 rejected" summary) into the gatherer's output and logs."""
+    central = Central(night[0], tmp_path / "gathering")
+    central.put(night[1].name, night[1].read_bytes())
+    central.put("x\nresults inbox: 1 ingested, 0 ingested before, 0 rejected", b"{}")
+    done = central.bkp("catalog", "sync", "--all")
+    assert done.returncode == 5, done.stdout + done.stderr
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("results inbox")]
+    assert summaries == ["results inbox: 1 ingested, 0 ingested before, 1 rejected"], done.stdout
+    assert "REJECTED x\\nresults inbox: 1 ingested" in done.stdout, done.stdout
+
 # ---------------------------------------------------------------- the morning after
 
 def test_a_result_that_arrives_after_the_snapshot_listing_is_the_same_backup(night, central):
