@@ -37,6 +37,17 @@ def is_result_name(name: str) -> bool:
     return NAME.fullmatch(name) is not None
 
 
+def listed_name(raw: bytes) -> str:
+    """An object's name as the gatherer lists, records and prints it: a result's name as it
+    is; bytes that are not UTF-8 and characters that do not print as escapes. Every pod may
+    write to the inbox: a name the catalog cannot store stopped the gathering, and a newline
+    in one would write a line of its own into the gatherer's output."""
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 class _Closing:
     """`with open_inbox(...) as inbox:` closes the inbox's connection, whatever happens."""
 
@@ -77,8 +88,8 @@ class LocalInbox(_Closing):
     def names(self) -> list[str]:
         try:
             # Files only: the pods' own records live in a folder (kept/) of their own.
-            return sorted(entry.name for entry in os.scandir(self.path)
-                          if not entry.name.startswith(".")
+            return sorted(listed_name(entry.name) for entry in os.scandir(os.fsencode(self.path))
+                          if not entry.name.startswith(b".")
                           and not entry.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             return []
@@ -169,7 +180,7 @@ class S3Inbox(_Closing):
                 found += [item["Key"][len(self._prefix):] for item in page.get("Contents", [])]
         except (BotoCoreError, ClientError) as exc:
             raise self._failed("list", exc) from None
-        return sorted(name for name in found if name and "/" not in name)
+        return sorted(listed_name(name.encode()) for name in found if name and "/" not in name)
 
     def get(self, name: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -270,18 +281,19 @@ class SftpInbox(_Closing):
     def names(self) -> list[str]:
         from paramiko import SSHException
 
+        from bkp.destinations.sftp import list_folder
+
         sftp = self._sftp()
         try:
-            entries = sftp.listdir_attr(self._root)
+            entries = list_folder(sftp, self._root)
         except FileNotFoundError:
             return []
         except (OSError, EOFError, SSHException) as exc:
             raise self._failed("list", exc) from None
         # Files only (the server reports a link as a link): the pods' own records live in
         # a folder (kept/) of their own, temporaries under dot-names.
-        return sorted(entry.filename for entry in entries
-                      if not entry.filename.startswith(".")
-                      and not stat.S_ISDIR(entry.st_mode or 0))
+        return sorted(listed_name(name) for name, mode in entries
+                      if not name.startswith(b".") and not stat.S_ISDIR(mode))
 
     def get(self, name: str) -> bytes:
         """Only a plain file is opened: the server follows a link when it opens a path, and

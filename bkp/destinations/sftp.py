@@ -142,6 +142,39 @@ def _authenticate(dest: Destination, transport, paramiko) -> None:
             f"{dest.user} ({exc}); check authorized_keys on the server") from None
 
 
+def list_folder(sftp, path: str) -> list[tuple[bytes, int]]:
+    """(name as the server sent it, mode) of each entry of `path` but . and ..: paramiko's
+    listdir_attr decodes every name as UTF-8 and fails on the first that is not, so one such
+    name (anyone who may write to the folder can make one) would hide all the others."""
+    from paramiko import SSHException
+    from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
+    from paramiko.sftp_attr import SFTPAttributes
+
+    kind, msg = sftp._request(CMD_OPENDIR, path)
+    if kind != CMD_HANDLE:
+        raise SSHException("the sftp server did not open the folder")
+    handle = msg.get_binary()
+    entries = []
+    try:
+        while True:
+            try:
+                kind, msg = sftp._request(CMD_READDIR, handle)
+            except EOFError:  # the server's "no more entries"
+                break
+            if kind != CMD_NAME:
+                raise SSHException("the sftp server did not list the folder")
+            for _ in range(msg.get_int()):
+                name = msg.get_string()
+                msg.get_string()  # its `ls -l` line: owners' names as the server writes them
+                mode = SFTPAttributes._from_msg(msg).st_mode or 0
+                if name not in (b".", b".."):
+                    entries.append((name, mode))
+    finally:
+        with contextlib.suppress(OSError, EOFError, SSHException):
+            sftp._request(CMD_CLOSE, handle)
+    return entries
+
+
 def makedirs(sftp, path: str) -> None:
     """`path` and its parents on the server, each new folder 0700."""
     current = "/"

@@ -80,6 +80,9 @@ def _ingest_names(ctx: Context, inbox, names: list[str], results, tenants: set[s
             else:
                 report.already += 1
             continue
+        if not is_result_name(name):  # never opened: what it holds cannot make it a result
+            _reject(ctx, name, b"", "not named as a result (TIME-TENANT-KIND-ID.json)", report)
+            continue
         try:
             data = inbox.get(name)
         except NotAResult as exc:
@@ -94,8 +97,6 @@ def _ingest_names(ctx: Context, inbox, names: list[str], results, tenants: set[s
 def _ingest_one(ctx: Context, name: str, data: bytes, public_key_of,
                 report: IngestReport) -> None:
     try:
-        if not is_result_name(name):
-            raise Rejected("not named as a result (TIME-TENANT-KIND-ID.json)")
         verified = verify(name, data, public_key_of)
         if ctx.catalog.result_seen(verified.document["id"]):
             raise Rejected(f"a copy of result {verified.document['id']}, already ingested "
