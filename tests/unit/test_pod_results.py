@@ -116,3 +116,15 @@ def test_the_private_key_is_read_as_cryptography_reads_it_and_nothing_else_is(tm
         private.write_bytes(wrong)
         with pytest.raises(PolicyError, match="is not a result key"):
             pod_results.load_private(private)
+
+
+@pytest.mark.parametrize("rendered", [b"\n", b"\r\n", b"  \n\n"])
+def test_the_private_key_is_read_after_the_blank_lines_a_template_puts_before_it(tmp_path,
+                                                                                  keys, rendered):
+    """A Secret rendered by a template (Helm's nindent, a Vault agent template) often starts
+    with a line break. cryptography's loader, which pods used before, read such a key; every
+    pod refusing it (exit 3) would stop a whole fleet's backups after an upgrade."""
+    private = tmp_path / "acme-zorg.result.key"
+    expected = pod_results.load_private(private).public_key().public_bytes_raw()
+    private.write_bytes(rendered + private.read_bytes())
+    assert pod_results.load_private(private).public_key().public_bytes_raw() == expected
