@@ -64,7 +64,9 @@ def fingerprint(raw: bytes) -> str:
 
 # An Ed25519 private key in PKCS #8 (RFC 8410) is this DER prefix and the 32-byte seed.
 _PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
-_PEM = re.compile(rb"-----BEGIN PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*"
+# White space around the key as cryptography's loader took it: a Secret rendered by a
+# template often starts with a line break.
+_PEM = re.compile(rb"\s*-----BEGIN PRIVATE KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*"
                   rb"-----END PRIVATE KEY-----\s*")
 
 
