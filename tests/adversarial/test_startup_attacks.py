@@ -64,6 +64,28 @@ def read_only_view(path: Path):
         subprocess.run(["umount", str(path)], check=False)
 
 
+# A bkp command on a host that loses power as it ends: its writes are committed, in the
+# catalog's write-ahead log, and never checkpointed into catalog.db (no connection closed).
+DIES_AS_IT_ENDS = textwrap.dedent("""
+    import os
+    import sys
+
+    from bkp.cli import main
+
+    try:
+        main(sys.argv[1:])
+    finally:
+        os._exit(0)
+""")
+
+
+def dies_as_it_ends(env, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-c", DIES_AS_IT_ENDS, *args], env=env.env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (env.home / "catalog.db-wal").stat().st_size > 0
+
+
 def paused_creator(env, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     inside = tmp_path / "creator-inside"
     creator = subprocess.Popen([sys.executable, "-c", PAUSED_CREATOR,
@@ -136,3 +158,29 @@ def test_yesterdays_catalog_on_a_read_only_home_is_read_not_called_broken(bkp_en
     assert status.returncode == 0, status.stdout + status.stderr
     assert json.loads(status.stdout)["tenants"][0]["last_backup"]["status"] == "ok"
 
+
+
+@pytest.mark.parametrize("version", ["today's", "yesterday's"])
+def test_a_frozen_home_is_read_with_the_writes_still_in_its_log(bkp_env, tmp_path, version):
+    """A host that died, or a copy of BKP_HOME taken while bkp ran, mounted read-only for an
+    audit: the newest records are committed in catalog.db-wal, not yet in catalog.db. Read
+    commands must see them (SQLite told the file is immutable ignores the log): an older
+    head called intact, or the whole trail called missing, is a false verdict."""
+    env = bkp_env
+    env.local_tenant("frozen")
+    env.bkp_json("init", "frozen")
+    if version == "yesterday's":
+        as_yesterdays(env.home / "catalog.db")
+    dies_as_it_ends(env, "backup", "frozen")
+    truth = tmp_path / "truth"
+    subprocess.run(["cp", "-a", str(env.home), str(truth)], check=True)
+    expected = env.bkp_json("audit", "head", BKP_HOME=str(truth))[0]
+    with read_only_view(env.home):
+        verify = env.bkp("audit", "verify", "--json")
+        head = env.bkp("audit", "head", "--json")
+        status = env.bkp("status", "frozen", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(verify.stdout)["events"] == expected["events"]
+    assert head.returncode == 0 and json.loads(head.stdout) == expected, head.stdout
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["tenants"][0]["last_backup"]["status"] == "ok"
