@@ -18,7 +18,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -191,16 +193,27 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
         if not path.is_file():
             raise CatalogDamaged(f"the catalog {path} is not a file: it was damaged or replaced;"
                                  f" restore it (runbooks/disaster-recovery.md)")
-        if is_blank(path):
+        if _frozen(path) and _holds_frames(_log_of(path)):
+            # On a read-only filesystem SQLite reads the file as immutable, which skips the
+            # write-ahead log: the newest records (a host that died, a copy taken while bkp
+            # ran) would be missing. A private copy of both is read instead.
+            with _copy_with_log(path) as copy:
+                return cls._opened_read_only(copy, path, in_memory=True)
+        return cls._opened_read_only(path, path)
+
+    @classmethod
+    def _opened_read_only(cls, source: Path, path: Path, in_memory: bool = False) -> Catalog:
+        """`source`: the catalog `path`, or a private copy of it (then read into memory)."""
+        if is_blank(source):
             raise CatalogMissing(f"the catalog {path} is empty (no tables): it was emptied, or "
                                  f"its creation never finished")
-        catalog = cls(path, read_only=True)
+        catalog = cls(source, read_only=True)
         try:
             db = catalog.db
             _refuse_newer(db, path)
-            if schema.pending_names(db):
+            if in_memory or schema.pending_names(db):
                 catalog.close()
-                return cls.in_memory_copy(path)
+                return cls.in_memory_copy(source, shown=path)
             _refuse_missing_tables(db, path)
         except sqlite3.Error as exc:
             catalog.close()
@@ -211,9 +224,11 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
         return catalog
 
     @classmethod
-    def in_memory_copy(cls, path: Path | None) -> Catalog:
+    def in_memory_copy(cls, path: Path | None, shown: Path | None = None) -> Catalog:
         """A private copy in memory (of `path`, or empty), migrated: reads see the current
-        schema and nothing is ever written to a file."""
+        schema and nothing is ever written to a file. `shown`: the catalog's own path, when
+        `path` is a copy of it."""
+        shown = shown or path
         memory = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         if path is not None:
             # read as the catalog itself is (a read-only BKP_HOME included): every catalog
@@ -222,14 +237,14 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
             try:
                 source.backup(memory)
             except sqlite3.Error as exc:
-                raise _explain(exc, path, "read") from None
+                raise _explain(exc, shown, "read") from None
             finally:
                 source.close()
         if path is None:
             schema.create(memory)
-        else:
+        elif schema.pending_names(memory):  # a copy of a current catalog needs nothing
             schema.apply(memory)
-        catalog = cls(path or Path(":memory:"), read_only=True, _connection=memory)
+        catalog = cls(shown or Path(":memory:"), read_only=True, _connection=memory)
         _refuse_missing_tables(catalog.db, catalog.path)
         return catalog
 
@@ -364,12 +379,46 @@ class Catalog(RunsTable, AuditLogTable, AccessTables, InboxTable, CopiesTable):
 def _read_only_mode(path: Path) -> str:
     """mode=ro, except on a read-only filesystem (a mounted copy, a frozen BKP_HOME), where
     SQLite could not create the WAL index a reader needs: there nobody can be writing, and
-    the file is read as immutable."""
+    the file is read as immutable (Catalog.read_only first makes sure that no records wait
+    in its write-ahead log)."""
+    return "immutable=1" if _frozen(path) else "mode=ro"
+
+
+def _frozen(path: Path) -> bool:
     try:
-        frozen = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
     except OSError:
-        frozen = False
-    return "immutable=1" if frozen else "mode=ro"
+        return False
+
+
+def _log_of(path: Path) -> Path:
+    return path.with_name(f"{path.name}-wal")
+
+
+@contextmanager
+def _copy_with_log(path: Path) -> Iterator[Path]:
+    """The catalog and its write-ahead log copied into a private folder, where SQLite can
+    read the log (on the catalog's read-only filesystem it cannot)."""
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="bkp-catalog-")
+    except OSError as exc:
+        raise _no_copy(path, exc) from None
+    with folder:
+        copy = Path(folder.name) / path.name
+        try:
+            shutil.copyfile(path, copy)
+            shutil.copyfile(_log_of(path), _log_of(copy))
+        except OSError as exc:
+            raise _no_copy(path, exc) from None
+        yield copy
+
+
+def _no_copy(path: Path, exc: OSError) -> CatalogError:
+    return CatalogError(
+        f"cannot read the catalog {path}: its newest records are in {_log_of(path).name}, "
+        f"which SQLite cannot read on a read-only filesystem, and no private copy of both "
+        f"could be made ({exc.strerror or exc}); set TMPDIR to a writable folder with room "
+        f"for them")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -447,7 +496,7 @@ def home_was_used(home: Path) -> list[str]:
     signs = []
     if (home / HOME_MARKER).exists():
         signs.append(f"{HOME_MARKER} (written when the catalog was created)")
-    if _holds_frames(home / f"{CATALOG_FILE}-wal"):
+    if _holds_frames(_log_of(home / CATALOG_FILE)):
         signs.append(f"{CATALOG_FILE}-wal")
     for folder in ("keys", "reports", "certificates"):
         with suppress(OSError):
