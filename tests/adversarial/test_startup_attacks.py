@@ -184,3 +184,22 @@ def test_a_frozen_home_is_read_with_the_writes_still_in_its_log(bkp_env, tmp_pat
     assert head.returncode == 0 and json.loads(head.stdout) == expected, head.stdout
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["tenants"][0]["last_backup"]["status"] == "ok"
+
+
+# ---------------------------------------------------------------- policies
+
+@pytest.mark.parametrize("tagged", ["!!bool maybe", "!!timestamp someday", "!!bool ''"])
+def test_a_value_tagged_as_what_it_is_not_is_one_clear_problem(bkp_env, tagged):
+    """YAML's own tags on a value that is no such thing: PyYAML's constructors raise a
+    KeyError or an AttributeError for these, which bkp called an internal error."""
+    env = bkp_env
+    policy = env.local_tenant("tagged")
+    policy.write_text(policy.read_text().replace("  daily: 7\n",
+                                                 f"  daily: 7\n  legal_hold: {tagged}\n"))
+    assert tagged in policy.read_text()
+    done = env.bkp("policy", "validate", "--json")
+    assert done.returncode == 3, done.stdout + done.stderr
+    (report,) = json.loads(done.stdout)["policies"]
+    messages = [e["message"] for e in report["errors"]]
+    assert not any("internal error" in m for m in messages), messages
+    assert any(tagged.split()[0] in m for m in messages), messages
