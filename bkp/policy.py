@@ -641,17 +641,55 @@ def _load_yaml_with(loader_class: type, text: str) -> tuple[yaml.Node | None, li
     loader = loader_class(text)
     try:
         root = loader.get_single_node()
-        walk = _PlainWalk(loader)
         try:
-            return root, walk.duplicates, walk.data(root, (), 0)
-        except _NotPlain:
-            pass
-        # Before constructing: merge keys (<<) are flattened into the nodes by then.
-        duplicates = list(_duplicate_keys(root))
-        data = loader.construct_document(root) if root is not None else None
-        return root, duplicates, _to_plain(data)
+            return _constructed(loader, root)
+        except (KeyError, AttributeError):
+            # how PyYAML's constructors fail on a value tagged as what it is not
+            problem = _mistagged(root)
+            if problem is None:
+                raise
+            raise _Unusable(problem) from None
     finally:
         loader.dispose()
+
+
+def _constructed(loader, root: yaml.Node | None) -> tuple[yaml.Node | None, list[KeyPath], Any]:
+    walk = _PlainWalk(loader)
+    try:
+        return root, walk.duplicates, walk.data(root, (), 0)
+    except _NotPlain:
+        pass
+    # Before constructing: merge keys (<<) are flattened into the nodes by then.
+    duplicates = list(_duplicate_keys(root))
+    data = loader.construct_document(root) if root is not None else None
+    return root, duplicates, _to_plain(data)
+
+
+def _mistagged(root: yaml.Node | None) -> Problem | None:
+    """The first value tagged !!bool or !!timestamp that is no such thing."""
+    constructor = yaml.constructor.SafeConstructor
+    found, seen = [], set()
+    pending = [root] if root is not None else []
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue  # an alias
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            pending += [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            pending += node.value
+        elif (node.tag == "tag:yaml.org,2002:bool"
+              and node.value.lower() not in constructor.bool_values) or (
+                node.tag == "tag:yaml.org,2002:timestamp"
+                and not constructor.timestamp_regexp.match(node.value)):
+            found.append(node)
+    if not found:
+        return None
+    node = min(found, key=lambda n: n.start_mark.index)
+    kind = node.tag.rsplit(":", 1)[1]
+    return Problem("", f"cannot read a YAML value: {node.value!r} is tagged !!{kind} but is "
+                       f"no {kind}", _line(node))
 
 
 class _NotPlain(Exception):
