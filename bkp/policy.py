@@ -563,7 +563,8 @@ def _read_text(path: Path) -> str:
     try:
         # Non-blocking: a named pipe in the policies directory must not hold bkp forever.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with open(fd, "rb") if _regular(fd) else _closed(fd) as stream:
+        _refuse_unless_regular(fd)
+        with open(fd, "rb") as stream:
             raw = stream.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         raise _Unusable(Problem("", f"cannot read the policy file: {exc.strerror or exc}")) from exc
@@ -576,18 +577,16 @@ def _read_text(path: Path) -> str:
         raise _Unusable(Problem("", "not UTF-8 text: a policy is a UTF-8 YAML file", line)) from exc
 
 
-def _regular(fd: int) -> bool:
+def _refuse_unless_regular(fd: int) -> None:
+    """A directory, pipe or device (or a file fstat cannot tell): closed again, and refused."""
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
         os.close(fd)
         raise
-
-
-def _closed(fd: int):
-    """A directory, pipe or device: closed again, and refused."""
-    os.close(fd)
-    raise _Unusable(Problem("", "not a regular file"))
+    if not regular:
+        os.close(fd)
+        raise _Unusable(Problem("", "not a regular file"))
 
 
 def _parse_yaml(text: str, fast: bool = False) -> _Document:

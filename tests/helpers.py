@@ -100,3 +100,14 @@ def command_lines() -> list[str]:
         except OSError:
             continue
     return found
+
+
+@contextlib.contextmanager
+def read_only_view(path: Path):
+    """`path` itself, bind-mounted read-only over itself (we are root)."""
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)

@@ -4,7 +4,6 @@ strict, with what is still open)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers import read_only_view
 
 pytestmark = pytest.mark.integration
 
@@ -121,17 +122,6 @@ def test_an_emptied_catalog_is_not_an_intact_trail_nor_a_fresh_start(bkp_env, bl
 
 
 # ---------------------------------------------------------------- a read-only BKP_HOME
-
-@contextlib.contextmanager
-def read_only_view(path: Path):
-    """`path` itself, bind-mounted read-only over itself (we are root)."""
-    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-
 
 @pytest.mark.parametrize("kind", ["local", "sftp"])
 def test_snapshots_read_from_a_read_only_home(bkp_env, sshd, kind):

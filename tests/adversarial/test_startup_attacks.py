@@ -5,7 +5,6 @@ as a subprocess."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import popen_bkp, wait_until
+from tests.helpers import popen_bkp, read_only_view, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +50,6 @@ def as_yesterdays(catalog: Path) -> None:
     conn.execute("pragma wal_checkpoint(truncate)")
     conn.close()
     assert not (catalog.parent / "catalog.db-wal").exists()
-
-
-@contextlib.contextmanager
-def read_only_view(path: Path):
-    """`path` itself, bind-mounted read-only over itself (we are root)."""
-    subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 # A bkp command on a host that loses power as it ends: its writes are committed, in the
