@@ -249,7 +249,11 @@ def test_a_pipe_or_a_link_named_as_a_result_neither_hangs_nor_is_followed(night,
                        pipe: f"{pipe} is not a plain file, not a result"}
     assert results["ingested"] == 1
     assert "123456782" not in done.stdout + done.stderr
-
+    # Never opened, so never hashed: the audit trail holds no digest of data nobody read.
+    log, _ = central.bkp_json("audit", "log")
+    rejected = [e for e in log["events"] if e["action"] == "result.rejected"]
+    assert len(rejected) == 2 and all(
+        e["details"].get("sha256") is None for e in rejected), rejected
 
 
 @pytest.mark.parametrize("kind", ["local", "sftp"])
