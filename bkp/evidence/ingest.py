@@ -81,12 +81,12 @@ def _ingest_names(ctx: Context, inbox, names: list[str], results, tenants: set[s
                 report.already += 1
             continue
         if not is_result_name(name):  # never opened: what it holds cannot make it a result
-            _reject(ctx, name, b"", "not named as a result (TIME-TENANT-KIND-ID.json)", report)
+            _reject(ctx, name, None, "not named as a result (TIME-TENANT-KIND-ID.json)", report)
             continue
         try:
             data = inbox.get(name)
         except NotAResult as exc:
-            _reject(ctx, name, b"", str(exc), report)
+            _reject(ctx, name, None, str(exc), report)
             continue
         except BkpError as exc:
             report.error, report.error_exit = str(exc), exc.exit_code  # read again next time
@@ -110,8 +110,11 @@ def _ingest_one(ctx: Context, name: str, data: bytes, public_key_of,
                             "kind": verified.document["kind"], "run_ids": run_ids})
 
 
-def _reject(ctx: Context, name: str, data: bytes, reason: str, report: IngestReport) -> None:
-    digest = hashlib.sha256(data).hexdigest()
+def _reject(ctx: Context, name: str, data: bytes | None, reason: str,
+            report: IngestReport) -> None:
+    """`data`: what was read; None for an object refused unopened (it gets no digest: a
+    digest of nothing would read as the object's)."""
+    digest = hashlib.sha256(data).hexdigest() if data is not None else None
     with ctx.catalog.transaction():
         ctx.catalog.note_object(name, "rejected", reason=reason)
         ctx.audit("result.rejected", "failed", object=name, reason=reason, sha256=digest)
