@@ -80,6 +80,12 @@ def serve_pings():
 def restic_doing(subcommand: str, fragment: str) -> bool:
     """Whether a restic process runs `subcommand` on a repository whose URL contains
     `fragment` (a tenant name is unique per test)."""
+    return bool(restic_pids(subcommand, fragment))
+
+
+def restic_pids(subcommand: str, fragment: str) -> list[int]:
+    """The pids of the restic processes restic_doing finds."""
+    found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0")]
@@ -87,8 +93,15 @@ def restic_doing(subcommand: str, fragment: str) -> bool:
             continue
         if (args and args[0].endswith("restic") and subcommand in args
                 and any(fragment in a for a in args)):
-            return True
-    return False
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def gone(pids: list[int]) -> bool:
+    """Whether every one of `pids` has left the process table. A killed process is a
+    zombie (no command line, still there) until it is reaped, and restic takes a zombie's
+    lock for a live one."""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def command_lines() -> list[str]:

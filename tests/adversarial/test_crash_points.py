@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tests.helpers import big_file, popen_bkp, restic_doing, wait_until
+from tests.helpers import big_file, gone, popen_bkp, restic_doing, restic_pids, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +41,11 @@ def test_sigkill_leaves_honest_records_and_a_green_next_night(bkp_env, sshd, s3,
     wait_until(lambda: restic_doing(subcommand, tenant) or victim.poll() is not None,
                what=f"restic {subcommand}")
     assert victim.poll() is None, victim.communicate()
+    doing = restic_pids(subcommand, tenant)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
-    wait_until(lambda: not restic_doing(subcommand, tenant), timeout=30,
-               what="restic to die with bkp")
+    # Reaped, not only dead: a zombie restic's lock is a live one to restic's unlock.
+    wait_until(lambda: gone(doing), timeout=30, what="restic to die with bkp")
 
     status, _ = env.bkp_json("status", tenant)
     key = "last_backup" if command == "backup" else "last_drill"
